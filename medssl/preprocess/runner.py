@@ -1,0 +1,252 @@
+"""Batch machinery shared by the preprocessing commands (``medssl tile``, volume caching).
+
+Inputs (files, folders, globs, CSV manifests) become :class:`Job` s; a job array splits them with
+``--shard i/n`` and no coordination; jobs run in-process or across worker processes; every finished
+job appends one row to the run's manifest at once, so a killed run keeps the record of what it did.
+One job failing never stops the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from medssl.errors import InputError, MedsslError
+
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+MANIFEST_FIELDS = ("id", "path", "status", "reason", "count", "seconds")
+
+
+@dataclass
+class Job:
+    """One input item: an id (the cache key), its main file, and any extra CSV columns."""
+
+    item_id: str
+    path: Path
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """What a job reports back; ``count`` is tiles for slides, voxels or slices for volumes."""
+
+    item_id: str
+    path: str
+    status: str
+    reason: str = ""
+    count: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.item_id,
+            "path": self.path,
+            "status": self.status,
+            "reason": self.reason,
+            "count": self.count,
+            "seconds": f"{self.seconds:.3f}",
+            **self.extra,
+        }
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def collect_jobs(
+    inputs: Sequence[str | os.PathLike],
+    suffixes: Iterable[str],
+    id_column: str,
+    path_column: str,
+    extra_columns: Sequence[str] = (),
+) -> list[Job]:
+    """Jobs from files, folders (searched recursively for ``suffixes``), glob patterns and CSV manifests.
+
+    A path that does not exist still becomes a job, so its failure is reported in the manifest with
+    the others. IDs are file stems unless a CSV gives them; duplicate IDs are refused.
+    """
+    suffixes = tuple(s.lower() for s in suffixes)
+    jobs: list[Job] = []
+    for raw in inputs:
+        text = str(raw)
+        path = Path(text)
+        if path.suffix.lower() == ".csv" and path.is_file():
+            jobs.extend(read_csv_jobs(path, id_column, path_column, extra_columns))
+        elif path.is_dir() and path.suffix.lower() not in suffixes:
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and not _hidden(p, path))
+            if not found:
+                raise InputError(f"{path}: folder holds no files ending in {', '.join(suffixes)}")
+            jobs.extend(Job(p.stem, p) for p in found)
+        elif any(ch in text for ch in "*?["):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            if not found:
+                raise InputError(f"{text}: glob pattern matches no file")
+            jobs.extend(Job(p.stem, p) for p in found)
+        else:
+            jobs.append(Job(path.stem, path))
+    _refuse_duplicates(jobs)
+    return jobs
+
+
+def read_csv_jobs(
+    csv_path: Path, id_column: str, path_column: str, extra_columns: Sequence[str] = ()
+) -> list[Job]:
+    """Rows of a CSV manifest; relative paths are taken from the CSV's folder."""
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        for required in (id_column, path_column):
+            if required not in columns:
+                raise InputError(f"{csv_path}: missing column {required!r} (has {columns})")
+        jobs = []
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            if not row[id_column] or not row[path_column]:
+                raise InputError(f"{csv_path}:{line}: empty {id_column!r} or {path_column!r}")
+            path = Path(row[path_column])
+            if not path.is_absolute():
+                path = csv_path.parent / path
+            extras = {k: row[k] for k in extra_columns if row.get(k)}
+            jobs.append(Job(row[id_column], path, extras))
+    return jobs
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _refuse_duplicates(jobs: list[Job]) -> None:
+    seen: dict[str, Path] = {}
+    for job in jobs:
+        if job.item_id in seen and seen[job.item_id] != job.path:
+            raise InputError(
+                f"two inputs share the id {job.item_id!r}: {seen[job.item_id]} and {job.path}; "
+                "give unique ids in a CSV manifest"
+            )
+        seen[job.item_id] = job.path
+    # The same file listed twice is one job.
+    unique = {job.item_id: job for job in jobs}
+    jobs[:] = list(unique.values())
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'2/8' -> (2, 8); shards are numbered from 0."""
+    if not text:
+        return 0, 1
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise InputError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def select_shard(jobs: Sequence[Job], shard: tuple[int, int]) -> list[Job]:
+    """Round-robin over jobs sorted by id: shards are disjoint, cover everything and balance counts."""
+    index, count = shard
+    ordered = sorted(jobs, key=lambda job: job.item_id)
+    return ordered[index::count]
+
+
+# -- running --------------------------------------------------------------------------------------
+class _QueueProgress:
+    """A picklable progress callback that forwards counts from a worker to the main process."""
+
+    def __init__(self, queue: Any):
+        self.queue = queue
+
+    def __call__(self, n: int) -> None:
+        self.queue.put(n)
+
+
+def _guarded(work: Callable[[Job, Callable[[int], None]], Result], job: Job, progress: Callable) -> Result:
+    """Run one job; any exception becomes a failed Result with a one-line reason."""
+    start = time.perf_counter()
+    try:
+        result = work(job, progress)
+    except MedsslError as exc:
+        result = Result(job.item_id, str(job.path), FAILED, str(exc))
+    except Exception as exc:  # an internal bug must not stop the cohort; keep the traceback's last line
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        result = Result(job.item_id, str(job.path), FAILED, f"{job.path}: internal error: {last}")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    work: Callable[[Job, Callable[[int], None]], Result],
+    manifest_path: Path,
+    workers: int = 1,
+    unit: str = "tiles",
+    desc: str = "slides",
+    progress: bool = True,
+    extra_fields: Sequence[str] = (),
+) -> list[Result]:
+    """Run ``work`` on every job, appending each result to ``manifest_path`` as soon as it is known.
+
+    ``work`` must be a picklable top-level callable when ``workers > 1``; it receives the job and a
+    callback to report units of progress (tiles, slices) for the second progress bar.
+    """
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(MANIFEST_FIELDS) + [f for f in extra_fields if f not in MANIFEST_FIELDS]
+    results: list[Result] = []
+    disable = not progress
+    with open(manifest_path, "w", newline="") as handle, tqdm(
+        total=len(jobs), desc=desc, unit=desc.rstrip("s"), position=0, disable=disable
+    ) as item_bar, tqdm(desc=unit, unit=unit.rstrip("s"), position=1, disable=disable) as unit_bar:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        handle.flush()
+
+        def record(result: Result) -> None:
+            results.append(result)
+            writer.writerow(result.row())
+            handle.flush()
+            item_bar.update(1)
+            if result.status == FAILED:
+                tqdm.write(f"FAILED {result.item_id}: {result.reason}")
+
+        if workers <= 1:
+            for job in jobs:
+                record(_guarded(work, job, unit_bar.update))
+        else:
+            _run_pool(jobs, work, workers, record, unit_bar)
+    return results
+
+
+def _run_pool(jobs, work, workers, record, unit_bar) -> None:
+    context = mp.get_context("spawn")  # OpenSlide handles and Zarr's event loop do not survive fork
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        queue = manager.Queue()
+        callback = _QueueProgress(queue)
+        futures: dict[Future, Job] = {pool.submit(_guarded, work, job, callback): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            _drain(queue, unit_bar)
+            for future in done:
+                job = futures[future]
+                try:
+                    record(future.result())
+                except Exception as exc:  # the worker process died (e.g. a crash inside a C library)
+                    record(Result(job.item_id, str(job.path), FAILED, f"{job.path}: worker died ({exc})"))
+        _drain(queue, unit_bar)
+
+
+def _drain(queue: Any, bar: tqdm) -> None:
+    total = 0
+    while not queue.empty():
+        total += queue.get_nowait()
+    if total:
+        bar.update(total)

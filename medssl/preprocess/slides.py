@@ -1,0 +1,213 @@
+"""Whole-slide access through OpenSlide: physical resolution (MPP), pyramid levels, exact resampling.
+
+Everything here works in level-0 pixel coordinates, the convention OpenSlide, QuPath and the
+cache share. Resampling to a target MPP is exact (a float source box, never rounded to a nominal
+magnification) and reads go through regions large enough that every source JPEG tile is decoded
+about once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from medssl.errors import SlideError
+
+#: File name suffixes treated as slides when a folder is given.
+SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm",
+)
+
+#: Level-0 MPP below this or above this is treated as corrupt metadata rather than trusted.
+_PLAUSIBLE_MPP = (0.01, 100.0)
+
+RESAMPLE_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def magnification_to_mpp(magnification: float) -> float:
+    """Convert an objective magnification to MPP with the common 10 µm/px ÷ magnification rule.
+
+    The result is one physical resolution for the whole cohort (40× → 0.25 µm/px), never a
+    per-scanner nominal level.
+    """
+    if magnification <= 0:
+        raise ValueError(f"magnification must be positive, got {magnification}")
+    return 10.0 / magnification
+
+
+@dataclass(frozen=True)
+class SourceFingerprint:
+    """What identifies a source file's content cheaply: a changed file gets re-tiled on resume."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> "SourceFingerprint":
+        st = os.stat(path)
+        return cls(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+class Slide:
+    """An open slide with its physical resolution.
+
+    ``mpp`` is the level-0 microns per pixel: ``mpp_override`` if given (a CSV ``mpp`` column), else
+    the slide's metadata, else ``fallback_mpp`` (``--assume-mpp``). A slide with none is refused.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        mpp_override: float | None = None,
+        fallback_mpp: float | None = None,
+    ):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SlideError(f"{self.path}: file not found")
+        if self.path.is_dir() and self.path.suffix.lower() != ".mrxs":
+            raise SlideError(f"{self.path}: is a folder, not a slide file")
+        try:
+            self._osr = openslide.open_slide(str(self.path))
+        except openslide.OpenSlideUnsupportedFormatError:
+            raise SlideError(
+                f"{self.path}: not a slide format OpenSlide can read (nor a plain image)"
+            ) from None
+        except (openslide.OpenSlideError, OSError, ValueError) as exc:
+            raise SlideError(f"{self.path}: unreadable slide ({_one_line(exc)})") from None
+        self.vendor = self._osr.properties.get("openslide.vendor", "image")
+        self.mpp, self.mpp_source = self._resolve_mpp(mpp_override, fallback_mpp)
+
+    # -- metadata -----------------------------------------------------------------------------
+    def _resolve_mpp(self, override: float | None, fallback: float | None) -> tuple[float, str]:
+        if override is not None:
+            return self._plausible(override, "given"), "given"
+        props = self._osr.properties
+        try:
+            mpp_x = float(props[openslide.PROPERTY_NAME_MPP_X])
+            mpp_y = float(props[openslide.PROPERTY_NAME_MPP_Y])
+        except (KeyError, ValueError):
+            if fallback is not None:
+                return self._plausible(fallback, "assumed"), "assumed"
+            raise SlideError(
+                f"{self.path}: no MPP in the slide metadata; give one with --assume-mpp "
+                "or an 'mpp' column in the CSV manifest"
+            ) from None
+        if not all(_PLAUSIBLE_MPP[0] <= m <= _PLAUSIBLE_MPP[1] for m in (mpp_x, mpp_y)):
+            raise SlideError(f"{self.path}: implausible MPP in metadata ({mpp_x}, {mpp_y})")
+        if abs(mpp_x - mpp_y) > 0.01 * max(mpp_x, mpp_y):
+            raise SlideError(
+                f"{self.path}: non-square pixels (mpp-x {mpp_x}, mpp-y {mpp_y}) are not supported"
+            )
+        return (mpp_x + mpp_y) / 2.0, "metadata"
+
+    def _plausible(self, mpp: float, how: str) -> float:
+        if not _PLAUSIBLE_MPP[0] <= float(mpp) <= _PLAUSIBLE_MPP[1]:
+            raise SlideError(f"{self.path}: {how} MPP {mpp} is not plausible (expected 0.01..100 µm/px)")
+        return float(mpp)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height)."""
+        return self._osr.dimensions
+
+    @property
+    def level_count(self) -> int:
+        return self._osr.level_count
+
+    def level_downsample(self, level: int) -> tuple[float, float]:
+        """Exact per-axis downsample of a level, from its dimensions (not OpenSlide's averaged value)."""
+        w0, h0 = self._osr.dimensions
+        wl, hl = self._osr.level_dimensions[level]
+        return w0 / wl, h0 / hl
+
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * max(self.level_downsample(level))
+
+    def level_for(self, target_mpp: float) -> int:
+        """The coarsest level whose MPP is not coarser than ``target_mpp`` (the level just finer)."""
+        best = 0
+        for level in range(self.level_count):
+            if self.level_mpp(level) <= target_mpp * (1 + 1e-6):
+                best = level
+        return best
+
+    @property
+    def objective_power(self) -> float | None:
+        value = self._osr.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    # -- pixels -------------------------------------------------------------------------------
+    def read_resampled(
+        self,
+        level: int,
+        origin: tuple[float, float],
+        size_l0: tuple[float, float],
+        out_size: tuple[int, int],
+        resample: str = "bilinear",
+    ) -> np.ndarray:
+        """Read the level-0 box ``origin`` + ``size_l0`` from ``level`` and resize it to ``out_size``.
+
+        The box may be fractional; the resize maps it exactly. Returns ``uint8 [H, W, 3]``;
+        transparent pixels (outside the scanned area) become white.
+        """
+        dx, dy = self.level_downsample(level)
+        x0, y0 = origin
+        ix0, iy0 = math.floor(x0), math.floor(y0)
+        # The box in read-level pixels, relative to the integer level-0 origin we ask OpenSlide for.
+        left, top = (x0 - ix0) / dx, (y0 - iy0) / dy
+        right, bottom = left + size_l0[0] / dx, top + size_l0[1] / dy
+        read_w, read_h = math.ceil(right), math.ceil(bottom)
+        try:
+            region = self._osr.read_region((ix0, iy0), level, (read_w, read_h))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"{self.path}: read failed at level {level} ({_one_line(exc)})") from None
+        rgb = _rgba_to_rgb_on_white(region)
+        exact = (left, top, right, bottom) == (0, 0, out_size[0], out_size[1])
+        if not exact:
+            rgb = rgb.resize(out_size, RESAMPLE_FILTERS[resample], box=(left, top, right, bottom))
+        return np.asarray(rgb)
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def __enter__(self) -> "Slide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _rgba_to_rgb_on_white(region: Image.Image) -> Image.Image:
+    """OpenSlide returns premultiplied-looking RGBA with alpha 0 outside the scan; paint that white."""
+    if region.mode != "RGBA":
+        return region.convert("RGB")
+    alpha = region.getchannel("A")
+    if alpha.getextrema() == (255, 255):
+        return region.convert("RGB")
+    background = Image.new("RGB", region.size, (255, 255, 255))
+    background.paste(region.convert("RGB"), mask=alpha)
+    return background
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Generated data built from real pixels that installed packages ship (for tests, demo, benchmarks)."""

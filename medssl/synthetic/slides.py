@@ -1,0 +1,220 @@
+"""Pyramidal whole-slide images made from real stained-tissue pixels, with known ground truth.
+
+Tests, the demo and benchmarks need gigapixel-style slides without downloading any. We draw tissue
+pieces (ellipses) on glass and fill them with real immunohistochemistry texture shipped by
+scikit-image, then write a tiled, JPEG-compressed pyramid with tifffile, one page per level (the
+layout OpenSlide reads as generic TIFF), with the MPP either in the TIFF resolution tags, in an
+Aperio-style description, or absent. Pixels are rendered tile by tile, so a 40,000 × 40,000 slide
+never sits in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+GLASS_RGB = (238, 236, 234)
+
+
+@lru_cache(maxsize=4)
+def texture(name: str = "ihc") -> np.ndarray:
+    """A real RGB texture that scikit-image ships: 'ihc' (immunohistochemistry, brown/blue stain)
+    or 'retina' (fundus photograph, orange/red), cropped to its content."""
+    from skimage import data
+
+    if name == "ihc":
+        return np.ascontiguousarray(data.immunohistochemistry())
+    if name == "retina":
+        image = data.retina()
+        return np.ascontiguousarray(image[400:1000, 400:1000, :3])
+    raise ValueError(f"unknown texture {name!r}; use 'ihc' or 'retina'")
+
+
+@dataclass(frozen=True)
+class Ellipse:
+    """An axis-aligned ellipse in level-0 pixels."""
+
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+
+    def contains(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return ((x - self.cx) / self.rx) ** 2 + ((y - self.cy) / self.ry) ** 2 <= 1.0
+
+
+@dataclass
+class SlideLayout:
+    """What a synthetic slide shows: tissue pieces filled with ``tissue_texture`` and optional
+    lesions (inside tissue) filled with ``lesion_texture``. All geometry is in level-0 pixels."""
+
+    width: int
+    height: int
+    tissue: Sequence[Ellipse] = field(default_factory=list)
+    lesions: Sequence[Ellipse] = field(default_factory=list)
+    tissue_texture: str = "ihc"
+    lesion_texture: str = "retina"
+    texture_zoom: float = 1.0  #: level-0 pixels per texture pixel
+    seed: int = 0
+
+    def tissue_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Ground-truth tissue indicator at level-0 points."""
+        inside = np.zeros(np.broadcast(x, y).shape, dtype=bool)
+        for shape in self.tissue:
+            inside |= shape.contains(x, y)
+        return inside
+
+    def lesion_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        inside = np.zeros(np.broadcast(x, y).shape, dtype=bool)
+        for shape in self.lesions:
+            inside |= shape.contains(x, y)
+        return inside & self.tissue_at(x, y)
+
+    def render(self, x0: int, y0: int, w: int, h: int, downsample: float = 1.0) -> np.ndarray:
+        """``uint8 [h, w, 3]`` pixels of the box starting at level-0 (x0, y0), sampled every
+        ``downsample`` level-0 pixels (at pixel centres)."""
+        xs = x0 + (np.arange(w) + 0.5) * downsample
+        ys = y0 + (np.arange(h) + 0.5) * downsample
+        x, y = np.meshgrid(xs, ys)
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        out[:] = GLASS_RGB
+        tissue = self.tissue_at(x, y)
+        if tissue.any():
+            out[tissue] = self._fill(self.tissue_texture, x[tissue], y[tissue], downsample)
+            lesion = self.lesion_at(x, y)
+            if lesion.any():
+                out[lesion] = self._fill(self.lesion_texture, x[lesion], y[lesion], downsample)
+        return out
+
+    def _fill(self, name: str, x: np.ndarray, y: np.ndarray, downsample: float) -> np.ndarray:
+        tex, reduced_by = texture_level(name, downsample / self.texture_zoom)
+        return _sample(tex, x, y, self.texture_zoom * reduced_by)
+
+
+@lru_cache(maxsize=32)
+def texture_level(name: str, factor: float) -> tuple[np.ndarray, int]:
+    """The texture area-averaged by ``factor`` when that is a power of two dividing its size, as a
+    scanner's lower pyramid levels are; else the full texture. Returns it and the factor applied."""
+    tex = texture(name)
+    step = int(round(factor))
+    if step <= 1 or abs(factor - step) > 1e-9 or step & (step - 1) or tex.shape[0] % step or tex.shape[1] % step:
+        return tex, 1
+    h, w = tex.shape[0] // step, tex.shape[1] // step
+    return tex.reshape(h, step, w, step, 3).mean(axis=(1, 3)).round().astype(np.uint8), step
+
+
+def _sample(tex: np.ndarray, x: np.ndarray, y: np.ndarray, px_per_texel: float) -> np.ndarray:
+    """Mirror-tiled nearest sampling of a texture at level-0 points, so it covers any extent seamlessly."""
+    th, tw = tex.shape[:2]
+    zoom = px_per_texel
+    u = (x / zoom).astype(np.int64) % (2 * tw)
+    v = (y / zoom).astype(np.int64) % (2 * th)
+    u = np.where(u >= tw, 2 * tw - 1 - u, u)
+    v = np.where(v >= th, 2 * th - 1 - v, v)
+    return tex[v, u]
+
+
+def write_slide(
+    path: str | Path,
+    layout: SlideLayout,
+    mpp: float | None = 0.25,
+    downsamples: Sequence[int] = (1, 4, 16),
+    tile: int = 256,
+    quality: int = 90,
+    vendor: str = "generic",
+) -> Path:
+    """Write ``layout`` as a tiled JPEG pyramid, one TIFF page per level.
+
+    ``vendor="generic"`` puts the MPP in the resolution tags (OpenSlide's generic-TIFF reader);
+    ``"aperio"`` writes an Aperio ImageDescription with ``MPP``/``AppMag`` fields; ``mpp=None``
+    writes no resolution at all (for testing the missing-MPP path).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if vendor not in ("generic", "aperio"):
+        raise ValueError(f"vendor must be 'generic' or 'aperio', got {vendor!r}")
+    with tifffile.TiffWriter(path, bigtiff=layout.width * layout.height > 2**31 // 3) as tw:
+        for ds in downsamples:
+            w, h = max(1, layout.width // ds), max(1, layout.height // ds)
+            options: dict = dict(
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                compression="jpeg",
+                compressionargs={"level": quality},
+                photometric="rgb",
+                metadata=None,
+            )
+            if vendor == "aperio":
+                magnification = 10.0 / mpp if mpp else 40
+                description = (
+                    f"Aperio Image Library medssl-synthetic\n{layout.width}x{layout.height} "
+                    f"({tile}x{tile}) JPEG/RGB Q={quality}|AppMag = {magnification:g}"
+                )
+                if mpp:
+                    description += f"|MPP = {mpp}"
+                options["description"] = description
+            elif mpp:
+                options["resolution"] = (1e4 / (mpp * ds), 1e4 / (mpp * ds))
+                options["resolutionunit"] = "CENTIMETER"
+            options["subfiletype"] = 0 if ds == 1 or vendor == "aperio" else 1
+            tw.write(_tiles(layout, w, h, ds, tile), **options)
+    return path
+
+
+def _tiles(layout: SlideLayout, w: int, h: int, ds: int, tile: int) -> Iterator[np.ndarray]:
+    for ty in range(0, h, tile):
+        for tx in range(0, w, tile):
+            block = np.empty((tile, tile, 3), dtype=np.uint8)
+            block[:] = GLASS_RGB
+            bw, bh = min(tile, w - tx), min(tile, h - ty)
+            block[:bh, :bw] = layout.render(tx * ds, ty * ds, bw, bh, ds)
+            yield block
+
+
+def random_layout(
+    width: int,
+    height: int,
+    n_pieces: int = 3,
+    coverage: float = 0.35,
+    n_lesions: int = 0,
+    lesion_radius: float = 0.0,
+    seed: int = 0,
+) -> SlideLayout:
+    """Tissue pieces covering about ``coverage`` of the slide, and ``n_lesions`` round lesions of
+    ``lesion_radius`` level-0 pixels placed inside tissue."""
+    rng = np.random.default_rng(seed)
+    area_each = coverage * width * height / n_pieces
+    pieces = []
+    for k in range(n_pieces):
+        aspect = rng.uniform(0.6, 1.4)
+        rx = np.sqrt(area_each / np.pi * aspect)
+        ry = area_each / (np.pi * rx)
+        cx = width * (k + 0.5) / n_pieces
+        cy = height * rng.uniform(0.4, 0.6)
+        pieces.append(Ellipse(cx, cy, min(rx, width / (2 * n_pieces) * 0.95), min(ry, height * 0.38)))
+    lesions = []
+    for _ in range(n_lesions):
+        piece = pieces[rng.integers(len(pieces))]
+        angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.5)
+        cx = piece.cx + radius * piece.rx * np.cos(angle)
+        cy = piece.cy + radius * piece.ry * np.sin(angle)
+        lesions.append(Ellipse(cx, cy, lesion_radius, lesion_radius))
+    return SlideLayout(width, height, pieces, lesions, seed=seed)
+
+
+def write_demo_cohort(folder: str | Path, n_slides: int = 3, size: int = 6144, seed: int = 0) -> list[Path]:
+    """A few small slides for the demo: 40× (0.25 µm/px) generic and Aperio TIFFs with 3 levels."""
+    folder = Path(folder)
+    paths = []
+    for k in range(n_slides):
+        layout = random_layout(size, int(size * 0.75), n_pieces=2 + k % 2, coverage=0.3, seed=seed + k)
+        vendor = "aperio" if k % 2 else "generic"
+        suffix = ".svs" if vendor == "aperio" else ".tiff"
+        paths.append(write_slide(folder / f"demo-slide-{k}{suffix}", layout, mpp=0.25, vendor=vendor))
+    return paths
