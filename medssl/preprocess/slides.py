@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import openslide
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from medssl.errors import SlideError
 
@@ -84,7 +84,7 @@ class Slide:
             raise SlideError(f"{self.path}: is a folder, not a slide file")
         try:
             self._osr = openslide.open_slide(str(self.path))
-        except openslide.OpenSlideUnsupportedFormatError:
+        except (openslide.OpenSlideUnsupportedFormatError, UnidentifiedImageError):
             raise SlideError(
                 f"{self.path}: not a slide format OpenSlide can read (nor a plain image)"
             ) from None

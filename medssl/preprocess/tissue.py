@@ -1,9 +1,12 @@
 """Tissue detection on a low-resolution thumbnail and per-tile tissue fractions.
 
 The de-facto CPU baseline of the field (CLAM, slideflow, eva, MONAI all threshold HSV saturation):
-stained tissue is coloured, glass and background are grey or white. We blur the saturation, take the
-larger of Otsu's threshold and a floor (so a blank slide does not split its own noise in two), close
-small gaps, fill holes and drop specks smaller than a physical area.
+stained tissue is coloured, glass and background are grey or white. We blur the saturation and
+threshold it with hysteresis: pixels above Otsu's threshold (or a fixed one) are tissue for sure, and
+fainter pixels down to a floor are kept when they touch them. Plain Otsu cuts faint stroma off the
+edge of strongly stained tissue (Otsu lands halfway between glass and the mean stain); the floor also
+stops a blank slide from splitting its own noise in two. Then we close small gaps, fill holes and drop
+specks smaller than a physical area.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_otsu
+from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 
 @dataclass(frozen=True)
@@ -20,8 +23,8 @@ class TissueParams:
     """Thresholds for :func:`detect_tissue`; every field is recorded in the cache."""
 
     mask_mpp: float = 8.0  #: resolution (µm/px) of the thumbnail the mask is computed on
-    saturation_threshold: float | None = None  #: fixed threshold on 0..255 saturation; None = Otsu
-    min_saturation: float = 15.0  #: floor under Otsu's threshold, in 0..255 saturation units
+    saturation_threshold: float | None = None  #: fixed (high) threshold on 0..255 saturation; None = Otsu
+    min_saturation: float = 15.0  #: floor: the low hysteresis threshold, and the least high threshold
     max_brightness: float = 250.0  #: pixels brighter than this (all channels) are background
     blur_px: int = 5  #: median filter width on the saturation, in mask pixels (0 = off)
     close_px: int = 4  #: radius of the morphological closing, in mask pixels (0 = off)
@@ -52,7 +55,8 @@ def detect_tissue(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, fl
     else:
         otsu = threshold_otsu(sat) if np.ptp(sat) > 0 else float(sat.max())
         threshold = max(float(otsu), params.min_saturation)
-    mask = sat > threshold
+    low = min(params.min_saturation, threshold)
+    mask = apply_hysteresis_threshold(sat, low, threshold) if threshold > low else sat > threshold
     mask &= ~(rgb.min(axis=-1) > params.max_brightness)
     if params.close_px > 0:
         structure = _disk(params.close_px)

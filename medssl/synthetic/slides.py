@@ -28,11 +28,21 @@ def texture(name: str = "ihc") -> np.ndarray:
     from skimage import data
 
     if name == "ihc":
-        return np.ascontiguousarray(data.immunohistochemistry())
+        return _counterstain(data.immunohistochemistry())
     if name == "retina":
         image = data.retina()
         return np.ascontiguousarray(image[400:1000, 400:1000, :3])
     raise ValueError(f"unknown texture {name!r}; use 'ihc' or 'retina'")
+
+
+def _counterstain(rgb: np.ndarray, stain=(176, 146, 200), below: float = 30.0) -> np.ndarray:
+    """Tint unstained (near-white) pixels towards a light counterstain, as a real section's stroma is,
+    so every pixel inside a tissue piece is stained and the ground-truth tissue mask is the shape."""
+    from medssl.preprocess.tissue import saturation
+
+    weight = np.clip((below - saturation(rgb)) / below, 0.0, 1.0)[..., None] * 0.6
+    tinted = rgb * (1 - weight) + np.asarray(stain, dtype=np.float32) * weight
+    return np.ascontiguousarray(tinted.round().astype(np.uint8))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,72 @@
+"""Slide access: MPP from every metadata path, level choice, exact resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medssl.errors import SlideError
+from medssl.preprocess.slides import Slide, magnification_to_mpp
+from tests.data import LAYOUT
+
+
+def test_mpp_from_generic_tiff_resolution_tags(slides_dir):
+    with Slide(slides_dir / "generic-025.tiff") as slide:
+        assert slide.mpp == pytest.approx(0.25)
+        assert slide.mpp_source == "metadata"
+        assert slide.vendor == "generic-tiff"
+        assert slide.level_count == 3
+
+
+def test_mpp_from_aperio_description(slides_dir):
+    with Slide(slides_dir / "aperio-050.svs") as slide:
+        assert slide.vendor == "aperio"
+        assert slide.mpp == pytest.approx(0.5)
+        assert slide.objective_power == pytest.approx(20)
+
+
+def test_missing_mpp_is_refused_with_a_way_out(bad_dir):
+    with pytest.raises(SlideError, match=r"no-mpp\.tiff: no MPP.*--assume-mpp"):
+        Slide(bad_dir / "no-mpp.tiff")
+    with Slide(bad_dir / "no-mpp.tiff", fallback_mpp=0.3) as slide:
+        assert (slide.mpp, slide.mpp_source) == (0.3, "assumed")
+
+
+def test_override_beats_metadata_and_fallback_does_not(slides_dir):
+    with Slide(slides_dir / "generic-025.tiff", mpp_override=0.26) as slide:
+        assert (slide.mpp, slide.mpp_source) == (0.26, "given")
+    with Slide(slides_dir / "generic-025.tiff", fallback_mpp=0.9) as slide:
+        assert slide.mpp == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("name, reason", [("notes.tiff", "not a slide format"), ("missing.svs", "file not found")])
+def test_unreadable_inputs_name_the_file(bad_dir, name, reason):
+    with pytest.raises(SlideError, match=reason) as info:
+        Slide(bad_dir / name)
+    assert name in str(info.value)
+
+
+def test_level_just_finer_than_target(slides_dir):
+    with Slide(slides_dir / "generic-025.tiff") as slide:  # levels at 0.25, 1.0, 4.0 µm/px
+        assert slide.level_for(0.25) == 0
+        assert slide.level_for(0.5) == 0
+        assert slide.level_for(1.0) == 1
+        assert slide.level_for(3.9) == 1
+        assert slide.level_for(8.0) == 2
+
+
+def test_magnification_is_converted_without_rounding():
+    assert magnification_to_mpp(40) == 0.25
+    assert magnification_to_mpp(20) == 0.5
+    assert magnification_to_mpp(37.7) == pytest.approx(10 / 37.7)
+
+
+def test_read_resampled_matches_ground_truth_at_target_scale(slides_dir):
+    """A box read at 0.5 µm/px from a 0.25 µm/px slide shows what the layout shows at that scale."""
+    with Slide(slides_dir / "generic-025.tiff") as slide:
+        origin, side = (1000.0, 1400.0), 224
+        got = slide.read_resampled(0, origin, (2 * side, 2 * side), (side, side)).astype(float)
+    right = LAYOUT.render(1000, 1400, side, side, downsample=2.0).astype(float)
+    wrong = LAYOUT.render(1000, 1400, side, side, downsample=1.0).astype(float)
+    err_right, err_wrong = np.abs(got - right).mean(), np.abs(got - wrong).mean()
+    assert err_right < 0.6 * err_wrong
