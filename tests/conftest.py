@@ -31,6 +31,7 @@ def bad_dir(tmp_path_factory, slides_dir) -> Path:
     (folder / "notes.tiff").write_text("this is not a slide\n")
     good = (slides_dir / "generic-025.tiff").read_bytes()
     (folder / "truncated.tiff").write_bytes(good[: len(good) // 3])
+    (folder / "cut-short.tiff").write_bytes(good[: len(good) * 9 // 10])
     write_slide(folder / "blank.tiff", SlideLayout(2048, 2048), mpp=0.25, downsamples=(1, 4))
     write_slide(folder / "no-mpp.tiff", LAYOUT, mpp=None, downsamples=(1, 4, 16))
     (folder / "good.tiff").write_bytes(good)

@@ -91,7 +91,20 @@ class Slide:
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideError(f"{self.path}: unreadable slide ({_one_line(exc)})") from None
         self.vendor = self._osr.properties.get("openslide.vendor", "image")
+        self._probe()
         self.mpp, self.mpp_source = self._resolve_mpp(mpp_override, fallback_mpp)
+
+    def _probe(self) -> None:
+        """Read one pixel at the far corner of every level: a truncated file fails here, up front,
+        with a clear reason, instead of halfway through its tiles."""
+        for level, (w, h) in enumerate(self._osr.level_dimensions):
+            dx, dy = self._osr.dimensions[0] / w, self._osr.dimensions[1] / h
+            try:
+                self._osr.read_region((int((w - 1) * dx), int((h - 1) * dy)), level, (1, 1))
+            except (openslide.OpenSlideError, OSError) as exc:  # OSError: PIL, for plain images
+                raise SlideError(
+                    f"{self.path}: unreadable or truncated (level {level} cannot be read: {_one_line(exc)})"
+                ) from None
 
     # -- metadata -----------------------------------------------------------------------------
     def _resolve_mpp(self, override: float | None, fallback: float | None) -> tuple[float, str]:
