@@ -34,7 +34,7 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
     step.add_argument("--overlap", type=int, default=0, help="overlap between neighbouring tiles, target px")
     step.add_argument("--stride", type=int, help="distance between tile origins, target px")
     p.add_argument("--min-tissue", type=float, default=0.5, help="keep tiles with at least this tissue fraction")
-    p.add_argument("--resample", default="bilinear", help="resize filter (nearest, box, bilinear, bicubic, lanczos)")
+    p.add_argument("--resample", default="box", help="resize filter: box (area), nearest, bilinear, bicubic, lanczos")
     p.add_argument("--assume-mpp", type=float, help="MPP for slides whose metadata has none")
     t = p.add_argument_group("tissue detection (HSV saturation on a thumbnail)")
     t.add_argument("--mask-mpp", type=float, default=8.0, help="thumbnail resolution for the mask, µm/px")
@@ -51,6 +51,7 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--chunk-tiles", type=int, default=32, help="tiles per chunk (per shard with jpeg)")
     r = p.add_argument_group("running")
     r.add_argument("--workers", type=int, default=1, help="slides processed in parallel (processes)")
+    r.add_argument("--threads", type=int, default=2, help="read/decode threads per slide")
     r.add_argument("--shard", help="i/n: process only shard i of n (for cluster job arrays)")
     r.add_argument("--overwrite", action="store_true", help="rebuild a cache made with other parameters")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -92,6 +93,7 @@ def _run_tile(args: argparse.Namespace) -> int:
         storage,
         assume_mpp=args.assume_mpp,
         workers=args.workers,
+        threads=args.threads,
         shard=parse_shard(args.shard),
         overwrite=args.overwrite,
         progress=not args.quiet,

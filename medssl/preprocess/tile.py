@@ -112,6 +112,7 @@ def tile_slides(
     storage: StorageParams = StorageParams(),
     assume_mpp: float | None = None,
     workers: int = 1,
+    threads: int = 2,
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
     progress: bool = True,
@@ -126,7 +127,7 @@ def tile_slides(
     cache_mod.open_for_writing(out, KIND, cache_params(params, storage), overwrite=overwrite)
     index, count = shard
     manifest = out / ("manifest.csv" if count == 1 else f"manifest.shard-{index}-of-{count}.csv")
-    worker = SlideTiler(out, params, storage, assume_mpp)
+    worker = SlideTiler(out, params, storage, assume_mpp, threads)
     results = run_jobs(
         jobs, worker, manifest, workers=workers, unit="tiles", desc="slides", progress=progress,
         extra_fields=("label", "stain", "mpp", "read_level", "scale"),
@@ -137,8 +138,11 @@ def tile_slides(
 class SlideTiler:
     """Tiles one slide into the cache; a picklable callable so worker processes can run it."""
 
-    def __init__(self, out: Path, params: TilingParams, storage: StorageParams, assume_mpp: float | None):
+    def __init__(
+        self, out: Path, params: TilingParams, storage: StorageParams, assume_mpp: float | None, threads: int = 1
+    ):
         self.out = Path(out)
+        self.threads = threads
         self.params = params
         self.storage = storage
         self.assume_mpp = assume_mpp
@@ -190,6 +194,7 @@ class SlideTiler:
             "slide_id": job.item_id,
             "source": SourceFingerprint.of(job.path).as_dict(),
             "vendor": slide.vendor,
+            "reader": slide.reader,
             "mpp": slide.mpp,
             "mpp_source": slide.mpp_source,
             "objective_power": slide.objective_power,
@@ -225,7 +230,8 @@ class SlideTiler:
             dtype="uint8",
             **self.storage.array_kwargs(p.tile_size),
         )
-        _stream_tiles(tiles, iter_tile_blocks(slide, grid, p, attrs["read_level"]), self.storage.chunk_tiles, progress)
+        blocks = iter_tile_blocks(slide, grid, p, attrs["read_level"], self.threads)
+        _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
         boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
         save_png_atomically(tile_overlay(thumb.rgb, thumb.mask, boxes), self.out / "qc" / f"{job.item_id}.png")
         cache_mod.commit_item(root, KIND, job.item_id, attrs)

@@ -70,3 +70,25 @@ def test_read_resampled_matches_ground_truth_at_target_scale(slides_dir):
     wrong = LAYOUT.render(1000, 1400, side, side, downsample=1.0).astype(float)
     err_right, err_wrong = np.abs(got - right).mean(), np.abs(got - wrong).mean()
     assert err_right < 0.6 * err_wrong
+
+
+@pytest.mark.parametrize("name", ["generic-025.tiff", "aperio-050.svs"])
+def test_direct_tiff_decoding_equals_openslide_everywhere(slides_dir, name, rng):
+    with Slide(slides_dir / name) as fast, Slide(slides_dir / name, direct=False) as slow:
+        assert (fast.reader, slow.reader) == ("tifffile", "openslide")
+        for level in range(fast.level_count):
+            w, h = fast._osr.level_dimensions[level]
+            boxes = [(0, 0, 300, 200), (w - 100, h - 50, 300, 200), (-20, -30, 64, 64)]  # edges and outside
+            boxes += [(int(rng.integers(0, w)), int(rng.integers(0, h)), 97, 131) for _ in range(5)]
+            for box in boxes:
+                np.testing.assert_array_equal(fast.read_level(level, *box), slow.read_level(level, *box))
+
+
+def test_fast_integer_reduction_equals_general_box_resize(slides_dir):
+    from PIL import Image
+
+    with Slide(slides_dir / "generic-025.tiff") as slide:
+        fast = slide.read_resampled(0, (512.0, 768.0), (512.0, 384.0), (256, 192), "box")
+        pixels = slide.read_level(0, 512, 768, 512, 384)
+    general = np.asarray(Image.fromarray(pixels).resize((256, 192), Image.Resampling.BOX, box=(0, 0, 512, 384)))
+    assert np.abs(fast.astype(int) - general.astype(int)).max() <= 1

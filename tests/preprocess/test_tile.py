@@ -281,3 +281,16 @@ def test_info_command_summarises_a_cache(slides_dir, tmp_path, capsys):
     assert cli(["info", str(tmp_path / "c")]) == 0
     assert "aperio-050" in capsys.readouterr().out
     assert cli(["info", str(tmp_path / "nothing")]) == 2
+
+
+def test_direct_decoding_and_openslide_give_the_same_cache(slides_dir, tmp_path, monkeypatch):
+    from medssl.preprocess import slides as slides_mod
+
+    params = TilingParams(target_mpp=0.5, tile_size=64)
+    tile([slides_dir], tmp_path / "fast", params=params)
+    monkeypatch.setattr(slides_mod, "DIRECT_VENDORS", ())
+    tile([slides_dir], tmp_path / "slow", params=params, threads=1)
+    fast, slow = SlideCache(tmp_path / "fast"), SlideCache(tmp_path / "slow")
+    for slide_id in fast.ids:
+        assert (fast.metadata(slide_id)["reader"], slow.metadata(slide_id)["reader"]) == ("tifffile", "openslide")
+        np.testing.assert_array_equal(fast.tiles(slide_id)[:], slow.tiles(slide_id)[:])
