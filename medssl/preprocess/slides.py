@@ -201,11 +201,13 @@ class Slide:
         """``uint8 [h, w, 3]`` pixels of ``level`` from level pixel (x, y); outside the scan is white."""
         return _rgb_array(self._region(level, x, y, w, h))
 
-    def _region(self, level: int, x: int, y: int, w: int, h: int) -> Image.Image:
-        """An RGB or RGBX Pillow image of level pixels (both are Pillow's native 4-byte layout)."""
+    def _region(self, level: int, x: int, y: int, w: int, h: int, needed=None) -> Image.Image:
+        """An RGB or RGBX Pillow image of level pixels (both are Pillow's native 4-byte layout).
+        ``needed`` (level-pixel boxes) lets the direct decoder skip source tiles nobody will use."""
         try:
             if self._direct is not None and self._direct.has_level(level):
-                return Image.frombuffer("RGBX", (w, h), self._direct.read(level, x, y, w, h), "raw", "RGBX", 0, 1)
+                pixels = self._direct.read(level, x, y, w, h, needed)
+                return Image.frombuffer("RGBX", (w, h), pixels, "raw", "RGBX", 0, 1)
             dx, dy = self.level_downsample(level)
             return _rgba_to_rgb_on_white(self._osr.read_region((round(x * dx), round(y * dy)), level, (w, h)))
         except (openslide.OpenSlideError, OSError, ValueError, RuntimeError) as exc:
@@ -218,8 +220,12 @@ class Slide:
         size_l0: tuple[float, float],
         out_size: tuple[int, int],
         resample: str = "box",
+        needed_l0: np.ndarray | None = None,
     ) -> np.ndarray:
         """Read the level-0 box ``origin`` + ``size_l0`` from ``level`` and resize it to ``out_size``.
+
+        ``needed_l0`` (``[K, 4]`` level-0 boxes) are the parts anyone will look at; pixels farther
+        than the resize filter's reach from all of them may be left white (not decoded).
 
         The box may be fractional; the resize maps it exactly (Pillow's ``box``). An exact integer
         reduction of an aligned box with the ``box`` filter takes Pillow's much faster ``reduce``.
@@ -231,8 +237,13 @@ class Slide:
         x, y = math.floor(lx + 1e-9), math.floor(ly + 1e-9)
         left, top = lx - x, ly - y
         right, bottom = left + size_l0[0] / dx, top + size_l0[1] / dy
-        image = self._region(level, x, y, math.ceil(right - 1e-9), math.ceil(bottom - 1e-9))
         fx, fy = (right - left) / out_size[0], (bottom - top) / out_size[1]
+        needed = None
+        if needed_l0 is not None:
+            reach = 2 * math.ceil(max(fx, fy)) + 2  # filter support in read-level pixels, with room
+            scale = np.array([dx, dy, dx, dy])
+            needed = needed_l0 / scale + np.array([-reach, -reach, reach, reach])
+        image = self._region(level, x, y, math.ceil(right - 1e-9), math.ceil(bottom - 1e-9), needed)
         if _near_int(left) and _near_int(top) and _near_int(fx) and abs(fx - fy) < 1e-9 and (
             round(fx) == 1 or resample == "box"
         ):

@@ -10,6 +10,7 @@ from OpenSlide's, keeps using OpenSlide. Reads use ``os.pread`` and are safe fro
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import imagecodecs
@@ -18,6 +19,8 @@ import tifffile
 
 #: OpenSlide vendors whose levels are plain tiled pages of the TIFF.
 DIRECT_VENDORS = ("generic-tiff", "aperio")
+
+Box = tuple[float, float, float, float]
 
 
 class DirectTiff:
@@ -38,24 +41,34 @@ class DirectTiff:
     def has_level(self, level: int) -> bool:
         return level in self.pages
 
-    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    def read(
+        self, level: int, x: int, y: int, w: int, h: int, needed: Sequence[Box] | None = None
+    ) -> np.ndarray:
         """``uint8 [h, w, 4]`` RGBX (X = 255) of level pixels from (x, y); outside the image or in a
         missing tile it is white. Four channels because that is Pillow's own pixel layout: the array
-        becomes an image without a copy."""
+        becomes an image without a copy.
+
+        ``needed`` (level-pixel boxes x0, y0, x1, y1) limits decoding to the source tiles they touch;
+        the others are left white. Tissue rarely fills a block's bounding box, so this skips about a
+        fifth of the decoding.
+        """
         page = self.pages[level]
         tw, th = page.tilewidth, page.tilelength
         across = -(-page.imagewidth // tw)
         x_end, y_end = min(x + w, page.imagewidth), min(y + h, page.imagelength)
         inside = x >= 0 and y >= 0 and x_end == x + w and y_end == y + h
         out = np.empty((h, w, 4), dtype=np.uint8) if inside else np.full((h, w, 4), 255, dtype=np.uint8)
-        for ty in range(max(y, 0) // th, -(-y_end // th) if y_end > 0 else 0):
-            for tx in range(max(x, 0) // tw, -(-x_end // tw) if x_end > 0 else 0):
+        tx0, ty0 = max(x, 0) // tw, max(y, 0) // th
+        tx1, ty1 = (-(-x_end // tw) if x_end > 0 else 0), (-(-y_end // th) if y_end > 0 else 0)
+        wanted = _touched(needed, (tx0, ty0, tx1, ty1), tw, th)
+        for ty in range(ty0, ty1):
+            for tx in range(tx0, tx1):
                 index = ty * across + tx
                 # Intersection of this source tile with the requested box, clipped to the image.
                 sx0, sy0 = max(x, tx * tw), max(y, ty * th)
                 sx1, sy1 = min(x_end, (tx + 1) * tw), min(y_end, (ty + 1) * th)
                 nbytes = page.databytecounts[index]
-                if not nbytes:  # a sparse TIFF's missing tile: background
+                if not nbytes or not wanted[ty - ty0, tx - tx0]:  # missing or unneeded: background
                     out[sy0 - y : sy1 - y, sx0 - x : sx1 - x, :3] = 255
                     continue
                 data = os.pread(self._fd, nbytes, page.dataoffsets[index])
@@ -82,6 +95,20 @@ class DirectTiff:
     def close(self) -> None:
         os.close(self._fd)
         self._tif.close()
+
+
+def _touched(needed: Sequence[Box] | None, span: Box, tw: int, th: int) -> np.ndarray:
+    """Which source tiles of ``span`` (tile indices x0, y0, x1, y1) intersect any needed box."""
+    tx0, ty0, tx1, ty1 = span
+    if needed is None:
+        return np.ones((ty1 - ty0, tx1 - tx0), dtype=bool)
+    wanted = np.zeros((ty1 - ty0, tx1 - tx0), dtype=bool)
+    for bx0, by0, bx1, by1 in needed:
+        wanted[
+            max(int(by0) // th - ty0, 0) : max(-(-int(by1) // th) - ty0, 0),
+            max(int(bx0) // tw - tx0, 0) : max(-(-int(bx1) // tw) - tx0, 0),
+        ] = True
+    return wanted
 
 
 def _decodable(page: tifffile.TiffPage) -> bool:

@@ -112,8 +112,12 @@ def plan_grid(slide: Slide, thumb: Thumbnail, params: TilingParams) -> TileGrid:
     fraction = box_fractions(thumb.mask, boxes) if len(boxes) else np.zeros(0)
     keep = fraction >= max(params.min_tissue, 1e-9)
     gx, gy, fraction = gx[keep], gy[keep], fraction[keep]
-    # Order by read block, then row-major inside the block.
+    # Order by read block, then row-major inside the block. Blocks span a multiple of 8 tiles so that,
+    # for the usual power-of-two tile and source-tile sizes, block edges fall on source-tile edges and
+    # no source tile is decoded for two blocks.
     tiles_per_block = max(1, params.block_px // step)
+    if tiles_per_block >= 8:
+        tiles_per_block -= tiles_per_block % 8
     bx, by = gx // tiles_per_block, gy // tiles_per_block
     order = np.lexsort((gx, gy, bx, by))
     gx, gy, fraction, bx, by = gx[order], gy[order], fraction[order], bx[order], by[order]
@@ -160,12 +164,14 @@ def read_block(slide: Slide, grid: TileGrid, params: TilingParams, level: int, b
     # Bounding box of this block's kept tiles, in target pixels.
     x_min, y_min = int(gx.min()) * step, int(gy.min()) * step
     x_max, y_max = int(gx.max()) * step + size, int(gy.max()) * step + size
+    x0, y0 = gx * step * r, gy * step * r
     region = slide.read_resampled(
         level,
         origin=(x_min * r, y_min * r),
         size_l0=((x_max - x_min) * r, (y_max - y_min) * r),
         out_size=(x_max - x_min, y_max - y_min),
         resample=params.resample,
+        needed_l0=np.stack([x0, y0, x0 + size * r, y0 + size * r], axis=1),
     )
     xs, ys = gx * step - x_min, gy * step - y_min
     out = np.empty((len(xs), size, size, 3), dtype=np.uint8)

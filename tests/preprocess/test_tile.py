@@ -283,10 +283,13 @@ def test_info_command_summarises_a_cache(slides_dir, tmp_path, capsys):
     assert cli(["info", str(tmp_path / "nothing")]) == 2
 
 
-def test_direct_decoding_and_openslide_give_the_same_cache(slides_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("target_mpp, resample", [(0.5, "box"), (0.61, "box"), (0.61, "lanczos")])
+def test_direct_decoding_and_openslide_give_the_same_cache(slides_dir, tmp_path, monkeypatch, target_mpp, resample):
+    """Same pixels whether tiles come from the direct decoder (which skips source tiles no kept tile
+    reaches, and uses an exact integer reduction where it can) or from OpenSlide reading everything."""
     from medssl.preprocess import slides as slides_mod
 
-    params = TilingParams(target_mpp=0.5, tile_size=64)
+    params = TilingParams(target_mpp=target_mpp, tile_size=64, resample=resample)
     tile([slides_dir], tmp_path / "fast", params=params)
     monkeypatch.setattr(slides_mod, "DIRECT_VENDORS", ())
     tile([slides_dir], tmp_path / "slow", params=params, threads=1)
