@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,15 @@ def test_fast_integer_reduction_equals_general_box_resize(slides_dir):
         pixels = slide.read_level(0, 512, 768, 512, 384)
     general = np.asarray(Image.fromarray(pixels).resize((256, 192), Image.Resampling.BOX, box=(0, 0, 512, 384)))
     assert np.abs(fast.astype(int) - general.astype(int)).max() <= 1
+
+
+def test_skipping_unneeded_source_tiles_keeps_needed_pixels_exact(slides_dir):
+    """A needed box ending exactly on a source-tile edge: the neighbour tile is still decoded because
+    the resize filter reaches into it; pixels outside the reach may be white."""
+    with Slide(slides_dir / "generic-025.tiff") as slide:
+        args = (0, (256.0, 256.0), (600.0, 600.0), (233, 233), "bilinear")
+        full = slide.read_resampled(*args)
+        part = slide.read_resampled(*args, needed_l0=np.array([[256.0, 256.0, 512.0, 512.0]]))
+    inside = math.ceil((512 - 256) / 600 * 233)  # output pixels whose footprint meets the needed box
+    np.testing.assert_array_equal(part[:inside, :inside], full[:inside, :inside])
+    assert (part[-20:, -20:] == 255).all() and not (full[-20:, -20:] == 255).all()
