@@ -22,6 +22,8 @@ Modes, and why each exists:
     raw uint8 tiles to disk, QC picture, commit. ``N`` is the number of tiles it keeps. It runs twice:
     with one read thread (``medssl_1_thread``: the per-core figure compared with the single-threaded
     ceiling) and with ``--threads`` read threads (``medssl``: what one slide gets on this machine).
+    A third run forces OpenSlide reads instead of direct TIFF decoding
+    (``medssl_1_thread_openslide_reads``: what formats other than tiled TIFF/SVS get).
 
 ``baseline``
     The way most pipelines do it (CLAM, histolab and similar): one ``OpenSlide.read_region`` per tile
@@ -150,11 +152,19 @@ def ensure_slide(work_dir: Path, size: int) -> Path:
 
 
 # -- mode 1: medssl tile ---------------------------------------------------------------------------
-def run_medssl(path: Path, out: Path, params: TilingParams, threads: int) -> tuple[dict, str]:
+def run_medssl(path: Path, out: Path, params: TilingParams, threads: int, direct: bool = True) -> tuple[dict, str]:
+    """``direct=False`` forces OpenSlide reads (what NDPI, MRXS and other non-TIFF formats get)."""
+    import medssl.preprocess.slides as slides_module
+
     shutil.rmtree(out, ignore_errors=True)
-    log(f"medssl tile (threads={threads}) ...")
-    with timed() as t:
-        summary = tile_slides([path], out, params, workers=1, threads=threads, overwrite=True, progress=False)
+    log(f"medssl tile (threads={threads}, direct={direct}) ...")
+    vendors = slides_module.DIRECT_VENDORS
+    slides_module.DIRECT_VENDORS = vendors if direct else ()
+    try:
+        with timed() as t:
+            summary = tile_slides([path], out, params, workers=1, threads=threads, overwrite=True, progress=False)
+    finally:
+        slides_module.DIRECT_VENDORS = vendors
     if summary.failed:
         raise RuntimeError(f"medssl tile failed: {summary.failed[0].reason}")
     figures = rates(summary.tiles, t)
@@ -372,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = work / "out-medssl"
 
     single, _ = run_medssl(path, out, params, threads=1)
+    via_openslide, _ = run_medssl(path, out, params, threads=1, direct=False)
     medssl_figures, slide_id = run_medssl(path, out, params, threads=args.threads)
     medssl_figures["threads"] = args.threads
     cache = SlideCache(out)
@@ -396,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "single thread, no resize/copy/write",
         },
         "medssl_1_thread": single,
+        "medssl_1_thread_openslide_reads": via_openslide,
         "medssl": medssl_figures,
         "baseline": baseline,
         "ceiling": ceiling,

@@ -208,10 +208,19 @@ class Slide:
             if self._direct is not None and self._direct.has_level(level):
                 pixels = self._direct.read(level, x, y, w, h, needed)
                 return Image.frombuffer("RGBX", (w, h), pixels, "raw", "RGBX", 0, 1)
-            dx, dy = self.level_downsample(level)
-            return _rgba_to_rgb_on_white(self._osr.read_region((round(x * dx), round(y * dy)), level, (w, h)))
+            if needed is None:
+                return self._read_openslide(level, x, y, w, h)
+            # OpenSlide decodes whatever a request covers: read only the rows of needed boxes.
+            canvas = Image.new("RGB", (w, h), (255, 255, 255))
+            for rx0, ry0, rx1, ry1 in _row_runs(needed, (x, y, x + w, y + h)):
+                canvas.paste(self._read_openslide(level, rx0, ry0, rx1 - rx0, ry1 - ry0), (rx0 - x, ry0 - y))
+            return canvas
         except (openslide.OpenSlideError, OSError, ValueError, RuntimeError) as exc:
             raise SlideError(f"{self.path}: read failed at level {level} ({_one_line(exc)})") from None
+
+    def _read_openslide(self, level: int, x: int, y: int, w: int, h: int) -> Image.Image:
+        dx, dy = self.level_downsample(level)
+        return _rgba_to_rgb_on_white(self._osr.read_region((round(x * dx), round(y * dy)), level, (w, h)))
 
     def read_resampled(
         self,
@@ -280,6 +289,28 @@ def _rgba_to_rgb_on_white(region: Image.Image) -> Image.Image:
     background = Image.new("RGB", region.size, (255, 255, 255))
     background.paste(region.convert("RGB"), mask=alpha)
     return background
+
+
+def _row_runs(boxes: np.ndarray, bounds: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """Integer boxes clipped to ``bounds``, with boxes of the same rows merged into horizontal runs."""
+    bx0, by0, bx1, by1 = bounds
+    rows: dict[tuple[int, int], list[list[int]]] = {}
+    for x0, y0, x1, y1 in boxes:
+        key = (max(by0, math.floor(y0)), min(by1, math.ceil(y1)))
+        span = [max(bx0, math.floor(x0)), min(bx1, math.ceil(x1))]
+        if key[0] < key[1] and span[0] < span[1]:
+            rows.setdefault(key, []).append(span)
+    runs = []
+    for (y0, y1), spans in sorted(rows.items()):
+        spans.sort()
+        merged = [spans[0]]
+        for start, end in spans[1:]:
+            if start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        runs.extend((a, y0, b, y1) for a, b in merged)
+    return runs
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:

@@ -96,10 +96,11 @@ def test_fast_integer_reduction_equals_general_box_resize(slides_dir):
     assert np.abs(fast.astype(int) - general.astype(int)).max() <= 1
 
 
-def test_skipping_unneeded_source_tiles_keeps_needed_pixels_exact(slides_dir):
+@pytest.mark.parametrize("direct", [True, False])
+def test_skipping_unneeded_source_tiles_keeps_needed_pixels_exact(slides_dir, direct):
     """A needed box ending exactly on a source-tile edge: the neighbour tile is still decoded because
     the resize filter reaches into it; pixels outside the reach may be white."""
-    with Slide(slides_dir / "generic-025.tiff") as slide:
+    with Slide(slides_dir / "generic-025.tiff", direct=direct) as slide:
         args = (0, (256.0, 256.0), (600.0, 600.0), (233, 233), "bilinear")
         full = slide.read_resampled(*args)
         part = slide.read_resampled(*args, needed_l0=np.array([[256.0, 256.0, 512.0, 512.0]]))
