@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from medssl.errors import InputError, MedsslError
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
-MANIFEST_FIELDS = ("id", "path", "status", "reason", "count", "seconds")
+MANIFEST_FIELDS = ("id", "path", "status", "reason", "{unit}", "seconds")
 
 
 @dataclass
@@ -49,13 +49,13 @@ class Result:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def row(self) -> dict[str, Any]:
+    def row(self, unit: str = "count") -> dict[str, Any]:
         return {
             "id": self.item_id,
             "path": self.path,
             "status": self.status,
             "reason": self.reason,
-            "count": self.count,
+            unit: self.count,
             "seconds": f"{self.seconds:.3f}",
             **self.extra,
         }
@@ -196,10 +196,12 @@ def run_jobs(
     """Run ``work`` on every job, appending each result to ``manifest_path`` as soon as it is known.
 
     ``work`` must be a picklable top-level callable when ``workers > 1``; it receives the job and a
-    callback to report units of progress (tiles, slices) for the second progress bar.
+    callback to report units of progress (tiles, slices) for the second progress bar. The manifest
+    has a column named after ``unit`` with each job's count.
     """
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(MANIFEST_FIELDS) + [f for f in extra_fields if f not in MANIFEST_FIELDS]
+    fields = [f.format(unit=unit) for f in MANIFEST_FIELDS]
+    fields += [f for f in extra_fields if f not in fields]
     results: list[Result] = []
     disable = not progress
     with open(manifest_path, "w", newline="") as handle, tqdm(
@@ -211,7 +213,7 @@ def run_jobs(
 
         def record(result: Result) -> None:
             results.append(result)
-            writer.writerow(result.row())
+            writer.writerow(result.row(unit))
             handle.flush()
             item_bar.update(1)
             if result.status == FAILED:

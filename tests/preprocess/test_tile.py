@@ -138,7 +138,7 @@ def test_bad_inputs_are_reported_and_the_rest_finishes(bad_dir, tmp_path):
     code = cli(["tile", str(bad_dir), str(missing), "--out", str(out), "--mpp", "1.0", "--tile-size", "64", "--quiet"])
     assert code == 1
     rows = read_manifest(out / "manifest.csv")
-    assert rows["good"]["status"] == "done" and int(rows["good"]["count"]) > 0
+    assert rows["good"]["status"] == "done" and int(rows["good"]["tiles"]) > 0
     expected = {
         "notes": "not a slide format",
         "truncated": "unreadable or truncated",
