@@ -94,10 +94,14 @@ class Slide:
             ) from None
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideError(f"{self.path}: unreadable slide ({_one_line(exc)})") from None
-        self.vendor = self._osr.properties.get("openslide.vendor", "image")
-        self._probe()
-        self.mpp, self.mpp_source = self._resolve_mpp(mpp_override, fallback_mpp)
-        self._direct = self._open_direct() if direct else None
+        try:
+            self.vendor = self._osr.properties.get("openslide.vendor", "image")
+            self._probe()
+            self.mpp, self.mpp_source = self._resolve_mpp(mpp_override, fallback_mpp)
+            self._direct = self._open_direct() if direct else None
+        except BaseException:
+            self._osr.close()
+            raise
 
     def _probe(self) -> None:
         """Read one pixel at the far corner of every level: a truncated file fails here, up front,
@@ -178,19 +182,22 @@ class Slide:
         """Direct tile decoding for levels where it gives exactly OpenSlide's pixels (see tiff_direct)."""
         if self.vendor not in DIRECT_VENDORS:
             return None
+        direct = None
         try:
             direct = DirectTiff(self.path, self._osr.level_dimensions)
-            w0, h0 = self._osr.dimensions
             for level in list(direct.pages):
                 w, h = self._osr.level_dimensions[level]
                 box = (max(0, w // 2 - 128), max(0, h // 2 - 128), min(w, 256), min(h, 256))
-                slow = np.asarray(_rgba_to_rgb_on_white(self._osr.read_region(
-                    (round(box[0] * w0 / w), round(box[1] * h0 / h)), level, box[2:])))[..., :3]
+                slow = _rgb_array(self._read_openslide(level, *box))
                 if not np.array_equal(direct.read(level, *box)[..., :3], slow):
                     del direct.pages[level]
+            if not direct.pages:
+                raise ValueError("no level can be decoded directly")
         except Exception:  # anything unexpected in the TIFF structure: OpenSlide reads it
+            if direct is not None:
+                direct.close()
             return None
-        return direct if direct.pages else None
+        return direct
 
     @property
     def reader(self) -> str:
