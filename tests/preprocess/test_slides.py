@@ -107,3 +107,18 @@ def test_skipping_unneeded_source_tiles_keeps_needed_pixels_exact(slides_dir, di
     inside = math.ceil((512 - 256) / 600 * 233)  # output pixels whose footprint meets the needed box
     np.testing.assert_array_equal(part[:inside, :inside], full[:inside, :inside])
     assert (part[-20:, -20:] == 255).all() and not (full[-20:, -20:] == 255).all()
+
+
+def test_direct_decoder_that_disagrees_with_openslide_is_not_used(slides_dir, monkeypatch):
+    from medssl.preprocess.tiff_direct import DirectTiff
+
+    real_read = DirectTiff.read
+
+    def off_by_one(self, *args, **kwargs):
+        pixels = real_read(self, *args, **kwargs)
+        pixels[..., 0] ^= 1
+        return pixels
+
+    monkeypatch.setattr(DirectTiff, "read", off_by_one)
+    with Slide(slides_dir / "generic-025.tiff") as slide:
+        assert slide.reader == "openslide"
