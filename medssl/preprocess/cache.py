@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import uuid
+from contextlib import contextmanager
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,23 @@ def complete_attrs(root: zarr.Group, kind: str, item_id: str) -> dict | None:
         return None
     attrs = dict(group.attrs)
     return attrs if attrs.get("status") == "complete" else None
+
+
+def unchanged_item(root: zarr.Group, kind: str, item_id: str, source: Mapping) -> dict | None:
+    """The attrs of a committed item made from exactly ``source`` (its fingerprint), else None."""
+    previous = complete_attrs(root, kind, item_id)
+    return previous if previous is not None and previous.get("source") == _jsonable(dict(source)) else None
+
+
+@contextmanager
+def staged_item(root: zarr.Group, kind: str, item_id: str) -> Iterator[zarr.Group]:
+    """A fresh staging group to write one item into; discarded if the block raises."""
+    group = begin_item(root, kind, item_id)
+    try:
+        yield group
+    except BaseException:
+        discard_item(root, kind, item_id)
+        raise
 
 
 def begin_item(root: zarr.Group, kind: str, item_id: str) -> zarr.Group:

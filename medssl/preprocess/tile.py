@@ -152,18 +152,15 @@ class SlideTiler:
         extra = {k: job.fields[k] for k in ("label", "stain") if k in job.fields}
         if not job.path.exists():
             raise SlideError(f"{job.path}: file not found")
-        fingerprint = SourceFingerprint.of(job.path).as_dict()
-        previous = cache_mod.complete_attrs(root, KIND, job.item_id)
-        if previous is not None and previous.get("source") == fingerprint:
+        previous = cache_mod.unchanged_item(root, KIND, job.item_id, SourceFingerprint.of(job.path).as_dict())
+        if previous is not None:
             return Result(job.item_id, str(job.path), SKIPPED, "already complete", previous["num_tiles"], 0.0, extra)
         mpp_override = _parse_mpp(job)
         with Slide(job.path, mpp_override=mpp_override, fallback_mpp=self.assume_mpp) as slide:
             attrs, thumb, grid = self._plan(slide, job)
-            try:
-                self._write(root, slide, job, thumb, grid, attrs, progress)
-            except BaseException:
-                cache_mod.discard_item(root, KIND, job.item_id)
-                raise
+            with cache_mod.staged_item(root, KIND, job.item_id) as group:
+                self._write(group, slide, job, thumb, grid, attrs, progress)
+                cache_mod.commit_item(root, KIND, job.item_id, attrs)
         extra.update(mpp=f"{slide.mpp:.5g}", read_level=attrs["read_level"], scale=f"{attrs['scale']:.5g}")
         return Result(job.item_id, str(job.path), DONE, "", len(grid), 0.0, extra)
 
@@ -216,9 +213,8 @@ class SlideTiler:
         }
         return attrs, thumb, grid
 
-    def _write(self, root, slide: Slide, job: Job, thumb: Thumbnail, grid: TileGrid, attrs: dict, progress) -> None:
+    def _write(self, group, slide: Slide, job: Job, thumb: Thumbnail, grid: TileGrid, attrs: dict, progress) -> None:
         p = self.params
-        group = cache_mod.begin_item(root, KIND, job.item_id)
         group.create_array("coords", data=grid.coords)
         group.create_array("grid", data=grid.grid)
         group.create_array("tissue", data=grid.tissue)
@@ -234,7 +230,6 @@ class SlideTiler:
         _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
         boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
         save_png_atomically(tile_overlay(thumb.rgb, thumb.mask, boxes), self.out / "qc" / f"{job.item_id}.png")
-        cache_mod.commit_item(root, KIND, job.item_id, attrs)
 
 
 def _parse_mpp(job: Job) -> float | None:
