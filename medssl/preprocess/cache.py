@@ -59,9 +59,18 @@ def check_item_id(item_id: str, source: str = "") -> str:
     return item_id
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Normalise a parameter dict through JSON so comparisons see what the store will hold."""
     return json.loads(json.dumps(value))
+
+
+def stored_params(out: str | os.PathLike, kind: str) -> dict | None:
+    """The parameters a cache's items of ``kind`` were made with, or None if there are none yet."""
+    path = store_path(out)
+    if not (path / "zarr.json").exists():
+        return None
+    meta = dict(zarr.open_group(path, mode="r", zarr_format=3).attrs.get("medssl", {}))
+    return meta.get("kinds", {}).get(kind, {}).get("params")
 
 
 def open_for_writing(out: str | os.PathLike, kind: str, params: Mapping, overwrite: bool = False) -> zarr.Group:
@@ -71,7 +80,7 @@ def open_for_writing(out: str | os.PathLike, kind: str, params: Mapping, overwri
     unless ``overwrite`` is set, in which case that kind's items are deleted first.
     """
     path = store_path(out)
-    params = _jsonable(dict(params))
+    params = jsonable(dict(params))
     if path.exists() and not (path / "zarr.json").exists():
         raise CacheError(f"{path}: exists but is not a Zarr store; choose another --out")
     root = zarr.open_group(path, mode="a", zarr_format=3)
@@ -130,7 +139,7 @@ def complete_attrs(root: zarr.Group, kind: str, item_id: str) -> dict | None:
 def unchanged_item(root: zarr.Group, kind: str, item_id: str, source: Mapping) -> dict | None:
     """The attrs of a committed item made from exactly ``source`` (its fingerprint), else None."""
     previous = complete_attrs(root, kind, item_id)
-    return previous if previous is not None and previous.get("source") == _jsonable(dict(source)) else None
+    return previous if previous is not None and previous.get("source") == jsonable(dict(source)) else None
 
 
 @contextmanager
@@ -166,7 +175,7 @@ def commit_item(root: zarr.Group, kind: str, item_id: str, attrs: Mapping) -> No
     """
     base = Path(root.store.root)
     group = zarr.open_group(base / STAGING / kind / item_id, mode="r+")
-    group.attrs.update(_jsonable({**attrs, "status": "complete"}))
+    group.attrs.update(jsonable({**attrs, "status": "complete"}))
     final = base / kind / item_id
     trash = None
     if final.exists():
@@ -264,3 +273,91 @@ class SlideCache(CacheReader):
 
     def num_tiles(self, slide_id: str) -> int:
         return int(self.tiles(slide_id).shape[0])
+
+
+class VolumeCache(CacheReader):
+    """Volumes of a cache written by ``medssl cache-volumes``, stored ``[Z, Y, X]`` (axial-slice-major,
+    RAS: x left→right, y posterior→anterior, z inferior→superior).
+
+    Uncompressed arrays are served as NumPy memory maps of the shard file (zero-copy, the speed of a
+    plain ``.npy``); compressed ones through Zarr. Both index like arrays::
+
+        cache = VolumeCache("ct-cache/")
+        cache.slice("case_01", 40)                       # axial slice [Y, X]
+        cache.patch("case_01", (10, 64, 64), (96, 96, 96))
+        cache.label("case_01")[40], cache.metadata("case_01")["spacing"]
+    """
+
+    kind = "volumes"
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self._arrays: dict[tuple[str, str], Any] = {}
+
+    def image(self, volume_id: str):
+        """The whole normalised volume ``[Z, Y, X]`` (a memory map or a lazy Zarr array)."""
+        return self._array(volume_id, "image")
+
+    def label(self, volume_id: str):
+        """The label map ``[Z, Y, X]``, or None when the volume was cached without one."""
+        if "label" not in self.group(volume_id):
+            return None
+        return self._array(volume_id, "label")
+
+    def slice(self, volume_id: str, z: int, key: str = "image") -> np.ndarray:
+        return np.asarray(self._array(volume_id, key)[z])
+
+    def patch(self, volume_id: str, start: tuple[int, int, int], size: tuple[int, int, int], key: str = "image") -> np.ndarray:
+        (z, y, x), (dz, dy, dx) = start, size
+        return np.asarray(self._array(volume_id, key)[z : z + dz, y : y + dy, x : x + dx])
+
+    def shape(self, volume_id: str) -> tuple[int, int, int]:
+        return tuple(self.metadata(volume_id)["shape"])
+
+    def _array(self, volume_id: str, key: str):
+        cached = self._arrays.get((volume_id, key))
+        if cached is None:
+            array = self.group(volume_id)[key]
+            mapped = raw_shard_memmap(self.path / self.kind / volume_id / key)
+            cached = array if mapped is None else mapped
+            self._arrays[(volume_id, key)] = cached
+        return cached
+
+
+def raw_shard_memmap(array_dir: Path) -> np.memmap | None:
+    """A zero-copy view of an uncompressed single-shard array whose inner chunks lie in order.
+
+    Zarr v3 stores such a shard as the raw C-order bytes of each inner chunk followed by an index; when
+    the index says chunk k sits at byte k × chunk_bytes, the file *is* the array. Anything else (other
+    codecs, several shards, chunks out of order) returns None and the caller reads through Zarr.
+    """
+    try:
+        meta = json.loads((array_dir / "zarr.json").read_text())
+        shape = tuple(meta["shape"])
+        (sharding,) = meta["codecs"]
+        config = sharding["configuration"]
+        inner = tuple(config["chunk_shape"])
+        if (
+            sharding["name"] != "sharding_indexed"
+            or tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) != shape
+            or config["codecs"] not in ([{"name": "bytes", "configuration": {"endian": "little"}}], [{"name": "bytes"}])
+            or config.get("index_location", "end") != "end"
+            or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
+            or inner[1:] != shape[1:]
+        ):
+            return None
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        path = array_dir / "c" / "/".join("0" * len(shape))
+        n_chunks = -(-shape[0] // inner[0])
+        chunk_bytes = int(np.prod(inner)) * dtype.itemsize
+        index_bytes = n_chunks * 16 + (4 if any(c["name"] == "crc32c" for c in config["index_codecs"]) else 0)
+        size = path.stat().st_size
+        index = np.fromfile(path, dtype="<u8", count=2 * n_chunks, offset=size - index_bytes).reshape(n_chunks, 2)
+        expected = np.arange(n_chunks, dtype=np.uint64) * chunk_bytes
+        if not (np.array_equal(index[:, 0], expected) and (index[:, 1] == chunk_bytes).all()):
+            return None
+        if shape[0] % inner[0]:
+            return None
+        return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None

@@ -42,3 +42,34 @@ def save_png_atomically(image: Image.Image, path: str | os.PathLike) -> Path:
     image.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def volume_montage(
+    image: np.ndarray, label: np.ndarray | None = None, spacing=(1.0, 1.0, 1.0), side: int = 384
+) -> Image.Image:
+    """Mid axial, coronal and sagittal slices of a ``[Z, Y, X]`` volume side by side, at their physical
+    aspect (``spacing`` is x, y, z mm), with the label's outline in red; intensities stretched between
+    the 1st and 99th percentiles."""
+    sx, sy, sz = spacing
+    z, y, x = (n // 2 for n in image.shape)
+    # (pixels, mm per row, mm per column); coronal and sagittal views are flipped so superior is up.
+    views = [(image[z], sy, sx), (image[:, y, :][::-1], sz, sx), (image[:, :, x][::-1], sz, sy)]
+    masks = [None] * 3 if label is None else [label[z], label[:, y, :][::-1], label[:, :, x][::-1]]
+    lo, hi = np.percentile(image.astype(np.float32), [1, 99])
+    panels = []
+    for (view, row_mm, col_mm), mask in zip(views, masks):
+        grey = np.clip((view.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+        rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
+        if mask is not None:
+            edge = (mask > 0) & ~ndimage.binary_erosion(mask > 0, border_value=0)
+            rgb[edge] = (230, 40, 40)
+        height_mm, width_mm = view.shape[0] * row_mm, view.shape[1] * col_mm
+        zoom = side / max(height_mm, width_mm)
+        size = (max(1, round(width_mm * zoom)), max(1, round(height_mm * zoom)))
+        panels.append(Image.fromarray(rgb).resize(size, Image.Resampling.NEAREST))
+    canvas = Image.new("RGB", (sum(p.size[0] for p in panels) + 8 * (len(panels) - 1), side))
+    offset = 0
+    for panel in panels:
+        canvas.paste(panel, (offset, 0))
+        offset += panel.size[0] + 8
+    return canvas

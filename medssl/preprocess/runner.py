@@ -68,39 +68,67 @@ def collect_jobs(
     id_column: str,
     path_column: str,
     extra_columns: Sequence[str] = (),
+    path_columns: Sequence[str] = (),
+    find: Callable[[Path], list[Path]] | None = None,
+    item_id: Callable[[Path], str] | None = None,
 ) -> list[Job]:
-    """Jobs from files, folders (searched recursively for ``suffixes``), glob patterns and CSV manifests.
+    """Jobs from files, folders, glob patterns and CSV manifests.
 
-    A path that does not exist still becomes a job, so its failure is reported in the manifest with
-    the others. IDs are file stems unless a CSV gives them; duplicate IDs are refused.
+    Folders are searched by ``find`` (default: files ending in one of ``suffixes``, recursively). A path
+    that does not exist still becomes a job, so its failure is reported in the manifest with the
+    others. IDs come from ``item_id`` (default: the file name without its suffixes) unless a CSV gives
+    them; duplicates are refused. CSV columns in ``path_columns`` are paths relative to the CSV.
     """
     suffixes = tuple(s.lower() for s in suffixes)
+    find = find or (lambda folder: files_with_suffixes(folder, suffixes))
+    item_id = item_id or (lambda p: strip_suffixes(p, suffixes))
     jobs: list[Job] = []
     for raw in inputs:
         text = str(raw)
         path = Path(text)
         if path.suffix.lower() == ".csv" and path.is_file():
-            jobs.extend(read_csv_jobs(path, id_column, path_column, extra_columns))
+            jobs.extend(read_csv_jobs(path, id_column, path_column, extra_columns, path_columns))
         elif path.is_dir() and path.suffix.lower() not in suffixes:
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and not _hidden(p, path))
+            found = find(path)
             if not found:
-                raise InputError(f"{path}: folder holds no files ending in {', '.join(suffixes)}")
-            jobs.extend(Job(p.stem, p) for p in found)
+                raise InputError(f"{path}: folder holds no inputs (looked for {', '.join(suffixes)})")
+            jobs.extend(Job(item_id(p), p) for p in found)
         elif any(ch in text for ch in "*?["):
             found = sorted(Path(p) for p in glob.glob(text, recursive=True))
             if not found:
                 raise InputError(f"{text}: glob pattern matches no file")
-            jobs.extend(Job(p.stem, p) for p in found)
+            jobs.extend(Job(item_id(p), p) for p in found)
         else:
-            jobs.append(Job(path.stem, path))
+            jobs.append(Job(item_id(path), path))
     _refuse_duplicates(jobs)
     return jobs
 
 
+def files_with_suffixes(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files below ``folder`` (not in hidden folders) whose name ends in one of ``suffixes``."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.name.lower().endswith(suffixes) and not _hidden(p, folder)
+    )
+
+
+def strip_suffixes(path: Path, suffixes: tuple[str, ...]) -> str:
+    """'case_01.nii.gz' -> 'case_01' when '.nii.gz' is a known suffix; else the stem."""
+    name = path.name
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def read_csv_jobs(
-    csv_path: Path, id_column: str, path_column: str, extra_columns: Sequence[str] = ()
+    csv_path: Path,
+    id_column: str,
+    path_column: str,
+    extra_columns: Sequence[str] = (),
+    path_columns: Sequence[str] = (),
 ) -> list[Job]:
-    """Rows of a CSV manifest; relative paths are taken from the CSV's folder."""
+    """Rows of a CSV manifest; relative paths (the main one and ``path_columns``) are taken from the CSV's folder."""
     with open(csv_path, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
@@ -116,6 +144,9 @@ def read_csv_jobs(
             if not path.is_absolute():
                 path = csv_path.parent / path
             extras = {k: row[k] for k in extra_columns if row.get(k)}
+            for column in path_columns:
+                if column in extras and not Path(extras[column]).is_absolute():
+                    extras[column] = str(csv_path.parent / extras[column])
             jobs.append(Job(row[id_column], path, extras))
     return jobs
 
