@@ -1,7 +1,8 @@
 """The ``medssl`` command line.
 
-``medssl tile``  slides → Zarr tile cache (see ``medssl tile --help``)
-``medssl info``  summarise a cache
+``medssl tile``           slides → Zarr tile cache (see ``medssl tile --help``)
+``medssl cache-volumes``  CT/MRI volumes → Zarr volume cache
+``medssl info``           summarise a cache
 
 Exit status: 0 when everything succeeded, 1 when some inputs failed (the others finished and the
 manifest says why), 2 on a usage or configuration error before any work started.
@@ -109,6 +110,70 @@ def _run_tile(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cache-volumes",
+        help="preprocess CT/MRI volumes into a Zarr cache",
+        description="Orient (RAS), resample, crop and normalise NIfTI files or DICOM series (files, folders, "
+        "globs or a CSV manifest with volume_id,image[,label,modality,split]) into one resumable Zarr cache.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", help="NIfTI files, DICOM series folders, folders, globs or CSV manifests")
+    p.add_argument("--out", required=True, help="cache folder (holds cache.zarr, manifest.csv, qc/)")
+    p.add_argument("--modality", choices=("CT", "MR"), help="for inputs without a CSV 'modality' column")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="target spacing in mm [default: cohort median, nnU-Net's anisotropy rule]")
+    p.add_argument("--ct-norm", default="cohort", choices=("cohort", "window"),
+                   help="CT: clip to cohort foreground 0.5/99.5 pct + z-score, or a fixed window scaled to 0..1")
+    p.add_argument("--ct-window", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LOW", "HIGH"))
+    p.add_argument("--ct-foreground-hu", type=float, default=-500.0, help="CT body threshold for cropping")
+    p.add_argument("--no-crop", action="store_true", help="keep the whole field of view")
+    p.add_argument("--frame", type=int, help="frame/channel to keep from 4D inputs (4D is an error otherwise)")
+    p.add_argument("--interpolation", default="bilinear", choices=("bilinear", "nearest", "bicubic"))
+    p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    p.add_argument("--codec", default="raw", choices=("raw", "zstd"), help="raw is memory-mapped when read")
+    r = p.add_argument_group("running")
+    r.add_argument("--workers", type=int, default=1, help="volumes processed in parallel (processes)")
+    r.add_argument("--shard", help="i/n: process only shard i of n (for cluster job arrays)")
+    r.add_argument("--overwrite", action="store_true", help="rebuild a cache made with other parameters")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_volumes)
+
+
+def _run_volumes(args: argparse.Namespace) -> int:
+    from medssl.preprocess import VolumeParams, cache_volumes
+    from medssl.preprocess.runner import parse_shard
+
+    try:
+        params = VolumeParams(
+            spacing=tuple(args.spacing) if args.spacing else None,
+            ct_norm=args.ct_norm,
+            ct_window=tuple(args.ct_window),
+            ct_foreground_hu=args.ct_foreground_hu,
+            crop_foreground=not args.no_crop,
+            frame=args.frame,
+            interpolation=args.interpolation,
+            dtype=args.dtype,
+            codec=args.codec,
+        )
+    except ValueError as exc:
+        raise MedsslError(f"medssl cache-volumes: {exc}") from None
+    summary = cache_volumes(
+        args.inputs, args.out, params, modality=args.modality, workers=args.workers,
+        shard=parse_shard(args.shard), overwrite=args.overwrite, progress=not args.quiet,
+    )
+    counts = {s: sum(r.status == s for r in summary.results) for s in ("done", "skipped", "failed")}
+    spacing = ", ".join(f"{v:.3g}" for v in summary.plan.spacing)
+    print(
+        f"{counts['done']} cached, {counts['skipped']} already complete, {counts['failed']} failed; "
+        f"spacing ({spacing}) mm\ncache:    {summary.out / 'cache.zarr'}\nmanifest: {summary.manifest}\n"
+        f"qc:       {summary.out / 'qc'}"
+    )
+    for result in summary.failed:
+        print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
 def _add_info_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="summarise a medssl cache")
     p.add_argument("cache", help="cache folder or .zarr store")
@@ -120,18 +185,32 @@ def _run_info(args: argparse.Namespace) -> int:
 
     from medssl.preprocess import SlideCache
 
-    cache = SlideCache(args.cache)
-    print(f"{cache.path}: schema v{cache.meta['schema_version']}, written by medssl {cache.meta['medssl_version']}")
-    print("parameters:", json.dumps(cache.params, indent=2))
-    total = 0
-    for slide_id in cache.ids:
-        meta = cache.metadata(slide_id)
-        total += meta["num_tiles"]
-        print(
-            f"  {slide_id}: {meta['num_tiles']} tiles, level {meta['read_level']} "
-            f"(scale {meta['scale']:.3g}), source {meta['mpp']:.4g} µm/px ({meta['mpp_source']})"
-        )
-    print(f"{len(cache)} slides, {total} tiles")
+    from medssl.preprocess import VolumeCache
+    from medssl.preprocess.cache import stored_params, store_path
+
+    if stored_params(args.cache, "slides") is None and stored_params(args.cache, "volumes") is None:
+        SlideCache(args.cache)  # raises the reader's clear error for a path that is not a cache
+    if stored_params(args.cache, "slides") is not None:
+        cache = SlideCache(args.cache)
+        print(f"{cache.path}: schema v{cache.meta['schema_version']}, written by medssl {cache.meta['medssl_version']}")
+        print("slide parameters:", json.dumps(cache.params, indent=2))
+        total = 0
+        for slide_id in cache.ids:
+            meta = cache.metadata(slide_id)
+            total += meta["num_tiles"]
+            print(
+                f"  {slide_id}: {meta['num_tiles']} tiles, level {meta['read_level']} "
+                f"(scale {meta['scale']:.3g}), source {meta['mpp']:.4g} µm/px ({meta['mpp_source']})"
+            )
+        print(f"{len(cache)} slides, {total} tiles")
+    if stored_params(args.cache, "volumes") is not None:
+        volumes = VolumeCache(args.cache)
+        print(f"{store_path(args.cache)}: volume parameters:", json.dumps(volumes.params, indent=2))
+        for volume_id in volumes.ids:
+            meta = volumes.metadata(volume_id)
+            label = "with label" if meta.get("labels") is not None else "no label"
+            print(f"  {volume_id}: {meta['modality']}, [Z, Y, X] = {meta['shape']}, {label}")
+        print(f"{len(volumes)} volumes")
     return 0
 
 
@@ -139,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_tile_parser(sub)
+    _add_volumes_parser(sub)
     _add_info_parser(sub)
     return parser
 

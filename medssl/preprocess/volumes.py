@@ -83,15 +83,15 @@ class Plan:
 # -- loading --------------------------------------------------------------------------------------
 def load_volume(path: str | os.PathLike, frame: int | None = None, what: str = "image"):
     """A ``[1, X, Y, Z]`` float32 MetaTensor (affine in RAS world mm) from a NIfTI file or DICOM folder/file."""
-    from monai.transforms import LoadImage
-
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"{path}: {what} file not found")
     reader = "PydicomReader" if path.is_dir() or path.suffix.lower() == ".dcm" else "NibabelReader"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # MONAI/pydicom warn about optional GPU codecs on import
+            from monai.transforms import LoadImage
+
             volume = LoadImage(image_only=True, reader=reader, dtype=np.float32)(str(path))
     except Exception as exc:  # MONAI wraps reader errors in RuntimeError/ValueError/OSError/EOFError
         raise VolumeError(f"{path}: unreadable {what} ({_one_line(exc)})") from None

@@ -83,9 +83,17 @@ def ct_phantom(shape: Sequence[int] = (512, 512, 200), seed: int = 0) -> np.ndar
     return volume
 
 
+def dicom_ras_affine(spacing: Sequence[float], origin: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """The RAS affine of a series written by :func:`write_dicom_series` (DICOM patient space is LPS)."""
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = (-origin[0], -origin[1], origin[2])
+    return affine
+
+
 def write_dicom_series(folder: str | Path, volume: np.ndarray, spacing: Sequence[float], origin=(0.0, 0.0, 0.0)) -> Path:
     """Write ``volume`` (``[X, Y, Z]``, values in HU) as an axial CT series, one file per slice,
-    using pydicom's shipped CT_small.dcm as the template for every required tag."""
+    using pydicom's shipped CT_small.dcm as the template for every required tag. ``origin`` is the
+    first voxel's ImagePositionPatient (LPS mm); :func:`dicom_ras_affine` gives the matching affine."""
     import pydicom
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
