@@ -83,15 +83,17 @@ class Plan:
 # -- loading --------------------------------------------------------------------------------------
 def load_volume(path: str | os.PathLike, frame: int | None = None, what: str = "image"):
     """A ``[1, X, Y, Z]`` float32 MetaTensor (affine in RAS world mm) from a NIfTI file or DICOM folder/file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI/pydicom warn about optional GPU codecs on import
+        from monai.transforms import LoadImage
+
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"{path}: {what} file not found")
     reader = "PydicomReader" if path.is_dir() or path.suffix.lower() == ".dcm" else "NibabelReader"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MONAI/pydicom warn about optional GPU codecs on import
-            from monai.transforms import LoadImage
-
+            warnings.simplefilter("ignore")
             volume = LoadImage(image_only=True, reader=reader, dtype=np.float32)(str(path))
     except Exception as exc:  # MONAI wraps reader errors in RuntimeError/ValueError/OSError/EOFError
         raise VolumeError(f"{path}: unreadable {what} ({_one_line(exc)})") from None
@@ -170,15 +172,15 @@ def resample(image, label, spacing: Sequence[float], params: VolumeParams, crop_
 
     keys = ["image"] + (["label"] if label is not None else [])
     modes = [params.interpolation] + (["nearest"] if label is not None else [])
-    steps = [
-        Orientationd(keys=keys, axcodes="RAS"),
-        Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes),
-    ]
-    if crop_fn is not None:
-        steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=crop_fn, allow_smaller=True))
     data = {"image": image} | ({"label": label} if label is not None else {})
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", FutureWarning)  # MONAI's notice about Orientation's labels default
+        steps = [
+            Orientationd(keys=keys, axcodes="RAS"),
+            Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes),
+        ]
+        if crop_fn is not None:
+            steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=crop_fn, allow_smaller=True))
         out = Compose(steps)(data)
     return out["image"], out.get("label")
 
