@@ -52,9 +52,10 @@ def volume_montage(
     the 1st and 99th percentiles."""
     sx, sy, sz = spacing
     z, y, x = (n // 2 for n in image.shape)
-    # (pixels, mm per row, mm per column); coronal and sagittal views are flipped so superior is up.
-    views = [(image[z], sy, sx), (image[:, y, :][::-1], sz, sx), (image[:, :, x][::-1], sz, sy)]
-    masks = [None] * 3 if label is None else [label[z], label[:, y, :][::-1], label[:, :, x][::-1]]
+    # (pixels, mm per row, mm per column), flipped so anterior (axial) and superior (coronal,
+    # sagittal) are up; patient left is on the left (neurological convention).
+    views = [(image[z][::-1], sy, sx), (image[:, y, :][::-1], sz, sx), (image[:, :, x][::-1], sz, sy)]
+    masks = [None] * 3 if label is None else [label[z][::-1], label[:, y, :][::-1], label[:, :, x][::-1]]
     lo, hi = np.percentile(image.astype(np.float32), [1, 99])
     panels = []
     for (view, row_mm, col_mm), mask in zip(views, masks):

@@ -14,6 +14,7 @@ std). It is computed once, stored in the cache, and reused by resumed runs and b
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 import zlib
@@ -83,8 +84,10 @@ class Plan:
 # -- loading --------------------------------------------------------------------------------------
 def load_volume(path: str | os.PathLike, frame: int | None = None, what: str = "image"):
     """A ``[1, X, Y, Z]`` float32 MetaTensor (affine in RAS world mm) from a NIfTI file or DICOM folder/file."""
+    # MONAI logs and warns on import that its optional GPU DICOM decoder is absent; that is expected.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # MONAI/pydicom warn about optional GPU codecs on import
+        warnings.simplefilter("ignore")
         from monai.transforms import LoadImage
 
     path = Path(path)
