@@ -99,10 +99,14 @@ def _run_tile(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    counts = {s: sum(r.status == s for r in summary.results) for s in ("done", "skipped", "failed")}
+    return _report(summary, "tiled", f"{summary.tiles} tiles at {target:g} µm/px")
+
+
+def _report(summary, verb: str, detail: str) -> int:
+    """Print what a preprocessing run did and where its outputs are; exit status 1 if anything failed."""
+    counts = summary.counts()
     print(
-        f"{counts['done']} tiled, {counts['skipped']} already complete, {counts['failed']} failed; "
-        f"{summary.tiles} tiles at {target:g} µm/px\n"
+        f"{counts['done']} {verb}, {counts['skipped']} already complete, {counts['failed']} failed; {detail}\n"
         f"cache:    {summary.out / 'cache.zarr'}\nmanifest: {summary.manifest}\nqc:       {summary.out / 'qc'}"
     )
     for result in summary.failed:
@@ -162,16 +166,8 @@ def _run_volumes(args: argparse.Namespace) -> int:
         args.inputs, args.out, params, modality=args.modality, workers=args.workers,
         shard=parse_shard(args.shard), overwrite=args.overwrite, progress=not args.quiet,
     )
-    counts = {s: sum(r.status == s for r in summary.results) for s in ("done", "skipped", "failed")}
     spacing = ", ".join(f"{v:.3g}" for v in summary.plan.spacing)
-    print(
-        f"{counts['done']} cached, {counts['skipped']} already complete, {counts['failed']} failed; "
-        f"spacing ({spacing}) mm\ncache:    {summary.out / 'cache.zarr'}\nmanifest: {summary.manifest}\n"
-        f"qc:       {summary.out / 'qc'}"
-    )
-    for result in summary.failed:
-        print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return _report(summary, "cached", f"spacing ({spacing}) mm")
 
 
 def _add_info_parser(sub: argparse._SubParsersAction) -> None:

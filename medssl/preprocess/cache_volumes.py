@@ -16,7 +16,7 @@ manifest are the same machinery as ``medssl tile``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,12 @@ from medssl.preprocess import cache as cache_mod
 from medssl.preprocess.qc import save_png_atomically, volume_montage
 from medssl.preprocess.runner import (
     DONE,
-    FAILED,
     SKIPPED,
     Job,
     Result,
+    RunSummary,
     collect_jobs,
+    manifest_path,
     run_jobs,
     select_shard,
 )
@@ -59,17 +60,10 @@ CSV_EXTRA_COLUMNS = ("label", "modality", "split", "case_id")
 
 
 @dataclass
-class VolumeSummary:
-    """What one ``cache_volumes`` run did; ``manifest`` is the CSV it wrote."""
+class VolumeSummary(RunSummary):
+    """What one ``cache_volumes`` run did, and the cohort plan it used."""
 
-    out: Path
-    manifest: Path
     plan: Plan
-    results: list[Result] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[Result]:
-        return [r for r in self.results if r.status == FAILED]
 
 
 def find_volumes(folder: Path) -> list[Path]:
@@ -119,13 +113,12 @@ def cache_volumes(
     else:
         plan = make_plan(cohort, params, progress)  # the whole cohort, so every shard agrees
     cache_mod.open_for_writing(out, KIND, {"requested": requested, "plan": plan.as_dict()}, overwrite=overwrite)
-    index, count = shard
-    manifest = out / ("manifest.csv" if count == 1 else f"manifest.shard-{index}-of-{count}.csv")
+    manifest = manifest_path(out, shard)
     results = run_jobs(
         select_shard(cohort, shard), VolumeCacher(out, params, plan), manifest, workers=workers,
         unit="slices", desc="volumes", progress=progress, extra_fields=("modality", "label_path", "shape"),
     )
-    return VolumeSummary(out=out, manifest=manifest, plan=plan, results=results)
+    return VolumeSummary(out=out, manifest=manifest, results=results, plan=plan)
 
 
 def _modality(job: Job, default: str | None) -> str:

@@ -61,6 +61,28 @@ class Result:
         }
 
 
+@dataclass
+class RunSummary:
+    """What one preprocessing run did; ``manifest`` is the CSV it wrote."""
+
+    out: Path
+    manifest: Path
+    results: list[Result]
+
+    @property
+    def failed(self) -> list[Result]:
+        return [r for r in self.results if r.status == FAILED]
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(r.status == status for r in self.results) for status in (DONE, SKIPPED, FAILED)}
+
+
+def manifest_path(out: Path, shard: tuple[int, int]) -> Path:
+    """manifest.csv, or manifest.shard-i-of-n.csv so concurrent shards never share a file."""
+    index, count = shard
+    return out / ("manifest.csv" if count == 1 else f"manifest.shard-{index}-of-{count}.csv")
+
+
 # -- inputs ---------------------------------------------------------------------------------------
 def collect_jobs(
     inputs: Sequence[str | os.PathLike],

@@ -18,7 +18,7 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +31,12 @@ from medssl.preprocess.codecs import JpegCodec
 from medssl.preprocess.qc import save_png_atomically, tile_overlay
 from medssl.preprocess.runner import (
     DONE,
-    FAILED,
     SKIPPED,
     Job,
     Result,
+    RunSummary,
     collect_jobs,
+    manifest_path,
     run_jobs,
     select_shard,
 )
@@ -84,16 +85,8 @@ class StorageParams:
 
 
 @dataclass
-class TileSummary:
-    """What one ``tile_slides`` run did; ``manifest`` is the CSV it wrote."""
-
-    out: Path
-    manifest: Path
-    results: list[Result] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[Result]:
-        return [r for r in self.results if r.status == FAILED]
+class TileSummary(RunSummary):
+    """What one ``tile_slides`` run did."""
 
     @property
     def tiles(self) -> int:
@@ -125,8 +118,7 @@ def tile_slides(
     for job in jobs:
         cache_mod.check_item_id(job.item_id, str(job.path))
     cache_mod.open_for_writing(out, KIND, cache_params(params, storage), overwrite=overwrite)
-    index, count = shard
-    manifest = out / ("manifest.csv" if count == 1 else f"manifest.shard-{index}-of-{count}.csv")
+    manifest = manifest_path(out, shard)
     worker = SlideTiler(out, params, storage, assume_mpp, threads)
     results = run_jobs(
         jobs, worker, manifest, workers=workers, unit="tiles", desc="slides", progress=progress,

@@ -257,3 +257,14 @@ def test_gzip_is_really_truncated_in_the_bad_input_test(sphere_case):
     data = (sphere_case / "ball.nii.gz").read_bytes()
     with pytest.raises((EOFError, OSError)):
         gzip.decompress(data[: len(data) // 2])
+
+
+def test_worker_processes_give_the_same_cache(sphere_case, tmp_path):
+    inputs = [sphere_case / "ball.nii.gz", nibabel_data("anatomical.nii")]
+    params = VolumeParams(spacing=(2.0, 2.0, 2.0))
+    run(inputs, tmp_path / "one", modality="MR", params=params)
+    run(inputs, tmp_path / "two", modality="MR", params=params, workers=2)
+    one, two = VolumeCache(tmp_path / "one"), VolumeCache(tmp_path / "two")
+    assert one.ids == two.ids == ["anatomical", "ball"]
+    for volume_id in one.ids:
+        np.testing.assert_array_equal(np.asarray(one.image(volume_id)), np.asarray(two.image(volume_id)))
