@@ -17,16 +17,27 @@ from collections.abc import Sequence
 from medssl.errors import MedsslError
 
 
-def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "tile",
-        help="tile whole-slide images into a Zarr cache",
-        description="Tile slides (files, folders, globs or a CSV manifest with slide_id,path[,label,stain,mpp]) "
-        "into one resumable Zarr cache at a target physical resolution.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("inputs", nargs="+", help="slide files, folders, glob patterns or CSV manifests")
+def _preprocess_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str, inputs: str):
+    """A preprocessing subcommand with the inputs, --out and the running options every one shares."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", help=inputs)
     p.add_argument("--out", required=True, help="cache folder (holds cache.zarr, manifest.csv, qc/)")
+    r = p.add_argument_group("running")
+    r.add_argument("--workers", type=int, default=1, help="items processed in parallel (processes)")
+    r.add_argument("--shard", help="i/n: process only shard i of n (for cluster job arrays)")
+    r.add_argument("--overwrite", action="store_true", help="rebuild a cache made with other parameters")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p, r
+
+
+def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
+    p, running = _preprocess_parser(
+        sub, "tile", "tile whole-slide images into a Zarr cache",
+        "Tile slides (files, folders, globs or a CSV manifest with slide_id,path[,label,stain,mpp]) "
+        "into one resumable Zarr cache at a target physical resolution.",
+        "slide files, folders, glob patterns or CSV manifests",
+    )
+    running.add_argument("--threads", type=int, default=2, help="read/decode threads per slide")
     res = p.add_mutually_exclusive_group()
     res.add_argument("--mpp", type=float, help="target microns per pixel [default: 0.5]")
     res.add_argument("--magnification", type=float, help="target magnification, converted as 10/M µm/px")
@@ -50,12 +61,6 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--codec", default="raw", choices=("raw", "zstd", "lz4", "jpeg"), help="tile pixel codec")
     s.add_argument("--jpeg-quality", type=int, default=90)
     s.add_argument("--chunk-tiles", type=int, default=32, help="tiles per chunk (per shard with jpeg)")
-    r = p.add_argument_group("running")
-    r.add_argument("--workers", type=int, default=1, help="slides processed in parallel (processes)")
-    r.add_argument("--threads", type=int, default=2, help="read/decode threads per slide")
-    r.add_argument("--shard", help="i/n: process only shard i of n (for cluster job arrays)")
-    r.add_argument("--overwrite", action="store_true", help="rebuild a cache made with other parameters")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_tile)
 
 
@@ -115,15 +120,12 @@ def _report(summary, verb: str, detail: str) -> int:
 
 
 def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "cache-volumes",
-        help="preprocess CT/MRI volumes into a Zarr cache",
-        description="Orient (RAS), resample, crop and normalise NIfTI files or DICOM series (files, folders, "
+    p, _ = _preprocess_parser(
+        sub, "cache-volumes", "preprocess CT/MRI volumes into a Zarr cache",
+        "Orient (RAS), resample, crop and normalise NIfTI files or DICOM series (files, folders, "
         "globs or a CSV manifest with volume_id,image[,label,modality,split]) into one resumable Zarr cache.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "NIfTI files, DICOM series folders, folders, globs or CSV manifests",
     )
-    p.add_argument("inputs", nargs="+", help="NIfTI files, DICOM series folders, folders, globs or CSV manifests")
-    p.add_argument("--out", required=True, help="cache folder (holds cache.zarr, manifest.csv, qc/)")
     p.add_argument("--modality", choices=("CT", "MR"), help="for inputs without a CSV 'modality' column")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="target spacing in mm [default: cohort median, nnU-Net's anisotropy rule]")
@@ -136,11 +138,6 @@ def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--interpolation", default="bilinear", choices=("bilinear", "nearest", "bicubic"))
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--codec", default="raw", choices=("raw", "zstd"), help="raw is memory-mapped when read")
-    r = p.add_argument_group("running")
-    r.add_argument("--workers", type=int, default=1, help="volumes processed in parallel (processes)")
-    r.add_argument("--shard", help="i/n: process only shard i of n (for cluster job arrays)")
-    r.add_argument("--overwrite", action="store_true", help="rebuild a cache made with other parameters")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_volumes)
 
 
