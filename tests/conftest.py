@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medssl.synthetic.slides import Ellipse, SlideLayout, write_slide
-from tests.data import LAYOUT
+from tests.layouts import LAYOUT
 
 @pytest.fixture(scope="session")
 def slides_dir(tmp_path_factory) -> Path:

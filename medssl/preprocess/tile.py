@@ -81,7 +81,8 @@ class StorageParams:
             "zstd": ZstdCodec(level=3),
             "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),
         }[self.codec]
-        return {"chunks": (self.chunk_tiles, *tile), "compressors": compressors}
+        # Every chunk is written, even an all-black one, so raw chunk files can be read directly.
+        return {"chunks": (self.chunk_tiles, *tile), "compressors": compressors, "config": {"write_empty_chunks": True}}
 
 
 @dataclass

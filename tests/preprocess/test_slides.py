@@ -9,7 +9,7 @@ import pytest
 
 from medssl.errors import SlideError
 from medssl.preprocess.slides import Slide, magnification_to_mpp
-from tests.data import LAYOUT
+from tests.layouts import LAYOUT
 
 
 def test_mpp_from_generic_tiff_resolution_tags(slides_dir):

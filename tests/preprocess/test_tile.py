@@ -19,7 +19,7 @@ from medssl.preprocess import SlideCache, StorageParams, TilingParams, tile_slid
 from medssl.preprocess import cache as cache_mod
 from medssl.preprocess.runner import Job, select_shard
 from medssl.synthetic.slides import write_demo_cohort
-from tests.data import LAYOUT
+from tests.layouts import LAYOUT
 
 
 def read_manifest(path: Path) -> dict[str, dict]:

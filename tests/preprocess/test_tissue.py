@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medssl.preprocess.tissue import TissueParams, box_fractions, detect_tissue, saturation
-from tests.data import LAYOUT
+from tests.layouts import LAYOUT
 
 
 def test_saturation_matches_hsv_definition():

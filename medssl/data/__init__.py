@@ -1,0 +1,1 @@
+"""Datasets, samplers and transforms that feed training from the medssl caches."""

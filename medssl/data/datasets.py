@@ -1,0 +1,115 @@
+"""Map-style datasets over the medssl caches; samples are MONAI-style dictionaries.
+
+A tile sample is ``{"image": uint8 Tensor[3, T, T], "slide_id": str, "tile": int, "coords": int64
+Tensor[2], "label": int}`` (``label`` is the slide's class index, -1 when it has none). ``transform``
+receives the whole dictionary, so MONAI's dictionary transforms and medssl's compose.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medssl.data.readers import TileReader
+from medssl.preprocess.cache import SlideCache
+
+
+def _matches(meta: dict, key: str, allowed: Iterable[str] | None) -> bool:
+    return allowed is None or str(meta.get(key, "")) in {str(a) for a in allowed}
+
+
+class TileDataset(Dataset):
+    """Every tile of the selected slides of a tile cache.
+
+    Filters: ``slide_ids``, ``splits``, ``labels`` and ``stains`` keep slides whose attribute is in the
+    given set (only complete slides are ever listed). ``classes`` fixes the label → index mapping
+    (default: sorted labels of the selected slides). Batched fetching (``__getitems__``) reads each
+    slide's tiles in one pass.
+    """
+
+    def __init__(
+        self,
+        cache: str | os.PathLike | SlideCache,
+        slide_ids: Sequence[str] | None = None,
+        splits: Iterable[str] | None = None,
+        labels: Iterable[str] | None = None,
+        stains: Iterable[str] | None = None,
+        classes: Sequence[str] | None = None,
+        transform: Callable[[dict], dict] | None = None,
+    ):
+        self.cache = cache if isinstance(cache, SlideCache) else SlideCache(cache)
+        chosen = []
+        for slide_id in slide_ids if slide_ids is not None else self.cache.ids:
+            meta = self.cache.metadata(slide_id)
+            if _matches(meta, "split", splits) and _matches(meta, "label", labels) and _matches(meta, "stain", stains):
+                chosen.append((slide_id, meta))
+        self.slide_ids = [slide_id for slide_id, _ in chosen]
+        found = sorted({str(m["label"]) for _, m in chosen if m.get("label") not in (None, "")})
+        self.classes = list(classes) if classes is not None else found
+        class_index = {name: k for k, name in enumerate(self.classes)}
+        self.slide_labels = np.array([class_index.get(str(m.get("label")), -1) for _, m in chosen], dtype=np.int64)
+        counts = np.array([int(m["num_tiles"]) for _, m in chosen], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.chunk_tiles = [int(self.cache.tiles(s).chunks[0]) for s in self.slide_ids]
+        self.transform = transform
+        self._readers: dict[int, TileReader] = {}
+        self._coords: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(slide position, tile index within that slide) of global indices."""
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"index out of range for a dataset of {len(self)} tiles")
+        slide = np.searchsorted(self.offsets, index, side="right") - 1
+        return slide, index - self.offsets[slide]
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """Index ranges that share a storage chunk: the units :class:`BlockShuffleSampler` shuffles."""
+        out = []
+        for k, chunk in enumerate(self.chunk_tiles):
+            start, stop = int(self.offsets[k]), int(self.offsets[k + 1])
+            out.extend((a, min(a + chunk, stop)) for a in range(start, stop, chunk))
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        slides, tiles = self.locate(indices)
+        images: list[np.ndarray | None] = [None] * len(slides)
+        for slide in np.unique(slides):
+            rows = np.flatnonzero(slides == slide)
+            pixels = self._reader(int(slide)).read(tiles[rows])
+            for row, tile in zip(rows, pixels):
+                images[row] = tile
+        samples = []
+        for slide, tile, image in zip(slides, tiles, images):
+            sample = {
+                "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                "slide_id": self.slide_ids[slide],
+                "tile": int(tile),
+                "coords": torch.from_numpy(self._coords_of(int(slide))[tile]),
+                "label": int(self.slide_labels[slide]),
+            }
+            samples.append(self.transform(sample) if self.transform is not None else sample)
+        return samples
+
+    def _reader(self, slide: int) -> TileReader:
+        reader = self._readers.get(slide)
+        if reader is None:
+            reader = self._readers[slide] = TileReader(Path(self.cache.path) / "slides" / self.slide_ids[slide] / "tiles")
+        return reader
+
+    def _coords_of(self, slide: int) -> np.ndarray:
+        coords = self._coords.get(slide)
+        if coords is None:
+            coords = self._coords[slide] = self.cache.coords(self.slide_ids[slide])
+        return coords
