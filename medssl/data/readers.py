@@ -37,14 +37,17 @@ class TileReader:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def read(self, indices) -> np.ndarray:
-        """``uint8 [len(indices), T, T, 3]``, in the order given."""
+    def read(self, indices, out: np.ndarray | None = None) -> np.ndarray:
+        """``uint8 [len(indices), T, T, 3]``, in the order given; into ``out`` (C-contiguous) if given,
+        so a batch can be read straight into shared memory with no further copy."""
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= self.shape[0]):
             raise IndexError(f"tile index out of range for {self.array_dir} with {self.shape[0]} tiles")
+        if out is None:
+            out = np.empty((len(indices), *self.tile_shape), dtype=np.uint8)
         if not self.fast:
-            return self._zarr().get_orthogonal_selection((indices,))
-        out = np.empty((len(indices), *self.tile_shape), dtype=np.uint8)
+            out[...] = self._zarr().get_orthogonal_selection((indices,))
+            return out
         flat = out.reshape(len(indices), -1)
         chunks, within = np.divmod(indices, self.chunk_tiles)
         for chunk in np.unique(chunks):
@@ -57,7 +60,9 @@ class TileReader:
                 continue
             try:
                 for row in rows:
-                    flat[row] = np.frombuffer(os.pread(fd, self.tile_bytes, int(within[row]) * self.tile_bytes), np.uint8)
+                    got = os.preadv(fd, [flat[row]], int(within[row]) * self.tile_bytes)
+                    if got != self.tile_bytes:
+                        raise OSError(f"{path}: short read ({got} of {self.tile_bytes} bytes); the cache is damaged")
             finally:
                 os.close(fd)
         return out

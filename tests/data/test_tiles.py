@@ -147,3 +147,21 @@ def test_two_workers_and_two_ranks_see_every_tile_once(tile_cache):
         assert rank_seen == expected  # the loader delivers the sampler's order exactly
         seen.extend(rank_seen)
     assert len(seen) == len(set(seen)) == len(ds)
+
+
+def test_batch_loader_reads_whole_batches_in_sampler_order(tile_cache):
+    from medssl.data.datasets import batch_loader
+
+    ds = TileDataset(tile_cache)
+    sampler = BlockShuffleSampler(ds.blocks(), seed=5)
+    order = list(sampler)
+    batches = list(batch_loader(ds, sampler, batch_size=16, num_workers=2))
+    assert sum(len(b["image"]) for b in batches) == len(ds)
+    got = np.concatenate([ds.offsets[b["slide"].numpy()] + b["tile"].numpy() for b in batches])
+    np.testing.assert_array_equal(got, order)
+    first = batches[0]
+    assert first["image"].shape == (16, 3, 64, 64)
+    assert first["image"].is_contiguous(memory_format=torch.channels_last)
+    for row in (0, 7, 15):
+        assert torch.equal(first["image"][row], ds[order[row]]["image"])
+        assert int(first["label"][row]) == ds[order[row]]["label"]
