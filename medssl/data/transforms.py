@@ -1,0 +1,209 @@
+"""Multi-view augmentations for histology tiles, as MONAI-style dictionary transforms on tensors.
+
+Each transform takes and returns a sample dictionary and changes ``keys`` (default ``"image"``), a
+``[3, H, W]`` tensor (uint8 0..255 or float 0..1). Randomness comes from torch's global generator,
+which DataLoader seeds per worker and per epoch, so views differ between epochs and a fixed
+``torch.manual_seed`` reproduces them. No torchvision: everything is plain torch.
+
+``MultiViewd`` turns one sample into several augmented views under ``"views"`` (SimCLR's two views,
+or DINO/SwAV multi-crop with global and local crops).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Ruifrok & Johnston's H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image uses.
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
+_LOG_ADJUST = math.log(1e-6)
+
+
+def to_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 → float32 0..1; float images pass through."""
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+
+
+def rgb_to_hed(rgb: torch.Tensor) -> torch.Tensor:
+    """Colour deconvolution of ``[3, H, W]`` RGB (0..1) into stain densities (H, E, DAB), unclipped."""
+    density = torch.log(rgb.clamp_min(1e-6)) / _LOG_ADJUST
+    return torch.einsum("chw,cd->dhw", density, HED_FROM_RGB.to(rgb.dtype))
+
+
+def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`rgb_to_hed`."""
+    log_rgb = torch.einsum("dhw,dc->chw", hed, RGB_FROM_HED.to(hed.dtype)) * _LOG_ADJUST
+    return torch.exp(log_rgb).clamp(0.0, 1.0)
+
+
+def _uniform(low: float, high: float, size=()) -> torch.Tensor:
+    return torch.empty(size).uniform_(low, high)
+
+
+class _Transform:
+    """Applies ``self.apply`` to each key with probability ``prob``."""
+
+    def __init__(self, keys: Sequence[str] | str = "image", prob: float = 1.0):
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.prob = prob
+
+    def __call__(self, sample: dict) -> dict:
+        if self.prob < 1.0 and torch.rand(()) >= self.prob:
+            return sample
+        out = dict(sample)
+        for key in self.keys:
+            out[key] = self.apply(to_float(sample[key]))
+        return out
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RandResizedCropd(_Transform):
+    """A random crop of ``scale`` of the area and ``ratio`` aspect, resized (antialiased) to ``size``."""
+
+    def __init__(self, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.scale, self.ratio = size, scale, ratio
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        _, h, w = image.shape
+        for _ in range(10):
+            area = h * w * float(_uniform(*self.scale))
+            aspect = math.exp(float(_uniform(math.log(self.ratio[0]), math.log(self.ratio[1]))))
+            cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                break
+        else:
+            cw, ch = min(h, w), min(h, w)
+        top, left = int(torch.randint(0, h - ch + 1, ())), int(torch.randint(0, w - cw + 1, ()))
+        crop = image[None, :, top : top + ch, left : left + cw]
+        return F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+class RandFlipRotate90d(_Transform):
+    """One of the 8 symmetries of the square: histology has no preferred orientation."""
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return torch.rot90(image, int(torch.randint(0, 4, ())), dims=(-2, -1))
+
+
+class ColorJitterd(_Transform):
+    """Brightness, contrast and saturation factors in ``1 ± strength``, and a hue rotation of up to
+    ``hue`` turns (in YIQ space, where a hue shift is a rotation of the chroma plane), in random order."""
+
+    def __init__(self, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        for step in torch.randperm(4).tolist():
+            if step == 0 and self.brightness:
+                image = image * float(_uniform(1 - self.brightness, 1 + self.brightness))
+            elif step == 1 and self.contrast:
+                mean = _grey(image).mean()
+                image = (image - mean) * float(_uniform(1 - self.contrast, 1 + self.contrast)) + mean
+            elif step == 2 and self.saturation:
+                grey = _grey(image)[None]
+                image = (image - grey) * float(_uniform(1 - self.saturation, 1 + self.saturation)) + grey
+            elif step == 3 and self.hue:
+                image = _rotate_hue(image, float(_uniform(-self.hue, self.hue)) * 2 * math.pi)
+            image = image.clamp(0.0, 1.0)
+        return image
+
+
+def _grey(image: torch.Tensor) -> torch.Tensor:
+    return 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+
+
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _rotate_hue(image: torch.Tensor, angle: float) -> torch.Tensor:
+    c, s = math.cos(angle), math.sin(angle)
+    rotate = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    matrix = torch.linalg.inv(_RGB_TO_YIQ) @ rotate @ _RGB_TO_YIQ
+    return torch.einsum("ij,jhw->ihw", matrix.to(image.dtype), image)
+
+
+class HEDJitterd(_Transform):
+    """Stain augmentation (Tellez et al. 2018): in H&E-DAB density space, each stain channel becomes
+    ``density × U(1 - sigma, 1 + sigma) + U(-bias, bias)``, so colour varies the way staining does."""
+
+    def __init__(self, sigma: float = 0.05, bias: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.sigma, self.bias = sigma, bias
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        hed = rgb_to_hed(image)
+        alpha = _uniform(1 - self.sigma, 1 + self.sigma, (3, 1, 1)).to(hed.dtype)
+        beta = _uniform(-self.bias, self.bias, (3, 1, 1)).to(hed.dtype)
+        return hed_to_rgb(hed * alpha + beta)
+
+
+class RandGaussianBlurd(_Transform):
+    """Gaussian blur with sigma drawn from ``sigma`` (pixels): out-of-focus scanning."""
+
+    def __init__(self, sigma=(0.1, 2.0), **kwargs):
+        super().__init__(**kwargs)
+        self.sigma = sigma
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        sigma = float(_uniform(*self.sigma))
+        radius = max(1, math.ceil(3 * sigma))
+        x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+        kernel = torch.exp(-(x**2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        padded = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+        horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
+
+
+class Compose:
+    def __init__(self, transforms: Sequence[Callable[[dict], dict]]):
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: dict) -> dict:
+        for transform in self.transforms:
+            sample = transform(sample)
+        return sample
+
+
+def histology_view(size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5) -> Compose:
+    """The standard histology SSL view: crop, symmetries, colour and stain jitter, blur."""
+    return Compose([
+        RandResizedCropd(size, scale=scale),
+        RandFlipRotate90d(),
+        ColorJitterd(prob=0.8),
+        HEDJitterd(prob=0.5),
+        RandGaussianBlurd(prob=blur_prob),
+    ])
+
+
+class MultiViewd:
+    """``{"views": [view_1(sample)["image"], ...]}`` plus the sample's other keys; ``image`` is dropped.
+
+    ``MultiViewd([histology_view()] * 2)`` gives SimCLR's pair; ``MultiViewd.multi_crop(2, 6)`` gives two
+    global 224² views and six local 96² views (DINO/SwAV multi-crop).
+    """
+
+    def __init__(self, views: Sequence[Callable[[dict], dict]], key: str = "image", out_key: str = "views"):
+        self.views, self.key, self.out_key = list(views), key, out_key
+
+    def __call__(self, sample: dict) -> dict:
+        out = {k: v for k, v in sample.items() if k != self.key}
+        out[self.out_key] = [view({self.key: sample[self.key]})[self.key] for view in self.views]
+        return out
+
+    @classmethod
+    def multi_crop(cls, n_global: int = 2, n_local: int = 6, global_size: int = 224, local_size: int = 96) -> "MultiViewd":
+        return cls(
+            [histology_view(global_size, scale=(0.4, 1.0))] * n_global
+            + [histology_view(local_size, scale=(0.05, 0.4), blur_prob=0.2)] * n_local
+        )
