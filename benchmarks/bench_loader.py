@@ -14,6 +14,8 @@ epoch with 0, 1 and 2 DataLoader workers, on a warm page cache:
 ``medssl_random``        the same with ``RandomSampler`` (random access, as for fine-tuning)
 ``medssl_per_sample``    :class:`TileDataset` through a plain DataLoader (per-sample dicts, default
                          collate): the path per-sample CPU transforms take
+``medssl_two_views_augmented``  the same with ``MultiViewd([histology_view(224)] * 2)``: two views
+                         per tile, each crop, symmetries, colour and HED stain jitter, blur (on the CPU)
 ``jpeg_folder``          one JPEG file (q90) per tile, decoded with Pillow, random order (ImageFolder-style)
 ``memmap``               ``np.load(mmap_mode="r")`` of all tiles ``[N, 224, 224, 3]``, whole random batches
                          fancy-indexed into shared memory: the ceiling
@@ -40,6 +42,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from medssl.data.datasets import TileDataset
 from medssl.data.samplers import BlockShuffleSampler
+from medssl.data.transforms import MultiViewd, histology_view
 from medssl.preprocess import SlideCache, TilingParams, tile_slides
 from medssl.synthetic.slides import random_layout, write_slide
 
@@ -88,7 +91,7 @@ def epoch_rate(dataset: Dataset, sampler, workers: int, batched: bool = False) -
         loader = DataLoader(dataset, batch_size=BATCH, sampler=sampler, **options)
     start, seen = time.perf_counter(), 0
     for batch in loader:
-        seen += len(batch["image"])
+        seen += len(batch["image"] if "image" in batch else batch["views"][0])
     seconds = time.perf_counter() - start
     rate = seen / seconds
     return {"tiles": seen, "seconds": round(seconds, 3), "tiles_per_s": round(rate, 1),
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     del tiles
     print(f"{len(dataset)} tiles ready", file=sys.stderr)
 
+    augmented = TileDataset(work / "cache", transform=MultiViewd([histology_view(224)] * 2))
+
     def shuffled(n: int) -> RandomSampler:
         return RandomSampler(range(n), generator=torch.Generator().manual_seed(0))
 
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "medssl_train_order": lambda: (dataset.batches(), BlockShuffleSampler(dataset.blocks(), seed=0), True),
         "medssl_random": lambda: (dataset.batches(), shuffled(len(dataset)), True),
         "medssl_per_sample": lambda: (dataset, BlockShuffleSampler(dataset.blocks(), seed=0), False),
+        "medssl_two_views_augmented": lambda: (augmented, BlockShuffleSampler(dataset.blocks(), seed=0), False),
         "jpeg_folder": lambda: (JpegFolder(files), shuffled(len(files)), False),
         "memmap": lambda: (MemmapBatches(work / "tiles.npy"), shuffled(len(dataset)), True),
     }
