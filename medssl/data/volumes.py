@@ -1,0 +1,134 @@
+"""Datasets over a volume cache (``medssl cache-volumes``): 2D axial slices, 3D patches, slice stacks.
+
+Arrays come from :class:`~medssl.preprocess.VolumeCache` (memory-mapped when uncompressed). Spatial
+axes keep the cache's order ``(z, y, x)``; every sample carries ``spacing`` as ``(z, y, x)`` mm so
+anisotropy-aware code can use it. Images are float32 ``[1, ...]``; labels, when cached, are int64
+``[1, ...]`` under ``"label"`` (segmentation targets, not instance labels of a weak task).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medssl.preprocess.cache import VolumeCache
+
+
+def _select(cache: VolumeCache, volume_ids, splits, modalities) -> list[str]:
+    chosen = []
+    for volume_id in volume_ids if volume_ids is not None else cache.ids:
+        meta = cache.metadata(volume_id)
+        if splits is not None and str(meta.get("split", "")) not in set(splits):
+            continue
+        if modalities is not None and meta["modality"] not in set(modalities):
+            continue
+        chosen.append(volume_id)
+    return chosen
+
+
+class _VolumeDataset(Dataset):
+    def __init__(
+        self,
+        cache: str | os.PathLike | VolumeCache,
+        volume_ids: Sequence[str] | None = None,
+        splits: Iterable[str] | None = None,
+        modalities: Iterable[str] | None = None,
+        transform: Callable[[dict], dict] | None = None,
+    ):
+        self.cache = cache if isinstance(cache, VolumeCache) else VolumeCache(cache)
+        self.volume_ids = _select(self.cache, volume_ids, splits, modalities)
+        self.shapes = [self.cache.shape(v) for v in self.volume_ids]
+        self.spacings = [tuple(self.cache.metadata(v)["spacing"][::-1]) for v in self.volume_ids]  # z, y, x
+        self.transform = transform
+
+    def _sample(self, k: int, region: tuple[slice, ...], **extra) -> dict:
+        volume_id = self.volume_ids[k]
+        sample = {
+            "image": torch.from_numpy(np.asarray(self.cache.image(volume_id)[region], dtype=np.float32))[None],
+            "volume_id": volume_id,
+            "spacing": torch.tensor(self.spacings[k]),
+            **extra,
+        }
+        label = self.cache.label(volume_id)
+        if label is not None:
+            sample["label"] = torch.from_numpy(np.asarray(label[region], dtype=np.int64))[None]
+        return self.transform(sample) if self.transform is not None else sample
+
+
+class VolumeSliceDataset(_VolumeDataset):
+    """Every axial slice of the selected volumes: ``image [1, Y, X]``, with ``z``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        counts = np.array([shape[0] for shape in self.shapes], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def blocks(self, slices_per_block: int = 16) -> list[tuple[int, int]]:
+        """Runs of neighbouring slices (one contiguous read each) for :class:`BlockShuffleSampler`."""
+        out = []
+        for k in range(len(self.volume_ids)):
+            start, stop = int(self.offsets[k]), int(self.offsets[k + 1])
+            out.extend((a, min(a + slices_per_block, stop)) for a in range(start, stop, slices_per_block))
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"slice index {index} out of range for {len(self)} slices")
+        k = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        z = int(index - self.offsets[k])
+        return self._sample(k, (z,), z=z)
+
+
+class VolumePatchDataset(_VolumeDataset):
+    """Random 3D patches: ``patches_per_volume`` items per volume, each at a fresh random position
+    (so epochs differ), zero-padded where a volume is smaller than ``patch_size`` (z, y, x)."""
+
+    def __init__(self, *args, patch_size: Sequence[int] = (96, 96, 96), patches_per_volume: int = 4, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.patches_per_volume = patches_per_volume
+
+    def __len__(self) -> int:
+        return len(self.volume_ids) * self.patches_per_volume
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"patch index {index} out of range for {len(self)} patches")
+        k = index // self.patches_per_volume
+        shape = self.shapes[k]
+        start = [int(torch.randint(0, max(1, n - p) + 1, ())) for n, p in zip(shape, self.patch_size)]
+        region = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
+        sample = self._sample(k, region, start=torch.tensor(start))
+        pad = [p - n for p, n in zip(self.patch_size, sample["image"].shape[1:])]
+        if any(pad):
+            widths = [w for amount in reversed(pad) for w in (0, amount)]
+            sample["image"] = torch.nn.functional.pad(sample["image"], widths)
+            if "label" in sample:
+                sample["label"] = torch.nn.functional.pad(sample["label"], widths)
+        return sample
+
+
+class VolumeStackDataset(_VolumeDataset):
+    """Whole volumes as stacks of axial slices, ``image [1, Z, Y, X]`` (the joint 2D/3D view), or a
+    random window of ``depth`` consecutive slices when ``depth`` is set (to bound memory)."""
+
+    def __init__(self, *args, depth: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.depth = depth
+
+    def __len__(self) -> int:
+        return len(self.volume_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        z_total = self.shapes[index][0]
+        if self.depth is None or self.depth >= z_total:
+            return self._sample(index, (slice(None),), z0=0)
+        z0 = int(torch.randint(0, z_total - self.depth + 1, ()))
+        return self._sample(index, (slice(z0, z0 + self.depth),), z0=z0)
