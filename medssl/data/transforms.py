@@ -207,3 +207,48 @@ class MultiViewd:
             [histology_view(global_size, scale=(0.4, 1.0))] * n_global
             + [histology_view(local_size, scale=(0.05, 0.4), blur_prob=0.2)] * n_local
         )
+
+
+def radiology_view(spatial_size: Sequence[int], keys: Sequence[str] = ("image",)) -> Callable[[dict], dict]:
+    """A radiology SSL view from MONAI transforms, for 2D slices ``[1, H, W]`` or 3D patches
+    ``[1, D, H, W]`` (``spatial_size`` has 2 or 3 entries): random crop of 40-100 % of each side
+    resized back, small rotations and scaling, intensity scale and shift, Gaussian noise.
+
+    MONAI transforms draw from their own NumPy generators; :func:`seed_worker` reseeds them in each
+    DataLoader worker so views differ between workers and epochs.
+    """
+    from monai.transforms import (
+        Compose as MonaiCompose,
+        RandAffined,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        RandSpatialCropd,
+        Resized,
+        ResizeWithPadOrCropd,
+    )
+
+    size = tuple(int(s) for s in spatial_size)
+    keys = list(keys)
+    rotate = (0.2,) if len(size) == 2 else (0.2, 0.2, 0.2)
+    return MonaiCompose([
+        ResizeWithPadOrCropd(keys, size),
+        RandSpatialCropd(keys, roi_size=tuple(max(1, int(0.4 * s)) for s in size), random_size=True),
+        Resized(keys, size, mode="area"),
+        RandAffined(keys, prob=0.5, rotate_range=rotate, scale_range=0.1, padding_mode="zeros"),
+        RandScaleIntensityd(keys, factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys, offsets=0.1, prob=0.5),
+        RandGaussianNoised(keys, std=0.05, prob=0.5),
+    ])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed MONAI's per-transform generators from the worker's torch seed
+    (which DataLoader changes every epoch), so random views never repeat across workers or epochs."""
+    import torch.utils.data
+    from monai.data.utils import set_rnd
+
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None:
+        set_rnd(transform, seed=info.seed % (2**32))

@@ -2,8 +2,8 @@
 
 Arrays come from :class:`~medssl.preprocess.VolumeCache` (memory-mapped when uncompressed). Spatial
 axes keep the cache's order ``(z, y, x)``; every sample carries ``spacing`` as ``(z, y, x)`` mm so
-anisotropy-aware code can use it. Images are float32 ``[1, ...]``; labels, when cached, are int64
-``[1, ...]`` under ``"label"`` (segmentation targets, not instance labels of a weak task).
+anisotropy-aware code can use it. Images are float32 ``[1, ...]``; with ``labels=True`` (every
+selected volume must have one) the label map comes as int64 ``[1, ...]`` under ``"label"``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medssl.errors import MedsslError
 from medssl.preprocess.cache import VolumeCache
 
 
@@ -38,14 +39,21 @@ class _VolumeDataset(Dataset):
         splits: Iterable[str] | None = None,
         modalities: Iterable[str] | None = None,
         transform: Callable[[dict], dict] | None = None,
+        labels: bool = False,
     ):
         self.cache = cache if isinstance(cache, VolumeCache) else VolumeCache(cache)
         self.volume_ids = _select(self.cache, volume_ids, splits, modalities)
+        self.labels = labels
+        unlabelled = [v for v in self.volume_ids if labels and self.cache.label(v) is None]
+        if unlabelled:
+            raise MedsslError(f"{self.cache.path}: volumes without a label: {', '.join(unlabelled[:5])}; "
+                              "select labelled volumes or use labels=False")
         self.shapes = [self.cache.shape(v) for v in self.volume_ids]
         self.spacings = [tuple(self.cache.metadata(v)["spacing"][::-1]) for v in self.volume_ids]  # z, y, x
         self.transform = transform
 
-    def _sample(self, k: int, region: tuple[slice, ...], **extra) -> dict:
+    def _sample(self, k: int, region: tuple[slice, ...], pad_to: Sequence[int] | None = None, **extra) -> dict:
+        """The region of volume ``k`` (zero-padded at the end up to ``pad_to``), then the transform."""
         volume_id = self.volume_ids[k]
         sample = {
             "image": torch.from_numpy(np.asarray(self.cache.image(volume_id)[region], dtype=np.float32))[None],
@@ -53,9 +61,16 @@ class _VolumeDataset(Dataset):
             "spacing": torch.tensor(self.spacings[k]),
             **extra,
         }
-        label = self.cache.label(volume_id)
-        if label is not None:
+        if self.labels:
+            label = self.cache.label(volume_id)
             sample["label"] = torch.from_numpy(np.asarray(label[region], dtype=np.int64))[None]
+        if pad_to is not None:
+            pad = [p - n for p, n in zip(pad_to, sample["image"].shape[1:])]
+            if any(pad):
+                widths = [w for amount in reversed(pad) for w in (0, amount)]
+                for key in ("image", "label"):
+                    if key in sample:
+                        sample[key] = torch.nn.functional.pad(sample[key], widths)
         return self.transform(sample) if self.transform is not None else sample
 
 
@@ -105,14 +120,7 @@ class VolumePatchDataset(_VolumeDataset):
         shape = self.shapes[k]
         start = [int(torch.randint(0, max(1, n - p) + 1, ())) for n, p in zip(shape, self.patch_size)]
         region = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
-        sample = self._sample(k, region, start=torch.tensor(start))
-        pad = [p - n for p, n in zip(self.patch_size, sample["image"].shape[1:])]
-        if any(pad):
-            widths = [w for amount in reversed(pad) for w in (0, amount)]
-            sample["image"] = torch.nn.functional.pad(sample["image"], widths)
-            if "label" in sample:
-                sample["label"] = torch.nn.functional.pad(sample["label"], widths)
-        return sample
+        return self._sample(k, region, pad_to=self.patch_size, start=torch.tensor(start))
 
 
 class VolumeStackDataset(_VolumeDataset):

@@ -1,0 +1,197 @@
+"""LightningDataModules over the caches, configured by plain arguments (so LightningCLI builds them
+from YAML). Splits come from the manifest's ``split`` column (``train``/``val``/``test``); a cache
+without splits trains on everything and has no validation set.
+
+Training loaders use :class:`BlockShuffleSampler` (Lightning calls its ``set_epoch``; run with
+``Trainer(use_distributed_sampler=False)`` so it is not wrapped again under DDP) and
+:func:`seed_worker`, so views differ across workers and epochs and reproduce from ``seed``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
+
+from medssl.data.bags import SlideBagDataset, collate_bags
+from medssl.data.datasets import TileDataset, batch_loader
+from medssl.data.samplers import BlockShuffleSampler
+from medssl.data.transforms import MultiViewd, histology_view, radiology_view, seed_worker
+from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
+
+
+def default_workers() -> int:
+    """All cores but one for loading, at most 8 (beyond that a loader rarely gains)."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class _CacheDataModule(pl.LightningDataModule):
+    def __init__(self, cache: str, batch_size: int, num_workers: int | None, seed: int,
+                 train_split: str | None, val_split: str | None, test_split: str | None):
+        super().__init__()
+        self.cache = cache
+        self.batch_size = batch_size
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.seed = seed
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.datasets: dict[str, Dataset | None] = {}
+
+    def _split(self, stage: str, available: Sequence[str]) -> list[str] | None:
+        """The filter for a stage, or None for 'no such set'. Without splits, train takes everything."""
+        name = self.splits[stage]
+        if name in available:
+            return [name]
+        if stage == "train" and not available:
+            return []  # sentinel: no filter
+        return None
+
+    def _loader(self, dataset: Dataset, train: bool, **kwargs) -> DataLoader:
+        options = dict(num_workers=self.num_workers, worker_init_fn=seed_worker,
+                       persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(dataset, batch_size=self.batch_size, drop_last=train, **options, **kwargs)
+
+
+class TileDataModule(_CacheDataModule):
+    """Histology tiles for self-supervised pretraining and tile-level evaluation.
+
+    ``views``: ``"pair"`` (two histology views, SimCLR/Barlow Twins), ``"multicrop"`` (2 global + 6 local,
+    DINO/SwAV) or ``None`` (raw uint8 batches read whole, the fast path, e.g. for on-device augmentation).
+    Validation and test sets are raw tiles in storage order (for kNN and linear-probe monitors).
+    """
+
+    def __init__(self, cache: str, batch_size: int = 256, num_workers: int | None = None, views: str | None = "pair",
+                 view_size: int = 224, seed: int = 0, train_split: str | None = "train",
+                 val_split: str | None = "val", test_split: str | None = "test"):
+        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
+        if views not in (None, "pair", "multicrop"):
+            raise ValueError(f"views must be 'pair', 'multicrop' or None, got {views!r}")
+        self.views, self.view_size = views, view_size
+
+    def _transform(self):
+        if self.views == "pair":
+            return MultiViewd([histology_view(self.view_size)] * 2)
+        if self.views == "multicrop":
+            return MultiViewd.multi_crop(global_size=self.view_size)
+        return None
+
+    def setup(self, stage: str | None = None) -> None:
+        everything = TileDataset(self.cache)
+        available = sorted({str(everything.cache.metadata(s).get("split", "")) for s in everything.slide_ids} - {""})
+        for name in ("train", "val", "test"):
+            split = self._split(name, available)
+            transform = self._transform() if name == "train" else None
+            self.datasets[name] = None if split is None else TileDataset(
+                self.cache, splits=split or None, classes=everything.classes, transform=transform
+            )
+
+    def train_dataloader(self):
+        dataset = self.datasets["train"]
+        sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed)
+        if self.views is None:
+            return batch_loader(dataset, sampler, self.batch_size, num_workers=self.num_workers, drop_last=True,
+                                persistent_workers=self.num_workers > 0)
+        return self._loader(dataset, train=True, sampler=sampler)
+
+    def val_dataloader(self):
+        return self._eval("val")
+
+    def test_dataloader(self):
+        return self._eval("test")
+
+    def _eval(self, name: str):
+        dataset = self.datasets.get(name)
+        if dataset is None:
+            return []
+        return batch_loader(dataset, SequentialSampler(dataset), self.batch_size, num_workers=self.num_workers)
+
+
+class VolumeDataModule(_CacheDataModule):
+    """Radiology volumes as 2D slices, 3D patches or whole slice stacks (``mode``), resized or
+    cropped to ``spatial_size`` (2 entries for slices, 3 for patches; ignored for stacks), with
+    ``views`` radiology views per sample for SSL (0 = the sample itself with its label map, for
+    segmentation; every volume then needs a label)."""
+
+    def __init__(self, cache: str, mode: str = "slices", spatial_size: Sequence[int] = (224, 224), views: int = 2,
+                 batch_size: int = 32, num_workers: int | None = None, seed: int = 0, patches_per_volume: int = 4,
+                 stack_depth: int | None = None, train_split: str | None = "train", val_split: str | None = "val",
+                 test_split: str | None = "test"):
+        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
+        if mode not in ("slices", "patches", "stacks"):
+            raise ValueError(f"mode must be 'slices', 'patches' or 'stacks', got {mode!r}")
+        self.mode, self.spatial_size, self.views = mode, tuple(spatial_size), views
+        self.patches_per_volume, self.stack_depth = patches_per_volume, stack_depth
+
+    def _dataset(self, splits, transform):
+        common = dict(splits=splits or None, transform=transform, labels=self.views == 0)
+        if self.mode == "slices":
+            return VolumeSliceDataset(self.cache, **common)
+        if self.mode == "patches":
+            return VolumePatchDataset(self.cache, patch_size=self.spatial_size,
+                                      patches_per_volume=self.patches_per_volume, **common)
+        return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
+
+    def _transform(self, train: bool):
+        if self.mode == "stacks":
+            return None
+        if train and self.views:
+            return MultiViewd([radiology_view(self.spatial_size, keys=("image",))] * self.views)
+        from monai.transforms import ResizeWithPadOrCropd
+
+        keys = ["image", "label"] if self.mode != "stacks" else ["image"]
+        return ResizeWithPadOrCropd(keys, self.spatial_size, allow_missing_keys=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        from medssl.preprocess.cache import VolumeCache
+
+        cache = VolumeCache(self.cache)
+        available = sorted({str(cache.metadata(v).get("split", "")) for v in cache.ids} - {""})
+        for name in ("train", "val", "test"):
+            split = self._split(name, available)
+            self.datasets[name] = None if split is None else self._dataset(split, self._transform(name == "train"))
+
+    def train_dataloader(self):
+        dataset = self.datasets["train"]
+        if isinstance(dataset, VolumeSliceDataset):
+            return self._loader(dataset, train=True, sampler=BlockShuffleSampler(dataset.blocks(), seed=self.seed))
+        return self._loader(dataset, train=True, shuffle=True)
+
+    def val_dataloader(self):
+        return [] if self.datasets.get("val") is None else self._loader(self.datasets["val"], train=False)
+
+    def test_dataloader(self):
+        return [] if self.datasets.get("test") is None else self._loader(self.datasets["test"], train=False)
+
+
+class BagDataModule(_CacheDataModule):
+    """Slides as bags (tile pixels, or ``features`` from the embedding export) for MIL; training bags
+    keep at most ``max_instances`` random instances, evaluation bags are whole."""
+
+    def __init__(self, cache: str, features: str | None = None, batch_size: int = 1, max_instances: int | None = 4096,
+                 num_workers: int | None = None, seed: int = 0, train_split: str | None = "train",
+                 val_split: str | None = "val", test_split: str | None = "test"):
+        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
+        self.features, self.max_instances = features, max_instances
+
+    def setup(self, stage: str | None = None) -> None:
+        everything = SlideBagDataset(self.cache, features=self.features)
+        meta = everything.tiles.cache
+        available = sorted({str(meta.metadata(s).get("split", "")) for s in everything.slide_ids} - {""})
+        for name in ("train", "val", "test"):
+            split = self._split(name, available)
+            limit = self.max_instances if name == "train" else None
+            self.datasets[name] = None if split is None else SlideBagDataset(
+                self.cache, features=self.features, max_instances=limit, splits=split or None,
+                classes=everything.classes,
+            )
+
+    def train_dataloader(self):
+        return self._loader(self.datasets["train"], train=False, shuffle=True, collate_fn=collate_bags)
+
+    def val_dataloader(self):
+        return [] if self.datasets.get("val") is None else self._loader(self.datasets["val"], train=False, collate_fn=collate_bags)
+
+    def test_dataloader(self):
+        return [] if self.datasets.get("test") is None else self._loader(self.datasets["test"], train=False, collate_fn=collate_bags)
