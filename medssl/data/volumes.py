@@ -118,7 +118,7 @@ class VolumePatchDataset(_VolumeDataset):
             raise IndexError(f"patch index {index} out of range for {len(self)} patches")
         k = index // self.patches_per_volume
         shape = self.shapes[k]
-        start = [int(torch.randint(0, max(1, n - p) + 1, ())) for n, p in zip(shape, self.patch_size)]
+        start = [int(torch.randint(0, max(0, n - p) + 1, ())) for n, p in zip(shape, self.patch_size)]
         region = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
         return self._sample(k, region, pad_to=self.patch_size, start=torch.tensor(start))
 

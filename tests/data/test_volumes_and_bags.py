@@ -1,0 +1,175 @@
+"""Volume datasets, slide bags, stain sets and the DataModules, on small generated caches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch.utils.data import DataLoader
+
+from medssl.data.bags import BAG_KEYS, SlideBagDataset, StainSetDataset, collate_bags
+from medssl.data.datamodules import BagDataModule, TileDataModule, VolumeDataModule
+from medssl.data.transforms import MultiViewd, radiology_view, seed_worker
+from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
+from medssl.errors import MedsslError
+from medssl.preprocess import SlideCache, TilingParams, VolumeCache, VolumeParams, cache_volumes, tile_slides
+from medssl.synthetic.volumes import grid_affine, nibabel_data, sphere, write_nifti
+
+
+@pytest.fixture(scope="module")
+def volume_cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("volumes")
+    affine = grid_affine((2.0, 2.0, 2.0), origin=(-40.0, -40.0, -30.0))
+    image, label = sphere((40, 40, 30), affine, (0.0, 0.0, 0.0), 12.0, body_radius_mm=35.0)
+    write_nifti(folder / "ball.nii.gz", image, affine)
+    write_nifti(folder / "ball_seg.nii.gz", label, affine)
+    (folder / "cohort.csv").write_text(
+        "volume_id,image,label,modality,split\n"
+        "ball,ball.nii.gz,ball_seg.nii.gz,MR,train\n"
+        f"anat,{nibabel_data('anatomical.nii')},,MR,val\n"
+    )
+    summary = cache_volumes([folder / "cohort.csv"], folder / "cache", VolumeParams(spacing=(2.0, 2.0, 2.0)),
+                            progress=False)
+    assert not summary.failed
+    return folder / "cache"
+
+
+@pytest.fixture(scope="module")
+def cohort_cache(slides_dir, tmp_path_factory):
+    """Three slides: case 1 in two stains (train), case 2 in one (val)."""
+    folder = tmp_path_factory.mktemp("cohort")
+    (folder / "cohort.csv").write_text(
+        "slide_id,path,label,split,stain,case_id\n"
+        f"c1-he,{slides_dir / 'generic-025.tiff'},tumor,train,HE,case-1\n"
+        f"c1-ihc,{slides_dir / 'aperio-050.svs'},tumor,train,IHC,case-1\n"
+        f"c2-he,{slides_dir / 'aperio-050.svs'},normal,val,HE,case-2\n"
+    )
+    tile_slides([folder / "cohort.csv"], folder / "cache", TilingParams(target_mpp=1.0, tile_size=32), progress=False)
+    return folder / "cache"
+
+
+def test_slices_cover_every_axial_slice_with_the_cached_pixels(volume_cache):
+    cache = VolumeCache(volume_cache)
+    ds = VolumeSliceDataset(volume_cache, labels=False)
+    assert len(ds) == sum(cache.shape(v)[0] for v in cache.ids)
+    sample = ds[int(ds.offsets[1]) + 2]  # third slice of the second volume
+    assert sample["volume_id"] == ds.volume_ids[1] and sample["z"] == 2 and "label" not in sample
+    np.testing.assert_array_equal(sample["image"][0].numpy(), cache.slice(ds.volume_ids[1], 2).astype(np.float32))
+    assert sum(b - a for a, b in ds.blocks(4)) == len(ds)
+    with pytest.raises(MedsslError, match="volumes without a label: anat"):
+        VolumeSliceDataset(volume_cache, labels=True)
+    labelled = VolumeSliceDataset(volume_cache, splits=["train"], labels=True)
+    assert labelled.volume_ids == ["ball"] and labelled[5]["label"].dtype == torch.int64
+
+
+def test_patches_are_random_padded_and_aligned_with_labels(volume_cache):
+    ds = VolumePatchDataset(volume_cache, splits=["train"], labels=True, patch_size=(8, 12, 200), patches_per_volume=3)
+    assert len(ds) == 3
+    torch.manual_seed(0)
+    first = ds[0]
+    assert first["image"].shape == (1, 8, 12, 200) and first["label"].shape == (1, 8, 12, 200)
+    z, y, x = first["start"].tolist()
+    cached = np.asarray(VolumeCache(volume_cache).image("ball"))[z : z + 8, y : y + 12, :]
+    width = cached.shape[2]
+    np.testing.assert_array_equal(first["image"][0, :, :, :width].numpy(), cached.astype(np.float32))
+    assert (first["image"][0, :, :, width:] == 0).all()  # zero padding past the volume
+    starts = {tuple(ds[0]["start"].tolist()) for _ in range(10)}
+    assert len(starts) > 1  # a fresh position every time
+
+
+def test_stacks_are_whole_volumes_or_random_windows(volume_cache):
+    cache = VolumeCache(volume_cache)
+    whole = VolumeStackDataset(volume_cache, splits=["train"])[0]
+    assert whole["image"].shape == (1, *cache.shape("ball"))
+    window = VolumeStackDataset(volume_cache, splits=["train"], depth=4)[0]
+    z0 = window["z0"]
+    np.testing.assert_array_equal(window["image"][0].numpy(), np.asarray(cache.image("ball"))[z0 : z0 + 4].astype(np.float32))
+
+
+def test_bags_hold_slide_labels_only(cohort_cache, tmp_path):
+    # Plant instance-level truth in the cache: the bag dataset must never return it.
+    root = zarr.open_group(SlideCache(cohort_cache).path, mode="r+")
+    group = root["slides/c1-he"]
+    group.create_array("instance_labels", data=np.ones(group["tiles"].shape[0], dtype=np.int8))
+    bags = SlideBagDataset(cohort_cache, max_instances=5)
+    for k in range(len(bags)):
+        bag = bags[k]
+        assert set(bag) == set(BAG_KEYS)
+        assert isinstance(bag["label"], int) and len(bag["instances"]) <= 5
+    assert bags.classes == ["normal", "tumor"]
+    torch.manual_seed(0)
+    a = bags[0]["coords"]
+    torch.manual_seed(1)
+    assert not torch.equal(a, bags[0]["coords"])  # a fresh subset each epoch
+
+
+def test_bags_of_features_and_padded_collation(cohort_cache, tmp_path):
+    cache = SlideCache(cohort_cache)
+    features = zarr.open_group(tmp_path / "features.zarr", mode="w")
+    for slide_id in cache.ids:
+        n = cache.num_tiles(slide_id)
+        features.create_array(slide_id, data=np.arange(n * 4, dtype=np.float32).reshape(n, 4))
+    bags = SlideBagDataset(cohort_cache, features=tmp_path / "features.zarr")
+    bag = bags[0]
+    np.testing.assert_array_equal(bag["instances"].numpy(), features[bags.slide_ids[0]][:])
+    batch = collate_bags([bags[0], bags[1]])
+    sizes = [cache.num_tiles(s) for s in bags.slide_ids[:2]]
+    assert batch["instances"].shape == (2, max(sizes), 4)
+    assert batch["mask"].sum(dim=1).tolist() == sizes
+    short = int(np.argmin(sizes))
+    assert (batch["instances"][short, sizes[short]:] == 0).all()
+    zarr.open_group(tmp_path / "empty.zarr", mode="w")
+    with pytest.raises(KeyError, match="no features for slide"):
+        SlideBagDataset(cohort_cache, features=tmp_path / "empty.zarr")
+
+
+def test_stain_sets_group_slides_of_a_case(cohort_cache):
+    sets = StainSetDataset(cohort_cache, max_instances=3)
+    assert sets.cases == ["case-1"]  # case-2 has a single stain
+    item = sets[0]
+    assert item["stains"] == ["HE", "IHC"] and [b["slide_id"] for b in item["bags"]] == ["c1-he", "c1-ihc"]
+    assert StainSetDataset(cohort_cache, min_stains=1).cases == ["case-1", "case-2"]
+
+
+def test_tile_datamodule_splits_views_and_epochs(cohort_cache):
+    dm = TileDataModule(str(cohort_cache), batch_size=4, num_workers=2, views="pair", view_size=32, seed=3)
+    dm.setup("fit")
+    assert dm.datasets["train"].slide_ids == ["c1-he", "c1-ihc"] and dm.datasets["val"].slide_ids == ["c2-he"]
+    assert dm.datasets["test"] is None and dm.test_dataloader() == []
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(0)
+    epoch_0 = next(iter(loader))
+    loader.sampler.set_epoch(1)
+    epoch_1 = next(iter(loader))
+    assert [v.shape for v in epoch_0["views"]] == [(4, 3, 32, 32)] * 2
+    assert not torch.equal(epoch_0["views"][0], epoch_1["views"][0])
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].dtype == torch.uint8 and val["label"].eq(0).all()  # 'normal' is class 0
+
+
+def test_radiology_views_differ_across_epochs_with_workers(volume_cache):
+    ds = VolumeSliceDataset(volume_cache, transform=MultiViewd([radiology_view((32, 32))] * 2))
+
+    def first_batch(seed):
+        loader = DataLoader(ds, batch_size=4, num_workers=2, worker_init_fn=seed_worker,
+                            generator=torch.Generator().manual_seed(seed))
+        return next(iter(loader))["views"][0]
+
+    assert not torch.equal(first_batch(0), first_batch(1))
+    assert torch.equal(first_batch(0), first_batch(0))
+
+
+def test_volume_and_bag_datamodules_give_batches(volume_cache, cohort_cache):
+    slices = VolumeDataModule(str(volume_cache), mode="slices", spatial_size=(32, 32), batch_size=4, num_workers=0)
+    slices.setup("fit")
+    assert [v.shape for v in next(iter(slices.train_dataloader()))["views"]] == [(4, 1, 32, 32)] * 2
+    segmentation = VolumeDataModule(str(volume_cache), mode="patches", spatial_size=(8, 16, 16), views=0,
+                                    batch_size=2, num_workers=0, val_split=None)
+    segmentation.setup("fit")
+    batch = next(iter(segmentation.train_dataloader()))
+    assert batch["image"].shape == batch["label"].shape == (2, 1, 8, 16, 16)
+    bags = BagDataModule(str(cohort_cache), batch_size=2, max_instances=4, num_workers=0)
+    bags.setup("fit")
+    batch = next(iter(bags.train_dataloader()))
+    assert batch["instances"].shape[:2] == batch["mask"].shape and batch["mask"].shape[1] <= 4
