@@ -11,7 +11,9 @@ epoch with 0, 1 and 2 DataLoader workers, on a warm page cache:
 
 ``medssl_train_order``   :func:`batch_loader` (whole batches read into shared memory) over
                          :class:`TileDataset` with :class:`BlockShuffleSampler` (chunk-local shuffling)
-``medssl_random``        the same with ``RandomSampler`` (random access, as for fine-tuning)
+``medssl_threads``       :class:`ThreadedBatchLoader`: the same whole-batch reads by 1 or 2 threads in the
+                         training process (no worker processes, no shared memory); "workers_N" = N threads
+``medssl_random``        the same as ``medssl_train_order`` with ``RandomSampler`` (random access, as for fine-tuning)
 ``medssl_per_sample``    :class:`TileDataset` through a plain DataLoader (per-sample dicts, default
                          collate): the path per-sample CPU transforms take
 ``medssl_two_views_augmented``  the same with ``MultiViewd([histology_view(224)] * 2)``: two views
@@ -40,7 +42,7 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
-from medssl.data.datasets import TileDataset
+from medssl.data.datasets import ThreadedBatchLoader, TileDataset
 from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view
 from medssl.preprocess import SlideCache, TilingParams, tile_slides
@@ -81,6 +83,15 @@ class MemmapBatches(Dataset):
             out.share_memory_()
         np.take(self.tiles, np.sort(indices), axis=0, out=out.numpy())
         return {"image": out.permute(0, 3, 1, 2)}
+
+
+def iterate_rate(loader, cores: int) -> dict:
+    start, cpu, seen = time.perf_counter(), time.process_time(), 0
+    for batch in loader:
+        seen += len(batch["image"])
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"tiles": seen, "seconds": round(seconds, 3), "tiles_per_s": round(seen / seconds, 1),
+            "per_core": round(seen / max(seconds * cores, 1e-9), 1), "tiles_per_cpu_s": round(seen / cpu, 1)}
 
 
 def epoch_rate(dataset: Dataset, sampler, workers: int, batched: bool = False) -> dict:
@@ -135,7 +146,11 @@ def main(argv: list[str] | None = None) -> dict:
         "jpeg_folder": lambda: (JpegFolder(files), shuffled(len(files)), False),
         "memmap": lambda: (MemmapBatches(work / "tiles.npy"), shuffled(len(dataset)), True),
     }
-    results: dict = {}
+    results: dict = {"medssl_threads": {}}
+    for threads in (1, 2):
+        loader = ThreadedBatchLoader(dataset, BlockShuffleSampler(dataset.blocks(), seed=0), BATCH, threads=threads)
+        results["medssl_threads"][f"workers_{threads}"] = iterate_rate(loader, threads)
+        print("medssl_threads", threads, results["medssl_threads"][f"workers_{threads}"], file=sys.stderr)
     for name, make in loaders.items():
         results[name] = {}
         for workers in (0, 1, 2):
@@ -143,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[name][f"workers_{workers}"] = epoch_rate(data, sampler, workers, batched)
             print(name, workers, results[name][f"workers_{workers}"], file=sys.stderr)
     one = {name: r["workers_1"]["tiles_per_s"] for name, r in results.items()}
+    two = {name: r["workers_2"]["tiles_per_s"] for name, r in results.items()}
     report = {
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__},
@@ -154,6 +170,10 @@ def main(argv: list[str] | None = None) -> dict:
             "train_order_vs_jpeg": round(one["medssl_train_order"] / one["jpeg_folder"], 2),
             "random_vs_jpeg": round(one["medssl_random"] / one["jpeg_folder"], 2),
             "train_order_vs_memmap": round(one["medssl_train_order"] / one["memmap"], 2),
+        },
+        "ratios_at_2_workers_or_threads": {
+            "threads_vs_jpeg": round(two["medssl_threads"] / two["jpeg_folder"], 2),
+            "threads_vs_memmap": round(two["medssl_threads"] / two["memmap"], 2),
         },
         "scaling_1_to_2_workers": {
             name: round(r["workers_2"]["tiles_per_s"] / r["workers_1"]["tiles_per_s"], 2) for name, r in results.items()

@@ -165,3 +165,37 @@ def batch_loader(dataset: TileDataset, sampler, batch_size: int, num_workers: in
         dataset.batches(), batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
         num_workers=num_workers, **kwargs,
     )
+
+
+class ThreadedBatchLoader:
+    """Whole batches read by a pool of threads in the training process, in sampler order.
+
+    Tile reads are ``os.preadv`` calls that release the GIL, so threads overlap them without worker
+    processes, and batches need no shared-memory hand-over (which halves throughput with processes).
+    Use it when augmentation runs on the device; per-sample CPU augmentation needs worker processes
+    (:func:`batch_loader` or a DataLoader). ``sampler.set_epoch`` is reachable as Lightning expects.
+    """
+
+    def __init__(self, dataset: TileDataset, sampler, batch_size: int, threads: int = 2, prefetch: int = 4,
+                 drop_last: bool = False):
+        from torch.utils.data import BatchSampler
+
+        self.dataset, self.sampler = dataset, sampler
+        self.batch_sampler = BatchSampler(sampler, batch_size, drop_last)
+        self.threads, self.prefetch = max(1, threads), max(1, prefetch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="medssl-tiles") as pool:
+            pending: deque = deque()
+            for indices in self.batch_sampler:
+                pending.append(pool.submit(self.dataset.read_batch, indices))
+                if len(pending) > self.prefetch:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()

@@ -165,3 +165,17 @@ def test_batch_loader_reads_whole_batches_in_sampler_order(tile_cache):
     for row in (0, 7, 15):
         assert torch.equal(first["image"][row], ds[order[row]]["image"])
         assert int(first["label"][row]) == ds[order[row]]["label"]
+
+
+def test_threaded_loader_delivers_sampler_order_and_exposes_the_sampler(tile_cache):
+    from medssl.data.datasets import ThreadedBatchLoader
+
+    ds = TileDataset(tile_cache)
+    sampler = BlockShuffleSampler(ds.blocks(), seed=9)
+    loader = ThreadedBatchLoader(ds, sampler, batch_size=16, threads=2, prefetch=2)
+    assert loader.sampler is sampler and len(loader) == -(-len(ds) // 16)
+    got = np.concatenate([ds.offsets[b["slide"].numpy()] + b["tile"].numpy() for b in loader])
+    np.testing.assert_array_equal(got, list(sampler))
+    sampler.set_epoch(1)
+    again = np.concatenate([ds.offsets[b["slide"].numpy()] + b["tile"].numpy() for b in loader])
+    assert not np.array_equal(got, again) and sorted(got) == sorted(again)
