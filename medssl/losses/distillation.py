@@ -1,0 +1,45 @@
+"""Self-distillation: DINO's teacher–student cross-entropy with centring (Caron et al. 2021)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medssl.nn.distributed import all_reduce_sum
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between the sharpened, centred teacher and the student, over pairs of different views.
+
+    ``student [V_s * B, K]`` and ``teacher [V_t * B, K]`` are stacked view by view (the teacher sees the
+    first ``V_t`` views, the global crops). The centre is an EMA of the teacher's mean output over the
+    global batch (``center_momentum``), kept in a buffer so checkpoints resume it. Pass the teacher
+    temperature of the current step (its warm-up schedule lives with the method).
+    """
+
+    def __init__(self, dim: int, student_temperature: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temperature = student_temperature
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, dim))
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, n_teacher_views: int,
+                teacher_temperature: float = 0.04) -> torch.Tensor:
+        n_student_views = student.shape[0] // (teacher.shape[0] // n_teacher_views)
+        log_student = torch.log_softmax(student / self.student_temperature, dim=1).chunk(n_student_views)
+        target = torch.softmax((teacher.detach() - self.center) / teacher_temperature, dim=1).chunk(n_teacher_views)
+        total, terms = 0.0, 0
+        for t, probs in enumerate(target):
+            for s, log_probs in enumerate(log_student):
+                if s == t:
+                    continue  # never predict a view from itself
+                total = total + (-(probs * log_probs).sum(dim=1)).mean()
+                terms += 1
+        self.update_center(teacher)
+        return total / terms
+
+    @torch.no_grad()
+    def update_center(self, teacher: torch.Tensor) -> None:
+        batch_sum = all_reduce_sum(teacher.detach().sum(dim=0, keepdim=True))
+        count = all_reduce_sum(torch.tensor(float(teacher.shape[0]), device=teacher.device))
+        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)

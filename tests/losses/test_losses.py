@@ -1,0 +1,116 @@
+"""Losses against MONAI, naive loops and hand computations on small inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.losses import ContrastiveLoss
+
+from medssl.losses import DINOLoss, barlow_twins, info_nce, sinkhorn_knopp, supervised_contrastive, swapped_prediction
+
+
+@pytest.fixture
+def views():
+    torch.manual_seed(0)
+    return torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+
+
+def naive_nt_xent(z1, z2, t, decoupled=False):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = len(z1)
+    losses = []
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        sims = [math.exp(float(z[i] @ z[k]) / t) for k in range(2 * n) if k != i and not (decoupled and k == j)]
+        losses.append(-math.log(math.exp(float(z[i] @ z[j]) / t) / sum(sims)))
+    return sum(losses) / len(losses)
+
+
+def test_info_nce_equals_monai_and_a_naive_loop(views):
+    z1, z2 = views
+    assert float(info_nce(z1, z2, 0.5)) == pytest.approx(float(ContrastiveLoss(temperature=0.5)(z1, z2)), rel=1e-6)
+    assert float(info_nce(z1, z2, 0.2)) == pytest.approx(naive_nt_xent(z1, z2, 0.2), rel=1e-9)
+    assert float(info_nce(z1, z2, 0.2, decoupled=True)) == pytest.approx(naive_nt_xent(z1, z2, 0.2, True), rel=1e-9)
+
+
+def test_info_nce_is_lower_for_aligned_views(views):
+    z1, _ = views
+    assert info_nce(z1, z1 + 0.01 * torch.randn_like(z1)) < info_nce(z1, torch.randn_like(z1))
+
+
+def test_supcon_with_pair_positives_is_nt_xent(views):
+    z1, z2 = views
+    z = torch.cat([z1, z2])
+    n = len(z1)
+    pairs = torch.zeros(2 * n, 2 * n, dtype=torch.bool)
+    idx = torch.arange(n)
+    pairs[idx, idx + n] = pairs[idx + n, idx] = True
+    got = supervised_contrastive(z, z, pairs, temperature=0.2, self_mask=torch.eye(2 * n, dtype=torch.bool))
+    assert float(got) == pytest.approx(naive_nt_xent(z1, z2, 0.2), rel=1e-9)
+
+
+def test_supcon_by_hand_with_several_positives_and_no_positive():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    s = torch.tensor([1.0, 0.0, 1 / math.sqrt(2)], dtype=torch.float64) / 0.5
+    log_prob = s - torch.logsumexp(s, 0)
+    expected = -(log_prob[0] + log_prob[2]) / 2  # anchor 2 has no positive and is left out
+    assert float(supervised_contrastive(anchors, keys, mask, temperature=0.5)) == pytest.approx(float(expected))
+
+
+def test_barlow_twins_by_its_formula(views):
+    z1, z2 = views
+    n = len(z1)
+    a = (z1 - z1.mean(0)) / z1.std(0, unbiased=False)
+    b = (z2 - z2.mean(0)) / z2.std(0, unbiased=False)
+    c = [[float((a[:, i] * b[:, j]).sum() / n) for j in range(5)] for i in range(5)]
+    expected = sum((1 - c[i][i]) ** 2 for i in range(5)) + 5e-3 * sum(c[i][j] ** 2 for i in range(5) for j in range(5) if i != j)
+    assert float(barlow_twins(z1, z2, 5e-3, eps=0.0)) == pytest.approx(expected, rel=1e-9)
+    assert float(barlow_twins(z1, z1, eps=0.0)) == pytest.approx(5e-3 * _offdiag_sq(a), rel=1e-9)
+
+
+def _offdiag_sq(a):
+    c = a.T @ a / len(a)
+    return float(c.pow(2).sum() - torch.diagonal(c).pow(2).sum())
+
+
+def test_sinkhorn_equipartition_and_against_numpy_loop():
+    torch.manual_seed(1)
+    scores = torch.randn(12, 4)
+    q = sinkhorn_knopp(scores, epsilon=0.5, iterations=200)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(12), atol=1e-5, rtol=0)
+    torch.testing.assert_close(q.sum(dim=0), torch.full((4,), 3.0), atol=1e-3, rtol=0)
+    # An independent loop over the same three steps.
+    import numpy as np
+
+    p = np.exp(scores.numpy().T.astype(np.float64) / 0.05)
+    p /= p.sum()
+    for _ in range(3):
+        p /= p.sum(axis=1, keepdims=True) * 4
+        p /= p.sum(axis=0, keepdims=True) * 12
+    np.testing.assert_allclose(sinkhorn_knopp(scores, 0.05, 3).numpy(), (p * 12).T, rtol=1e-5)
+
+
+def test_swapped_prediction_by_hand():
+    s1, s2 = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    q1, q2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.25, 0.75]])
+    log_p1, log_p2 = torch.log_softmax(s1 / 0.5, 1), torch.log_softmax(s2 / 0.5, 1)
+    expected = -0.5 * (float((q2 * log_p1).sum()) + float((q1 * log_p2).sum()))
+    assert float(swapped_prediction(s1, s2, q1, q2, 0.5)) == pytest.approx(expected)
+
+
+def test_dino_loss_pairs_views_and_updates_its_centre():
+    torch.manual_seed(2)
+    loss = DINOLoss(dim=3, student_temperature=0.1, center_momentum=0.9)
+    teacher = torch.randn(4, 3)  # 2 global views × batch 2
+    student = torch.randn(8, 3)  # 4 views × batch 2
+    value = loss(student, teacher, n_teacher_views=2, teacher_temperature=0.04)
+    log_s = torch.log_softmax(student / 0.1, 1).chunk(4)
+    probs = torch.softmax(teacher / 0.04, 1).chunk(2)  # centre starts at 0
+    terms = [-(probs[t] * log_s[s]).sum(1).mean() for t in range(2) for s in range(4) if s != t]
+    assert float(value) == pytest.approx(float(sum(terms) / len(terms)), rel=1e-6)
+    torch.testing.assert_close(loss.center, 0.1 * teacher.mean(0, keepdim=True))
