@@ -35,3 +35,19 @@ def swapped_prediction(scores1: torch.Tensor, scores2: torch.Tensor, q1: torch.T
     log_p1 = torch.log_softmax(scores1 / temperature, dim=1)
     log_p2 = torch.log_softmax(scores2 / temperature, dim=1)
     return -0.5 * ((q2 * log_p1).sum(dim=1).mean() + (q1 * log_p2).sum(dim=1).mean())
+
+
+@torch.no_grad()
+def spherical_kmeans(points: torch.Tensor, k: int, iterations: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means on the unit sphere (cosine similarity), as DeepCluster-v2 clusters its memory bank.
+    Returns unit-norm centroids ``[k, d]`` and assignments ``[N]``; an empty cluster keeps its centroid."""
+    points = torch.nn.functional.normalize(points.float(), dim=1)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    centroids = points[torch.randperm(len(points), generator=generator)[:k].to(points.device)].clone()
+    for _ in range(iterations):
+        assignments = (points @ centroids.T).argmax(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, assignments, points)
+        counts = torch.bincount(assignments, minlength=k)
+        nonempty = counts > 0
+        centroids[nonempty] = torch.nn.functional.normalize(sums[nonempty], dim=1)
+    return centroids, (points @ centroids.T).argmax(dim=1)

@@ -1,0 +1,1 @@
+"""One LightningModule per method, composing losses from medssl.losses and blocks from medssl.nn."""

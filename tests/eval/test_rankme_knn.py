@@ -1,0 +1,39 @@
+"""RankMe's defining properties and the weighted kNN classifier."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medssl.eval import knn_predict, rankme
+
+
+def test_rankme_properties():
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(200, 16, dtype=torch.float64))  # orthonormal columns
+    assert rankme(q) == pytest.approx(16, rel=1e-4)
+    assert rankme(torch.randn(200, 1) @ torch.randn(1, 16)) == pytest.approx(1.0, abs=1e-3)
+    z = torch.randn(300, 8, dtype=torch.float64)
+    assert rankme(5 * z) == pytest.approx(rankme(z), rel=1e-9)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
+    assert rankme(z @ rotation) == pytest.approx(rankme(z), rel=1e-9)
+    assert rankme(z[torch.randperm(300)]) == pytest.approx(rankme(z), rel=1e-9)
+    dropped = z.clone()
+    dropped[:, 0] = 0
+    assert rankme(dropped) < rankme(z)
+
+
+def test_knn_by_hand_and_on_separated_clusters():
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    scores = knn_predict(train, labels, torch.tensor([[1.0, 0.2]]), num_classes=2, k=2, temperature=1.0)
+    q = torch.nn.functional.normalize(torch.tensor([1.0, 0.2]), dim=0)
+    t = torch.nn.functional.normalize(train, dim=1)
+    expected = torch.exp(q @ t[0]) + torch.exp(q @ t[1])
+    torch.testing.assert_close(scores, torch.tensor([[float(expected), 0.0]]))
+    torch.manual_seed(1)
+    centres = torch.randn(3, 10) * 5
+    train = torch.cat([c + torch.randn(30, 10) for c in centres])
+    test = torch.cat([c + torch.randn(10, 10) for c in centres])
+    predicted = knn_predict(train, torch.arange(3).repeat_interleave(30), test, num_classes=3, chunk=7).argmax(1)
+    assert (predicted == torch.arange(3).repeat_interleave(10)).float().mean() == 1.0
