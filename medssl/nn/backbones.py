@@ -1,0 +1,66 @@
+"""Encoders from MONAI for 2D and 3D, grey-level or RGB: every one maps an image batch to ``[B, D]``
+features and says its ``out_dim``; methods add their own heads on top."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+RESNETS = ("resnet18", "resnet34", "resnet50")
+VITS = {  # name: (hidden size, MLP size, heads, layers)
+    "vit_tiny": (192, 768, 3, 12),
+    "vit_small": (384, 1536, 6, 12),
+    "vit_base": (768, 3072, 12, 12),
+}
+
+
+class Encoder(nn.Module):
+    """A backbone with its feature size; ``forward`` returns ``[B, out_dim]``."""
+
+    def __init__(self, network: nn.Module, out_dim: int, config: dict):
+        super().__init__()
+        self.network, self.out_dim, self._config = network, out_dim, dict(config)
+        self.name, self.spatial_dims, self.in_channels = config["name"], config["spatial_dims"], config["in_channels"]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.network(images)
+        return features[0] if isinstance(features, tuple) else features
+
+    def config(self) -> dict:
+        """What :func:`build_encoder` needs to rebuild this encoder (stored with exported weights)."""
+        return dict(self._config)
+
+
+def build_encoder(
+    name: str = "resnet18",
+    spatial_dims: int = 2,
+    in_channels: int = 3,
+    img_size: int | Sequence[int] = 224,
+    patch_size: int = 16,
+    num_layers: int | None = None,
+) -> Encoder:
+    """A MONAI ResNet (``resnet18|34|50``, global-average-pooled features) or ViT (``vit_tiny|small|base``,
+    the class token) for ``spatial_dims`` 2 or 3 and ``in_channels`` (1 for CT/MR, 3 for histology).
+    ``num_layers`` shortens a ViT (for tests and small data)."""
+    from monai.networks import nets
+
+    config = dict(name=name, spatial_dims=spatial_dims, in_channels=in_channels,
+                  img_size=img_size, patch_size=patch_size, num_layers=num_layers)
+    if name in RESNETS:
+        network = getattr(nets, name)(spatial_dims=spatial_dims, n_input_channels=in_channels, feed_forward=False)
+        out_dim = 2048 if name == "resnet50" else 512
+    elif name in VITS:
+        hidden, mlp, heads, layers = VITS[name]
+        size = (img_size,) * spatial_dims if isinstance(img_size, int) else tuple(img_size)
+        network = nets.ViT(
+            in_channels=in_channels, img_size=size, patch_size=(patch_size,) * spatial_dims, hidden_size=hidden,
+            mlp_dim=mlp, num_heads=heads, num_layers=num_layers or layers, spatial_dims=spatial_dims,
+            classification=True,
+        )
+        network.classification_head = nn.Identity()  # keep the class token's features
+        out_dim = hidden
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(RESNETS) + sorted(VITS)}")
+    return Encoder(network, out_dim, config)
