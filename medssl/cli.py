@@ -3,6 +3,7 @@
 ``medssl tile``           slides → Zarr tile cache (see ``medssl tile --help``)
 ``medssl cache-volumes``  CT/MRI volumes → Zarr volume cache
 ``medssl info``           summarise a cache
+``medssl fit|validate|test|predict --config CONFIG.yaml``  LightningCLI (pretraining, evaluation)
 
 Exit status: 0 when everything succeeded, 1 when some inputs failed (the others finished and the
 manifest says why), 2 on a usage or configuration error before any work started.
@@ -216,7 +217,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def run_lightning(argv: Sequence[str]):
+    """LightningCLI with any medssl method and DataModule chosen by ``class_path`` in the YAML.
+
+    Environment variables fill values (``MEDSSL_FIT__TRAINER__MAX_EPOCHS=...``-style, jsonargparse's
+    ``default_env``); misspelt keys and wrong types fail with jsonargparse's message naming the key.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI
+
+    from medssl.methods.base import SSLMethod
+
+    return LightningCLI(
+        SSLMethod,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=list(argv),
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": True, "env_prefix": "MEDSSL"},
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        run_lightning(argv)
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

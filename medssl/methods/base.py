@@ -1,0 +1,89 @@
+"""What every SSL method shares: the encoder, input scaling, optimiser with warm-up + cosine schedules,
+and label-free / labelled monitors (RankMe, kNN) on the validation set. A method subclasses
+:class:`SSLMethod`, builds its heads and losses, and implements :meth:`training_step`."""
+
+from __future__ import annotations
+
+import torch
+import lightning.pytorch as pl
+
+from medssl.eval import knn_predict, rankme
+from medssl.methods.schedules import cosine_schedule
+from medssl.nn.backbones import build_encoder
+
+
+class SSLMethod(pl.LightningModule):
+    """Base LightningModule. ``backbone`` is the :func:`~medssl.nn.backbones.build_encoder` config
+    (``name``, ``spatial_dims``, ``in_channels``, ...); ``lr`` is for a batch of 256 and scales linearly."""
+
+    def __init__(self, backbone: dict | None = None, optimizer: str = "adamw", lr: float = 1e-3,
+                 weight_decay: float = 1e-4, warmup_epochs: float = 1.0, min_lr: float = 1e-6,
+                 knn_k: int = 20, knn_temperature: float = 0.07):
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = build_encoder(**(backbone or {}))
+        self._val_features: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    # -- inputs -------------------------------------------------------------------------------
+    @staticmethod
+    def scale(images: torch.Tensor) -> torch.Tensor:
+        """uint8 0..255 → float 0..1 (views from medssl transforms are already float)."""
+        return images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder features of images, the representation that is exported and evaluated."""
+        return self.encoder(self.scale(images))
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        h = self.hparams
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad:
+                (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
+        groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if h.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=h.lr, momentum=0.9)
+        elif h.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=h.lr)
+        else:
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {h.optimizer!r}")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = int(h.warmup_epochs * per_epoch)
+        factor = lambda step: cosine_schedule(step, total, 1.0, h.min_lr / h.lr, warmup, 0.0)  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- monitors -----------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        features = self.embed(batch["image"])
+        self._val_features.append(features.detach().float().cpu())
+        self._val_labels.append(batch["label"].detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_features:
+            return
+        features = self.all_gather(torch.cat(self._val_features)).reshape(-1, self._val_features[0].shape[1])
+        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1)
+        self._val_features, self._val_labels = [], []
+        self.log("val/rankme", rankme(features), sync_dist=False)
+        accuracy = leave_one_out_knn(features, labels, self.hparams.knn_k, self.hparams.knn_temperature)
+        if accuracy is not None:
+            self.log("val/knn_accuracy", accuracy, sync_dist=False)
+
+
+def leave_one_out_knn(features: torch.Tensor, labels: torch.Tensor, k: int, temperature: float) -> float | None:
+    """kNN accuracy of each labelled sample against all the others (None without two classes)."""
+    keep = labels >= 0
+    features, labels = features[keep], labels[keep]
+    if len(labels) < 3 or labels.unique().numel() < 2:
+        return None
+    num_classes = int(labels.max()) + 1
+    correct = 0
+    for i in range(len(labels)):
+        others = torch.cat([torch.arange(i), torch.arange(i + 1, len(labels))])
+        scores = knn_predict(features[others], labels[others], features[i : i + 1], num_classes, k, temperature)
+        correct += int(scores.argmax(1).item() == labels[i].item())
+    return correct / len(labels)
