@@ -87,3 +87,19 @@ def leave_one_out_knn(features: torch.Tensor, labels: torch.Tensor, k: int, temp
         scores = knn_predict(features[others], labels[others], features[i : i + 1], num_classes, k, temperature)
         correct += int(scores.argmax(1).item() == labels[i].item())
     return correct / len(labels)
+
+
+class TwoViewMethod(SSLMethod):
+    """Methods that embed two views of each image through ``self.projector`` and compare them with
+    :meth:`pair_loss` (SimCLR, Barlow Twins, ...)."""
+
+    projector: torch.nn.Module
+
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        view1, view2 = batch["views"][:2]
+        loss = self.pair_loss(self.projector(self.embed(view1)), self.projector(self.embed(view2)))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss

@@ -6,20 +6,16 @@ from __future__ import annotations
 import torch
 
 from medssl.losses import info_nce
-from medssl.methods.base import SSLMethod
+from medssl.methods.base import TwoViewMethod
 from medssl.nn.heads import ProjectionHead
 
 
-class SimCLR(SSLMethod):
+class SimCLR(TwoViewMethod):
     def __init__(self, backbone: dict | None = None, proj_hidden_dim: int = 2048, proj_dim: int = 128,
                  temperature: float = 0.1, decoupled: bool = False, **base):
         super().__init__(backbone=backbone, **base)
         self.save_hyperparameters()
         self.projector = ProjectionHead(self.encoder.out_dim, proj_hidden_dim, proj_dim, layers=2)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        view1, view2 = batch["views"][:2]
-        z1, z2 = self.projector(self.embed(view1)), self.projector(self.embed(view2))
-        loss = info_nce(z1, z2, self.hparams.temperature, decoupled=self.hparams.decoupled)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return info_nce(z1, z2, self.hparams.temperature, decoupled=self.hparams.decoupled)
