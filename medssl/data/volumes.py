@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medssl.data.datasets import _matches
 from medssl.errors import MedsslError
 from medssl.preprocess.cache import VolumeCache
 
@@ -23,11 +24,8 @@ def _select(cache: VolumeCache, volume_ids, splits, modalities) -> list[str]:
     chosen = []
     for volume_id in volume_ids if volume_ids is not None else cache.ids:
         meta = cache.metadata(volume_id)
-        if splits is not None and str(meta.get("split", "")) not in set(splits):
-            continue
-        if modalities is not None and meta["modality"] not in set(modalities):
-            continue
-        chosen.append(volume_id)
+        if _matches(meta, "split", splits) and _matches(meta, "modality", modalities):
+            chosen.append(volume_id)
     return chosen
 
 
