@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medssl.preprocess import VolumeParams, cache_volumes
 from medssl.synthetic.slides import Ellipse, SlideLayout, write_slide
+from medssl.synthetic.volumes import grid_affine, nibabel_data, sphere, write_nifti
 from tests.layouts import LAYOUT
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,25 @@ def bad_dir(tmp_path_factory, slides_dir) -> Path:
     write_slide(folder / "no-mpp.tiff", LAYOUT, mpp=None, downsamples=(1, 4, 16))
     (folder / "good.tiff").write_bytes(good)
     return folder
+
+
+@pytest.fixture(scope="session")
+def volume_cache(tmp_path_factory) -> Path:
+    """A sphere phantom (train, with its label) and nibabel's real anatomical MRI (val), at 2 mm."""
+    folder = tmp_path_factory.mktemp("volumes")
+    affine = grid_affine((2.0, 2.0, 2.0), origin=(-40.0, -40.0, -30.0))
+    image, label = sphere((40, 40, 30), affine, (0.0, 0.0, 0.0), 12.0, body_radius_mm=35.0)
+    write_nifti(folder / "ball.nii.gz", image, affine)
+    write_nifti(folder / "ball_seg.nii.gz", label, affine)
+    (folder / "cohort.csv").write_text(
+        "volume_id,image,label,modality,split\n"
+        "ball,ball.nii.gz,ball_seg.nii.gz,MR,train\n"
+        f"anat,{nibabel_data('anatomical.nii')},,MR,val\n"
+    )
+    summary = cache_volumes([folder / "cohort.csv"], folder / "cache", VolumeParams(spacing=(2.0, 2.0, 2.0)),
+                            progress=False)
+    assert not summary.failed
+    return folder / "cache"
 
 
 @pytest.fixture

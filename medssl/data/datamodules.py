@@ -57,24 +57,24 @@ class _CacheDataModule(pl.LightningDataModule):
 class TileDataModule(_CacheDataModule):
     """Histology tiles for self-supervised pretraining and tile-level evaluation.
 
-    ``views``: ``"pair"`` (two histology views, SimCLR/Barlow Twins), ``"multicrop"`` (2 global + 6 local,
-    DINO/SwAV) or ``None`` (raw uint8 batches read whole, the fast path, e.g. for on-device augmentation).
+    ``views``: ``"pair"`` (two histology views, SimCLR/Barlow Twins), ``"multicrop"`` (``n_global`` crops
+    of ``view_size`` and ``n_local`` of 3/7 that size, as 224/96 in SwAV and DINO) or ``None`` (raw uint8 batches read whole, the fast path, e.g. for on-device augmentation).
     Validation and test sets are raw tiles in storage order (for kNN and linear-probe monitors).
     """
 
     def __init__(self, cache: str, batch_size: int = 256, num_workers: int | None = None, views: str | None = "pair",
-                 view_size: int = 224, seed: int = 0, train_split: str | None = "train",
-                 val_split: str | None = "val", test_split: str | None = "test"):
+                 view_size: int = 224, n_global: int = 2, n_local: int = 6, seed: int = 0,
+                 train_split: str | None = "train", val_split: str | None = "val", test_split: str | None = "test"):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
         if views not in (None, "pair", "multicrop"):
             raise ValueError(f"views must be 'pair', 'multicrop' or None, got {views!r}")
-        self.views, self.view_size = views, view_size
+        self.views, self.view_size, self.n_global, self.n_local = views, view_size, n_global, n_local
 
     def _transform(self):
         if self.views == "pair":
             return MultiViewd([histology_view(self.view_size)] * 2)
         if self.views == "multicrop":
-            return MultiViewd.multi_crop(global_size=self.view_size)
+            return MultiViewd.multi_crop(self.n_global, self.n_local, self.view_size, max(16, self.view_size * 3 // 7))
         return None
 
     def setup(self, stage: str | None = None) -> None:

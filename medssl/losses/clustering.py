@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from medssl.nn.distributed import all_reduce_max, all_reduce_sum
@@ -28,13 +30,21 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     return (q * b).T.float()
 
 
-def swapped_prediction(scores1: torch.Tensor, scores2: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor,
-                       temperature: float = 0.1) -> torch.Tensor:
-    """Predict each view's code from the other view's scores:
-    ``-½ mean[ Σ_k q2 log softmax(s1/τ) + Σ_k q1 log softmax(s2/τ) ]``."""
-    log_p1 = torch.log_softmax(scores1 / temperature, dim=1)
-    log_p2 = torch.log_softmax(scores2 / temperature, dim=1)
-    return -0.5 * ((q2 * log_p1).sum(dim=1).mean() + (q1 * log_p2).sum(dim=1).mean())
+def swapped_prediction(scores: Sequence[torch.Tensor], codes: Sequence[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
+    """SwAV's swapped prediction over multi-crop: ``codes[i]`` is the Sinkhorn code of view ``i`` (the
+    first ``len(codes)`` views, the global crops), predicted from every *other* view's scores::
+
+        L = mean_i  mean_{v != i}  -Σ_k codes[i] · log softmax(scores[v] / τ)
+
+    With two views this is ``-½ [q2·log p1 + q1·log p2]``."""
+    if len(scores) < 2 or not 1 <= len(codes) <= len(scores):
+        raise ValueError(f"need ≥2 views and 1..{len(scores)} codes, got {len(scores)} views and {len(codes)} codes")
+    log_p = [torch.log_softmax(s / temperature, dim=1) for s in scores]
+    terms = []
+    for i, q in enumerate(codes):
+        others = [-(q * log_p[v]).sum(dim=1).mean() for v in range(len(scores)) if v != i]
+        terms.append(torch.stack(others).mean())
+    return torch.stack(terms).mean()
 
 
 @torch.no_grad()

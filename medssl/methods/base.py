@@ -35,6 +35,18 @@ class SSLMethod(pl.LightningModule):
         """Encoder features of images, the representation that is exported and evaluated."""
         return self.encoder(self.scale(images))
 
+    def embed_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Features of each view; consecutive views of one size go through the encoder together
+        (multi-crop: one pass for the global crops, one for the local ones)."""
+        features, start = [], 0
+        while start < len(views):
+            stop = start + 1
+            while stop < len(views) and views[stop].shape == views[start].shape:
+                stop += 1
+            features.extend(self.embed(torch.cat(views[start:stop])).chunk(stop - start))
+            start = stop
+        return features
+
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         h = self.hparams
@@ -60,7 +72,10 @@ class SSLMethod(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         features = self.embed(batch["image"])
         self._val_features.append(features.detach().float().cpu())
-        self._val_labels.append(batch["label"].detach().cpu())
+        labels = batch.get("label")  # a class per sample; segmentation maps and unlabelled data: RankMe only
+        if labels is None or labels.ndim != 1:
+            labels = torch.full((len(features),), -1, dtype=torch.long)
+        self._val_labels.append(labels.detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_features:
@@ -99,7 +114,7 @@ class TwoViewMethod(SSLMethod):
         raise NotImplementedError
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        view1, view2 = batch["views"][:2]
+        view1, view2 = batch["views"][:2]  # separate passes: BatchNorm sees one view at a time
         loss = self.pair_loss(self.projector(self.embed(view1)), self.projector(self.embed(view2)))
         self.log("train/loss", loss, prog_bar=True)
         return loss

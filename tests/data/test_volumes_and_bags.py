@@ -13,26 +13,7 @@ from medssl.data.datamodules import BagDataModule, TileDataModule, VolumeDataMod
 from medssl.data.transforms import MultiViewd, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 from medssl.errors import MedsslError
-from medssl.preprocess import SlideCache, TilingParams, VolumeCache, VolumeParams, cache_volumes, tile_slides
-from medssl.synthetic.volumes import grid_affine, nibabel_data, sphere, write_nifti
-
-
-@pytest.fixture(scope="module")
-def volume_cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("volumes")
-    affine = grid_affine((2.0, 2.0, 2.0), origin=(-40.0, -40.0, -30.0))
-    image, label = sphere((40, 40, 30), affine, (0.0, 0.0, 0.0), 12.0, body_radius_mm=35.0)
-    write_nifti(folder / "ball.nii.gz", image, affine)
-    write_nifti(folder / "ball_seg.nii.gz", label, affine)
-    (folder / "cohort.csv").write_text(
-        "volume_id,image,label,modality,split\n"
-        "ball,ball.nii.gz,ball_seg.nii.gz,MR,train\n"
-        f"anat,{nibabel_data('anatomical.nii')},,MR,val\n"
-    )
-    summary = cache_volumes([folder / "cohort.csv"], folder / "cache", VolumeParams(spacing=(2.0, 2.0, 2.0)),
-                            progress=False)
-    assert not summary.failed
-    return folder / "cache"
+from medssl.preprocess import SlideCache, TilingParams, VolumeCache, tile_slides
 
 
 @pytest.fixture(scope="module")

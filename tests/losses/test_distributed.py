@@ -26,7 +26,7 @@ def losses(layer, x1, x2):
         "info_nce": info_nce(z1, z2, 0.3),
         "dcl": info_nce(z1, z2, 0.3, decoupled=True),
         "barlow": barlow_twins(z1, z2),
-        "swav": swapped_prediction(z1, z2, q, q),
+        "swav": swapped_prediction([z1, z2], [q, q]),
     }
 
 

@@ -100,7 +100,22 @@ def test_swapped_prediction_by_hand():
     q1, q2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.25, 0.75]])
     log_p1, log_p2 = torch.log_softmax(s1 / 0.5, 1), torch.log_softmax(s2 / 0.5, 1)
     expected = -0.5 * (float((q2 * log_p1).sum()) + float((q1 * log_p2).sum()))
-    assert float(swapped_prediction(s1, s2, q1, q2, 0.5)) == pytest.approx(expected)
+    assert float(swapped_prediction([s1, s2], [q1, q2], 0.5)) == pytest.approx(expected)
+
+
+def test_swapped_prediction_multi_crop_against_explicit_sum():
+    torch.manual_seed(3)
+    scores = [torch.randn(5, 4) for _ in range(4)]  # 2 global + 2 local crops
+    codes = [torch.softmax(torch.randn(5, 4), 1) for _ in range(2)]
+    total = 0.0
+    for i in range(2):  # each global code against the three other crops, by an explicit loop
+        for v in range(4):
+            if v != i:
+                for b in range(5):
+                    total += -sum(float(codes[i][b, k]) * float(torch.log_softmax(scores[v][b] / 0.1, 0)[k]) for k in range(4)) / (5 * 3 * 2)
+    assert float(swapped_prediction(scores, codes, 0.1)) == pytest.approx(total, rel=1e-5)
+    with pytest.raises(ValueError):
+        swapped_prediction(scores[:1], codes[:1])
 
 
 def test_dino_loss_pairs_views_and_updates_its_centre():
