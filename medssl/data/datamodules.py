@@ -2,9 +2,10 @@
 from YAML). Splits come from the manifest's ``split`` column (``train``/``val``/``test``); a cache
 without splits trains on everything and has no validation set.
 
-Training loaders use :class:`BlockShuffleSampler` (Lightning calls its ``set_epoch``; run with
-``Trainer(use_distributed_sampler=False)`` so it is not wrapped again under DDP) and
-:func:`seed_worker`, so views differ across workers and epochs and reproduce from ``seed``.
+Training loaders use :class:`BlockShuffleSampler` with ``(index, epoch)`` keys (Lightning calls its
+``set_epoch``; run with ``Trainer(use_distributed_sampler=False)`` so it is not wrapped again under
+DDP), so the order and every sample's random views are a function of (``seed``, epoch, sample) alone:
+the same with any number of workers or GPUs, and after resuming from a checkpoint.
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ class TileDataModule(_CacheDataModule):
             split = self._split(name, available)
             transform = self._transform() if name == "train" else None
             self.datasets[name] = None if split is None else TileDataset(
-                self.cache, splits=split or None, classes=everything.classes, transform=transform
+                self.cache, splits=split or None, classes=everything.classes, transform=transform, seed=self.seed
             )
 
     def train_dataloader(self):
         dataset = self.datasets["train"]
-        sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed)
+        sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=self.views is not None)
         if self.views is None:
             return batch_loader(dataset, sampler, self.batch_size, num_workers=self.num_workers, drop_last=True,
                                 persistent_workers=self.num_workers > 0)
@@ -125,7 +126,7 @@ class VolumeDataModule(_CacheDataModule):
         self.patches_per_volume, self.stack_depth = patches_per_volume, stack_depth
 
     def _dataset(self, splits, transform):
-        common = dict(splits=splits or None, transform=transform, labels=self.views == 0)
+        common = dict(splits=splits or None, transform=transform, labels=self.views == 0, seed=self.seed)
         if self.mode == "slices":
             return VolumeSliceDataset(self.cache, **common)
         if self.mode == "patches":
@@ -154,9 +155,8 @@ class VolumeDataModule(_CacheDataModule):
 
     def train_dataloader(self):
         dataset = self.datasets["train"]
-        if isinstance(dataset, VolumeSliceDataset):
-            return self._loader(dataset, train=True, sampler=BlockShuffleSampler(dataset.blocks(), seed=self.seed))
-        return self._loader(dataset, train=True, shuffle=True)
+        sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
+        return self._loader(dataset, train=True, sampler=sampler)
 
     def val_dataloader(self):
         return [] if self.datasets.get("val") is None else self._loader(self.datasets["val"], train=False)

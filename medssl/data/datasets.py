@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medssl.data.readers import TileReader
+from medssl.data.seeding import Key, seeded, split_key
 from medssl.preprocess.cache import SlideCache
 
 
@@ -29,7 +30,8 @@ class TileDataset(Dataset):
     Filters: ``slide_ids``, ``splits``, ``labels`` and ``stains`` keep slides whose attribute is in the
     given set (only complete slides are ever listed). ``classes`` fixes the label → index mapping
     (default: sorted labels of the selected slides). Batched fetching (``__getitems__``) reads each
-    slide's tiles in one pass.
+    slide's tiles in one pass. Keys may be ``(index, epoch)`` pairs, which fix the sample's random
+    views from ``seed`` (:mod:`medssl.data.seeding`).
     """
 
     def __init__(
@@ -41,8 +43,10 @@ class TileDataset(Dataset):
         stains: Iterable[str] | None = None,
         classes: Sequence[str] | None = None,
         transform: Callable[[dict], dict] | None = None,
+        seed: int = 0,
     ):
         self.cache = cache if isinstance(cache, SlideCache) else SlideCache(cache)
+        self.seed = seed
         chosen = []
         for slide_id in slide_ids if slide_ids is not None else self.cache.ids:
             meta = self.cache.metadata(slide_id)
@@ -79,10 +83,11 @@ class TileDataset(Dataset):
             out.extend((a, min(a + chunk, stop)) for a in range(start, stop, chunk))
         return out
 
-    def __getitem__(self, index: int) -> dict:
-        return self.__getitems__([index])[0]
+    def __getitem__(self, key: Key) -> dict:
+        return self.__getitems__([key])[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
+        indices, epochs = zip(*map(split_key, keys)) if len(keys) else ((), ())
         slides, tiles = self.locate(indices)
         images: list[np.ndarray | None] = [None] * len(slides)
         for slide in np.unique(slides):
@@ -91,7 +96,7 @@ class TileDataset(Dataset):
             for row, tile in zip(rows, pixels):
                 images[row] = tile
         samples = []
-        for slide, tile, image in zip(slides, tiles, images):
+        for index, epoch, slide, tile, image in zip(indices, epochs, slides, tiles, images):
             sample = {
                 "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                 "slide_id": self.slide_ids[slide],
@@ -99,15 +104,18 @@ class TileDataset(Dataset):
                 "coords": torch.from_numpy(self._coords_of(int(slide))[tile]),
                 "label": int(self.slide_labels[slide]),
             }
-            samples.append(self.transform(sample) if self.transform is not None else sample)
+            if self.transform is not None:
+                with seeded(self.transform, self.seed, epoch, index):
+                    sample = self.transform(sample)
+            samples.append(sample)
         return samples
 
-    def read_batch(self, indices: Sequence[int]) -> dict:
+    def read_batch(self, keys: Sequence[Key]) -> dict:
         """A whole batch at once, for throughput: ``image`` is ``uint8 [B, 3, T, T]`` in channels-last
         memory (a view of the ``[B, T, T, 3]`` tiles, which convolutions take as they are; no
         transpose copy), read straight into shared memory so DataLoader workers hand it over
         without copying. ``transform`` is not applied here: augment the batch on the device."""
-        slides, tiles = self.locate(indices)
+        slides, tiles = self.locate([split_key(key)[0] for key in keys])
         tile_shape = self._reader(int(slides[0])).tile_shape if len(slides) else (0, 0, 3)
         pixels = torch.empty((len(slides), *tile_shape), dtype=torch.uint8)
         if torch.utils.data.get_worker_info() is not None:

@@ -10,6 +10,8 @@ Per epoch the sequence is a function of (seed, epoch) only, computed identically
 ``DistributedSampler`` does, so no rank waits at the end of an epoch), the order changes with
 ``set_epoch`` (Lightning calls it on samplers every epoch) and is reproducible. Use it with
 ``Trainer(use_distributed_sampler=False)`` so Lightning does not wrap it in a second sampler.
+With ``with_epoch=True`` it yields ``(index, epoch)`` keys, from which datasets seed each sample's
+augmentations (:mod:`medssl.data.seeding`), so views too are a function of (seed, epoch, sample).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class BlockShuffleSampler(Sampler[int]):
         rank: int | None = None,
         world_size: int | None = None,
         pad: bool = True,
+        with_epoch: bool = False,
     ):
         if world_size is None:
             world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -47,7 +50,7 @@ class BlockShuffleSampler(Sampler[int]):
             raise ValueError(f"rank {rank} is not in a world of {world_size}")
         self.blocks = [(int(a), int(b)) for a, b in blocks if b > a]
         self.shuffle, self.seed, self.window_blocks = shuffle, seed, max(1, window_blocks)
-        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.rank, self.world_size, self.pad, self.with_epoch = rank, world_size, pad, with_epoch
         self.epoch = 0
         self.total = sum(b - a for a, b in self.blocks)
 
@@ -77,8 +80,9 @@ class BlockShuffleSampler(Sampler[int]):
             return sequence[self.rank * per_rank : (self.rank + 1) * per_rank]
         return np.array_split(sequence, self.world_size)[self.rank]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._part().tolist())
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        indices = self._part().tolist()
+        return iter([(i, self.epoch) for i in indices] if self.with_epoch else indices)
 
     def __len__(self) -> int:
         if self.pad:

@@ -4,6 +4,8 @@ Arrays come from :class:`~medssl.preprocess.VolumeCache` (memory-mapped when unc
 axes keep the cache's order ``(z, y, x)``; every sample carries ``spacing`` as ``(z, y, x)`` mm so
 anisotropy-aware code can use it. Images are float32 ``[1, ...]``; with ``labels=True`` (every
 selected volume must have one) the label map comes as int64 ``[1, ...]`` under ``"label"``.
+Keys may be ``(index, epoch)`` pairs, which fix a sample's random draws (patch position, views)
+from ``seed`` (:mod:`medssl.data.seeding`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medssl.data.datasets import _matches
+from medssl.data.seeding import Key, seeded, split_key
 from medssl.errors import MedsslError
 from medssl.preprocess.cache import VolumeCache
 
@@ -38,8 +41,10 @@ class _VolumeDataset(Dataset):
         modalities: Iterable[str] | None = None,
         transform: Callable[[dict], dict] | None = None,
         labels: bool = False,
+        seed: int = 0,
     ):
         self.cache = cache if isinstance(cache, VolumeCache) else VolumeCache(cache)
+        self.seed = seed
         self.volume_ids = _select(self.cache, volume_ids, splits, modalities)
         self.labels = labels
         unlabelled = [v for v in self.volume_ids if labels and self.cache.label(v) is None]
@@ -49,6 +54,16 @@ class _VolumeDataset(Dataset):
         self.shapes = [self.cache.shape(v) for v in self.volume_ids]
         self.spacings = [tuple(self.cache.metadata(v)["spacing"][::-1]) for v in self.volume_ids]  # z, y, x
         self.transform = transform
+
+    def __getitem__(self, key: Key) -> dict:
+        index, epoch = split_key(key)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        with seeded(self.transform, self.seed, epoch, index):
+            return self._item(index)
+
+    def _item(self, index: int) -> dict:
+        raise NotImplementedError
 
     def _sample(self, k: int, region: tuple[slice, ...], pad_to: Sequence[int] | None = None, **extra) -> dict:
         """The region of volume ``k`` (zero-padded at the end up to ``pad_to``), then the transform."""
@@ -91,9 +106,7 @@ class VolumeSliceDataset(_VolumeDataset):
             out.extend((a, min(a + slices_per_block, stop)) for a in range(start, stop, slices_per_block))
         return out
 
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"slice index {index} out of range for {len(self)} slices")
+    def _item(self, index: int) -> dict:
         k = int(np.searchsorted(self.offsets, index, side="right") - 1)
         z = int(index - self.offsets[k])
         return self._sample(k, (z,), z=z)
@@ -111,9 +124,12 @@ class VolumePatchDataset(_VolumeDataset):
     def __len__(self) -> int:
         return len(self.volume_ids) * self.patches_per_volume
 
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"patch index {index} out of range for {len(self)} patches")
+    def blocks(self) -> list[tuple[int, int]]:
+        """One block per volume (its patches), for :class:`BlockShuffleSampler`."""
+        n = self.patches_per_volume
+        return [(k * n, (k + 1) * n) for k in range(len(self.volume_ids))]
+
+    def _item(self, index: int) -> dict:
         k = index // self.patches_per_volume
         shape = self.shapes[k]
         start = [int(torch.randint(0, max(0, n - p) + 1, ())) for n, p in zip(shape, self.patch_size)]
@@ -132,7 +148,10 @@ class VolumeStackDataset(_VolumeDataset):
     def __len__(self) -> int:
         return len(self.volume_ids)
 
-    def __getitem__(self, index: int) -> dict:
+    def blocks(self) -> list[tuple[int, int]]:
+        return [(k, k + 1) for k in range(len(self.volume_ids))]
+
+    def _item(self, index: int) -> dict:
         z_total = self.shapes[index][0]
         if self.depth is None or self.depth >= z_total:
             return self._sample(index, (slice(None),), z0=0)

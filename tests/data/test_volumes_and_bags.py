@@ -154,3 +154,19 @@ def test_volume_and_bag_datamodules_give_batches(volume_cache, cohort_cache):
     bags.setup("fit")
     batch = next(iter(bags.train_dataloader()))
     assert batch["instances"].shape[:2] == batch["mask"].shape and batch["mask"].shape[1] <= 4
+
+
+@pytest.mark.parametrize("mode, size", [("slices", (32, 32)), ("patches", (8, 16, 16))])
+def test_training_views_depend_on_seed_epoch_and_sample_not_on_workers(volume_cache, mode, size):
+    def epoch_batches(workers: int, epoch: int, seed: int = 0) -> list[torch.Tensor]:
+        module = VolumeDataModule(str(volume_cache), mode=mode, spatial_size=size, batch_size=4,
+                                  num_workers=workers, seed=seed, patches_per_volume=4)
+        module.setup("fit")
+        loader = module.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return [torch.cat(batch["views"]) for batch in loader]
+
+    reference = epoch_batches(0, epoch=1)
+    assert all(torch.equal(a, b) for a, b in zip(reference, epoch_batches(2, epoch=1)))
+    assert not torch.equal(reference[0], epoch_batches(0, epoch=2)[0])
+    assert not torch.equal(reference[0], epoch_batches(0, epoch=1, seed=5)[0])
