@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medssl.preprocess import VolumeParams, cache_volumes
+from medssl.preprocess import TilingParams, VolumeParams, cache_volumes, tile_slides
 from medssl.synthetic.slides import Ellipse, SlideLayout, write_slide
 from medssl.synthetic.volumes import grid_affine, nibabel_data, sphere, write_nifti
 from tests.layouts import LAYOUT
@@ -56,6 +56,20 @@ def volume_cache(tmp_path_factory) -> Path:
     summary = cache_volumes([folder / "cohort.csv"], folder / "cache", VolumeParams(spacing=(2.0, 2.0, 2.0)),
                             progress=False)
     assert not summary.failed
+    return folder / "cache"
+
+
+@pytest.fixture(scope="session")
+def split_cache(slides_dir, tmp_path_factory) -> Path:
+    """Tiles (64 px at 1 µm/px) of three slides with labels and splits: one train, two val."""
+    folder = tmp_path_factory.mktemp("fit")
+    (folder / "cohort.csv").write_text(
+        "slide_id,path,label,split\n"
+        f"a,{slides_dir / 'generic-025.tiff'},tumor,train\n"
+        f"b,{slides_dir / 'aperio-050.svs'},normal,val\n"
+        f"c,{slides_dir / 'generic-025.tiff'},tumor,val\n"
+    )
+    tile_slides([folder / "cohort.csv"], folder / "cache", TilingParams(target_mpp=1.0, tile_size=64), progress=False)
     return folder / "cache"
 
 

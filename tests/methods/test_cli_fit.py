@@ -7,22 +7,8 @@ from pathlib import Path
 import pytest
 
 from medssl.cli import run_lightning
-from medssl.preprocess import TilingParams, tile_slides
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def split_cache(slides_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fit")
-    (folder / "cohort.csv").write_text(
-        "slide_id,path,label,split\n"
-        f"a,{slides_dir / 'generic-025.tiff'},tumor,train\n"
-        f"b,{slides_dir / 'aperio-050.svs'},normal,val\n"
-        f"c,{slides_dir / 'generic-025.tiff'},tumor,val\n"
-    )
-    tile_slides([folder / "cohort.csv"], folder / "cache", TilingParams(target_mpp=1.0, tile_size=64), progress=False)
-    return folder / "cache"
 
 
 def is_volume_config(config: Path) -> bool:
