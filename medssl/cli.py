@@ -4,6 +4,8 @@
 ``medssl cache-volumes``  CT/MRI volumes → Zarr volume cache
 ``medssl info``           summarise a cache
 ``medssl fit|validate|test|predict --config CONFIG.yaml``  LightningCLI (pretraining, evaluation)
+``medssl embed``          a trained encoder over a cache → Zarr embeddings aligned with tiles/slices
+``medssl export``         a checkpoint's encoder → a weights file (MONAI) or a torch.export program
 
 Exit status: 0 when everything succeeded, 1 when some inputs failed (the others finished and the
 manifest says why), 2 on a usage or configuration error before any work started.
@@ -208,12 +210,75 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed", help="embed every tile (or axial slice) of a cache with a trained encoder",
+        description="Run the encoder of a method checkpoint or encoder file over a tile or volume cache and "
+        "write features aligned with the tile/slice index, one resumable Zarr item per slide or volume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="Lightning checkpoint of a medssl method, or an encoder file (medssl export)")
+    p.add_argument("--cache", required=True, help="tile or volume cache folder")
+    p.add_argument("--out", required=True, help="embedding folder (holds cache.zarr, encoder.pt, manifest.csv)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored feature type")
+    p.add_argument("--threads", type=int, default=2, help="tile reading threads")
+    p.add_argument("--shard", help="i/n: embed only shard i of n items (one GPU each)")
+    p.add_argument("--overwrite", action="store_true", help="replace embeddings made by another encoder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from medssl.export import embed_cache
+    from medssl.preprocess.runner import parse_shard
+
+    summary = embed_cache(
+        args.checkpoint, args.cache, args.out, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        threads=args.threads, shard=parse_shard(args.shard), overwrite=args.overwrite, progress=not args.quiet,
+    )
+    counts = summary.counts()
+    print(f"{counts['done']} embedded, {counts['skipped']} already complete, {counts['failed']} failed\n"
+          f"embeddings: {summary.out / 'cache.zarr'}\nencoder:    {summary.encoder}\nmanifest:   {summary.manifest}")
+    for result in summary.failed:
+        print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a checkpoint's encoder for MONAI or plain PyTorch",
+        description="Write the encoder of a method checkpoint as weights plus its configuration (.pt, loads with "
+        "torch.load(weights_only=True) into the MONAI network) or as a torch.export program (.pt2, runs with "
+        "plain PyTorch: torch.export.load(path).module()).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="Lightning checkpoint of a medssl method, or an encoder file")
+    p.add_argument("--out", required=True, help="output file: .pt (weights) or .pt2 (torch.export program)")
+    p.add_argument("--size", type=int, nargs="+", help="example input size for .pt2 [default: the encoder's img_size]")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from medssl.export import export_encoder, export_program
+
+    if args.out.endswith(".pt2"):
+        out = export_program(args.checkpoint, args.out, tuple(args.size) if args.size else None)
+    else:
+        out = export_encoder(args.checkpoint, args.out)
+    print(f"encoder written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_tile_parser(sub)
     _add_volumes_parser(sub)
     _add_info_parser(sub)
+    _add_embed_parser(sub)
+    _add_export_parser(sub)
     return parser
 
 

@@ -1,8 +1,8 @@
 """Slide-level datasets for weakly supervised learning: bags of instances, and sets of stains per case.
 
 A bag sample is ``{"instances": Tensor[N, ...], "coords": int64 [N, 2], "label": int, "slide_id": str}``.
-Instances are tile pixels (uint8 ``[N, 3, T, T]``) or, when ``features`` names a Zarr group holding one
-``[N, D]`` array per slide aligned with the tile index (what embedding export writes), float32 ``[N, D]``.
+Instances are tile pixels (uint8 ``[N, 3, T, T]``) or, when ``features`` names an embedding folder
+written by ``medssl embed`` (one ``[N, D]`` array per slide, aligned with the tile index), float32 ``[N, D]``.
 Only the slide's label is ever returned: whatever instance-level truth a cache may carry is never read
 here, so training code cannot see it (evaluation reads it explicitly).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,8 @@ import zarr
 from torch.utils.data import Dataset
 
 from medssl.data.datasets import TileDataset
-from medssl.preprocess.cache import SlideCache
+from medssl.errors import CacheError
+from medssl.preprocess.cache import SlideCache, store_path
 
 BAG_KEYS = ("instances", "coords", "label", "slide_id", "stain")
 
@@ -38,13 +38,9 @@ class SlideBagDataset(Dataset):
         **filters,
     ):
         self.tiles = TileDataset(cache, **filters)
-        self.features = zarr.open_group(Path(features), mode="r") if features is not None else None
+        self.features = _open_embeddings(features, self.tiles.slide_ids) if features is not None else None
         self.max_instances = max_instances
         self.transform = transform
-        if self.features is not None:
-            for slide_id in self.tiles.slide_ids:
-                if slide_id not in self.features:
-                    raise KeyError(f"{features}: no features for slide {slide_id!r}; run the embedding export first")
 
     @property
     def slide_ids(self) -> list[str]:
@@ -69,7 +65,8 @@ class SlideBagDataset(Dataset):
             if self.max_instances is not None and count > self.max_instances:
                 instances = np.sort(torch.randperm(count)[: self.max_instances].numpy())
         if self.features is not None:
-            values = torch.from_numpy(np.asarray(self.features[slide_id].get_orthogonal_selection((instances,)), dtype=np.float32))
+            rows = self.features[f"{slide_id}/features"].get_orthogonal_selection((instances,))
+            values = torch.from_numpy(np.asarray(rows, dtype=np.float32))
         else:
             pixels = self.tiles._reader(index).read(instances)
             values = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
@@ -81,6 +78,20 @@ class SlideBagDataset(Dataset):
             "stain": str(self.tiles.cache.metadata(slide_id).get("stain", "")),
         }
         return self.transform(sample) if self.transform is not None else sample
+
+
+def _open_embeddings(folder: str | os.PathLike, slide_ids: Sequence[str]) -> zarr.Group:
+    """The ``embeddings`` group of a ``medssl embed`` folder, checked to hold every selected slide."""
+    path = store_path(folder)
+    try:
+        group = zarr.open_group(path, mode="r")["embeddings"]
+    except (FileNotFoundError, KeyError):
+        raise CacheError(f"{folder}: not an embedding folder (run medssl embed --out {folder})") from None
+    missing = [slide_id for slide_id in slide_ids if slide_id not in group]
+    if missing:
+        raise CacheError(f"{folder}: no embeddings for {len(missing)} slide(s) ({', '.join(missing[:5])}); "
+                         "run or resume medssl embed on this cache")
+    return group
 
 
 def collate_bags(samples: Sequence[dict]) -> dict:

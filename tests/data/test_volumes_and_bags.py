@@ -87,22 +87,24 @@ def test_bags_hold_slide_labels_only(cohort_cache, tmp_path):
 
 def test_bags_of_features_and_padded_collation(cohort_cache, tmp_path):
     cache = SlideCache(cohort_cache)
-    features = zarr.open_group(tmp_path / "features.zarr", mode="w")
+    features = zarr.open_group(tmp_path / "features" / "cache.zarr", mode="w")  # medssl embed's layout
     for slide_id in cache.ids:
         n = cache.num_tiles(slide_id)
-        features.create_array(slide_id, data=np.arange(n * 4, dtype=np.float32).reshape(n, 4))
-    bags = SlideBagDataset(cohort_cache, features=tmp_path / "features.zarr")
+        features.create_array(f"embeddings/{slide_id}/features", data=np.arange(n * 4, dtype=np.float32).reshape(n, 4))
+    bags = SlideBagDataset(cohort_cache, features=tmp_path / "features")
     bag = bags[0]
-    np.testing.assert_array_equal(bag["instances"].numpy(), features[bags.slide_ids[0]][:])
+    np.testing.assert_array_equal(bag["instances"].numpy(), features[f"embeddings/{bags.slide_ids[0]}/features"][:])
     batch = collate_bags([bags[0], bags[1]])
     sizes = [cache.num_tiles(s) for s in bags.slide_ids[:2]]
     assert batch["instances"].shape == (2, max(sizes), 4)
     assert batch["mask"].sum(dim=1).tolist() == sizes
     short = int(np.argmin(sizes))
     assert (batch["instances"][short, sizes[short]:] == 0).all()
-    zarr.open_group(tmp_path / "empty.zarr", mode="w")
-    with pytest.raises(KeyError, match="no features for slide"):
-        SlideBagDataset(cohort_cache, features=tmp_path / "empty.zarr")
+    zarr.open_group(tmp_path / "empty" / "cache.zarr", mode="w").require_group("embeddings")
+    with pytest.raises(MedsslError, match="no embeddings for 3 slide"):
+        SlideBagDataset(cohort_cache, features=tmp_path / "empty")
+    with pytest.raises(MedsslError, match="not an embedding folder"):
+        SlideBagDataset(cohort_cache, features=tmp_path / "nowhere")
 
 
 def test_stain_sets_group_slides_of_a_case(cohort_cache):

@@ -1,0 +1,150 @@
+"""Encoder files: the trained backbone's weights plus what is needed to rebuild and feed it.
+
+``export_encoder`` writes a ``.pt`` file holding only tensors and plain values::
+
+    {"format": "medssl.encoder", "version": 1, "config": {...build_encoder arguments...},
+     "state_dict": {...the MONAI network's own keys...}, "out_dim": 512, "input": {...}, ...}
+
+so it loads with ``torch.load(path, weights_only=True)`` into a MONAI network without medssl::
+
+    net = monai.networks.nets.resnet18(spatial_dims=2, n_input_channels=3, feed_forward=False)
+    net.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+
+``export_program`` writes a ``torch.export`` program (``.pt2``) that plain PyTorch runs with neither
+medssl nor MONAI installed: ``torch.export.load(path).module()(images)``.
+
+Every checkpoint is read with ``weights_only=True``: medssl never unpickles code from a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import medssl
+from medssl.errors import InputError
+from medssl.nn.backbones import Encoder, build_encoder
+
+ENCODER_FORMAT = "medssl.encoder"
+FORMAT_VERSION = 1
+INPUT_CONVENTION = {
+    "layout": "[B, C, H, W] (2D) or [B, C, D, H, W] (3D)",
+    "scaling": "uint8 pixels divided by 255; radiology arrays as cached (normalised float)",
+}
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint or encoder file as tensors and plain containers; anything else is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a readable PyTorch checkpoint (not the zip archive torch.save writes)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        reason = f"it would import {found.group(1)}" if found else str(exc).strip().splitlines()[0][:200]
+        raise InputError(
+            f"{path}: refused: it holds pickled Python objects, not only tensors and plain values ({reason}). "
+            "medssl never unpickles code from a checkpoint; re-save its state_dict, or load it with "
+            "torch.load(weights_only=False) yourself only if you trust where it came from"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({str(exc).strip().splitlines()[0]})") from None
+
+
+def encoder_source(path: str | os.PathLike) -> dict[str, Any]:
+    """The encoder in a Lightning checkpoint of a medssl method or in an encoder file, as an encoder-file
+    dictionary (``config``, ``state_dict``, ``method``, ``source``)."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("format") == ENCODER_FORMAT:
+        if checkpoint.get("version") != FORMAT_VERSION:
+            raise InputError(f"{path}: encoder file version {checkpoint.get('version')}, this medssl reads "
+                             f"version {FORMAT_VERSION}")
+        return checkpoint
+    if not {"state_dict", "hyper_parameters"} <= set(checkpoint):
+        raise InputError(f"{path}: neither a medssl encoder file nor a Lightning checkpoint of a medssl method")
+    hparams = checkpoint["hyper_parameters"]
+    prefix = "encoder.network."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise InputError(f"{path}: the checkpoint has no 'encoder.network.*' weights (not a medssl method)")
+    config = build_encoder(**(hparams.get("backbone") or {})).config()  # fills defaults
+    return {
+        "format": ENCODER_FORMAT,
+        "version": FORMAT_VERSION,
+        "config": config,
+        "state_dict": state,
+        "method": str(hparams.get("_class_path", "")),
+        "source": {"checkpoint": str(Path(path).resolve()), "epoch": checkpoint.get("epoch"),
+                   "global_step": checkpoint.get("global_step")},
+    }
+
+
+def load_encoder(path: str | os.PathLike) -> Encoder:
+    """An :class:`~medssl.nn.backbones.Encoder` from an encoder file or a method checkpoint, in eval mode."""
+    return _build(encoder_source(path), path)
+
+
+def _build(source: dict, path: str | os.PathLike) -> Encoder:
+    encoder = build_encoder(**source["config"])
+    missing, unexpected = encoder.network.load_state_dict(source["state_dict"], strict=False)
+    if missing or unexpected:
+        raise InputError(f"{path}: weights do not fit a {source['config']['name']} encoder "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return encoder.eval()
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of the weights (names and values), so embeddings know which encoder made them."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def export_encoder(source: str | os.PathLike, out: str | os.PathLike, **info: Any) -> Path:
+    """Write the encoder of ``source`` (checkpoint or encoder file) to ``out``; extra ``info`` (e.g. the
+    tile MPP it was trained at) is stored under ``"info"``. Written to a temporary name, then renamed."""
+    data = encoder_source(source)
+    encoder = _build(data, source)
+    data.update(out_dim=encoder.out_dim, input=INPUT_CONVENTION, medssl_version=medssl.__version__,
+                weights_sha256=weights_sha256(data["state_dict"]), info={**data.get("info", {}), **info})
+    return _atomic_save(data, Path(out))
+
+
+def export_program(source: str | os.PathLike, out: str | os.PathLike, spatial_size: int | tuple[int, ...] | None = None) -> Path:
+    """Write a ``torch.export`` program of the encoder (eval mode, any batch size) for plain PyTorch.
+    ``spatial_size`` is the example input's size (default: the encoder's ``img_size``)."""
+    encoder = load_encoder(source)
+    config = encoder.config()
+    size = spatial_size or config["img_size"]
+    size = (size,) * config["spatial_dims"] if isinstance(size, int) else tuple(size)
+    example = torch.rand(2, config["in_channels"], *size)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    program = torch.export.export(encoder, (example,), dynamic_shapes=({0: batch},))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    torch.export.save(program, partial)
+    os.replace(partial, out)
+    return out
+
+
+def _atomic_save(data: dict, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    torch.save(data, partial)
+    os.replace(partial, out)
+    return out
