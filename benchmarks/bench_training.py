@@ -1,0 +1,264 @@
+"""Training-step throughput and peak memory of medssl's SSL methods against the same step with MONAI's losses.
+
+Usage::
+
+    python benchmarks/bench_training.py                        # resnet18, batch 32, two 96² views, CPU
+    python benchmarks/bench_training.py --threads 1            # when other processes share the cores
+    python benchmarks/bench_training.py --device cuda --batch 256 --size 224
+
+A *step* is what a training iteration costs with the data already in memory: both views forward through
+encoder + projector, the loss, backward, and an AdamW step. Rows (same backbone, projector, batch and
+optimiser; only the loss differs between the two implementations of one method):
+
+``medssl``  the method's own ``training_step`` (plus the Lightning hooks a Trainer calls around it:
+            ``on_train_batch_start``, ``on_after_backward``, ``on_train_batch_end``), called without a
+            Trainer, so ``self.log`` is a no-op and Lightning's loop/logging overhead is not counted.
+``MONAI``   the same step written by hand as ``TwoViewMethod.training_step`` is, with
+            ``monai.losses.ContrastiveLoss`` (SimCLR, as MONAI's SSL tutorials use) or
+            ``monai.losses.BarlowTwinsLoss`` in place of medssl's loss. SwAV has no MONAI counterpart.
+
+``loss ms`` is forward + backward of the loss alone on fixed projector outputs (for SwAV: prototype scores,
+Sinkhorn codes and swapped prediction), and ``loss %`` that time as a share of the median step. The targets
+(issue): the medssl step no slower than the MONAI-loss step, and the loss under 5 % of the step.
+
+Each configuration runs in a fresh subprocess so that memory figures do not leak between them: on CPU
+``peak MiB`` is the process's peak RSS (``ru_maxrss``, imports and model included) and ``Δ MiB`` its growth
+over the RSS before the first step (activations, gradients, optimiser state); on CUDA both come from
+``torch.cuda.max_memory_allocated``. Throughput is the median over ``--repeats`` timings of ``--steps`` steps
+each, after ``--warmup`` steps, with the spread as min–max over the repeats. Inputs are one fixed random
+batch (no data loading, no augmentation: see bench_loader.py for those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+METHODS: dict[str, tuple[str, str, dict]] = {  # name: (module, class, constructor overrides)
+    "simclr": ("medssl.methods.simclr", "SimCLR", {}),
+    "barlow_twins": ("medssl.methods.barlow_twins", "BarlowTwins", {}),
+    # steady state: the prototypes train (the first epoch's freeze only drops their gradient)
+    "swav": ("medssl.methods.swav", "SwAV", {"freeze_prototypes_steps": 0}),
+}
+MONAI_LOSSES = ("simclr", "barlow_twins")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import monai
+
+    out = {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+           "python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
+           "load_average_1min": round(os.getloadavg()[0], 2), "device": device}
+    if device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+# -- one configuration (runs in its own process) ------------------------------------------------------------
+def build(method: str, args: argparse.Namespace) -> torch.nn.Module:
+    module, name, overrides = METHODS[method]
+    cls = getattr(importlib.import_module(module), name)
+    backbone = {"name": args.backbone, "spatial_dims": 2, "in_channels": 3}
+    return cls(backbone=backbone, **overrides)
+
+
+def losses(method: str, implementation: str, model: torch.nn.Module) -> tuple[Callable, Callable]:
+    """(full-step loss of a batch, loss of fixed projector outputs z1, z2) for one implementation."""
+    if method == "swav":
+        from medssl.losses import swapped_prediction
+
+        def head_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:  # SwAV.training_step after the projector
+            projections = [F.normalize(z, dim=1) for z in (z1, z2)]
+            scores = [model.prototypes(z) for z in projections]
+            codes = [model.assign(i, projections[i], scores[i]) for i in range(2)]
+            return swapped_prediction(scores, codes, model.hparams.temperature)
+
+        return model.training_step, head_loss
+    if implementation == "medssl":
+        return model.training_step, model.pair_loss
+    from monai.losses import BarlowTwinsLoss, ContrastiveLoss
+
+    loss = (ContrastiveLoss(temperature=model.hparams.temperature) if method == "simclr"
+            else BarlowTwinsLoss(lambd=model.hparams.lambd))
+
+    def step_loss(batch: dict, batch_idx: int) -> torch.Tensor:  # TwoViewMethod.training_step, MONAI's loss
+        view1, view2 = batch["views"][:2]
+        return loss(model.projector(model.embed(view1)), model.projector(model.embed(view2)))
+
+    return step_loss, loss
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(method: str, implementation: str, args: argparse.Namespace) -> dict:
+    warnings.filterwarnings("ignore")  # self.log without a Trainer warns once; MONAI's import-time notices
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = args.device
+    model = build(method, args).to(device).train()
+    step_loss, loss_of = losses(method, implementation, model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    batch = {"views": [torch.rand(args.batch, 3, args.size, args.size, device=device) for _ in range(2)]}
+
+    def step(i: int) -> None:  # the order of Lightning's automatic optimisation
+        model.on_train_batch_start(batch, i)
+        loss = step_loss(batch, i)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        model.on_after_backward()
+        optimizer.step()
+        model.on_train_batch_end({"loss": loss}, batch, i)
+
+    sync(device)
+    before = rss_mib()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**20
+    for i in range(args.warmup):
+        step(i)
+    sync(device)
+    seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for i in range(args.steps):
+            step(i)
+        sync(device)
+        seconds.append((time.perf_counter() - start) / args.steps)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else rss_mib()
+
+    with torch.no_grad():  # fixed projector outputs for the loss alone
+        z1, z2 = (model.projector(model.embed(view)) for view in batch["views"])
+    z1.requires_grad_(True)
+    z2.requires_grad_(True)
+    loss_seconds = []
+    for k in range(args.loss_calls + 3):
+        z1.grad = z2.grad = None
+        sync(device)
+        start = time.perf_counter()
+        loss_of(z1, z2).backward()
+        sync(device)
+        if k >= 3:
+            loss_seconds.append(time.perf_counter() - start)
+    out = {"method": method, "implementation": implementation, "encoder": model.encoder.config(),
+           "threads": torch.get_num_threads(), "step_s": seconds, "loss_s": statistics.median(loss_seconds),
+           "peak_mib": peak, "delta_mib": peak - before}
+    if implementation == "MONAI":  # are the two losses the same function? (values on the same projections)
+        with torch.no_grad():
+            out["loss_values"] = {"medssl": float(model.pair_loss(z1, z2)), "MONAI": float(loss_of(z1, z2))}
+    return out
+
+
+# -- driver -------------------------------------------------------------------------------------------------
+def run_child(method: str, implementation: str, argv: list[str]) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--child", f"{method}:{implementation}"]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{method}/{implementation} failed with exit code {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], batch: int) -> str:
+    header = f"{'method':<13} {'impl':<7} {'samples/s':>9} {'spread':>13} {'step ms':>8} {'loss ms':>8} " \
+             f"{'loss %':>7} {'peak MiB':>9} {'Δ MiB':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        step = statistics.median(r["step_s"])
+        rates = sorted(batch / s for s in r["step_s"])
+        lines.append(f"{r['method']:<13} {r['implementation']:<7} {batch / step:>9.1f} "
+                     f"{f'{rates[0]:.1f}–{rates[-1]:.1f}':>13} {1e3 * step:>8.0f} {1e3 * r['loss_s']:>8.2f} "
+                     f"{100 * r['loss_s'] / step:>6.2f}% {r['peak_mib']:>9.0f} {r['delta_mib']:>7.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="resnet18", help="medssl build_encoder name (2D, 3 channels)")
+    parser.add_argument("--batch", type=int, default=32, help="images per view")
+    parser.add_argument("--size", type=int, default=96, help="view height and width")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--loss-calls", type=int, default=20, help="timed calls of the loss alone")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    if args.child:
+        print(json.dumps(measure(*args.child.split(":"), args)))
+        return []
+
+    if args.device == "cpu" and os.getloadavg()[0] > 0.5:
+        log(f"warning: load average {os.getloadavg()[0]:.2f} before starting: other processes share the cores; "
+            "multi-threaded timings suffer badly from that, consider --threads")
+    passed = list(sys.argv[1:] if argv is None else argv)
+    rows, notes = [], []
+    for method in args.methods:
+        try:
+            importlib.import_module(METHODS[method][0])
+        except Exception as error:  # noqa: BLE001 - a method being written may not import yet
+            notes.append(f"{method}: skipped, {METHODS[method][0]} does not import ({type(error).__name__}: {error})")
+            continue
+        for implementation in ("medssl", "MONAI") if method in MONAI_LOSSES else ("medssl",):
+            log(f"{method} / {implementation} ...")
+            rows.append(run_child(method, implementation, passed))
+            log(f"  {args.batch / statistics.median(rows[-1]['step_s']):.1f} samples/s")
+
+    info = machine(args.device)
+    print(f"machine: {info.pop('cpu')}, {info.pop('cores')} cores "
+          f"({info.pop('usable_cores')} usable), {', '.join(f'{k} {v}' for k, v in info.items())}")
+    if rows:
+        print(f"encoder: {rows[0]['encoder']}, threads {rows[0]['threads']}")
+    print(f"batch {args.batch} × 2 views of 3×{args.size}², AdamW; median of {args.repeats} × {args.steps} steps "
+          f"after {args.warmup} warm-up; spread = min–max samples/s over the repeats\n")
+    print(table(rows, args.batch))
+    print()
+    by_key = {(r["method"], r["implementation"]): r for r in rows}
+    for method in MONAI_LOSSES:
+        if (method, "medssl") in by_key and (method, "MONAI") in by_key:
+            ours, theirs = by_key[method, "medssl"], by_key[method, "MONAI"]
+            ratio = statistics.median(theirs["step_s"]) / statistics.median(ours["step_s"])
+            values = theirs["loss_values"]
+            print(f"{method}: medssl step throughput = {ratio:.3f} × MONAI-loss step; loss alone "
+                  f"{1e3 * ours['loss_s']:.2f} ms (medssl) vs {1e3 * theirs['loss_s']:.2f} ms (MONAI); value on the same projections "
+                  f"medssl {values['medssl']:.6g} vs MONAI {values['MONAI']:.6g}")
+    for note in notes:
+        print(note)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
