@@ -296,15 +296,19 @@ def run_lightning(argv: Sequence[str]):
 
     from medssl.methods.base import SSLMethod
 
-    return LightningCLI(
-        SSLMethod,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(argv),
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": True, "env_prefix": "MEDSSL"},
-    )
+    command_line, sys.argv = sys.argv, sys.argv[:1]  # argv is the whole command; the caller's own flags are not
+    try:
+        return LightningCLI(
+            SSLMethod,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=list(argv),
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"default_env": True, "env_prefix": "MEDSSL"},
+        )
+    finally:
+        sys.argv = command_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:

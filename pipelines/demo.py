@@ -1,5 +1,6 @@
-"""The medssl demo: tile a small cohort of slides made from real stained-tissue pixels, and cache a real
-MRI volume (shipped with nibabel) and a CT phantom.
+"""The medssl demo: tile a small cohort of slides made from real stained-tissue pixels, cache a real MRI
+volume (shipped with nibabel) and a CT phantom, pretrain SimCLR briefly on the tiles (``medssl fit``),
+compare it with random initialisation (RankMe, kNN), and write tile embeddings (``medssl embed``).
 
 Run through ``bash pipelines/demo.sh`` (which installs first) or, in an installed environment,
 ``python pipelines/demo.py --out demo-output``. Re-running resumes: finished slides are skipped.
@@ -18,26 +19,68 @@ from medssl.synthetic.slides import write_demo_cohort
 from medssl.synthetic.volumes import ct_phantom, grid_affine, nibabel_data, write_nifti
 
 
-def run(out: Path, n_slides: int) -> int:
-    slides = out / "slides"
-    if not slides.exists() or len(list(slides.iterdir())) < n_slides:
-        print(f"[1/3] writing {n_slides} demo slides (40×, 0.25 µm/px, JPEG pyramids) to {slides}")
-        write_demo_cohort(slides, n_slides=n_slides)
-    else:
-        print(f"[1/3] demo slides already in {slides}")
-    print("[2/3] medssl tile --mpp 0.5 --tile-size 224")
-    status = medssl_main(
-        [
-            "tile", str(slides), "--out", str(out / "cache"),
-            "--mpp", "0.5", "--tile-size", "224", "--workers", "2",
-        ]
-    )
-    print("[3/3] medssl cache-volumes: nibabel's anatomical.nii (MRI) and a CT phantom")
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "simclr_tiles.yaml"
+
+
+def run(out: Path, n_slides: int, epochs: int) -> int:
+    cohort = write_slide_inputs(out / "slides", n_slides)
+    print("[2/5] medssl tile --mpp 0.5 --tile-size 224")
+    status = medssl_main(["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "0.5", "--tile-size", "224",
+                          "--workers", "2"])
+    print("[3/5] medssl cache-volumes: nibabel's anatomical.nii (MRI) and a CT phantom")
     manifest = write_volume_inputs(out / "volumes")
     status |= medssl_main(["cache-volumes", str(manifest), "--out", str(out / "volume-cache")])
+    print(f"[4/5] medssl fit --config {CONFIG.relative_to(CONFIG.parents[2])} (SimCLR, {epochs} short epochs on CPU)")
+    checkpoint = pretrain(out, epochs)
+    print("[5/5] medssl embed")
+    status |= medssl_main(["embed", str(checkpoint), "--cache", str(out / "cache"), "--out", str(out / "embeddings"),
+                           "--quiet"])
     print(f"\nQC pictures: {out / 'cache' / 'qc'} (tiles over thumbnails), {out / 'volume-cache' / 'qc'} (volumes)")
     print(f"Inspect the caches: medssl info {out / 'cache'}; medssl info {out / 'volume-cache'}")
     return status
+
+
+def write_slide_inputs(folder: Path, n_slides: int) -> Path:
+    """Demo slides and a CSV giving each a label (odd slides carry lesions) and a split (half train, half val)."""
+    paths = sorted(folder.glob("demo-slide-*")) if folder.exists() else []
+    if len(paths) < n_slides:
+        print(f"[1/5] writing {n_slides} demo slides (40×, 0.25 µm/px, JPEG pyramids) to {folder}")
+        paths = write_demo_cohort(folder, n_slides=n_slides, lesions=6)
+    else:
+        print(f"[1/5] demo slides already in {folder}")
+    rows = ["slide_id,path,label,split"]
+    for k, path in enumerate(paths[:n_slides]):
+        split = "train" if k < (n_slides + 1) // 2 else "val"
+        rows.append(f"{path.name.split('.')[0]},{path.name},{'lesion' if k % 2 else 'clean'},{split}")
+    (folder / "cohort.csv").write_text("\n".join(rows) + "\n")
+    return folder / "cohort.csv"
+
+
+def pretrain(out: Path, epochs: int) -> Path:
+    """SimCLR through LightningCLI at demo size, then the same validation for random initialisation."""
+    import lightning.pytorch as pl
+
+    from medssl.cli import run_lightning
+
+    cli = run_lightning([
+        "fit", "--config", str(CONFIG), "--data.init_args.cache", str(out / "cache"),
+        "--data.init_args.batch_size", "32", "--data.init_args.view_size", "96", "--data.init_args.num_workers", "1",
+        "--model.init_args.backbone", '{"name": "resnet18", "spatial_dims": 2, "in_channels": 3, "width": 0.5}',
+        "--model.init_args.proj_hidden_dim", "512", "--model.init_args.warmup_epochs", "1",
+        "--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", str(epochs),
+        "--trainer.default_root_dir", str(out / "runs" / "simclr"), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ])
+    trained = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    pl.seed_everything(0)
+    random_init = type(cli.model)(**{k: v for k, v in cli.model.hparams.items() if not k.startswith("_")})
+    baseline = cli.trainer.validate(random_init, datamodule=cli.datamodule, verbose=False)[0]
+    print(f"\n{'validation tiles':<22}{'RankMe':>10}{'kNN accuracy':>15}")
+    for name, metrics in (("random init", baseline), ("SimCLR pretrained", trained)):
+        knn = metrics.get("val/knn_accuracy")
+        print(f"{name:<22}{metrics['val/rankme']:>10.1f}{'' if knn is None else f'{knn:.3f}':>15}")
+    print("(kNN: leave-one-out over validation tiles, slide labels lesion/clean; the demo is tiny, so expect noise)\n")
+    return Path(cli.trainer.checkpoint_callback.best_model_path)
 
 
 def write_volume_inputs(folder: Path) -> Path:
@@ -62,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--slides", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs (each a few steps)")
     args = parser.parse_args(argv)
-    return run(args.out, args.slides)
+    return run(args.out, args.slides, args.epochs)
 
 
 if __name__ == "__main__":

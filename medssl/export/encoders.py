@@ -7,7 +7,7 @@
 
 so it loads with ``torch.load(path, weights_only=True)`` into a MONAI network without medssl::
 
-    net = monai.networks.nets.resnet18(spatial_dims=2, n_input_channels=3, feed_forward=False)
+    net = monai.networks.nets.resnet18(spatial_dims=2, n_input_channels=3, feed_forward=False, conv1_t_stride=2)
     net.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
 
 ``export_program`` writes a ``torch.export`` program (``.pt2``) that plain PyTorch runs with neither

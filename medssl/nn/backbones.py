@@ -40,17 +40,25 @@ def build_encoder(
     img_size: int | Sequence[int] = 224,
     patch_size: int = 16,
     num_layers: int | None = None,
+    stem_stride: int = 2,
+    width: float = 1.0,
 ) -> Encoder:
     """A MONAI ResNet (``resnet18|34|50``, global-average-pooled features) or ViT (``vit_tiny|small|base``,
     the class token) for ``spatial_dims`` 2 or 3 and ``in_channels`` (1 for CT/MR, 3 for histology).
-    ``num_layers`` shortens a ViT (for tests and small data)."""
+    ``num_layers`` shortens a ViT (for tests and small data). ``stem_stride`` is the ResNet's first
+    convolution stride: 2 as in the ResNets the SSL papers use (MONAI's own default, 1, costs 4× the
+    compute at the same input size); a MONAI network rebuilt from exported weights needs
+    ``conv1_t_stride`` set to it. ``width`` scales a ResNet's channels (MONAI's ``widen_factor``; 0.25 for
+    tests and small cohorts on CPU)."""
     from monai.networks import nets
 
     config = dict(name=name, spatial_dims=spatial_dims, in_channels=in_channels,
-                  img_size=img_size, patch_size=patch_size, num_layers=num_layers)
+                  img_size=img_size, patch_size=patch_size, num_layers=num_layers, stem_stride=stem_stride,
+                  width=width)
     if name in RESNETS:
-        network = getattr(nets, name)(spatial_dims=spatial_dims, n_input_channels=in_channels, feed_forward=False)
-        out_dim = 2048 if name == "resnet50" else 512
+        network = getattr(nets, name)(spatial_dims=spatial_dims, n_input_channels=in_channels, feed_forward=False,
+                                      conv1_t_stride=stem_stride, widen_factor=width)
+        out_dim = int(512 * width) * (4 if name == "resnet50" else 1)
     elif name in VITS:
         hidden, mlp, heads, layers = VITS[name]
         size = (img_size,) * spatial_dims if isinstance(img_size, int) else tuple(img_size)

@@ -218,12 +218,15 @@ def random_layout(
     return SlideLayout(width, height, pieces, lesions, seed=seed)
 
 
-def write_demo_cohort(folder: str | Path, n_slides: int = 3, size: int = 6144, seed: int = 0) -> list[Path]:
-    """A few small slides for the demo: 40× (0.25 µm/px) generic and Aperio TIFFs with 3 levels."""
+def write_demo_cohort(folder: str | Path, n_slides: int = 3, size: int = 6144, seed: int = 0,
+                      lesions: int = 0) -> list[Path]:
+    """A few small slides for the demo: 40× (0.25 µm/px) generic and Aperio TIFFs with 3 levels. Odd-numbered
+    slides get ``lesions`` round lesions of retina texture (the "tumour" slides); the others none."""
     folder = Path(folder)
     paths = []
     for k in range(n_slides):
-        layout = random_layout(size, int(size * 0.75), n_pieces=2 + k % 2, coverage=0.3, seed=seed + k)
+        layout = random_layout(size, int(size * 0.75), n_pieces=2 + k % 2, coverage=0.3, seed=seed + k,
+                               n_lesions=lesions if k % 2 else 0, lesion_radius=size / 20)
         vendor = "aperio" if k % 2 else "generic"
         suffix = ".svs" if vendor == "aperio" else ".tiff"
         paths.append(write_slide(folder / f"demo-slide-{k}{suffix}", layout, mpp=0.25, vendor=vendor))
