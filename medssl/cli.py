@@ -296,7 +296,9 @@ def run_lightning(argv: Sequence[str]):
 
     from medssl.methods.base import SSLMethod
 
-    command_line, sys.argv = sys.argv, sys.argv[:1]  # argv is the whole command; the caller's own flags are not
+    command_line = sys.argv
+    if sys.argv[1:] != list(argv):  # called from Python: the caller's own flags are not Lightning's (DDP's
+        sys.argv = sys.argv[:1]     # launcher re-runs sys.argv, so the command line itself is kept)
     try:
         return LightningCLI(
             SSLMethod,

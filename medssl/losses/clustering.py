@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from medssl.losses.precision import full_precision
 from medssl.nn.distributed import all_reduce_max, all_reduce_sum
 
 
@@ -30,6 +31,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     return (q * b).T.float()
 
 
+@full_precision
 def swapped_prediction(scores: Sequence[torch.Tensor], codes: Sequence[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
     """SwAV's swapped prediction over multi-crop: ``codes[i]`` is the Sinkhorn code of view ``i`` (the
     first ``len(codes)`` views, the global crops), predicted from every *other* view's scores::

@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from medssl.losses.precision import full_precision
 from medssl.nn.distributed import gather, rank
 
 
+@full_precision
 def info_nce(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -40,6 +42,7 @@ def info_nce(
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
+@full_precision
 def supervised_contrastive(
     anchors: torch.Tensor,
     keys: torch.Tensor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medssl.losses.precision import full_precision
 from medssl.nn.distributed import all_reduce_sum
 
 
@@ -23,6 +24,7 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, dim))
 
+    @full_precision
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, n_teacher_views: int,
                 teacher_temperature: float = 0.04) -> torch.Tensor:
         n_student_views = student.shape[0] // (teacher.shape[0] // n_teacher_views)

@@ -78,15 +78,16 @@ class SSLMethod(pl.LightningModule):
         self._val_labels.append(labels.detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
+        """Monitors on the whole validation set. Every rank reads all of it (the eval loaders are not
+        split), so the values agree across ranks without gathering, and no sample is counted twice."""
         if not self._val_features:
             return
-        features = self.all_gather(torch.cat(self._val_features)).reshape(-1, self._val_features[0].shape[1])
-        labels = self.all_gather(torch.cat(self._val_labels)).reshape(-1)
+        features, labels = torch.cat(self._val_features), torch.cat(self._val_labels)
         self._val_features, self._val_labels = [], []
-        self.log("val/rankme", rankme(features), sync_dist=False)
+        self.log("val/rankme", rankme(features), sync_dist=True)
         accuracy = leave_one_out_knn(features, labels, self.hparams.knn_k, self.hparams.knn_temperature)
         if accuracy is not None:
-            self.log("val/knn_accuracy", accuracy, sync_dist=False)
+            self.log("val/knn_accuracy", accuracy, sync_dist=True)
 
 
 def leave_one_out_knn(features: torch.Tensor, labels: torch.Tensor, k: int, temperature: float) -> float | None:

@@ -45,7 +45,8 @@ def test_encoder_file_loads_into_the_monai_network_without_medssl(checkpoint, sp
     data = torch.load(path, weights_only=True)
     assert data["config"]["name"] == "resnet18" and data["out_dim"] == 512
     assert data["method"].endswith("SimCLR") and data["source"]["epoch"] == 0
-    network = resnet18(spatial_dims=2, n_input_channels=3, feed_forward=False).eval()
+    network = resnet18(spatial_dims=2, n_input_channels=3, feed_forward=False,
+                       conv1_t_stride=data["config"]["stem_stride"]).eval()
     network.load_state_dict(data["state_dict"])
     images = _tiles(split_cache)
     state = torch.load(checkpoint, weights_only=True)["state_dict"]

@@ -129,3 +129,17 @@ def test_dino_loss_pairs_views_and_updates_its_centre():
     terms = [-(probs[t] * log_s[s]).sum(1).mean() for t in range(2) for s in range(4) if s != t]
     assert float(value) == pytest.approx(float(sum(terms) / len(terms)), rel=1e-6)
     torch.testing.assert_close(loss.center, 0.1 * teacher.mean(0, keepdim=True))
+
+
+def test_losses_run_in_float32_under_autocast():
+    torch.manual_seed(4)
+    z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
+    reference = {"nce": info_nce(z1, z2, 0.05), "bt": barlow_twins(z1, z2)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = (z1 @ torch.eye(8)), (z2 @ torch.eye(8))  # bfloat16 activations, as a projector gives
+        assert a.dtype == torch.bfloat16
+        mixed = {"nce": info_nce(a, b, 0.05), "bt": barlow_twins(a, b)}
+    for name, value in mixed.items():
+        assert value.dtype == torch.float32
+        # only the bf16 rounding of the inputs remains, not bf16 arithmetic inside the loss
+        assert float(value) == pytest.approx(float(reference[name]), rel=2e-2), name

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from medssl.cli import run_lightning
 
@@ -46,3 +47,25 @@ def test_misspelt_key_is_named(split_cache, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_lightning(tiny(CONFIGS[0], split_cache, tmp_path, "--model.init_args.temprature", "0.2"))
     assert "temprature" in capsys.readouterr().err
+
+
+def test_two_process_ddp_fit_from_the_command_line(split_cache, tmp_path):
+    """`--trainer.devices 2 --trainer.strategy ddp` on CPU (gloo): Lightning re-launches the command, each
+    rank takes its half of the tiles, and one checkpoint comes out."""
+    import subprocess
+    import sys
+
+    config = next(c for c in CONFIGS if c.stem == "swav_tiles")
+    command = [sys.executable, "-m", "medssl.cli", *tiny(config, split_cache, tmp_path)]
+    command[command.index("--trainer.devices") + 1] = "2"
+    result = subprocess.run([*command, "--trainer.strategy", "ddp"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MEMBER: 2/2" in result.stderr + result.stdout
+    assert len(list(tmp_path.rglob("*.ckpt"))) == 1
+
+
+def test_mixed_precision_is_a_trainer_flag(split_cache, tmp_path):
+    config = next(c for c in CONFIGS if c.stem == "swav_tiles")
+    cli = run_lightning(tiny(config, split_cache, tmp_path, "--trainer.precision", "bf16-mixed"))
+    loss = cli.trainer.callback_metrics["train/loss"]
+    assert torch.isfinite(loss) and cli.trainer.precision == "bf16-mixed"
