@@ -59,18 +59,29 @@ def volume_cache(tmp_path_factory) -> Path:
     return folder / "cache"
 
 
+def tile_cohort(folder: Path, csv_text: str, tile_size: int) -> Path:
+    """Tile the slides a CSV lists (at 1 µm/px) into ``folder/cache``."""
+    (folder / "cohort.csv").write_text(csv_text)
+    tile_slides([folder / "cohort.csv"], folder / "cache", TilingParams(target_mpp=1.0, tile_size=tile_size), progress=False)
+    return folder / "cache"
+
+
 @pytest.fixture(scope="session")
 def split_cache(slides_dir, tmp_path_factory) -> Path:
-    """Tiles (64 px at 1 µm/px) of three slides with labels and splits: one train, two val."""
-    folder = tmp_path_factory.mktemp("fit")
-    (folder / "cohort.csv").write_text(
-        "slide_id,path,label,split\n"
-        f"a,{slides_dir / 'generic-025.tiff'},tumor,train\n"
-        f"b,{slides_dir / 'aperio-050.svs'},normal,val\n"
-        f"c,{slides_dir / 'generic-025.tiff'},tumor,val\n"
-    )
-    tile_slides([folder / "cohort.csv"], folder / "cache", TilingParams(target_mpp=1.0, tile_size=64), progress=False)
-    return folder / "cache"
+    """64-px tiles of three slides with labels and splits: one train, two val."""
+    generic, aperio = slides_dir / "generic-025.tiff", slides_dir / "aperio-050.svs"
+    rows = f"slide_id,path,label,split\na,{generic},tumor,train\nb,{aperio},normal,val\nc,{generic},tumor,val\n"
+    return tile_cohort(tmp_path_factory.mktemp("fit"), rows, 64)
+
+
+@pytest.fixture(scope="session")
+def cohort_cache(slides_dir, tmp_path_factory) -> Path:
+    """32-px tiles of three slides: case 1 in two stains (train), case 2 in one (val)."""
+    generic, aperio = slides_dir / "generic-025.tiff", slides_dir / "aperio-050.svs"
+    rows = ("slide_id,path,label,split,stain,case_id\n"
+            f"c1-he,{generic},tumor,train,HE,case-1\nc1-ihc,{aperio},tumor,train,IHC,case-1\n"
+            f"c2-he,{aperio},normal,val,HE,case-2\n")
+    return tile_cohort(tmp_path_factory.mktemp("cohort"), rows, 32)
 
 
 @pytest.fixture

@@ -13,21 +13,7 @@ from medssl.data.datamodules import BagDataModule, TileDataModule, VolumeDataMod
 from medssl.data.transforms import MultiViewd, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 from medssl.errors import MedsslError
-from medssl.preprocess import SlideCache, TilingParams, VolumeCache, tile_slides
-
-
-@pytest.fixture(scope="module")
-def cohort_cache(slides_dir, tmp_path_factory):
-    """Three slides: case 1 in two stains (train), case 2 in one (val)."""
-    folder = tmp_path_factory.mktemp("cohort")
-    (folder / "cohort.csv").write_text(
-        "slide_id,path,label,split,stain,case_id\n"
-        f"c1-he,{slides_dir / 'generic-025.tiff'},tumor,train,HE,case-1\n"
-        f"c1-ihc,{slides_dir / 'aperio-050.svs'},tumor,train,IHC,case-1\n"
-        f"c2-he,{slides_dir / 'aperio-050.svs'},normal,val,HE,case-2\n"
-    )
-    tile_slides([folder / "cohort.csv"], folder / "cache", TilingParams(target_mpp=1.0, tile_size=32), progress=False)
-    return folder / "cache"
+from medssl.preprocess import SlideCache, VolumeCache
 
 
 def test_slices_cover_every_axial_slice_with_the_cached_pixels(volume_cache):
