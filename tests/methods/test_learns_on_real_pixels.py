@@ -1,0 +1,60 @@
+"""A short SimCLR run on tiles cut from real stained tissue (scikit-image's IHC image) learns something a
+random encoder does not know: on held-out tiles re-stained at random (another lab, another scanner),
+kNN recognises epithelium vs stroma better with the pretrained encoder than with the same one at init.
+
+Measured on this 2-core VM over seeds 0, 1 and 2: 0.625 → 0.720, 0.675 → 0.750, 0.620 → 0.730. The test
+asserts half the smallest margin. Labels are used only to score the kNN, never to train.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medssl.data.transforms import MultiViewd, histology_view
+from medssl.eval import knn_predict
+from medssl.methods.simclr import SimCLR
+from medssl.synthetic.textures import ihc_texture_tiles, stain_shift
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+class TwoViews(Dataset):
+    """Fresh SimCLR views of unlabelled tiles at every access."""
+
+    def __init__(self, tiles: torch.Tensor, size: int):
+        self.tiles, self.views = tiles, MultiViewd([histology_view(size, scale=(0.3, 1.0), blur_prob=0.1)] * 2)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.views({"image": self.tiles[index]})
+
+
+@torch.no_grad()
+def shifted_knn_accuracy(model, reference, reference_labels, queries, query_labels) -> float:
+    model.eval()
+    scores = knn_predict(model.embed(reference), reference_labels, model.embed(queries), 2, 20, 0.07)
+    model.train()
+    return float((scores.argmax(1) == query_labels).float().mean())
+
+
+def test_simclr_beats_random_init_on_held_out_restained_tissue(tmp_path):
+    train_tiles, train_labels = ihc_texture_tiles(400, size=32)
+    held_out, held_out_labels = ihc_texture_tiles(200, size=32, held_out=True)
+    restained = stain_shift(held_out, hue=0.3)
+    pl.seed_everything(0)
+    model = SimCLR(backbone={"name": "resnet18", "in_channels": 3, "width": 0.25}, proj_hidden_dim=256, proj_dim=64,
+                   temperature=0.2, lr=2e-3, warmup_epochs=1)
+    before = shifted_knn_accuracy(model, train_tiles, train_labels, restained, held_out_labels)
+    trainer = pl.Trainer(max_epochs=25, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    loader = DataLoader(TwoViews(train_tiles, 32), batch_size=64, shuffle=True, drop_last=True)
+    trainer.fit(model, loader)
+    after = shifted_knn_accuracy(model, train_tiles, train_labels, restained, held_out_labels)
+    assert float(trainer.callback_metrics["train/loss"]) < 4.6  # below ln(127), the loss of no learning
+    print(f"kNN on re-stained held-out tiles: random init {before:.3f}, pretrained {after:.3f}")
+    assert after >= before + 0.04, (before, after)
