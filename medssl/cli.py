@@ -292,15 +292,28 @@ def run_lightning(argv: Sequence[str]):
     ``default_env``); misspelt keys and wrong types fail with jsonargparse's message naming the key.
     """
     import lightning.pytorch as pl
+    from jsonargparse import Namespace
     from lightning.pytorch.cli import LightningCLI
 
     from medssl.methods.base import SSLMethod
+
+    class MedsslCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            """Unless a config names its loggers, log to TensorBoard (``lightning_logs/``, where checkpoints
+            go too) and CSV (``csv_logs/``) under ``default_root_dir``: curves to look at, a table for pandas."""
+            trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+            if trainer.logger in (None, True):
+                root = trainer.default_root_dir or "."
+                trainer.logger = [
+                    Namespace(class_path=f"lightning.pytorch.loggers.{kind}", init_args=Namespace(save_dir=root, name=name))
+                    for kind, name in (("TensorBoardLogger", "lightning_logs"), ("CSVLogger", "csv_logs"))
+                ]
 
     command_line = sys.argv
     if sys.argv[1:] != list(argv):  # called from Python: the caller's own flags are not Lightning's (DDP's
         sys.argv = sys.argv[:1]     # launcher re-runs sys.argv, so the command line itself is kept)
     try:
-        return LightningCLI(
+        return MedsslCLI(
             SSLMethod,
             pl.LightningDataModule,
             subclass_mode_model=True,

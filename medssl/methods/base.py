@@ -1,13 +1,14 @@
 """What every SSL method shares: the encoder, input scaling, optimiser with warm-up + cosine schedules,
-and label-free / labelled monitors (RankMe, kNN) on the validation set. A method subclasses
-:class:`SSLMethod`, builds its heads and losses, and implements :meth:`training_step`."""
+and label-free / labelled monitors on the validation set (RankMe, leave-one-out kNN, a 2-fold linear
+probe). A method subclasses :class:`SSLMethod`, builds its heads and losses, and implements
+:meth:`training_step`."""
 
 from __future__ import annotations
 
 import torch
 import lightning.pytorch as pl
 
-from medssl.eval import knn_predict, rankme
+from medssl.eval import knn_predict, linear_probe_accuracy, rankme
 from medssl.methods.schedules import cosine_schedule
 from medssl.nn.backbones import build_encoder
 
@@ -88,6 +89,9 @@ class SSLMethod(pl.LightningModule):
         accuracy = leave_one_out_knn(features, labels, self.hparams.knn_k, self.hparams.knn_temperature)
         if accuracy is not None:
             self.log("val/knn_accuracy", accuracy, sync_dist=True)
+        probe = linear_probe_accuracy(features, labels)
+        if probe is not None:
+            self.log("val/linear_probe_accuracy", probe, sync_dist=True)
 
 
 def leave_one_out_knn(features: torch.Tensor, labels: torch.Tensor, k: int, temperature: float) -> float | None:

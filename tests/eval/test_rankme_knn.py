@@ -37,3 +37,39 @@ def test_knn_by_hand_and_on_separated_clusters():
     test = torch.cat([c + torch.randn(10, 10) for c in centres])
     predicted = knn_predict(train, torch.arange(3).repeat_interleave(30), test, num_classes=3, chunk=7).argmax(1)
     assert (predicted == torch.arange(3).repeat_interleave(10)).float().mean() == 1.0
+
+
+def test_linear_probe_reaches_the_optimum_scipy_finds():
+    import numpy as np
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    from medssl.eval import fit_linear_probe
+
+    torch.manual_seed(2)
+    x, y = torch.randn(60, 4, dtype=torch.float64), torch.randint(0, 3, (60,))
+    weight, bias, mean, std = fit_linear_probe(x, y, 3, l2=0.1)
+    z = ((x - mean) / std).numpy()
+
+    def objective(theta):  # the same objective, written independently in NumPy
+        w, b = theta[:12].reshape(3, 4), theta[12:]
+        logits = z @ w.T + b
+        return float(np.mean(logsumexp(logits, axis=1) - logits[np.arange(60), y.numpy()]) + 0.05 * (w**2).sum())
+
+    best = minimize(objective, np.zeros(15), method="BFGS", options={"gtol": 1e-10})
+    ours = np.concatenate([weight.numpy().ravel(), bias.numpy()])
+    assert objective(ours) == pytest.approx(best.fun, abs=1e-8)
+    np.testing.assert_allclose(ours, best.x, atol=1e-4)
+
+
+def test_linear_probe_accuracy_separable_and_chance():
+    from medssl.eval import linear_probe_accuracy
+
+    torch.manual_seed(3)
+    labels = torch.arange(2).repeat(50)
+    separable = torch.randn(100, 8) + 4 * torch.nn.functional.one_hot(labels, 8)
+    assert linear_probe_accuracy(separable, labels) == 1.0
+    with torch.inference_mode():  # as inside Trainer.validate
+        assert linear_probe_accuracy(separable.clone(), labels.clone()) == 1.0
+    assert linear_probe_accuracy(torch.randn(400, 8), torch.randint(0, 2, (400,))) < 0.6
+    assert linear_probe_accuracy(separable, torch.zeros(100, dtype=torch.long)) is None

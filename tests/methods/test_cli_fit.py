@@ -38,9 +38,11 @@ def test_every_config_fits_briefly_and_monitors(config, split_cache, volume_cach
     cli = run_lightning(tiny(config, volume_cache if volumes else split_cache, tmp_path))
     metrics = cli.trainer.callback_metrics
     assert "train/loss" in metrics and "val/rankme" in metrics
-    assert ("val/knn_accuracy" in metrics) != volumes  # slices carry no class label, so RankMe alone
+    for labelled in ("val/knn_accuracy", "val/linear_probe_accuracy"):
+        assert (labelled in metrics) != volumes  # slices carry no class label, so RankMe alone
     assert 1.0 <= float(metrics["val/rankme"]) <= 512
     assert list(tmp_path.rglob("*.ckpt")) and list(tmp_path.rglob("config.yaml"))
+    assert list(tmp_path.rglob("events.out.tfevents.*")) and list(tmp_path.rglob("metrics.csv"))  # both loggers
 
 
 def test_misspelt_key_is_named(split_cache, tmp_path, capsys):

@@ -1,0 +1,52 @@
+"""Linear probe: L2-regularised multinomial logistic regression on frozen embeddings, the standard
+companion of kNN in SSL evaluation, fitted to the optimum with L-BFGS (no learning-rate to tune)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float = 1e-3,
+                     iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights ``[C, D]``, bias ``[C]`` and the standardisation (mean, std) minimising mean cross-entropy
+    + ``l2/2 · ||W||²`` on standardised features."""
+    with torch.inference_mode(False), torch.enable_grad():  # monitors run inside Lightning's inference mode
+        x = features.detach().clone().double()
+        labels = labels.detach().clone().long()
+        mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
+        x = (x - mean) / std
+        weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=iterations, line_search_fn="strong_wolfe",
+                                      tolerance_grad=1e-9, tolerance_change=1e-12)
+
+        def objective() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(x @ weight.T + bias, labels) + 0.5 * l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(objective)
+    return weight.detach(), bias.detach(), mean, std
+
+
+def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, l2: float = 1e-3, folds: int = 2,
+                          seed: int = 0) -> float | None:
+    """Cross-validated accuracy of a linear probe over labelled samples (labels ≥ 0), folds drawn at
+    random by sample; None without two classes in every training fold."""
+    keep = labels >= 0
+    features, labels = features[keep], labels[keep].long()
+    if len(labels) < 2 * folds or labels.unique().numel() < 2:
+        return None
+    num_classes = int(labels.max()) + 1
+    fold = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)) % folds
+    correct = 0
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        if labels[train].unique().numel() < 2:
+            return None
+        weight, bias, mean, std = fit_linear_probe(features[train], labels[train], num_classes, l2)
+        logits = ((features[test].double() - mean) / std) @ weight.T + bias
+        correct += int((logits.argmax(1) == labels[test]).sum())
+    return correct / len(labels)
