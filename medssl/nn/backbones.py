@@ -28,6 +28,23 @@ class Encoder(nn.Module):
         features = self.network(images)
         return features[0] if isinstance(features, tuple) else features
 
+    def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pooled [B, D], feature map [B, D, *grid])``: a ResNet's last stage before pooling, or a
+        ViT's patch tokens on their grid (pooled is then the class token), for methods with local costs."""
+        net = self.network
+        if self.name in RESNETS:
+            x = net.maxpool(net.act(net.bn1(net.conv1(images))))
+            fmap = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+            return net.avgpool(fmap).flatten(1), fmap
+        tokens = net.patch_embedding(images)
+        cls = net.cls_token.expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens], dim=1)
+        for block in net.blocks:
+            x = block(x)
+        x = net.norm(x)
+        grid = [s // self._config["patch_size"] for s in images.shape[2:]]
+        return x[:, 0], x[:, 1:].transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
+
     def config(self) -> dict:
         """What :func:`build_encoder` needs to rebuild this encoder (stored with exported weights)."""
         return dict(self._config)

@@ -66,3 +66,41 @@ def test_gated_attention_by_hand_and_with_padding():
     multi = GatedAttentionPool(dim=4, heads=3)
     out, att = multi(padded, mask)
     assert out.shape == (1, 12) and torch.allclose(att.sum(-1), torch.ones(1, 3))
+
+
+def test_knn_adjacency_and_gcn_by_hand():
+    from medssl.nn.graph import GCN, edge_list, knn_adjacency, normalized_adjacency
+
+    points = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    a = knn_adjacency(points, k=1)
+    expected = torch.tensor([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=torch.float32)
+    torch.testing.assert_close(a, expected)
+    assert edge_list(a).tolist() == [[0, 1], [1, 0], [2, 3], [3, 2]]
+    assert torch.equal(knn_adjacency(torch.stack([points, points.flip(0)]), k=1)[1], expected.flip(0, 1))
+    # Â for a single edge: (A + I) has degree 2 on both nodes → every entry 1/2
+    torch.testing.assert_close(normalized_adjacency(torch.tensor([[0.0, 1.0], [1.0, 0.0]])), torch.full((2, 2), 0.5))
+    gcn = GCN(2, dim=3, layers=2)
+    h = torch.randn(4, 2)
+    w0, b0, w1, b1 = gcn.linears[0].weight, gcn.linears[0].bias, gcn.linears[1].weight, gcn.linears[1].bias
+    propagate = normalized_adjacency(a)
+    by_hand = propagate @ (torch.relu(propagate @ (h @ w0.T + b0)) @ w1.T + b1)
+    torch.testing.assert_close(gcn(h, a), by_hand)
+    # message passing only mixes neighbours: the two components do not exchange information
+    moved = h.clone()
+    moved[2:] += 5.0
+    torch.testing.assert_close(gcn(moved, a)[:2], gcn(h, a)[:2])
+
+
+@pytest.mark.parametrize("config, grid", [
+    ({"name": "resnet18", "width": 0.25}, (2, 2)),
+    ({"name": "vit_tiny", "img_size": 64, "patch_size": 16, "num_layers": 1}, (4, 4)),
+    ({"name": "resnet18", "spatial_dims": 3, "in_channels": 1, "width": 0.25}, (2, 2, 2)),
+])
+def test_feature_maps_pool_to_the_encoder_output(config, grid):
+    from medssl.nn.backbones import build_encoder
+
+    encoder = build_encoder(**config).eval()
+    images = torch.rand(2, encoder.in_channels, *([64] * encoder.spatial_dims))
+    pooled, fmap = encoder.forward_features(images)
+    assert fmap.shape == (2, encoder.out_dim, *grid)
+    torch.testing.assert_close(pooled, encoder(images))
