@@ -217,14 +217,15 @@ def linear_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = No
 def graph_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = None,
                    source_edges: torch.Tensor | None = None, target_edges: torch.Tensor | None = None,
                    max_iterations: int = 50, uniform_start: bool = True, local_search: bool = True,
-                   max_swaps: int = 100, tolerance: float = 1e-6) -> torch.Tensor:
+                   max_swaps: int = 100, patience: int = 5, tolerance: float = 1e-6) -> torch.Tensor:
     """Second-order matching by IPFP; returns 0/1 permutation matrices shaped like ``unary``.
 
     Two starts run side by side (stacked into the batch): the unary linear assignment, so the result
     scores at least as high as :func:`linear_matching`, and (``uniform_start``) the barycentre
     ``1/n``, which lets the pairwise term steer the first step. Each iteration: ``b = LAP(∇f(x))``, the
     exact maximiser of ``f`` on the segment ``x → b`` (``f`` is quadratic along it), and ``b`` is kept
-    if it beats the best discrete matching so far. Stops when no start moves or after ``max_iterations``.
+    if it beats the best discrete matching so far. Stops when no start moves, when no graph's best matching improved for ``patience`` iterations
+    (a continuous start can creep towards a vertex for long without changing it), or after ``max_iterations``.
     Then (``local_search``) pairwise-exchange moves polish each start's best matching.
     """
     unary_b, edge_b, single = _as_batch(unary, edge_affinity)
@@ -245,6 +246,7 @@ def graph_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = Non
     x = torch.cat([lap, torch.full_like(lap, 1.0 / n)]) if uniform_start else lap
     best = lap.repeat(starts, 1, 1)
     best_score = score(best)
+    stale = 0
     for _ in range(max_iterations):
         gradient = c + pairs.quadratic_gradient(x, ce)
         target = linear_assignment(gradient)
@@ -252,6 +254,9 @@ def graph_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = Non
         improved = target_score > best_score
         best = torch.where(improved[:, None, None], target, best)
         best_score = torch.where(improved, target_score, best_score)
+        stale = 0 if improved.any() else stale + 1
+        if stale >= patience:
+            break
         direction = target - x
         if direction.abs().amax() <= tolerance:
             break
