@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from medssl.data.bags import SlideBagDataset, collate_bags
 from medssl.data.datasets import TileDataset, batch_loader
+from medssl.data.geometry import GeometricViewsd, histology_geometric_view, radiology_geometric_view
 from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
@@ -59,7 +60,8 @@ class TileDataModule(_CacheDataModule):
     """Histology tiles for self-supervised pretraining and tile-level evaluation.
 
     ``views``: ``"pair"`` (two histology views, SimCLR/Barlow Twins), ``"multicrop"`` (``n_global`` crops
-    of ``view_size`` and ``n_local`` of 3/7 that size, as 224/96 in SwAV and DINO) or ``None`` (raw uint8 batches read whole, the fast path, e.g. for on-device augmentation).
+    of ``view_size`` and ``n_local`` of 3/7 that size, as 224/96 in SwAV and DINO), ``"geometric"`` (a
+    pair whose crop/flip/rotation geometry comes along under ``"geometry"``, for LVM-Med's local cost) or ``None`` (raw uint8 batches read whole, the fast path, e.g. for on-device augmentation).
     Validation and test sets are raw tiles in storage order (for kNN and linear-probe monitors).
     """
 
@@ -67,8 +69,8 @@ class TileDataModule(_CacheDataModule):
                  view_size: int = 224, n_global: int = 2, n_local: int = 6, seed: int = 0,
                  train_split: str | None = "train", val_split: str | None = "val", test_split: str | None = "test"):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
-        if views not in (None, "pair", "multicrop"):
-            raise ValueError(f"views must be 'pair', 'multicrop' or None, got {views!r}")
+        if views not in (None, "pair", "multicrop", "geometric"):
+            raise ValueError(f"views must be 'pair', 'multicrop', 'geometric' or None, got {views!r}")
         self.views, self.view_size, self.n_global, self.n_local = views, view_size, n_global, n_local
 
     def _transform(self):
@@ -76,6 +78,8 @@ class TileDataModule(_CacheDataModule):
             return MultiViewd([histology_view(self.view_size)] * 2)
         if self.views == "multicrop":
             return MultiViewd.multi_crop(self.n_global, self.n_local, self.view_size, max(16, self.view_size * 3 // 7))
+        if self.views == "geometric":
+            return GeometricViewsd.pair(histology_geometric_view(self.view_size))
         return None
 
     def setup(self, stage: str | None = None) -> None:
@@ -113,17 +117,21 @@ class VolumeDataModule(_CacheDataModule):
     """Radiology volumes as 2D slices, 3D patches or whole slice stacks (``mode``), resized or
     cropped to ``spatial_size`` (2 entries for slices, 3 for patches; ignored for stacks), with
     ``views`` radiology views per sample for SSL (0 = the sample itself with its label map, for
-    segmentation; every volume then needs a label)."""
+    segmentation; every volume then needs a label). ``geometric`` slices come as a pair of views with
+    their crop/flip geometry (LVM-Med)."""
 
     def __init__(self, cache: str, mode: str = "slices", spatial_size: Sequence[int] = (224, 224), views: int = 2,
                  batch_size: int = 32, num_workers: int | None = None, seed: int = 0, patches_per_volume: int = 4,
-                 stack_depth: int | None = None, train_split: str | None = "train", val_split: str | None = "val",
-                 test_split: str | None = "test"):
+                 stack_depth: int | None = None, geometric: bool = False, train_split: str | None = "train",
+                 val_split: str | None = "val", test_split: str | None = "test"):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
         if mode not in ("slices", "patches", "stacks"):
             raise ValueError(f"mode must be 'slices', 'patches' or 'stacks', got {mode!r}")
         self.mode, self.spatial_size, self.views = mode, tuple(spatial_size), views
         self.patches_per_volume, self.stack_depth = patches_per_volume, stack_depth
+        if geometric and (mode != "slices" or views != 2):
+            raise ValueError("geometric views are pairs of 2D slices: use mode='slices' and views=2")
+        self.geometric = geometric
 
     def _dataset(self, splits, transform):
         common = dict(splits=splits or None, transform=transform, labels=self.views == 0, seed=self.seed)
@@ -137,6 +145,8 @@ class VolumeDataModule(_CacheDataModule):
     def _transform(self, train: bool):
         if self.mode == "stacks":
             return None
+        if train and self.geometric:
+            return GeometricViewsd.pair(radiology_geometric_view(self.spatial_size))
         if train and self.views:
             return MultiViewd([radiology_view(self.spatial_size, keys=("image",))] * self.views)
         from monai.transforms import ResizeWithPadOrCropd

@@ -28,18 +28,22 @@ from medssl.nn.heads import ProjectionHead
 
 class LVMMed(SSLMethod):
     """Defaults are the paper's: graphs of 16 nodes, k = 5, a 128-d projector (one linear layer, 2048 × 128
-    on a ResNet-50), a 2-layer GCN of width 128, α = 0.8, I-MLE λ = 80, Adam at 2e-3. ``local_top`` is the
-    fraction of cells the local cost keeps (the paper's γ, which it does not give)."""
+    on a ResNet-50), a 2-layer GCN of width 128, α = 0.8, I-MLE λ = 80, Gumbel(0, 1) noise (``noise_scale``
+    1), Adam at 2e-3. ``local_top`` is the fraction of cells the local cost keeps (the paper's γ, which it
+    does not give). ``gcn_residual`` (default on, a departure from the paper's formula) keeps each node's
+    own features through message passing: without it two layers over 16-node kNN graphs smooth the nodes
+    together and the matching stops learning (measured: no progress even on one fixed batch)."""
 
     def __init__(self, backbone: dict | None = None, proj_dim: int = 128, proj_layers: int = 1,
                  proj_hidden_dim: int = 2048, graph_size: int = 16, knn: int = 5, gcn_layers: int = 2,
-                 alpha: float = 0.8, imle_lambda: float = 80.0, local_top: float = 0.5,
+                 alpha: float = 0.8, imle_lambda: float = 80.0, local_top: float = 0.5, noise_scale: float = 1.0,
+                 gcn_residual: bool = True,
                  second_order: bool = True, message_passing: bool = True, gumbel_noise: bool = True,
                  local_cost: bool = True, optimizer: str = "adamw", lr: float = 2e-3, **base):
         super().__init__(backbone=backbone, optimizer=optimizer, lr=lr, **base)
         self.save_hyperparameters()
         self.projector = ProjectionHead(self.encoder.out_dim, proj_hidden_dim, proj_dim, layers=proj_layers)
-        self.gcn = GCN(proj_dim, proj_dim, gcn_layers) if message_passing else None
+        self.gcn = GCN(proj_dim, proj_dim, gcn_layers, residual=gcn_residual) if message_passing else None
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
@@ -68,9 +72,11 @@ class LVMMed(SSLMethod):
         if h.second_order:
             edges_s, edges_t = edges_from_adjacency(adjacency_s), edges_from_adjacency(adjacency_t)
             matching, _ = imle_matching(unary, edge_affinity(zs, zt, edges_s, edges_t), edges_s, edges_t,
-                                        solver=graph_matching, lam=h.imle_lambda, noise=h.gumbel_noise)
+                                        solver=graph_matching, lam=h.imle_lambda, noise=h.gumbel_noise,
+                                        noise_temperature=h.noise_scale)
         else:
-            matching, _ = imle_matching(unary, solver=linear_matching, lam=h.imle_lambda, noise=h.gumbel_noise)
+            matching, _ = imle_matching(unary, solver=linear_matching, lam=h.imle_lambda, noise=h.gumbel_noise,
+                                        noise_temperature=h.noise_scale)
         loss = hamming(matching)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/matched", 1 - loss.detach() / (2 * h.graph_size))  # fraction of images matched to themselves

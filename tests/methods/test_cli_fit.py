@@ -20,7 +20,10 @@ def tiny(config: Path, cache: Path, out: Path, *extra: str) -> list[str]:
     """The config at toy size: batch 8, 32-pixel views, ResNet-18, two steps on CPU."""
     channels = 1 if is_volume_config(config) else 3
     size = ["--data.init_args.spatial_size", "[32, 32]"] if channels == 1 else ["--data.init_args.view_size", "32"]
-    model = ["--model.init_args.n_prototypes", "16"] if "SwAV" in config.read_text() else []
+    text = config.read_text()
+    model = ["--model.init_args.n_prototypes", "16"] if "SwAV" in text else []
+    if "LVMMed" in text:  # graphs of 4 images fit a batch of 8
+        model = ["--model.init_args.graph_size", "4", "--model.init_args.knn", "2"]
     return [
         "fit", "--config", str(config),
         "--data.init_args.cache", str(cache), "--data.init_args.num_workers", "0",

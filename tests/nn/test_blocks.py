@@ -79,7 +79,7 @@ def test_knn_adjacency_and_gcn_by_hand():
     assert torch.equal(knn_adjacency(torch.stack([points, points.flip(0)]), k=1)[1], expected.flip(0, 1))
     # Â for a single edge: (A + I) has degree 2 on both nodes → every entry 1/2
     torch.testing.assert_close(normalized_adjacency(torch.tensor([[0.0, 1.0], [1.0, 0.0]])), torch.full((2, 2), 0.5))
-    gcn = GCN(2, dim=3, layers=2)
+    gcn = GCN(2, dim=3, layers=2, residual=False)
     h = torch.randn(4, 2)
     w0, b0, w1, b1 = gcn.linears[0].weight, gcn.linears[0].bias, gcn.linears[1].weight, gcn.linears[1].bias
     propagate = normalized_adjacency(a)
@@ -89,6 +89,10 @@ def test_knn_adjacency_and_gcn_by_hand():
     moved = h.clone()
     moved[2:] += 5.0
     torch.testing.assert_close(gcn(moved, a)[:2], gcn(h, a)[:2])
+    residual = GCN(3, dim=3, layers=2)
+    h3 = torch.randn(4, 3)
+    first = h3 + torch.relu(propagate @ residual.linears[0](h3))
+    torch.testing.assert_close(residual(h3, a), first + propagate @ residual.linears[1](first))
 
 
 @pytest.mark.parametrize("config, grid", [
