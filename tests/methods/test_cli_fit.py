@@ -54,13 +54,14 @@ def test_misspelt_key_is_named(split_cache, tmp_path, capsys):
     assert "temprature" in capsys.readouterr().err
 
 
-def test_two_process_ddp_fit_from_the_command_line(split_cache, tmp_path):
+@pytest.mark.parametrize("name", ["swav_tiles", "lvm_med_tiles"])
+def test_two_process_ddp_fit_from_the_command_line(name, split_cache, tmp_path):
     """`--trainer.devices 2 --trainer.strategy ddp` on CPU (gloo): Lightning re-launches the command, each
     rank takes its half of the tiles, and one checkpoint comes out."""
     import subprocess
     import sys
 
-    config = next(c for c in CONFIGS if c.stem == "swav_tiles")
+    config = next(c for c in CONFIGS if c.stem == name)
     command = [sys.executable, "-m", "medssl.cli", *tiny(config, split_cache, tmp_path)]
     command[command.index("--trainer.devices") + 1] = "2"
     result = subprocess.run([*command, "--trainer.strategy", "ddp"], capture_output=True, text=True, timeout=300)
