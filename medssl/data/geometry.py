@@ -21,33 +21,17 @@ Random draws come from torch's global generator, as in :mod:`medssl.data.transfo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from medssl.data.transforms import ColorJitterd, Compose, HEDJitterd, RandGaussianBlurd, to_float
+from medssl.data.transforms import ColorJitterd, Compose, HEDJitterd, RandGaussianBlurd, sample_crop, to_float
 
 GEOMETRY_SIZE = 8
 TOP, LEFT, HEIGHT, WIDTH, FLIP, ROT, ORIG_H, ORIG_W = range(GEOMETRY_SIZE)
 
 DictTransform = Callable[[dict], dict]
-
-
-def sample_crop(h: int, w: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """``(top, left, crop_h, crop_w)`` in pixels of a crop covering ``scale`` of the area with aspect
-    (width / height) in ``ratio``: the same draws as :class:`~medssl.data.transforms.RandResizedCropd`."""
-    for _ in range(10):
-        area = h * w * float(torch.empty(()).uniform_(*scale))
-        aspect = math.exp(float(torch.empty(()).uniform_(math.log(ratio[0]), math.log(ratio[1]))))
-        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            break
-    else:
-        cw, ch = min(h, w), min(h, w)
-    top, left = int(torch.randint(0, h - ch + 1, ())), int(torch.randint(0, w - cw + 1, ()))
-    return top, left, ch, cw
 
 
 def make_geometry(top: int, left: int, crop_h: int, crop_w: int, flip: bool, rot: int, h: int, w: int) -> torch.Tensor:

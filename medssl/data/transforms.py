@@ -63,6 +63,21 @@ class _Transform:
         raise NotImplementedError
 
 
+def sample_crop(h: int, w: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """``(top, left, crop_h, crop_w)`` in pixels of a random crop covering ``scale`` of the area with aspect
+    (width / height) in ``ratio`` (10 tries, then a square of the short side), from torch's generator."""
+    for _ in range(10):
+        area = h * w * float(_uniform(*scale))
+        aspect = math.exp(float(_uniform(math.log(ratio[0]), math.log(ratio[1]))))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            break
+    else:
+        cw, ch = min(h, w), min(h, w)
+    top, left = int(torch.randint(0, h - ch + 1, ())), int(torch.randint(0, w - cw + 1, ()))
+    return top, left, ch, cw
+
+
 class RandResizedCropd(_Transform):
     """A random crop of ``scale`` of the area and ``ratio`` aspect, resized (antialiased) to ``size``."""
 
@@ -71,16 +86,7 @@ class RandResizedCropd(_Transform):
         self.size, self.scale, self.ratio = size, scale, ratio
 
     def apply(self, image: torch.Tensor) -> torch.Tensor:
-        _, h, w = image.shape
-        for _ in range(10):
-            area = h * w * float(_uniform(*self.scale))
-            aspect = math.exp(float(_uniform(math.log(self.ratio[0]), math.log(self.ratio[1]))))
-            cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-            if 0 < cw <= w and 0 < ch <= h:
-                break
-        else:
-            cw, ch = min(h, w), min(h, w)
-        top, left = int(torch.randint(0, h - ch + 1, ())), int(torch.randint(0, w - cw + 1, ()))
+        top, left, ch, cw = sample_crop(*image.shape[-2:], self.scale, self.ratio)
         crop = image[None, :, top : top + ch, left : left + cw]
         return F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)[0]
 
