@@ -120,3 +120,12 @@ def test_training_steps_teach_the_two_graphs_to_match():
         losses.append(float(loss))
     assert losses[0] >= 24  # 2 × 16 nodes: nearly every image matched to another at init
     assert sum(losses[-10:]) / 10 < 0.6 * losses[0], losses
+
+
+@pytest.mark.parametrize("edge_gradient", [True, False])
+def test_edge_gradient_switch_decides_whether_edges_train_the_encoder(edge_gradient, monkeypatch):
+    seen = []
+    real = lvm.imle_matching
+    monkeypatch.setattr(lvm, "imle_matching", lambda unary, edges, *a, **k: seen.append(edges.requires_grad) or real(unary, edges, *a, **k))
+    small(edge_gradient=edge_gradient).training_step(batch_of_views(), 0)
+    assert seen == [edge_gradient]
