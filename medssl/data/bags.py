@@ -3,8 +3,16 @@
 A bag sample is ``{"instances": Tensor[N, ...], "coords": int64 [N, 2], "label": int, "slide_id": str}``.
 Instances are tile pixels (uint8 ``[N, 3, T, T]``) or, when ``features`` names an embedding folder
 written by ``medssl embed`` (one ``[N, D]`` array per slide, aligned with the tile index), float32 ``[N, D]``.
-Only the slide's label is ever returned: whatever instance-level truth a cache may carry is never read
-here, so training code cannot see it (evaluation reads it explicitly).
+
+Three views of the same slides:
+- :class:`SlideBagDataset`: one bag per slide (training bag models such as ABMIL);
+- :class:`InstanceDataset`: every instance on its own with its slide's label (training instance
+  classifiers such as INS);
+- :class:`BagPieceDataset`: whole bags in pieces of at most ``piece_size`` instances, in order
+  (inference on bags of any size in bounded memory).
+
+Only the slide's label is ever returned for training. Instance-level truth (lesion masks) is read by
+:class:`BagPieceDataset` alone, and only when it is given ``instance_truth``, for evaluation.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import zarr
 from torch.utils.data import Dataset
 
 from medssl.data.datasets import TileDataset
+from medssl.data.seeding import Key, sample_seed, split_key
 from medssl.errors import CacheError
 from medssl.preprocess.cache import SlideCache, store_path
 
@@ -26,8 +35,9 @@ BAG_KEYS = ("instances", "coords", "label", "slide_id", "stain")
 
 
 class SlideBagDataset(Dataset):
-    """One item per slide. ``max_instances`` keeps a random subset (fresh each epoch) to bound memory
-    in training; leave it None for inference on whole slides."""
+    """One item per slide. ``max_instances`` keeps a random subset to bound memory in training; leave it
+    None for inference on whole slides. With ``(index, epoch)`` keys (an epoch-aware sampler) the subset
+    is a function of (``seed``, epoch, slide), so runs replay exactly."""
 
     def __init__(
         self,
@@ -35,12 +45,14 @@ class SlideBagDataset(Dataset):
         features: str | os.PathLike | None = None,
         max_instances: int | None = None,
         transform: Callable[[dict], dict] | None = None,
+        seed: int = 0,
         **filters,
     ):
         self.tiles = TileDataset(cache, **filters)
         self.features = _open_embeddings(features, self.tiles.slide_ids) if features is not None else None
         self.max_instances = max_instances
         self.transform = transform
+        self.seed = seed
 
     @property
     def slide_ids(self) -> list[str]:
@@ -53,17 +65,27 @@ class SlideBagDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tiles.slide_ids)
 
-    def __getitem__(self, index: int) -> dict:
-        return self.bag(index)
+    def size(self, index: int) -> int:
+        """Number of instances in bag ``index``."""
+        return int(self.tiles.offsets[index + 1] - self.tiles.offsets[index])
 
-    def bag(self, index: int, instances: np.ndarray | None = None) -> dict:
+    def __getitem__(self, key: Key) -> dict:
+        index, epoch = split_key(key)
+        return self.bag(index, epoch=epoch)
+
+    def bag(self, index: int, instances: np.ndarray | None = None, epoch: int | None = None) -> dict:
         """Slide ``index`` with the given instance indices (default: all, or a random subset)."""
         slide_id = self.tiles.slide_ids[index]
-        count = int(self.tiles.offsets[index + 1] - self.tiles.offsets[index])
+        count = self.size(index)
         if instances is None:
             instances = np.arange(count)
             if self.max_instances is not None and count > self.max_instances:
-                instances = np.sort(torch.randperm(count)[: self.max_instances].numpy())
+                if epoch is None:
+                    chosen = torch.randperm(count)[: self.max_instances].numpy()
+                else:
+                    rng = np.random.default_rng(sample_seed(self.seed, epoch, index))
+                    chosen = rng.choice(count, self.max_instances, replace=False)
+                instances = np.sort(chosen)
         if self.features is not None:
             rows = self.features[f"{slide_id}/features"].get_orthogonal_selection((instances,))
             values = torch.from_numpy(np.asarray(rows, dtype=np.float32))
@@ -78,6 +100,88 @@ class SlideBagDataset(Dataset):
             "stain": str(self.tiles.cache.metadata(slide_id).get("stain", "")),
         }
         return self.transform(sample) if self.transform is not None else sample
+
+
+class InstanceDataset(Dataset):
+    """Every instance of the selected slides, one item each: ``{"instances": float32 [D]}`` (features)
+    or the ``transform``'s output of the tile sample (pixels, e.g. two views), plus ``index`` (a stable
+    position among all instances, for per-instance state such as INS's soft labels), ``slide`` and the
+    slide's ``label``. Nothing instance-level from any annotation is returned.
+
+    Features are read into memory once (``N × D`` float32: 100,000 instances of 1024-d are 400 MB);
+    pixels stay in the cache and are read in storage blocks (use ``blocks()`` with
+    :class:`~medssl.data.samplers.BlockShuffleSampler`)."""
+
+    def __init__(self, cache: str | os.PathLike | SlideCache, features: str | os.PathLike | None = None,
+                 transform: Callable[[dict], dict] | None = None, seed: int = 0, **filters):
+        self.tiles = TileDataset(cache, transform=transform, seed=seed, **filters)
+        counts = np.diff(self.tiles.offsets)
+        self.slide_of = np.repeat(np.arange(len(counts)), counts)
+        self.features = None
+        if features is not None:
+            group = _open_embeddings(features, self.tiles.slide_ids)
+            arrays = [np.asarray(group[f"{slide_id}/features"][:], dtype=np.float32) for slide_id in self.tiles.slide_ids]
+            self.features = torch.from_numpy(np.concatenate(arrays)) if arrays else torch.zeros(0, 0)
+            if len(self.features) != len(self.slide_of):
+                raise CacheError(f"{features}: {len(self.features)} embedding rows for {len(self.slide_of)} tiles; "
+                                 "re-run medssl embed on this cache")
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The slide label of every instance."""
+        return self.tiles.slide_labels[self.slide_of]
+
+    def __len__(self) -> int:
+        return len(self.slide_of)
+
+    def blocks(self) -> list[tuple[int, int]]:
+        return self.tiles.blocks() if self.features is None else [(0, len(self))]
+
+    def __getitem__(self, key: Key) -> dict:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
+        indices = [split_key(key)[0] for key in keys]
+        if self.features is None:
+            samples = self.tiles.__getitems__(keys)
+        else:
+            samples = [{"instances": self.features[i]} for i in indices]
+        for sample, index in zip(samples, indices):
+            slide = int(self.slide_of[index])
+            sample.pop("slide_id", None)
+            sample.update(index=index, slide=slide, label=int(self.tiles.slide_labels[slide]))
+        return samples
+
+
+class BagPieceDataset(Dataset):
+    """Whole bags of ``bags`` in consecutive pieces of at most ``piece_size`` instances, slide after
+    slide: ``{"instances", "coords", "label", "slide_id", "slide", "start", "bag_size", "last"}``. Use it
+    with ``batch_size=None`` and in order; a model accumulates a slide's pieces (see
+    :class:`~medssl.mil.base.SlideClassifier`), so a bag of 100,000 instances never sits in memory.
+
+    ``instance_truth`` (for evaluation only) adds ``instance_truth`` (float, 1 = positive, NaN = unknown)
+    per instance from :class:`~medssl.mil.truth.LesionMasks`."""
+
+    def __init__(self, bags: SlideBagDataset, piece_size: int = 8192, instance_truth=None):
+        if piece_size < 1:
+            raise ValueError(f"piece_size must be positive, got {piece_size}")
+        self.bags, self.piece_size, self.truth = bags, piece_size, instance_truth
+        self.pieces = [(slide, start) for slide in range(len(bags)) for start in range(0, bags.size(slide), piece_size)]
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def __getitem__(self, index: int) -> dict:
+        slide, start = self.pieces[index]
+        size = self.bags.size(slide)
+        stop = min(start + self.piece_size, size)
+        piece = self.bags.bag(slide, np.arange(start, stop))
+        piece.update(slide=slide, start=start, bag_size=size, last=stop == size)
+        if self.truth is not None:
+            meta = self.bags.tiles.cache.metadata(piece["slide_id"])
+            piece["instance_truth"] = torch.from_numpy(self.truth.instance_truth(meta, piece["coords"].numpy(),
+                                                                                 bag_label=piece["label"]))
+        return piece
 
 
 def _open_embeddings(folder: str | os.PathLike, slide_ids: Sequence[str]) -> zarr.Group:

@@ -44,7 +44,7 @@ class EmbedSummary(RunSummary):
 
 
 def embed_cache(
-    source: str | os.PathLike,
+    source: "str | os.PathLike | Encoder",
     cache: str | os.PathLike,
     out: str | os.PathLike,
     batch_size: int = 256,
@@ -56,7 +56,7 @@ def embed_cache(
     progress: bool = True,
 ) -> EmbedSummary:
     """Embed every complete slide (tile cache) or volume (volume cache, per axial slice) of ``cache`` with
-    the encoder of ``source`` (a method checkpoint or an encoder file) into the folder ``out``."""
+    the encoder of ``source`` (a method checkpoint, an encoder file or an ``Encoder``) into the folder ``out``."""
     if dtype not in ("float32", "float16"):
         raise InputError(f"dtype must be float32 or float16, got {dtype!r}")
     out, cache = Path(out), Path(cache)

@@ -61,9 +61,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({str(exc).strip().splitlines()[0]})") from None
 
 
-def encoder_source(path: str | os.PathLike) -> dict[str, Any]:
-    """The encoder in a Lightning checkpoint of a medssl method or in an encoder file, as an encoder-file
+def encoder_source(path: str | os.PathLike | Encoder) -> dict[str, Any]:
+    """The encoder in a Lightning checkpoint of a medssl method or in an encoder file (or an
+    :class:`~medssl.nn.backbones.Encoder` in hand, e.g. a random-init baseline), as an encoder-file
     dictionary (``config``, ``state_dict``, ``method``, ``source``)."""
+    if isinstance(path, Encoder):
+        state = {k: v.detach().clone() for k, v in path.network.state_dict().items()}
+        return {"format": ENCODER_FORMAT, "version": FORMAT_VERSION, "config": path.config(), "state_dict": state,
+                "method": "", "source": {"in_memory": type(path.network).__name__}}
     checkpoint = load_checkpoint(path)
     if checkpoint.get("format") == ENCODER_FORMAT:
         if checkpoint.get("version") != FORMAT_VERSION:

@@ -9,7 +9,7 @@ import torch
 import lightning.pytorch as pl
 
 from medssl.eval import knn_predict, linear_probe_accuracy, rankme
-from medssl.methods.schedules import cosine_schedule
+from medssl.methods.schedules import configure_optimizer
 from medssl.nn.backbones import build_encoder
 
 
@@ -51,23 +51,7 @@ class SSLMethod(pl.LightningModule):
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         h = self.hparams
-        decay, no_decay = [], []
-        for name, parameter in self.named_parameters():
-            if parameter.requires_grad:
-                (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
-        groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if h.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=h.lr, momentum=0.9)
-        elif h.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=h.lr)
-        else:
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {h.optimizer!r}")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = int(h.warmup_epochs * per_epoch)
-        factor = lambda step: cosine_schedule(step, total, 1.0, h.min_lr / h.lr, warmup, 0.0)  # noqa: E731
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizer(self, h.optimizer, h.lr, h.weight_decay, h.warmup_epochs, h.min_lr)
 
     # -- monitors -----------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:

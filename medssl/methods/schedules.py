@@ -14,3 +14,30 @@ def cosine_schedule(step: int, total_steps: int, base: float, final: float,
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * progress))
+
+
+def configure_optimizer(module, optimizer: str, lr: float, weight_decay: float, warmup_epochs: float = 0.0,
+                        min_lr: float | None = None) -> dict:
+    """Lightning's ``configure_optimizers`` answer: AdamW or SGD (momentum 0.9), no weight decay on
+    biases and norms, a per-step linear warm-up then cosine to ``min_lr`` (``min_lr=None``: constant)."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    trainer = module.trainer
+    total = max(1, int(trainer.estimated_stepping_batches))
+    per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
+    warmup = int(warmup_epochs * per_epoch)
+    final = 1.0 if min_lr is None else min_lr / lr
+    factor = lambda step: cosine_schedule(step, total, 1.0, final, warmup, 0.0)  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -20,11 +20,15 @@ class GatedAttentionPool(nn.Module):
         self.score = nn.Linear(hidden_dim, heads)
         self.heads = heads
 
-    def forward(self, instances: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits(self, instances: torch.Tensor) -> torch.Tensor:
+        """Unnormalised attention ``[..., N, heads]``: what the softmax over instances runs on."""
         hidden = self.value(instances)
         if self.gate is not None:
             hidden = hidden * self.gate(instances)
-        logits = self.score(hidden).transpose(1, 2)  # [B, heads, N]
+        return self.score(hidden)
+
+    def forward(self, instances: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(instances).transpose(1, 2)  # [B, heads, N]
         if mask is not None:
             logits = logits.masked_fill(~mask[:, None, :].bool(), float("-inf"))
         attention = torch.softmax(logits, dim=-1)

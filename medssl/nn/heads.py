@@ -9,14 +9,17 @@ from torch import nn
 
 class ProjectionHead(nn.Module):
     """``layers`` linear layers with BatchNorm and ReLU between them (SimCLR/Barlow Twins projectors);
-    ``last_bn`` adds an affine-free BatchNorm at the output, as Barlow Twins and MoCo v3 do."""
+    ``last_bn`` adds an affine-free BatchNorm at the output, as Barlow Twins and MoCo v3 do;
+    ``batch_norm=False`` leaves the hidden BatchNorms out (MoCo v2's and PiCO/INS's heads)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, layers: int = 2, last_bn: bool = False):
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, layers: int = 2, last_bn: bool = False,
+                 batch_norm: bool = True):
         super().__init__()
         blocks: list[nn.Module] = []
         dim = in_dim
         for _ in range(layers - 1):
-            blocks += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+            norm = [nn.BatchNorm1d(hidden_dim)] if batch_norm else []
+            blocks += [nn.Linear(dim, hidden_dim, bias=not batch_norm), *norm, nn.ReLU(inplace=True)]
             dim = hidden_dim
         blocks.append(nn.Linear(dim, out_dim, bias=not last_bn))
         if last_bn:

@@ -231,3 +231,48 @@ def write_demo_cohort(folder: str | Path, n_slides: int = 3, size: int = 6144, s
         suffix = ".svs" if vendor == "aperio" else ".tiff"
         paths.append(write_slide(folder / f"demo-slide-{k}{suffix}", layout, mpp=0.25, vendor=vendor))
     return paths
+
+
+def lesion_mask(layout: SlideLayout, downsample: int = 16) -> np.ndarray:
+    """The ground-truth lesion mask, bool ``[H / downsample, W / downsample]`` sampled at pixel centres."""
+    w, h = max(1, layout.width // downsample), max(1, layout.height // downsample)
+    xs, ys = (np.arange(w) + 0.5) * downsample, (np.arange(h) + 0.5) * downsample
+    return layout.lesion_at(*np.meshgrid(xs, ys))
+
+
+def write_lesion_mask(layout: SlideLayout, path: str | Path, downsample: int = 16) -> Path:
+    """The lesion mask as a PNG (255 inside lesions), the format :class:`medssl.mil.LesionMasks` reads."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(lesion_mask(layout, downsample).astype(np.uint8) * 255).save(path)
+    return path
+
+
+def write_lesion_cohort(folder: str | Path, n_slides: int = 24, size: int = 4096, lesions: tuple[int, int] = (1, 3),
+                        lesion_radius: float = 160.0, splits: Sequence[str] = ("train", "train", "val", "test"),
+                        seed: int = 0) -> Path:
+    """A weakly labelled cohort for slide-level learning from real pixels: IHC tissue everywhere; in half
+    of the slides (``positive``) a few round lesions of retina texture covering a small fraction of the
+    tissue; the others (``negative``) none. Writes ``folder/<id>.tiff`` (0.25 µm/px, generic TIFF), the
+    lesion masks ``folder/masks/<id>.png`` (for instance AUROC) and ``folder/cohort.csv``
+    (slide_id, path, label, split; the splits cycle through ``splits`` per positive/negative pair, so
+    every split gets both classes). Returns the CSV's path."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows = ["slide_id,path,label,split"]
+    for k in range(n_slides):
+        positive = k % 2 == 1
+        slide_id = f"lesion-cohort-{k:03d}"
+        count = int(rng.integers(lesions[0], lesions[1] + 1)) if positive else 0
+        layout = random_layout(size, int(size * 0.75), n_pieces=2, coverage=0.35, seed=seed * 1000 + k,
+                               n_lesions=count, lesion_radius=lesion_radius)
+        path = folder / f"{slide_id}.tiff"
+        if not path.exists():
+            write_slide(path, layout, mpp=0.25)
+        write_lesion_mask(layout, folder / "masks" / f"{slide_id}.png")
+        split = splits[(k // 2) % len(splits)]
+        rows.append(f"{slide_id},{path.name},{'positive' if positive else 'negative'},{split}")
+    (folder / "cohort.csv").write_text("\n".join(rows) + "\n")
+    return folder / "cohort.csv"
