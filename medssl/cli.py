@@ -271,6 +271,33 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_heatmap_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "heatmap", help="draw a slide model's instance scores over slide thumbnails",
+        description="Score whole slides with an ABMIL or INS checkpoint, piece by piece, and write one PNG per "
+        "slide (attention or instance probability over the thumbnail), per-tile scores as CSV, and slides.csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="Lightning checkpoint of an ABMIL or INS run")
+    p.add_argument("--cache", required=True, help="the tile cache the slides are in")
+    p.add_argument("--features", help="embedding folder (medssl embed) for models trained on embeddings")
+    p.add_argument("--out", required=True, help="folder for <slide_id>.png, scores/<slide_id>.csv, slides.csv")
+    p.add_argument("--split", nargs="+", help="only slides of these splits")
+    p.add_argument("--slides", nargs="+", help="only these slide ids")
+    p.add_argument("--piece-size", type=int, default=8192, help="instances scored at a time (bounds memory)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_heatmap)
+
+
+def _run_heatmap(args: argparse.Namespace) -> int:
+    from medssl.mil.inference import write_slide_heatmaps
+
+    out = write_slide_heatmaps(args.checkpoint, args.cache, args.out, features=args.features, slide_ids=args.slides,
+                               splits=args.split, piece_size=args.piece_size, device=args.device)
+    print(f"heatmaps: {out}/*.png\nscores:   {out / 'scores'}\nslides:   {out / 'slides.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -279,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info_parser(sub)
     _add_embed_parser(sub)
     _add_export_parser(sub)
+    _add_heatmap_parser(sub)
     return parser
 
 
@@ -294,8 +322,6 @@ def run_lightning(argv: Sequence[str]):
     import lightning.pytorch as pl
     from jsonargparse import Namespace
     from lightning.pytorch.cli import LightningCLI
-
-    from medssl.methods.base import SSLMethod
 
     class MedsslCLI(LightningCLI):
         def before_instantiate_classes(self) -> None:
@@ -314,7 +340,7 @@ def run_lightning(argv: Sequence[str]):
         sys.argv = sys.argv[:1]     # launcher re-runs sys.argv, so the command line itself is kept)
     try:
         return MedsslCLI(
-            SSLMethod,
+            pl.LightningModule,  # any medssl method or slide model, chosen by class_path
             pl.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

@@ -87,3 +87,24 @@ def cohort_cache(slides_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def lesion_cohort(tmp_path_factory) -> dict:
+    """A weakly labelled cohort from real pixels (IHC tissue, retina-texture lesions in positive slides),
+    tiled at 1 µm/px into 32-px tiles and embedded with a random-init ResNet-18 (width 0.5)."""
+    import torch
+
+    from medssl.export.embeddings import embed_cache
+    from medssl.nn.backbones import build_encoder
+    from medssl.synthetic.slides import write_lesion_cohort
+
+    folder = tmp_path_factory.mktemp("lesion-cohort")
+    manifest = write_lesion_cohort(folder / "slides", n_slides=16, seed=0)
+    summary = tile_slides([manifest], folder / "cache", TilingParams(target_mpp=1.0, tile_size=32), progress=False)
+    assert not summary.failed
+    torch.manual_seed(0)
+    encoder = build_encoder(name="resnet18", in_channels=3, width=0.5)
+    embed_cache(encoder, folder / "cache", folder / "embeddings", batch_size=512, progress=False)
+    return {"cache": folder / "cache", "features": folder / "embeddings", "masks": folder / "slides" / "masks",
+            "in_dim": encoder.out_dim}

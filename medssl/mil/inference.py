@@ -1,0 +1,85 @@
+"""Slide models outside training: rebuild one from its checkpoint, score whole slides piece by piece,
+and write their heatmaps and scores (``medssl heatmap``)."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medssl.data.bags import BagPieceDataset, SlideBagDataset
+from medssl.errors import InputError
+from medssl.mil.base import SlideClassifier
+from medssl.mil.heatmaps import write_heatmap
+
+
+def load_slide_model(checkpoint: str | os.PathLike) -> SlideClassifier:
+    """The slide model of a Lightning checkpoint written by medssl (read with ``weights_only=True``), in
+    eval mode. The class comes from the checkpoint's ``medssl_model`` entry and must be medssl's own."""
+    from medssl.export.encoders import load_checkpoint
+
+    data = load_checkpoint(checkpoint)
+    name = str(data.get("medssl_model", ""))
+    if not name.startswith("medssl.") or "state_dict" not in data:
+        raise InputError(f"{checkpoint}: not a checkpoint of a medssl slide model (ABMIL, INS)")
+    module, _, qualname = name.rpartition(".")
+    cls = getattr(importlib.import_module(module), qualname)
+    if not (isinstance(cls, type) and issubclass(cls, SlideClassifier)):
+        raise InputError(f"{checkpoint}: {name} is not a slide model")
+    hparams = {k: v for k, v in data.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    model = cls(**hparams)
+    model.on_load_checkpoint(data)
+    model.load_state_dict(data["state_dict"])
+    return model.eval()
+
+
+def score_slides(model: SlideClassifier, cache: str | os.PathLike, features: str | os.PathLike | None = None,
+                 slide_ids: Sequence[str] | None = None, splits: Sequence[str] | None = None,
+                 piece_size: int = 8192, device: str = "cpu") -> Iterator[dict]:
+    """``{"slide_id", "label", "probability", "scores", "coords"}`` per slide, read and scored one piece
+    at a time (memory bounded by ``piece_size`` instances, whatever the bag size)."""
+    bags = SlideBagDataset(cache, features=features, slide_ids=slide_ids, splits=splits)
+    pieces = BagPieceDataset(bags, piece_size)
+    model = model.to(device).eval()
+    state, coords = None, []
+    with torch.no_grad():
+        for index in range(len(pieces)):
+            piece = pieces[index]
+            if piece["start"] == 0:
+                state, coords = model.start_bag(), []
+            model.add_piece(state, piece["instances"].to(device))
+            coords.append(piece["coords"].numpy())
+            if piece["last"]:
+                probability, scores = model.finish_bag(state)
+                yield {"slide_id": piece["slide_id"], "label": piece["label"], "probability": float(probability),
+                       "scores": scores.float().cpu().numpy(), "coords": np.concatenate(coords)}
+
+
+def write_slide_heatmaps(checkpoint: str | os.PathLike, cache: str | os.PathLike, out: str | os.PathLike,
+                         features: str | os.PathLike | None = None, slide_ids: Sequence[str] | None = None,
+                         splits: Sequence[str] | None = None, piece_size: int = 8192, device: str = "cpu") -> Path:
+    """For each selected slide: ``out/<slide_id>.png`` (scores over the thumbnail) and
+    ``out/scores/<slide_id>.csv`` (x, y, score per tile); ``out/slides.csv`` with every slide's probability."""
+    from medssl.preprocess.cache import SlideCache
+
+    model = load_slide_model(checkpoint)
+    out = Path(out)
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    slide_cache = SlideCache(cache)
+    rows = []
+    for record in score_slides(model, slide_cache, features, slide_ids, splits, piece_size, device):
+        write_heatmap(slide_cache, record["slide_id"], record["scores"], out, coords=record["coords"],
+                      title=model.instance_score_name, probabilities=model.instance_scores_are_probabilities)
+        with open(out / "scores" / f"{record['slide_id']}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["x", "y", model.instance_score_name.replace(" ", "_")])
+            writer.writerows([int(x), int(y), f"{s:.6g}"] for (x, y), s in zip(record["coords"], record["scores"]))
+        rows.append((record["slide_id"], record["label"], f"{record['probability']:.6f}"))
+    with open(out / "slides.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("slide_id", "label", "probability"), *rows])
+    return out
