@@ -286,6 +286,9 @@ def _add_heatmap_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slides", nargs="+", help="only these slide ids")
     p.add_argument("--piece-size", type=int, default=8192, help="instances scored at a time (bounds memory)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--stretch", action=argparse.BooleanOptionalAction, default=None,
+                   help="colours from each slide's lowest to highest score [default: on for attention, off for "
+                   "probabilities]")
     p.set_defaults(func=_run_heatmap)
 
 
@@ -293,7 +296,8 @@ def _run_heatmap(args: argparse.Namespace) -> int:
     from medssl.mil.inference import write_slide_heatmaps
 
     out = write_slide_heatmaps(args.checkpoint, args.cache, args.out, features=args.features, slide_ids=args.slides,
-                               splits=args.split, piece_size=args.piece_size, device=args.device)
+                               splits=args.split, piece_size=args.piece_size, device=args.device,
+                               stretch=args.stretch)
     print(f"heatmaps: {out}/*.png\nscores:   {out / 'scores'}\nslides:   {out / 'slides.csv'}")
     return 0
 

@@ -1,6 +1,8 @@
 """The medssl demo: tile a small cohort of slides made from real stained-tissue pixels, cache a real MRI
 volume (shipped with nibabel) and a CT phantom, pretrain SimCLR briefly on the tiles (``medssl fit``),
-compare it with random initialisation (RankMe, kNN), and write tile embeddings (``medssl embed``).
+compare it with random initialisation (RankMe, kNN), write tile embeddings (``medssl embed``), then
+train ABMIL and INS on them from slide labels (lesion / clean) and score held-out slides: bag AUROC,
+instance AUROC against the lesion masks, and heatmaps (``medssl heatmap``).
 
 Run through ``bash pipelines/demo.sh`` (which installs first) or, in an installed environment,
 ``python pipelines/demo.py --out demo-output``. Re-running resumes: finished slides are skipped.
@@ -22,35 +24,38 @@ from medssl.synthetic.volumes import ct_phantom, grid_affine, nibabel_data, writ
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "simclr_tiles.yaml"
 
 
-def run(out: Path, n_slides: int, epochs: int) -> int:
+STEPS = 6
+
+
+def run(out: Path, n_slides: int, epochs: int, mil_epochs: int) -> int:
     cohort = write_slide_inputs(out / "slides", n_slides)
-    print("[2/5] medssl tile --mpp 0.5 --tile-size 224")
+    print(f"[2/{STEPS}] medssl tile --mpp 0.5 --tile-size 224")
     status = medssl_main(["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "0.5", "--tile-size", "224",
                           "--workers", "2"])
-    print("[3/5] medssl cache-volumes: nibabel's anatomical.nii (MRI) and a CT phantom")
+    print(f"[3/{STEPS}] medssl cache-volumes: nibabel's anatomical.nii (MRI) and a CT phantom")
     manifest = write_volume_inputs(out / "volumes")
     status |= medssl_main(["cache-volumes", str(manifest), "--out", str(out / "volume-cache")])
-    print(f"[4/5] medssl fit --config {CONFIG.relative_to(CONFIG.parents[2])} (SimCLR, {epochs} short epochs on CPU)")
+    print(f"[4/{STEPS}] medssl fit --config {CONFIG.relative_to(CONFIG.parents[2])} (SimCLR, {epochs} short epochs on CPU)")
     checkpoint = pretrain(out, epochs)
-    print("[5/5] medssl embed")
+    print(f"[5/{STEPS}] medssl embed")
     status |= medssl_main(["embed", str(checkpoint), "--cache", str(out / "cache"), "--out", str(out / "embeddings"),
                            "--quiet", "--overwrite"])  # a re-run's fresh checkpoint replaces the last one's features
+    print(f"[6/{STEPS}] medssl fit --config configs/mil/abmil.yaml and configs/mil/ins.yaml ({mil_epochs} epochs, "
+          "slide labels only)")
+    status |= slide_models(out, checkpoint, mil_epochs)
     print(f"\nQC pictures: {out / 'cache' / 'qc'} (tiles over thumbnails), {out / 'volume-cache' / 'qc'} (volumes)")
     print(f"Inspect the caches: medssl info {out / 'cache'}; medssl info {out / 'volume-cache'}")
     return status
 
 
 def write_slide_inputs(folder: Path, n_slides: int) -> Path:
-    """Demo slides and a CSV giving each a label (odd slides carry lesions) and a split (half train, half val)."""
-    paths = sorted(folder.glob("demo-slide-*")) if folder.exists() else []
-    if len(paths) < n_slides:
-        print(f"[1/5] writing {n_slides} demo slides (40×, 0.25 µm/px, JPEG pyramids) to {folder}")
-        paths = write_demo_cohort(folder, n_slides=n_slides, lesions=6)
-    else:
-        print(f"[1/5] demo slides already in {folder}")
+    """Demo slides, their lesion masks, and a CSV giving each a label (odd slides carry lesions) and a split:
+    half train, a quarter val, a quarter test, each split with both labels."""
+    print(f"[1/{STEPS}] demo slides (40×, 0.25 µm/px, JPEG pyramids) and lesion masks in {folder}")
+    paths = write_demo_cohort(folder, n_slides=n_slides, lesions=6)
     rows = ["slide_id,path,label,split"]
-    for k, path in enumerate(paths[:n_slides]):
-        split = "train" if k < (n_slides + 1) // 2 else "val"
+    for k, path in enumerate(paths):
+        split = "train" if k < n_slides // 2 else ("val" if k < 3 * n_slides // 4 else "test")
         rows.append(f"{path.name.split('.')[0]},{path.name},{'lesion' if k % 2 else 'clean'},{split}")
     (folder / "cohort.csv").write_text("\n".join(rows) + "\n")
     return folder / "cohort.csv"
@@ -81,8 +86,32 @@ def pretrain(out: Path, epochs: int) -> Path:
         print(f"{name:<22}{metrics['val/rankme']:>10.1f}" + "".join(
             f"{'' if value is None else f'{value:.3f}':>15}" for value in labelled))
     print("(kNN leave-one-out and a 2-fold linear probe over validation tiles with their slide's label,\n"
-          " lesion/clean; 40 steps on 83 tiles only show the path works)\n")
+          " lesion/clean; a few dozen steps on about a hundred tiles only show the path works)\n")
     return Path(cli.trainer.checkpoint_callback.best_model_path)
+
+
+def slide_models(out: Path, checkpoint: Path, epochs: int) -> int:
+    """ABMIL and INS on the embeddings (``pipelines/mil_experiment.py``'s runner), tested on the test slides,
+    then ``medssl heatmap`` for each."""
+    from mil_experiment import fit_and_test, print_table
+
+    from medssl.export.encoders import load_encoder
+
+    cohort = {"cache": out / "cache", "features": out / "embeddings", "masks": out / "slides" / "masks",
+              "in_dim": load_encoder(checkpoint).out_dim}
+    rows = {"ABMIL": fit_and_test("abmil", cohort, out, epochs, ["--model.init_args.lr", "5e-4"]),
+            "INS": fit_and_test("ins", cohort, out, epochs, ["--model.init_args.prototype_start", str(max(1, epochs // 4)),
+                                                             "--model.init_args.queue_size", "1024"])}
+    print_table(rows)
+    print("(2 test slides and a few dozen tiles each: the figures only show the path works; "
+          "pipelines/mil_experiment.py runs a real comparison)")
+    status = 0
+    for name, metrics in rows.items():
+        checkpoints = sorted((Path(metrics["results"]).parents[1] / "checkpoints").glob("*.ckpt"))
+        maps = out / "heatmaps" / name.lower()
+        status |= medssl_main(["heatmap", str(checkpoints[-1]), "--cache", str(out / "cache"), "--features",
+                               str(out / "embeddings"), "--split", "test", "--stretch", "--out", str(maps)])
+    return status
 
 
 def write_volume_inputs(folder: Path) -> Path:
@@ -106,10 +135,11 @@ def write_volume_inputs(folder: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--slides", type=int, default=4)
+    parser.add_argument("--slides", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs (each a few steps)")
+    parser.add_argument("--mil-epochs", type=int, default=20, help="ABMIL and INS epochs")
     args = parser.parse_args(argv)
-    return run(args.out, args.slides, args.epochs)
+    return run(args.out, args.slides, args.epochs, args.mil_epochs)
 
 
 if __name__ == "__main__":

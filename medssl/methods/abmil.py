@@ -25,7 +25,7 @@ class ABMIL(SlideClassifier):
     width; ``attention_dim``: the gated attention's (128 in the paper)."""
 
     instance_score_name = "attention"
-    instance_scores_are_probabilities = False
+    stretch_heatmaps = True
 
     def __init__(self, in_dim: int = 512, hidden_dim: int = 256, attention_dim: int = 128, dropout: float = 0.25,
                  gated: bool = True, **base):

@@ -142,6 +142,10 @@ class INS(SlideClassifier):
         self.queue.push(k, pseudo)
         self.log_dict({"train/loss": loss, "train/classification": classification, "train/contrastive": contrastive},
                       prog_bar=True, batch_size=len(index))
+        in_positive_slides = batch["label"] == 1
+        if in_positive_slides.any():  # how many instances of positive slides are pseudo-labelled positive
+            self.log("train/positive_pseudo_labels", pseudo[in_positive_slides].float().mean(),
+                     batch_size=int(in_positive_slides.sum()))
         return loss
 
     def _contrastive(self, q: torch.Tensor, k: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:

@@ -30,13 +30,15 @@ from medssl.mil.heatmaps import write_heatmap
 class SlideClassifier(pl.LightningModule):
     """``piece_size``: instances scored at a time in :meth:`score_bag`. ``heatmaps``: also draw every
     evaluated slide's instance scores over its thumbnail (test stage always, validation on the last
-    epoch only) into ``<log dir>/results/<stage>/heatmaps``. The optimiser arguments are those of
+    epoch only) into ``<log dir>/results/<stage>/heatmaps``; ``heatmap_stretch`` spreads their colours
+    from each slide's lowest to highest score (default: the model's ``stretch_heatmaps``). The optimiser arguments are those of
     :func:`~medssl.methods.schedules.configure_optimizer` (``min_lr=None``: constant learning rate)."""
 
     instance_score_name = "score"  #: what the instance scores are, for heatmap legends
-    instance_scores_are_probabilities = True  #: False: stretch them per slide on heatmaps
+    stretch_heatmaps = False  #: True: colours span each slide's lowest to highest score (attention)
 
-    def __init__(self, piece_size: int = 8192, heatmaps: bool = False, optimizer: str = "adamw", lr: float = 2e-4,
+    def __init__(self, piece_size: int = 8192, heatmaps: bool = False, heatmap_stretch: bool | None = None,
+                 optimizer: str = "adamw", lr: float = 2e-4,
                  weight_decay: float = 1e-4, warmup_epochs: float = 0.0, min_lr: float | None = None):
         super().__init__()
         self.save_hyperparameters()
@@ -122,7 +124,8 @@ class SlideClassifier(pl.LightningModule):
             for record in evaluated:
                 write_heatmap(cache, record["slide_id"], record["scores"].numpy(), folder / "heatmaps",
                               coords=record["coords"].numpy(), title=self.instance_score_name,
-                              probabilities=self.instance_scores_are_probabilities)
+                              stretch=self.stretch_heatmaps if self.hparams.heatmap_stretch is None
+                              else self.hparams.heatmap_stretch)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the class, so ``medssl heatmap`` can rebuild the model from the checkpoint alone."""

@@ -22,20 +22,22 @@ def colour(values: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(position, anchors, RAMP[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
 
 
-def normalise(scores: np.ndarray, probabilities: bool) -> np.ndarray:
-    """Probabilities are drawn as they are, so 0.5 looks the same on every slide; other scores
-    (attention) are stretched between the slide's minimum and maximum."""
+def normalise(scores: np.ndarray, stretch: bool) -> tuple[np.ndarray, float, float]:
+    """Values in [0, 1] to colour, and what their ends mean. Unstretched, probabilities are drawn as
+    they are (0.5 looks the same on every slide); stretched, the slide's lowest score is blue and its
+    highest red (attention, or probabilities that all sit far below 0.5)."""
     scores = np.asarray(scores, dtype=np.float64)
-    if probabilities:
-        return np.clip(scores, 0, 1)
-    low, high = (scores.min(), scores.max()) if scores.size else (0.0, 1.0)
-    return (scores - low) / (high - low) if high > low else np.zeros_like(scores)
+    if not stretch:
+        return np.clip(scores, 0, 1), 0.0, 1.0
+    low, high = (float(scores.min()), float(scores.max())) if scores.size else (0.0, 1.0)
+    values = (scores - low) / (high - low) if high > low else np.zeros_like(scores)
+    return values, low, high
 
 
 def heatmap_overlay(thumbnail: np.ndarray, boxes: np.ndarray, values: np.ndarray, alpha: float = 0.55,
-                    longest_side: int = 1200, title: str = "") -> Image.Image:
+                    longest_side: int = 1200, title: str = "", low_label: str = "0", high_label: str = "1") -> Image.Image:
     """The thumbnail with each box ``[N, 4]`` (x0, y0, x1, y1, thumbnail pixels) filled by the colour of
-    its value in [0, 1], and a colour bar underneath labelled ``title``."""
+    its value in [0, 1], and a colour bar underneath labelled ``title`` and its two ends."""
     h, w = thumbnail.shape[:2]
     zoom = longest_side / max(h, w)
     size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
@@ -51,7 +53,7 @@ def heatmap_overlay(thumbnail: np.ndarray, boxes: np.ndarray, values: np.ndarray
     canvas.paste(picture, (0, 0))
     ramp = colour(np.linspace(0, 1, max(2, size[0] // 3)))[None].repeat(10, axis=0)
     canvas.paste(Image.fromarray(ramp), (8, size[1] + 4))
-    ImageDraw.Draw(canvas).text((16 + ramp.shape[1], size[1] + 2), f"{title} low → high", fill=(0, 0, 0))
+    ImageDraw.Draw(canvas).text((16 + ramp.shape[1], size[1] + 2), f"{title}: {low_label} to {high_label}", fill=(0, 0, 0))
     return canvas
 
 
@@ -64,14 +66,15 @@ def tile_boxes(meta: dict, coords: np.ndarray) -> np.ndarray:
 
 
 def write_heatmap(cache, slide_id: str, scores: np.ndarray, folder: str | os.PathLike,
-                  coords: np.ndarray | None = None, title: str = "score", probabilities: bool = True) -> Path:
+                  coords: np.ndarray | None = None, title: str = "score", stretch: bool = False) -> Path:
     """Draw ``scores`` (one per tile, in the cache's tile order unless ``coords`` are given) over the
     slide's thumbnail from ``cache`` (a :class:`~medssl.preprocess.cache.SlideCache`) as
-    ``folder/<slide_id>.png``. ``probabilities=False`` stretches the scores per slide (attention)."""
+    ``folder/<slide_id>.png``. ``stretch`` spreads the colours between the slide's lowest and highest score."""
     meta = cache.metadata(slide_id)
     coords = cache.coords(slide_id) if coords is None else coords
     if len(coords) != len(scores):
         raise ValueError(f"{slide_id}: {len(scores)} scores for {len(coords)} tiles")
-    image = heatmap_overlay(cache.thumbnail(slide_id), tile_boxes(meta, coords), normalise(scores, probabilities),
-                            title=title)
+    values, low, high = normalise(scores, stretch)
+    image = heatmap_overlay(cache.thumbnail(slide_id), tile_boxes(meta, coords), values, title=title,
+                            low_label=f"{low:.3g}", high_label=f"{high:.3g}")
     return save_png_atomically(image, Path(folder) / f"{slide_id}.png")

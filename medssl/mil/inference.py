@@ -62,8 +62,10 @@ def score_slides(model: SlideClassifier, cache: str | os.PathLike, features: str
 
 def write_slide_heatmaps(checkpoint: str | os.PathLike, cache: str | os.PathLike, out: str | os.PathLike,
                          features: str | os.PathLike | None = None, slide_ids: Sequence[str] | None = None,
-                         splits: Sequence[str] | None = None, piece_size: int = 8192, device: str = "cpu") -> Path:
-    """For each selected slide: ``out/<slide_id>.png`` (scores over the thumbnail) and
+                         splits: Sequence[str] | None = None, piece_size: int = 8192, device: str = "cpu",
+                         stretch: bool | None = None) -> Path:
+    """For each selected slide: ``out/<slide_id>.png`` (scores over the thumbnail; ``stretch`` as in
+    :func:`~medssl.mil.heatmaps.normalise`, default the model's choice) and
     ``out/scores/<slide_id>.csv`` (x, y, score per tile); ``out/slides.csv`` with every slide's probability."""
     from medssl.preprocess.cache import SlideCache
 
@@ -74,7 +76,8 @@ def write_slide_heatmaps(checkpoint: str | os.PathLike, cache: str | os.PathLike
     rows = []
     for record in score_slides(model, slide_cache, features, slide_ids, splits, piece_size, device):
         write_heatmap(slide_cache, record["slide_id"], record["scores"], out, coords=record["coords"],
-                      title=model.instance_score_name, probabilities=model.instance_scores_are_probabilities)
+                      title=model.instance_score_name,
+                      stretch=model.stretch_heatmaps if stretch is None else stretch)
         with open(out / "scores" / f"{record['slide_id']}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["x", "y", model.instance_score_name.replace(" ", "_")])
