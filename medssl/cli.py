@@ -210,14 +210,20 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str, checkpoint: str):
+    """A subcommand that starts from a trained model: its checkpoint is the positional argument."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help=checkpoint)
+    return p
+
+
 def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "embed", help="embed every tile (or axial slice) of a cache with a trained encoder",
-        description="Run the encoder of a method checkpoint or encoder file over a tile or volume cache and "
-        "write features aligned with the tile/slice index, one resumable Zarr item per slide or volume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _checkpoint_parser(
+        sub, "embed", "embed every tile (or axial slice) of a cache with a trained encoder",
+        "Run the encoder of a method checkpoint or encoder file over a tile or volume cache and write features "
+        "aligned with the tile/slice index, one resumable Zarr item per slide or volume.",
+        "Lightning checkpoint of a medssl method, or an encoder file (medssl export)",
     )
-    p.add_argument("checkpoint", help="Lightning checkpoint of a medssl method, or an encoder file (medssl export)")
     p.add_argument("--cache", required=True, help="tile or volume cache folder")
     p.add_argument("--out", required=True, help="embedding folder (holds cache.zarr, encoder.pt, manifest.csv)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -247,14 +253,13 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export", help="export a checkpoint's encoder for MONAI or plain PyTorch",
-        description="Write the encoder of a method checkpoint as weights plus its configuration (.pt, loads with "
+    p = _checkpoint_parser(
+        sub, "export", "export a checkpoint's encoder for MONAI or plain PyTorch",
+        "Write the encoder of a method checkpoint as weights plus its configuration (.pt, loads with "
         "torch.load(weights_only=True) into the MONAI network) or as a torch.export program (.pt2, runs with "
         "plain PyTorch: torch.export.load(path).module()).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Lightning checkpoint of a medssl method, or an encoder file",
     )
-    p.add_argument("checkpoint", help="Lightning checkpoint of a medssl method, or an encoder file")
     p.add_argument("--out", required=True, help="output file: .pt (weights) or .pt2 (torch.export program)")
     p.add_argument("--size", type=int, nargs="+", help="example input size for .pt2 [default: the encoder's img_size]")
     p.set_defaults(func=_run_export)
@@ -272,13 +277,12 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_heatmap_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "heatmap", help="draw a slide model's instance scores over slide thumbnails",
-        description="Score whole slides with an ABMIL or INS checkpoint, piece by piece, and write one PNG per "
-        "slide (attention or instance probability over the thumbnail), per-tile scores as CSV, and slides.csv.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _checkpoint_parser(
+        sub, "heatmap", "draw a slide model's instance scores over slide thumbnails",
+        "Score whole slides with an ABMIL or INS checkpoint, piece by piece, and write one PNG per slide "
+        "(attention or instance probability over the thumbnail), per-tile scores as CSV, and slides.csv.",
+        "Lightning checkpoint of an ABMIL or INS run",
     )
-    p.add_argument("checkpoint", help="Lightning checkpoint of an ABMIL or INS run")
     p.add_argument("--cache", required=True, help="the tile cache the slides are in")
     p.add_argument("--features", help="embedding folder (medssl embed) for models trained on embeddings")
     p.add_argument("--out", required=True, help="folder for <slide_id>.png, scores/<slide_id>.csv, slides.csv")

@@ -1,4 +1,4 @@
-"""`medssl fit --config` through LightningCLI: every config in configs/ runs, monitors log, bad keys are named."""
+"""`medssl fit --config` through LightningCLI: every pretraining config runs, monitors log, bad keys are named."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from medssl.cli import run_lightning
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "pretrain").rglob("*.yaml"))  # configs/mil: tests/mil
 
 
 def is_volume_config(config: Path) -> bool:

@@ -56,7 +56,7 @@ class FakeTrainer:
 def run_step(model: INS, batch: dict, epoch: int) -> torch.Tensor:
     model._trainer = FakeTrainer()
     model.trainer.current_epoch = epoch
-    model.log_dict = lambda *a, **k: None
+    model.log_dict = model.log = lambda *a, **k: None
     type(model).current_epoch = property(lambda self: epoch)
     try:
         return model.training_step(batch, 0)
@@ -167,3 +167,23 @@ def test_ins_fits_and_scores_whole_slides_with_a_lightning_trainer(lesion_cohort
     assert (results / "slides.csv").read_text().count("\n") == 5
     assert len(list((results / "heatmaps").glob("*.png"))) == 4
     assert not math.isnan(float(trainer.callback_metrics["test/bag_auroc"]))
+
+
+def test_ins_tiles_config_trains_end_to_end_on_pixels(lesion_cohort, tmp_path):
+    """configs/mil/ins_tiles.yaml: a ResNet on two views of the tile pixels, through medssl fit."""
+    from pathlib import Path
+
+    from medssl.cli import run_lightning
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "mil" / "ins_tiles.yaml"
+    cli = run_lightning([
+        "fit", "--config", str(config), "--data.init_args.cache", str(lesion_cohort["cache"]),
+        "--data.init_args.view_size", "32", "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
+        "--data.init_args.piece_size", "128",
+        "--model.init_args.backbone", '{"name": "resnet18", "in_channels": 3, "width": 0.25}',
+        "--model.init_args.queue_size", "256", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+    ])
+    assert cli.model.encoder.out_dim > 0 and "val/bag_auroc" in cli.trainer.callback_metrics
+    assert len(cli.model.soft_labels) == len(cli.datamodule.datasets["train"])
