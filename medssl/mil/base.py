@@ -108,13 +108,13 @@ class SlideClassifier(pl.LightningModule):
         for name, value in metrics.items():
             if value is not None and math.isfinite(value):
                 self.log(f"{stage}/{name}", value, sync_dist=False)  # every rank evaluates every slide
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "results" / stage  # a collective
         if self.trainer.is_global_zero:
             last_epoch = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
             draw = self.hparams.heatmaps and (stage == "test" or last_epoch)
-            self._write_results(stage, evaluated, metrics, draw)
+            self._write_results(folder, evaluated, metrics, draw)
 
-    def _write_results(self, stage: str, evaluated: list[dict], metrics: dict, draw: bool) -> None:
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "results" / stage
+    def _write_results(self, folder: Path, evaluated: list[dict], metrics: dict, draw: bool) -> None:
         write_results(folder, evaluated, metrics, epoch=self.current_epoch)
         datamodule = getattr(self.trainer, "datamodule", None)
         if draw and datamodule is not None:
