@@ -14,6 +14,7 @@ from medssl.errors import InputError
 from medssl.methods.abmil import ABMIL
 from medssl.mil import LesionMasks, lesion_fraction, slide_metrics
 from medssl.mil.heatmaps import colour, heatmap_overlay
+from tests.mil import fit_on_two_cpu_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -138,3 +139,21 @@ def test_medssl_heatmap_draws_every_slide_from_a_checkpoint(lesion_cohort, tmp_p
     assert attention.sum() == pytest.approx(1.0, abs=1e-4)
     assert main(["heatmap", str(lesion_cohort["masks"] / f"{pictures[0]}.png"), "--cache", str(lesion_cohort["cache"]),
                  "--out", str(tmp_path / "x")]) == 2  # not a checkpoint: a clear error, not a traceback
+
+
+def test_two_process_ddp_evaluates_every_validation_slide(lesion_cohort, tmp_path):
+    """Under DDP each rank trains on its share of the bags, but every rank scores every validation slide
+    (slide metrics are not a mean over ranks), so rank 0's results name each validation slide once."""
+    import csv
+    import json
+
+    fit_on_two_cpu_processes("abmil", lesion_cohort, tmp_path, "--trainer.max_epochs", "2",
+                             "--data.init_args.instance_masks", str(lesion_cohort["masks"]))
+    assert len(list(tmp_path.rglob("*.ckpt"))) == 1
+    (results,) = tmp_path.rglob("results/val")
+    with open(results / "slides.csv") as handle:
+        scored = [row["slide_id"] for row in csv.DictReader(handle)]
+    val = SlideBagDataset(lesion_cohort["cache"], features=lesion_cohort["features"], splits=["val"])
+    assert sorted(scored) == sorted(val.slide_ids) and len(scored) == len(set(scored))
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["epoch"] == 1 and metrics["instance_auroc"] is not None
