@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from medssl.cli import run_lightning
+from tests.ddp import fit_on_two_cpu_processes
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "pretrain").rglob("*.yaml"))  # configs/mil: tests/mil
 
@@ -58,15 +59,8 @@ def test_misspelt_key_is_named(split_cache, tmp_path, capsys):
 def test_two_process_ddp_fit_from_the_command_line(name, split_cache, tmp_path):
     """`--trainer.devices 2 --trainer.strategy ddp` on CPU (gloo): Lightning re-launches the command, each
     rank takes its half of the tiles, and one checkpoint comes out."""
-    import subprocess
-    import sys
-
     config = next(c for c in CONFIGS if c.stem == name)
-    command = [sys.executable, "-m", "medssl.cli", *tiny(config, split_cache, tmp_path)]
-    command[command.index("--trainer.devices") + 1] = "2"
-    result = subprocess.run([*command, "--trainer.strategy", "ddp"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "MEMBER: 2/2" in result.stderr + result.stdout
+    fit_on_two_cpu_processes(tiny(config, split_cache, tmp_path))
     assert len(list(tmp_path.rglob("*.ckpt"))) == 1
 
 

@@ -14,7 +14,7 @@ from medssl.errors import InputError
 from medssl.methods.abmil import ABMIL
 from medssl.mil import LesionMasks, lesion_fraction, slide_metrics
 from medssl.mil.heatmaps import colour, heatmap_overlay
-from tests.mil import fit_on_two_cpu_processes
+from tests.mil import fit_mil_on_two_cpu_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -147,8 +147,8 @@ def test_two_process_ddp_evaluates_every_validation_slide(lesion_cohort, tmp_pat
     import csv
     import json
 
-    fit_on_two_cpu_processes("abmil", lesion_cohort, tmp_path, "--trainer.max_epochs", "2",
-                             "--data.init_args.instance_masks", str(lesion_cohort["masks"]))
+    fit_mil_on_two_cpu_processes("abmil", lesion_cohort, tmp_path, "--trainer.max_epochs", "2",
+                                 "--data.init_args.instance_masks", str(lesion_cohort["masks"]))
     assert len(list(tmp_path.rglob("*.ckpt"))) == 1
     (results,) = tmp_path.rglob("results/val")
     with open(results / "slides.csv") as handle:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from medssl.data.datamodules import BagDataModule, InstanceDataModule
 from medssl.methods.ins import INS, candidate_labels, confidence_weight
 from medssl.mil import LesionMasks, bag_probability
-from tests.mil import fit_on_two_cpu_processes
+from tests.mil import fit_mil_on_two_cpu_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -194,8 +194,8 @@ def test_two_process_ddp_keeps_one_soft_label_table(lesion_cohort, tmp_path):
     """`--trainer.devices 2 --trainer.strategy ddp` on CPU: each rank trains on its half of the instances,
     and every rank writes every instance's soft label, so after one epoch rank 0's table (the one saved)
     holds nearly all instances, not half."""
-    fit_on_two_cpu_processes("ins", lesion_cohort, tmp_path, "--data.init_args.batch_size", "32",
-                             "--model.init_args.queue_size", "256", "--trainer.max_epochs", "1")
+    fit_mil_on_two_cpu_processes("ins", lesion_cohort, tmp_path, "--data.init_args.batch_size", "32",
+                                 "--model.init_args.queue_size", "256", "--trainer.max_epochs", "1")
     (checkpoint,) = tmp_path.rglob("*.ckpt")
     soft = torch.load(checkpoint, weights_only=True)["state_dict"]["soft_labels"]
     assert (~torch.isnan(soft[:, 0])).float().mean() > 0.9
