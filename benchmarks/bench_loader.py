@@ -45,7 +45,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from medssl.data.datasets import ThreadedBatchLoader, TileDataset
 from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view
-from medssl.preprocess import SlideCache, TilingParams, tile_slides
+from medssl.cache import SlideCache
+from medssl.preprocess import TilingParams, tile_slides
 from medssl.synthetic.slides import random_layout, write_slide
 
 BATCH = 256

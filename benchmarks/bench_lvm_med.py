@@ -22,8 +22,10 @@ from contextlib import contextmanager
 import torch
 
 import medssl.matching.imle as imle
-from medssl.data.geometry import GeometricViewsd, RandGeometricViewd
-from medssl.matching import edges_from_adjacency, graph_matching, hamming, imle_matching
+from medssl.data.geometric_views import GeometricViewsd, RandGeometricViewd
+from medssl.geometry import cell_centres
+from medssl.losses import edge_affinity, global_affinity, hamming, local_affinity
+from medssl.matching import edges_from_adjacency, graph_matching, imle_matching
 from medssl.methods import lvm_med
 from medssl.nn.graph import knn_adjacency
 
@@ -63,12 +65,12 @@ def one_step(model: lvm_med.LVMMed, batch: dict, device: torch.device) -> dict[s
         with timed("affinities"):
             grid = tuple(ms.shape[2:])
             cs, ct = (nodes(m.flatten(2).transpose(1, 2)) for m in (ms, mt))
-            gs, gt = (nodes(lvm_med.cell_centres(g, grid)) for g in batch["geometry"])
-            local = lvm_med.local_affinity(cs, ct, gs, gt, h.local_top)
-            local = local + lvm_med.local_affinity(ct, cs, gt, gs, h.local_top).transpose(1, 2)
-            unary = h.alpha * lvm_med.global_affinity(zs, zt) + (1 - h.alpha) * local
+            gs, gt = (nodes(cell_centres(g, grid)) for g in batch["geometry"])
+            local = local_affinity(cs, ct, gs, gt, h.local_top)
+            local = local + local_affinity(ct, cs, gt, gs, h.local_top).transpose(1, 2)
+            unary = h.alpha * global_affinity(zs, zt) + (1 - h.alpha) * local
             es, et = edges_from_adjacency(a_s), edges_from_adjacency(a_t)
-            edges = lvm_med.edge_affinity(zs, zt, es, et)
+            edges = edge_affinity(zs, zt, es, et)
         with timed("solver forward"):
             matching, _ = imle_matching(unary, edges, es, et, solver=graph_matching, lam=h.imle_lambda)
             loss = hamming(matching)

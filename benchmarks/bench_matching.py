@@ -28,7 +28,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from medssl.matching import graph_matching, hamming, imle_matching, knn_edges, linear_matching
+from medssl.losses import hamming
+from medssl.matching import graph_matching, imle_matching, knn_edges, linear_matching
 
 BATCH, K, DIM = 16, 5, 128
 

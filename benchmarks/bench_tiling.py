@@ -72,7 +72,8 @@ import openslide
 import tifffile
 from PIL import Image
 
-from medssl.preprocess import SlideCache, TilingParams, tile_slides
+from medssl.cache import SlideCache
+from medssl.preprocess import TilingParams, tile_slides
 from medssl.synthetic import slides as synthetic_slides
 from medssl.synthetic.slides import random_layout, write_slide
 

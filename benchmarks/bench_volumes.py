@@ -8,7 +8,7 @@ Usage::
 Modes (all on the same preprocessed data, single process, warm page cache; every read is copied into
 a fresh NumPy array or tensor, as a DataLoader would hand it on):
 
-``medssl``            :class:`medssl.preprocess.VolumeCache` on the cache ``medssl cache-volumes`` wrote:
+``medssl``            :class:`medssl.cache.VolumeCache` on the cache ``medssl cache-volumes`` wrote:
                       float16 ``[Z, Y, X]``, one shard per volume, one axial slice per inner chunk,
                       uncompressed, so the reader memory-maps the shard file.
 ``medssl_via_zarr``   the same arrays read through zarr-python (what any Zarr client gets).
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     import zarr
 
-    from medssl.preprocess import VolumeCache, VolumeParams, cache_volumes
+    from medssl.cache import VolumeCache
+    from medssl.preprocess import VolumeParams, cache_volumes
     from medssl.synthetic.volumes import ct_phantom, grid_affine, write_nifti
 
     shape = (256, 256, 100) if args.quick else (512, 512, 200)

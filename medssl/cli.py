@@ -69,7 +69,7 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_tile(args: argparse.Namespace) -> int:
     from medssl.preprocess import StorageParams, TilingParams, TissueParams, tile_slides
-    from medssl.preprocess.runner import parse_shard
+    from medssl.jobs import parse_shard
     from medssl.preprocess.slides import magnification_to_mpp
 
     target = magnification_to_mpp(args.magnification) if args.magnification else (args.mpp or 0.5)
@@ -146,7 +146,7 @@ def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_volumes(args: argparse.Namespace) -> int:
     from medssl.preprocess import VolumeParams, cache_volumes
-    from medssl.preprocess.runner import parse_shard
+    from medssl.jobs import parse_shard
 
     try:
         params = VolumeParams(
@@ -179,10 +179,7 @@ def _add_info_parser(sub: argparse._SubParsersAction) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     import json
 
-    from medssl.preprocess import SlideCache
-
-    from medssl.preprocess import VolumeCache
-    from medssl.preprocess.cache import stored_params, store_path
+    from medssl.cache import SlideCache, VolumeCache, store_path, stored_params
 
     if stored_params(args.cache, "slides") is None and stored_params(args.cache, "volumes") is None:
         SlideCache(args.cache)  # raises the reader's clear error for a path that is not a cache
@@ -238,7 +235,7 @@ def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_embed(args: argparse.Namespace) -> int:
     from medssl.export import embed_cache
-    from medssl.preprocess.runner import parse_shard
+    from medssl.jobs import parse_shard
 
     summary = embed_cache(
         args.checkpoint, args.cache, args.out, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
@@ -297,7 +294,7 @@ def _add_heatmap_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_heatmap(args: argparse.Namespace) -> int:
-    from medssl.mil.inference import write_slide_heatmaps
+    from medssl.tasks.slide_inference import write_slide_heatmaps
 
     out = write_slide_heatmaps(args.checkpoint, args.cache, args.out, features=args.features, slide_ids=args.slides,
                                splits=args.split, piece_size=args.piece_size, device=args.device,

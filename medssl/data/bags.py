@@ -23,13 +23,12 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-import zarr
 from torch.utils.data import Dataset
 
 from medssl.data.datasets import TileDataset
 from medssl.data.seeding import Key, sample_seed, split_key
 from medssl.errors import CacheError
-from medssl.preprocess.cache import SlideCache, store_path
+from medssl.cache import EmbeddingCache, SlideCache
 
 BAG_KEYS = ("instances", "coords", "label", "slide_id", "stain")
 
@@ -49,7 +48,7 @@ class SlideBagDataset(Dataset):
         **filters,
     ):
         self.tiles = TileDataset(cache, **filters)
-        self.features = _open_embeddings(features, self.tiles.slide_ids) if features is not None else None
+        self.features = EmbeddingCache(features).require(self.tiles.slide_ids) if features is not None else None
         self.max_instances = max_instances
         self.transform = transform
         self.seed = seed
@@ -87,14 +86,14 @@ class SlideBagDataset(Dataset):
                     chosen = rng.choice(count, self.max_instances, replace=False)
                 instances = np.sort(chosen)
         if self.features is not None:
-            rows = self.features[f"{slide_id}/features"].get_orthogonal_selection((instances,))
+            rows = self.features.features(slide_id).get_orthogonal_selection((instances,))
             values = torch.from_numpy(np.asarray(rows, dtype=np.float32))
         else:
-            pixels = self.tiles._reader(index).read(instances)
+            pixels = self.tiles.reader(index).read(instances)
             values = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
         sample = {
             "instances": values,
-            "coords": torch.from_numpy(self.tiles._coords_of(index)[instances]),
+            "coords": torch.from_numpy(self.tiles.coords_of(index)[instances]),
             "label": int(self.tiles.slide_labels[index]),
             "slide_id": slide_id,
             "stain": str(self.tiles.cache.metadata(slide_id).get("stain", "")),
@@ -119,8 +118,8 @@ class InstanceDataset(Dataset):
         self.slide_of = np.repeat(np.arange(len(counts)), counts)
         self.features = None
         if features is not None:
-            group = _open_embeddings(features, self.tiles.slide_ids)
-            arrays = [np.asarray(group[f"{slide_id}/features"][:], dtype=np.float32) for slide_id in self.tiles.slide_ids]
+            embeddings = EmbeddingCache(features).require(self.tiles.slide_ids)
+            arrays = [np.asarray(embeddings.features(slide_id)[:], dtype=np.float32) for slide_id in self.tiles.slide_ids]
             self.features = torch.from_numpy(np.concatenate(arrays)) if arrays else torch.zeros(0, 0)
             if len(self.features) != len(self.slide_of):
                 raise CacheError(f"{features}: {len(self.features)} embedding rows for {len(self.slide_of)} tiles; "
@@ -155,12 +154,13 @@ class InstanceDataset(Dataset):
 
 class BagPieceDataset(Dataset):
     """Whole bags of ``bags`` in consecutive pieces of at most ``piece_size`` instances, slide after
-    slide: ``{"instances", "coords", "label", "slide_id", "slide", "start", "bag_size", "last"}``. Use it
+    slide: ``{"instances", "coords", "label", "slide_id", "slide", "start", "bag_size", "last", "cache"}``
+    (``cache``: the tile cache's path, where heatmaps find the slide's thumbnail). Use it
     with ``batch_size=None`` and in order; a model accumulates a slide's pieces (see
-    :class:`~medssl.mil.base.SlideClassifier`), so a bag of 100,000 instances never sits in memory.
+    :class:`~medssl.methods.base.SlideClassifier`), so a bag of 100,000 instances never sits in memory.
 
     ``instance_truth`` (for evaluation only) adds ``instance_truth`` (float, 1 = positive, NaN = unknown)
-    per instance from :class:`~medssl.mil.truth.LesionMasks`."""
+    per instance from :class:`~medssl.data.truth.LesionMasks`."""
 
     def __init__(self, bags: SlideBagDataset, piece_size: int = 8192, instance_truth=None):
         if piece_size < 1:
@@ -176,26 +176,12 @@ class BagPieceDataset(Dataset):
         size = self.bags.size(slide)
         stop = min(start + self.piece_size, size)
         piece = self.bags.bag(slide, np.arange(start, stop))
-        piece.update(slide=slide, start=start, bag_size=size, last=stop == size)
+        piece.update(slide=slide, start=start, bag_size=size, last=stop == size, cache=str(self.bags.tiles.cache.path))
         if self.truth is not None:
             meta = self.bags.tiles.cache.metadata(piece["slide_id"])
             piece["instance_truth"] = torch.from_numpy(self.truth.instance_truth(meta, piece["coords"].numpy(),
                                                                                  bag_label=piece["label"]))
         return piece
-
-
-def _open_embeddings(folder: str | os.PathLike, slide_ids: Sequence[str]) -> zarr.Group:
-    """The ``embeddings`` group of a ``medssl embed`` folder, checked to hold every selected slide."""
-    path = store_path(folder)
-    try:
-        group = zarr.open_group(path, mode="r")["embeddings"]
-    except (FileNotFoundError, KeyError):
-        raise CacheError(f"{folder}: not an embedding folder (run medssl embed --out {folder})") from None
-    missing = [slide_id for slide_id in slide_ids if slide_id not in group]
-    if missing:
-        raise CacheError(f"{folder}: no embeddings for {len(missing)} slide(s) ({', '.join(missing[:5])}); "
-                         "run or resume medssl embed on this cache")
-    return group
 
 
 def collate_bags(samples: Sequence[dict]) -> dict:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from medssl.data.bags import BagPieceDataset, InstanceDataset, SlideBagDataset, collate_bags
 from medssl.data.datasets import TileDataset, batch_loader
-from medssl.data.geometry import GeometricViewsd, histology_geometric_view, radiology_geometric_view
+from medssl.data.geometric_views import GeometricViewsd, histology_geometric_view, radiology_geometric_view
 from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
@@ -155,7 +155,7 @@ class VolumeDataModule(_CacheDataModule):
         return ResizeWithPadOrCropd(keys, self.spatial_size, allow_missing_keys=True)
 
     def setup(self, stage: str | None = None) -> None:
-        from medssl.preprocess.cache import VolumeCache
+        from medssl.cache import VolumeCache
 
         cache = VolumeCache(self.cache)
         available = sorted({str(cache.metadata(v).get("split", "")) for v in cache.ids} - {""})
@@ -182,7 +182,7 @@ class BagDataModule(_CacheDataModule):
     of (``seed``, epoch, slide)); validation and test yield whole bags in pieces of ``piece_size``
     instances (:class:`~medssl.data.bags.BagPieceDataset`), so a bag of any size is scored in bounded
     memory. ``classes`` fixes the label order, negative first (default: sorted labels).
-    ``instance_masks`` names a folder of lesion masks (:class:`~medssl.mil.truth.LesionMasks`) that
+    ``instance_masks`` names a folder of lesion masks (:class:`~medssl.data.truth.LesionMasks`) that
     evaluation alone reads, for instance AUROC; training batches never carry instance truth."""
 
     def __init__(self, cache: str, features: str | None = None, batch_size: int = 1, max_instances: int | None = 8192,
@@ -194,7 +194,7 @@ class BagDataModule(_CacheDataModule):
         self.classes, self.instance_masks = classes, instance_masks
 
     def setup(self, stage: str | None = None) -> None:
-        from medssl.mil.truth import LesionMasks
+        from medssl.data.truth import LesionMasks
 
         everything = SlideBagDataset(self.cache, features=self.features, classes=self.classes)
         self.classes = everything.classes

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medssl.data.readers import TileReader
 from medssl.data.seeding import Key, seeded, split_key
-from medssl.preprocess.cache import SlideCache
+from medssl.cache import SlideCache, TileReader
 
 
-def _matches(meta: dict, key: str, allowed: Iterable[str] | None) -> bool:
+def matches(meta: dict, key: str, allowed: Iterable[str] | None) -> bool:
+    """Whether an item's metadata ``key`` is among ``allowed`` (None allows everything): the filter of
+    every cache dataset."""
     return allowed is None or str(meta.get(key, "")) in {str(a) for a in allowed}
 
 
@@ -50,7 +50,7 @@ class TileDataset(Dataset):
         chosen = []
         for slide_id in slide_ids if slide_ids is not None else self.cache.ids:
             meta = self.cache.metadata(slide_id)
-            if _matches(meta, "split", splits) and _matches(meta, "label", labels) and _matches(meta, "stain", stains):
+            if matches(meta, "split", splits) and matches(meta, "label", labels) and matches(meta, "stain", stains):
                 chosen.append((slide_id, meta))
         self.slide_ids = [slide_id for slide_id, _ in chosen]
         found = sorted({str(m["label"]) for _, m in chosen if m.get("label") not in (None, "")})
@@ -92,7 +92,7 @@ class TileDataset(Dataset):
         images: list[np.ndarray | None] = [None] * len(slides)
         for slide in np.unique(slides):
             rows = np.flatnonzero(slides == slide)
-            pixels = self._reader(int(slide)).read(tiles[rows])
+            pixels = self.reader(int(slide)).read(tiles[rows])
             for row, tile in zip(rows, pixels):
                 images[row] = tile
         samples = []
@@ -101,7 +101,7 @@ class TileDataset(Dataset):
                 "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                 "slide_id": self.slide_ids[slide],
                 "tile": int(tile),
-                "coords": torch.from_numpy(self._coords_of(int(slide))[tile]),
+                "coords": torch.from_numpy(self.coords_of(int(slide))[tile]),
                 "label": int(self.slide_labels[slide]),
             }
             if self.transform is not None:
@@ -116,7 +116,7 @@ class TileDataset(Dataset):
         transpose copy), read straight into shared memory so DataLoader workers hand it over
         without copying. ``transform`` is not applied here: augment the batch on the device."""
         slides, tiles = self.locate([split_key(key)[0] for key in keys])
-        tile_shape = self._reader(int(slides[0])).tile_shape if len(slides) else (0, 0, 3)
+        tile_shape = self.reader(int(slides[0])).tile_shape if len(slides) else (0, 0, 3)
         pixels = torch.empty((len(slides), *tile_shape), dtype=torch.uint8)
         if torch.utils.data.get_worker_info() is not None:
             pixels.share_memory_()
@@ -124,9 +124,9 @@ class TileDataset(Dataset):
         for slide in np.unique(slides):
             rows = np.flatnonzero(slides == slide)
             if len(rows) == rows[-1] - rows[0] + 1:  # contiguous rows: read in place
-                self._reader(int(slide)).read(tiles[rows], out=buffer[rows[0] : rows[-1] + 1])
+                self.reader(int(slide)).read(tiles[rows], out=buffer[rows[0] : rows[-1] + 1])
             else:
-                buffer[rows] = self._reader(int(slide)).read(tiles[rows])
+                buffer[rows] = self.reader(int(slide)).read(tiles[rows])
         return {
             "image": pixels.permute(0, 3, 1, 2),
             "slide": torch.from_numpy(slides),
@@ -139,13 +139,15 @@ class TileDataset(Dataset):
         ``BatchSampler``, or :func:`batch_loader`."""
         return TileBatches(self)
 
-    def _reader(self, slide: int) -> TileReader:
+    def reader(self, slide: int) -> TileReader:
+        """The pixel reader of the slide at position ``slide`` (opened once, kept)."""
         reader = self._readers.get(slide)
         if reader is None:
-            reader = self._readers[slide] = TileReader(Path(self.cache.path) / "slides" / self.slide_ids[slide] / "tiles")
+            reader = self._readers[slide] = self.cache.tile_reader(self.slide_ids[slide])
         return reader
 
-    def _coords_of(self, slide: int) -> np.ndarray:
+    def coords_of(self, slide: int) -> np.ndarray:
+        """Level-0 (x, y) corners of every tile of the slide at position ``slide`` (read once, kept)."""
         coords = self._coords.get(slide)
         if coords is None:
             coords = self._coords[slide] = self.cache.coords(self.slide_ids[slide])

@@ -17,15 +17,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from medssl.nn.inputs import to_float
+
 # Ruifrok & Johnston's H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image uses.
 RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 _LOG_ADJUST = math.log(1e-6)
-
-
-def to_float(image: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 → float32 0..1; float images pass through."""
-    return image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
 
 
 def rgb_to_hed(rgb: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Datasets over a volume cache (``medssl cache-volumes``): 2D axial slices, 3D patches, slice stacks.
 
-Arrays come from :class:`~medssl.preprocess.VolumeCache` (memory-mapped when uncompressed). Spatial
+Arrays come from :class:`~medssl.cache.VolumeCache` (memory-mapped when uncompressed). Spatial
 axes keep the cache's order ``(z, y, x)``; every sample carries ``spacing`` as ``(z, y, x)`` mm so
 anisotropy-aware code can use it. Images are float32 ``[1, ...]``; with ``labels=True`` (every
 selected volume must have one) the label map comes as int64 ``[1, ...]`` under ``"label"``.
@@ -17,17 +17,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medssl.data.datasets import _matches
+from medssl.data.datasets import matches
 from medssl.data.seeding import Key, seeded, split_key
 from medssl.errors import MedsslError
-from medssl.preprocess.cache import VolumeCache
+from medssl.cache import VolumeCache
 
 
 def _select(cache: VolumeCache, volume_ids, splits, modalities) -> list[str]:
     chosen = []
     for volume_id in volume_ids if volume_ids is not None else cache.ids:
         meta = cache.metadata(volume_id)
-        if _matches(meta, "split", splits) and _matches(meta, "modality", modalities):
+        if matches(meta, "split", splits) and matches(meta, "modality", modalities):
             chosen.append(volume_id)
     return chosen
 

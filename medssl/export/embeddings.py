@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import SequentialSampler
 
+from medssl.cache import SlideCache, VolumeCache, stored_params
+from medssl.cache import store as cache_mod
 from medssl.data.datasets import ThreadedBatchLoader, TileDataset
 from medssl.errors import InputError
-from medssl.export.encoders import _build, encoder_source, export_encoder, weights_sha256
+from medssl.export.encoders import build_from_source, encoder_source, export_encoder, weights_sha256
+from medssl.jobs import DONE, SKIPPED, Job, Result, RunSummary, manifest_path, run_jobs, select_shard
 from medssl.nn.backbones import Encoder
-from medssl.preprocess import cache as cache_mod
-from medssl.preprocess.cache import SlideCache, VolumeCache, stored_params
-from medssl.preprocess.runner import DONE, SKIPPED, Job, Result, RunSummary, manifest_path, run_jobs, select_shard
+from medssl.nn.inputs import to_float
 
 KIND = "embeddings"
 ENCODER_FILE = "encoder.pt"
@@ -61,7 +62,7 @@ def embed_cache(
         raise InputError(f"dtype must be float32 or float16, got {dtype!r}")
     out, cache = Path(out), Path(cache)
     data = encoder_source(source)
-    encoder = _build(data, source)
+    encoder = build_from_source(data, str(source))
     kind = _cache_kind(cache)
     params = {"encoder": encoder.config(), "encoder_sha256": weights_sha256(data["state_dict"]),
               "cache": str(cache.resolve()), "items": kind, "dtype": dtype}
@@ -134,7 +135,7 @@ class _Embedder:
     @torch.inference_mode()
     def _embed(self, images: torch.Tensor) -> np.ndarray:
         x = images.to(self.device, non_blocking=True)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = to_float(x)
         config = self.encoder.config()
         if config["name"].startswith("vit"):  # a ViT takes only its training size
             size = config["img_size"]

@@ -61,10 +61,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({str(exc).strip().splitlines()[0]})") from None
 
 
-def encoder_source(path: str | os.PathLike | Encoder) -> dict[str, Any]:
-    """The encoder in a Lightning checkpoint of a medssl method or in an encoder file (or an
+def encoder_source(path: str | os.PathLike | Encoder, name: str = "encoder") -> dict[str, Any]:
+    """The encoder in a Lightning checkpoint of a medssl model or in an encoder file (or an
     :class:`~medssl.nn.backbones.Encoder` in hand, e.g. a random-init baseline), as an encoder-file
-    dictionary (``config``, ``state_dict``, ``method``, ``source``)."""
+    dictionary (``config``, ``state_dict``, ``method``, ``source``).
+
+    A checkpoint names the encoders its model trains (``medssl_encoders``, the contract of
+    :meth:`~medssl.methods.base.MedsslModule.encoders`); ``name`` picks one of them."""
     if isinstance(path, Encoder):
         state = {k: v.detach().clone() for k, v in path.network.state_dict().items()}
         return {"format": ENCODER_FORMAT, "version": FORMAT_VERSION, "config": path.config(), "state_dict": state,
@@ -78,28 +81,48 @@ def encoder_source(path: str | os.PathLike | Encoder) -> dict[str, Any]:
     if not {"state_dict", "hyper_parameters"} <= set(checkpoint):
         raise InputError(f"{path}: neither a medssl encoder file nor a Lightning checkpoint of a medssl method")
     hparams = checkpoint["hyper_parameters"]
-    prefix = "encoder.network."
+    prefix, config = _contract_entry(checkpoint, path, name)
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     if not state:
-        raise InputError(f"{path}: the checkpoint has no 'encoder.network.*' weights (not a medssl method)")
-    config = build_encoder(**(hparams.get("backbone") or {})).config()  # fills defaults
+        raise InputError(f"{path}: the checkpoint has no {prefix}* weights for its encoder {name!r}")
     return {
         "format": ENCODER_FORMAT,
         "version": FORMAT_VERSION,
-        "config": config,
+        "config": build_encoder(**config).config(),  # fills defaults
         "state_dict": state,
-        "method": str(hparams.get("_class_path", "")),
+        "method": str(hparams.get("_class_path", checkpoint.get("medssl_model", ""))),
         "source": {"checkpoint": str(Path(path).resolve()), "epoch": checkpoint.get("epoch"),
-                   "global_step": checkpoint.get("global_step")},
+                   "global_step": checkpoint.get("global_step"), "encoder": name},
     }
 
 
-def load_encoder(path: str | os.PathLike) -> Encoder:
-    """An :class:`~medssl.nn.backbones.Encoder` from an encoder file or a method checkpoint, in eval mode."""
-    return _build(encoder_source(path), path)
+def _contract_entry(checkpoint: dict, path: str | os.PathLike, name: str) -> tuple[str, dict]:
+    """(weight prefix, encoder config) of encoder ``name`` in a checkpoint. Checkpoints written before the
+    contract existed hold one encoder under ``encoder.network.`` built from the ``backbone`` argument."""
+    records = checkpoint.get("medssl_encoders")
+    if records is None:
+        if name != "encoder":
+            raise InputError(f"{path}: this checkpoint predates named encoders; it holds only 'encoder'")
+        return "encoder.network.", dict(checkpoint["hyper_parameters"].get("backbone") or {})
+    if name not in records:
+        raise InputError(f"{path}: no encoder {name!r}; the model trains {sorted(records) or 'none'}")
+    record = records[name]
+    if record.get("config") is None:
+        raise InputError(f"{path}: encoder {name!r} is a {record.get('class')}, not a medssl backbone that an "
+                         "encoder file can rebuild; load it from the checkpoint's state_dict "
+                         f"(prefix {record.get('prefix')!r})")
+    return str(record["prefix"]), dict(record["config"])
 
 
-def _build(source: dict, path: str | os.PathLike) -> Encoder:
+def load_encoder(path: str | os.PathLike, name: str = "encoder") -> Encoder:
+    """An :class:`~medssl.nn.backbones.Encoder` from an encoder file or a method checkpoint (its encoder
+    ``name``), in eval mode."""
+    return build_from_source(encoder_source(path, name), path)
+
+
+def build_from_source(source: dict, path: str | os.PathLike) -> Encoder:
+    """The encoder an encoder-file dictionary describes, with its weights, in eval mode; ``path`` names
+    where it came from in errors."""
     encoder = build_encoder(**source["config"])
     missing, unexpected = encoder.network.load_state_dict(source["state_dict"], strict=False)
     if missing or unexpected:
@@ -119,20 +142,23 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def export_encoder(source: str | os.PathLike, out: str | os.PathLike, **info: Any) -> Path:
-    """Write the encoder of ``source`` (checkpoint or encoder file) to ``out``; extra ``info`` (e.g. the
-    tile MPP it was trained at) is stored under ``"info"``. Written to a temporary name, then renamed."""
-    data = encoder_source(source)
-    encoder = _build(data, source)
+def export_encoder(source: str | os.PathLike | Encoder, out: str | os.PathLike, name: str = "encoder",
+                   **info: Any) -> Path:
+    """Write the encoder ``name`` of ``source`` (checkpoint or encoder file) to ``out``; extra ``info``
+    (e.g. the tile MPP it was trained at) is stored under ``"info"``. Written to a temporary name, then
+    renamed."""
+    data = encoder_source(source, name)
+    encoder = build_from_source(data, str(source))
     data.update(out_dim=encoder.out_dim, input=INPUT_CONVENTION, medssl_version=medssl.__version__,
                 weights_sha256=weights_sha256(data["state_dict"]), info={**data.get("info", {}), **info})
     return _atomic_save(data, Path(out))
 
 
-def export_program(source: str | os.PathLike, out: str | os.PathLike, spatial_size: int | tuple[int, ...] | None = None) -> Path:
-    """Write a ``torch.export`` program of the encoder (eval mode, any batch size) for plain PyTorch.
-    ``spatial_size`` is the example input's size (default: the encoder's ``img_size``)."""
-    encoder = load_encoder(source)
+def export_program(source: str | os.PathLike, out: str | os.PathLike, spatial_size: int | tuple[int, ...] | None = None,
+                   name: str = "encoder") -> Path:
+    """Write a ``torch.export`` program of the encoder ``name`` (eval mode, any batch size) for plain
+    PyTorch. ``spatial_size`` is the example input's size (default: the encoder's ``img_size``)."""
+    encoder = load_encoder(source, name)
     config = encoder.config()
     size = spatial_size or config["img_size"]
     size = (size,) * config["spatial_dims"] if isinstance(size, int) else tuple(size)

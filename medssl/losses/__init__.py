@@ -3,6 +3,8 @@
 from medssl.losses.clustering import sinkhorn_knopp, spherical_kmeans, swapped_prediction
 from medssl.losses.contrastive import info_nce, supervised_contrastive
 from medssl.losses.distillation import DINOLoss
+from medssl.losses.graph_matching import edge_affinity, global_affinity, hamming, local_affinity
 from medssl.losses.redundancy import barlow_twins
 
-__all__ = ["DINOLoss", "barlow_twins", "info_nce", "sinkhorn_knopp", "spherical_kmeans", "supervised_contrastive", "swapped_prediction"]
+__all__ = ["DINOLoss", "barlow_twins", "edge_affinity", "global_affinity", "hamming", "info_nce", "local_affinity",
+           "sinkhorn_knopp", "spherical_kmeans", "supervised_contrastive", "swapped_prediction"]

@@ -1,6 +1,6 @@
 """Combinatorial graph matching for LVM-Med: linear and second-order solvers, and I-MLE to train through them."""
 
-from medssl.matching.imle import GraphMatchingIMLE, gumbel_noise, hamming, imle_matching
+from medssl.matching.imle import GraphMatchingIMLE, gumbel_noise, imle_matching
 from medssl.matching.solvers import (
     brute_force_matching,
     edge_indicator,
@@ -19,7 +19,6 @@ __all__ = [
     "edges_from_adjacency",
     "graph_matching",
     "gumbel_noise",
-    "hamming",
     "imle_matching",
     "knn_edges",
     "linear_assignment",

@@ -18,7 +18,7 @@ from medssl.matching.solvers import edge_indicator, graph_matching
 
 Solver = Callable[..., torch.Tensor]
 
-__all__ = ["GraphMatchingIMLE", "gumbel_noise", "hamming", "imle_matching"]
+__all__ = ["GraphMatchingIMLE", "gumbel_noise", "imle_matching"]
 
 
 def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | int | None = None,
@@ -30,15 +30,6 @@ def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator
     source = generator.device if generator is not None else device
     exponential = torch.empty(shape, device=source, dtype=torch.float64).exponential_(generator=generator)
     return (-exponential.clamp_min(1e-300).log()).to(device=device, dtype=dtype)
-
-
-def hamming(v: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Hamming distance ``Σ v(1 − t) + t(1 − v)`` between matchings, averaged over graphs; the target
-    defaults to the identity (view ``i`` of one image matches view ``i`` of the other)."""
-    if target is None:
-        target = torch.eye(v.shape[-1], dtype=v.dtype, device=v.device).expand_as(v)
-    per_graph = (v * (1 - target) + target * (1 - v)).sum(dim=(-2, -1))
-    return per_graph.mean()
 
 
 class GraphMatchingIMLE(torch.autograd.Function):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medssl.mil.base import SlideClassifier
+from medssl.methods.base import SlideClassifier
 from medssl.nn.attention import GatedAttentionPool
 
 

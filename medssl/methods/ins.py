@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medssl.losses.contrastive import supervised_contrastive
-from medssl.mil.base import SlideClassifier, bag_probability
+from medssl.methods.base import SlideClassifier
 from medssl.nn.backbones import build_encoder
 from medssl.nn.distributed import gather
 from medssl.nn.heads import ProjectionHead
@@ -52,6 +52,18 @@ def candidate_labels(bag_labels: torch.Tensor) -> torch.Tensor:
 def confidence_weight(epoch: int, max_epochs: int, start: float = 0.95, end: float = 0.8) -> float:
     """φ of the soft-label moving average, linear from ``start`` to ``end`` over training."""
     return start + (end - start) * epoch / max(1, max_epochs)
+
+
+def bag_probability(instance_probabilities: torch.Tensor, rule: str = "mean", top_k: int = 10) -> torch.Tensor:
+    """A slide's positive probability from its instances': ``mean`` (INS's rule), ``max``, or ``topk``
+    (the mean of the ``top_k`` highest)."""
+    if rule == "mean":
+        return instance_probabilities.mean()
+    if rule == "max":
+        return instance_probabilities.max()
+    if rule == "topk":
+        return instance_probabilities.topk(min(top_k, len(instance_probabilities))).values.mean()
+    raise ValueError(f"bag rule must be 'mean', 'max' or 'topk', got {rule!r}")
 
 
 class INS(SlideClassifier):
@@ -86,31 +98,35 @@ class INS(SlideClassifier):
         # per-instance soft labels, NaN until the instance is first seen; sized from the training data
         self.register_buffer("soft_labels", torch.full((num_instances or 0, 2), float("nan")))
 
-    # -- per-instance state ----------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.soft_labels.shape[0] == 0:
-            count = self.hparams.num_instances or _training_instances(self.trainer)
-            self.soft_labels = torch.full((count, 2), float("nan"), device=self.device)
+    def encoders(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder}
 
+    # -- per-instance state ----------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint["state_dict"].get("soft_labels")
         if saved is not None and saved.shape != self.soft_labels.shape:
             self.soft_labels = torch.full_like(saved, float("nan"), device=self.device)
 
-    # -- inputs ----------------------------------------------------------------------------------
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    def _grow_soft_labels(self, size: int) -> None:
+        """Extend the table (new rows NaN: not seen yet) to hold instance indices below ``size``. The
+        model learns the number of instances from the indices it is given, so it never asks the data
+        module; ``num_instances`` allocates the table up front instead."""
+        if size > len(self.soft_labels):
+            grown = torch.full((size, 2), float("nan"), dtype=self.soft_labels.dtype, device=self.soft_labels.device)
+            grown[: len(self.soft_labels)] = self.soft_labels
+            self.soft_labels = grown
 
+    # -- inputs ----------------------------------------------------------------------------------
     def _views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if "views" in batch:
-            return self._input(batch["views"][0]), self._input(batch["views"][1])
-        x = self._input(batch["instances"])
+            return self.scale(batch["views"][0]), self.scale(batch["views"][1])
+        x = self.scale(batch["instances"])
         p = self.hparams.feature_dropout
         return F.dropout(x, p, training=True), F.dropout(x, p, training=True)
 
     def instance_probabilities(self, instances: torch.Tensor) -> torch.Tensor:
         """Positive-class probability of each instance ``[N, ...] → [N]``."""
-        return torch.softmax(self.classifier(self.encoder(self._input(instances))), dim=-1)[:, 1]
+        return torch.softmax(self.classifier(self.encoder(self.scale(instances))), dim=-1)[:, 1]
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -174,9 +190,7 @@ class INS(SlideClassifier):
 
     def _soft_labels(self, index: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """This batch's soft labels; instances seen for the first time start at ``Y / |Y|``."""
-        if int(index.max()) >= len(self.soft_labels):
-            raise IndexError(f"instance index {int(index.max())} beyond the {len(self.soft_labels)} soft labels; "
-                             "train on the data the model was set up with (or set num_instances)")
+        self._grow_soft_labels(int(index.max()) + 1)
         soft = self.soft_labels[index]
         unseen = torch.isnan(soft[:, 0])
         start = candidates / candidates.sum(1, keepdim=True)
@@ -187,7 +201,9 @@ class INS(SlideClassifier):
     @torch.no_grad()
     def _set_soft_labels(self, index: torch.Tensor, values: torch.Tensor) -> None:
         """Write on every rank, so the table stays identical under DDP whichever rank saw the instance."""
-        self.soft_labels[gather(index)] = gather(values.detach().to(self.soft_labels.dtype))
+        index, values = gather(index), gather(values.detach().to(self.soft_labels.dtype))
+        self._grow_soft_labels(int(index.max()) + 1)
+        self.soft_labels[index] = values
 
     # -- whole-slide scoring -----------------------------------------------------------------------
     def start_bag(self) -> list:
@@ -199,12 +215,3 @@ class INS(SlideClassifier):
     def finish_bag(self, state: list) -> tuple[torch.Tensor, torch.Tensor]:
         probabilities = torch.cat(state)
         return bag_probability(probabilities, self.hparams.bag_rule, self.hparams.top_k), probabilities
-
-
-def _training_instances(trainer) -> int:
-    datamodule = getattr(trainer, "datamodule", None)
-    dataset = getattr(datamodule, "datasets", {}).get("train") if datamodule is not None else None
-    if dataset is None:
-        raise ValueError("INS keeps a soft label per training instance: train with InstanceDataModule, "
-                         "or give num_instances")
-    return len(dataset)

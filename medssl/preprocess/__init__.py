@@ -1,6 +1,5 @@
-"""Preprocessing: slides and volumes into the medssl Zarr cache."""
+"""Preprocessing: slides and volumes into the medssl Zarr cache (read it with :mod:`medssl.cache`)."""
 
-from medssl.preprocess.cache import SCHEMA_VERSION, SlideCache, VolumeCache
 from medssl.preprocess.cache_volumes import VolumeSummary, cache_volumes
 from medssl.preprocess.tile import StorageParams, TileSummary, tile_slides
 from medssl.preprocess.tiling import TilingParams
@@ -8,13 +7,10 @@ from medssl.preprocess.tissue import TissueParams
 from medssl.preprocess.volumes import VolumeParams
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "SlideCache",
     "StorageParams",
     "TileSummary",
     "TilingParams",
     "TissueParams",
-    "VolumeCache",
     "VolumeParams",
     "VolumeSummary",
     "cache_volumes",

@@ -8,7 +8,7 @@ Python API::
 Each volume is loaded, checked, oriented to RAS, resampled, cropped to its foreground, normalised
 (see :mod:`medssl.preprocess.volumes`) and written axial-slice-major as ``image [Z, Y, X]`` (and
 ``label``), one shard per array with one axial slice per inner chunk: a slice is one contiguous byte
-range, and the uncompressed shard is a plain array file that :class:`~medssl.preprocess.VolumeCache`
+range, and the uncompressed shard is a plain array file that :class:`~medssl.cache.VolumeCache`
 memory-maps, so 3D patches read at memmap speed too. Resume, refusal, shards, workers and the
 manifest are the same machinery as ``medssl tile``.
 """
@@ -23,12 +23,13 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from medssl.preprocess import cache as cache_mod
-from medssl.preprocess.qc import save_png_atomically, volume_montage
-from medssl.preprocess.runner import (
+from medssl.cache import store as cache_mod
+from medssl.viz.qc import save_png_atomically, volume_montage
+from medssl.jobs import (
     DONE,
     SKIPPED,
     Job,
+    SourceFingerprint,
     Result,
     RunSummary,
     collect_jobs,
@@ -36,7 +37,6 @@ from medssl.preprocess.runner import (
     run_jobs,
     select_shard,
 )
-from medssl.preprocess.slides import SourceFingerprint
 from medssl.preprocess.volumes import (
     MODALITIES,
     VOLUME_SUFFIXES,

@@ -48,23 +48,6 @@ def magnification_to_mpp(magnification: float) -> float:
     return 10.0 / magnification
 
 
-@dataclass(frozen=True)
-class SourceFingerprint:
-    """What identifies a source file's content cheaply: a changed file gets re-tiled on resume."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, path: str | os.PathLike) -> "SourceFingerprint":
-        st = os.stat(path)
-        return cls(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-    def as_dict(self) -> dict:
-        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
-
-
 class Slide:
     """An open slide with its physical resolution.
 

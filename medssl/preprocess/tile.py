@@ -26,13 +26,14 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from medssl.errors import SlideError
-from medssl.preprocess import cache as cache_mod
-from medssl.preprocess.codecs import JpegCodec
-from medssl.preprocess.qc import save_png_atomically, tile_overlay
-from medssl.preprocess.runner import (
+from medssl.cache import store as cache_mod
+from medssl.cache.codecs import JpegCodec
+from medssl.viz.qc import save_png_atomically, tile_overlay
+from medssl.jobs import (
     DONE,
     SKIPPED,
     Job,
+    SourceFingerprint,
     Result,
     RunSummary,
     collect_jobs,
@@ -40,7 +41,7 @@ from medssl.preprocess.runner import (
     run_jobs,
     select_shard,
 )
-from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide, SourceFingerprint
+from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide
 from medssl.preprocess.tiling import Thumbnail, TileGrid, TilingParams, iter_tile_blocks, make_thumbnail, plan_grid
 
 KIND = "slides"

@@ -245,7 +245,7 @@ def lesion_mask(layout: SlideLayout, downsample: int = 16) -> np.ndarray:
 
 
 def write_lesion_mask(layout: SlideLayout, path: str | Path, downsample: int = 16) -> Path:
-    """The lesion mask as a PNG (255 inside lesions), the format :class:`medssl.mil.LesionMasks` reads."""
+    """The lesion mask as a PNG (255 inside lesions), the format :class:`medssl.data.truth.LesionMasks` reads."""
     from PIL import Image
 
     path = Path(path)

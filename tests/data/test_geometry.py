@@ -6,16 +6,14 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from medssl.data.geometry import (
+from medssl.data.geometric_views import (
     GeometricViewsd,
     RandGeometricViewd,
-    cell_centres,
     histology_geometric_view,
-    make_geometry,
-    nearest_cells,
     radiology_geometric_view,
     render_view,
 )
+from medssl.geometry import cell_centres, make_geometry, nearest_cells
 
 
 def ramp(h: int = 48, w: int = 64) -> torch.Tensor:

@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from medssl.data.datasets import TileDataset
-from medssl.data.readers import TileReader
+from medssl.cache import TileReader
 from medssl.data.samplers import BlockShuffleSampler
-from medssl.preprocess import SlideCache, StorageParams, TilingParams, tile_slides
+from medssl.cache import SlideCache
+from medssl.preprocess import StorageParams, TilingParams, tile_slides
 
 
 @pytest.fixture(scope="module")

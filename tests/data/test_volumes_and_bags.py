@@ -13,7 +13,7 @@ from medssl.data.datamodules import BagDataModule, TileDataModule, VolumeDataMod
 from medssl.data.transforms import MultiViewd, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 from medssl.errors import MedsslError
-from medssl.preprocess import SlideCache, VolumeCache
+from medssl.cache import SlideCache, VolumeCache
 
 
 def test_slices_cover_every_axial_slice_with_the_cached_pixels(volume_cache):

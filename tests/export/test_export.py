@@ -14,7 +14,7 @@ from medssl.cli import main, run_lightning
 from medssl.errors import InputError, MedsslError
 from medssl.export import embed_cache, export_encoder, export_program, load_checkpoint, load_encoder
 from medssl.export import embeddings as embeddings_module
-from medssl.preprocess import SlideCache, VolumeCache
+from medssl.cache import SlideCache, VolumeCache
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 CONFIG = Path(__file__).parents[2] / "configs" / "pretrain" / "simclr_tiles.yaml"

@@ -14,13 +14,13 @@ from medssl.matching import (
     edges_from_adjacency,
     graph_matching,
     gumbel_noise,
-    hamming,
     imle_matching,
     knn_edges,
     linear_assignment,
     linear_matching,
     matching_objective,
 )
+from medssl.losses import hamming
 from medssl.matching.solvers import _EdgePairs, _pair_table, _swap_gains
 
 

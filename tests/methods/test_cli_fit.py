@@ -10,7 +10,7 @@ import torch
 from medssl.cli import run_lightning
 from tests.ddp import fit_on_two_cpu_processes
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "pretrain").rglob("*.yaml"))  # configs/mil: tests/mil
+CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "pretrain").rglob("*.yaml"))  # configs/mil: the MIL tests
 
 
 def is_volume_config(config: Path) -> bool:

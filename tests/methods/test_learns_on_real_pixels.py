@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medssl.data.geometry import GeometricViewsd, histology_geometric_view
+from medssl.data.geometric_views import GeometricViewsd, histology_geometric_view
 from medssl.data.transforms import MultiViewd, histology_view
 from medssl.eval import knn_predict
 from medssl.methods.lvm_med import LVMMed

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+import medssl.losses.graph_matching as gm
 import medssl.methods.lvm_med as lvm
-from medssl.data.geometry import GEOMETRY_SIZE, FLIP, HEIGHT, ORIG_H, ORIG_W, WIDTH, cell_centres
+from medssl.geometry import FLIP, GEOMETRY_SIZE, HEIGHT, ORIG_H, ORIG_W, WIDTH, cell_centres
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer.*")
 
@@ -34,10 +35,10 @@ def test_local_cost_matches_cells_by_their_place_in_the_original_image():
     plain, mirrored = whole_image(False)[None], whole_image(True)[None]
     cells_s, cells_t = positional_cells(plain), positional_cells(mirrored)
     centres_s, centres_t = cell_centres(plain, (4, 4)), cell_centres(mirrored, (4, 4))
-    right = lvm.local_affinity(cells_s[None], cells_t[None], centres_s[None], centres_t[None], top=1.0)
+    right = gm.local_affinity(cells_s[None], cells_t[None], centres_s[None], centres_t[None], top=1.0)
     assert float(right) == pytest.approx(1.0, abs=1e-5)  # every cell finds itself, location and feature
     # tell the cost the mirrored view was not mirrored: locations now pair mirror-image cells
-    wrong = lvm.local_affinity(cells_s[None], cells_t[None], centres_s[None], centres_s[None], top=1.0)
+    wrong = gm.local_affinity(cells_s[None], cells_t[None], centres_s[None], centres_s[None], top=1.0)
     assert float(wrong) < 0.9
     # only the location half is wrong: the feature half still finds each cell's twin
     similarity = torch.nn.functional.cosine_similarity(cells_s[0][:, None], cells_t[0][None], dim=-1)
@@ -47,8 +48,8 @@ def test_local_cost_matches_cells_by_their_place_in_the_original_image():
 
 def test_local_cost_keeps_the_best_cells():
     values = torch.tensor([[[[0.1, 0.9, 0.5, 0.3]]]])
-    assert float(lvm._top_mean(values, 0.5)) == pytest.approx(0.7)
-    assert float(lvm._top_mean(values, 1.0)) == pytest.approx(0.45)
+    assert float(gm.top_mean(values, 0.5)) == pytest.approx(0.7)
+    assert float(gm.top_mean(values, 1.0)) == pytest.approx(0.45)
 
 
 def test_edge_affinity_by_hand_with_padding():
@@ -56,7 +57,7 @@ def test_edge_affinity_by_hand_with_padding():
     zt = torch.tensor([[[0.0, 2.0], [2.0, 0.0], [0.0, 0.0]]])
     edges_s = torch.tensor([[[0, 1], [2, 0], [-1, -1]]])
     edges_t = torch.tensor([[[1, 0], [2, 1]]])
-    c = lvm.edge_affinity(zs, zt, edges_s, edges_t)
+    c = gm.edge_affinity(zs, zt, edges_s, edges_t)
     d_s = [torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0])]
     d_t = [torch.tensor([2.0, -2.0]), torch.tensor([-2.0, 0.0])]
     for p, a in enumerate(d_s):
@@ -66,7 +67,7 @@ def test_edge_affinity_by_hand_with_padding():
 
 
 def batch_of_views(n: int = 32, size: int = 32, seed: int = 0) -> dict:
-    from medssl.data.geometry import GeometricViewsd, histology_geometric_view
+    from medssl.data.geometric_views import GeometricViewsd, histology_geometric_view
     from medssl.synthetic.textures import ihc_texture_tiles
 
     tiles, _ = ihc_texture_tiles(n, size=64, seed=seed)

@@ -15,9 +15,10 @@ import pytest
 
 from medssl.cli import main as cli
 from medssl.errors import CacheError
-from medssl.preprocess import SlideCache, StorageParams, TilingParams, tile_slides
-from medssl.preprocess import cache as cache_mod
-from medssl.preprocess.runner import Job, select_shard
+from medssl.cache import SlideCache
+from medssl.preprocess import StorageParams, TilingParams, tile_slides
+from medssl.cache import store as cache_mod
+from medssl.jobs import Job, select_shard
 from medssl.synthetic.slides import write_demo_cohort
 from tests.layouts import LAYOUT
 

@@ -12,7 +12,8 @@ import pytest
 
 from medssl.cli import main as cli
 from medssl.errors import CacheError
-from medssl.preprocess import VolumeCache, VolumeParams, cache_volumes
+from medssl.cache import VolumeCache
+from medssl.preprocess import VolumeParams, cache_volumes
 from medssl.preprocess.volumes import ct_statistics, target_spacing
 from medssl.synthetic.volumes import (
     ct_phantom,

@@ -12,9 +12,10 @@ from medssl.cli import main
 from medssl.data.bags import BagPieceDataset, SlideBagDataset
 from medssl.errors import InputError
 from medssl.methods.abmil import ABMIL
-from medssl.mil import LesionMasks, lesion_fraction, slide_metrics
-from medssl.mil.heatmaps import colour, heatmap_overlay
-from tests.mil import fit_mil_on_two_cpu_processes
+from medssl.data.truth import LesionMasks, lesion_fraction
+from medssl.eval.slides import slide_metrics
+from medssl.viz.heatmaps import colour, heatmap_overlay
+from tests.ddp import fit_mil_on_two_cpu_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from medssl.preprocess.qc import save_png_atomically
+from medssl.viz.qc import save_png_atomically
 
 #: blue → cyan → yellow → red, the ramp pathologists read as "cold → hot"
 RAMP = np.array([[40, 60, 200], [40, 190, 220], [250, 220, 50], [215, 40, 30]], dtype=np.float64)
@@ -68,7 +68,7 @@ def tile_boxes(meta: dict, coords: np.ndarray) -> np.ndarray:
 def write_heatmap(cache, slide_id: str, scores: np.ndarray, folder: str | os.PathLike,
                   coords: np.ndarray | None = None, title: str = "score", stretch: bool = False) -> Path:
     """Draw ``scores`` (one per tile, in the cache's tile order unless ``coords`` are given) over the
-    slide's thumbnail from ``cache`` (a :class:`~medssl.preprocess.cache.SlideCache`) as
+    slide's thumbnail from ``cache`` (a :class:`~medssl.cache.SlideCache`) as
     ``folder/<slide_id>.png``. ``stretch`` spreads the colours between the slide's lowest and highest score."""
     meta = cache.metadata(slide_id)
     coords = cache.coords(slide_id) if coords is None else coords

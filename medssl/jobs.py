@@ -1,4 +1,5 @@
-"""Batch machinery shared by the preprocessing commands (``medssl tile``, volume caching).
+"""Batch machinery shared by every command that turns a cohort into cache items (``medssl tile``,
+``medssl cache-volumes``, ``medssl embed``).
 
 Inputs (files, folders, globs, CSV manifests) become :class:`Job` s; a job array splits them with
 ``--shard i/n`` and no coordination; jobs run in-process or across worker processes; every finished
@@ -81,6 +82,23 @@ def manifest_path(out: Path, shard: tuple[int, int]) -> Path:
     """manifest.csv, or manifest.shard-i-of-n.csv so concurrent shards never share a file."""
     index, count = shard
     return out / ("manifest.csv" if count == 1 else f"manifest.shard-{index}-of-{count}.csv")
+
+
+@dataclass(frozen=True)
+class SourceFingerprint:
+    """What identifies a source file's content cheaply: a changed file gets re-tiled on resume."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> "SourceFingerprint":
+        st = os.stat(path)
+        return cls(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
 # -- inputs ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Slide models outside training: rebuild one from its checkpoint, score whole slides piece by piece,
-and write their heatmaps and scores (``medssl heatmap``)."""
+"""Whole-slide inference outside training: rebuild a slide model from its checkpoint, score whole
+slides piece by piece, and write their heatmaps and scores (``medssl heatmap``)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from medssl.cache import SlideCache
 from medssl.data.bags import BagPieceDataset, SlideBagDataset
 from medssl.errors import InputError
-from medssl.mil.base import SlideClassifier
-from medssl.mil.heatmaps import write_heatmap
+from medssl.eval.slides import write_slides_csv
+from medssl.export.encoders import load_checkpoint
+from medssl.methods.base import SlideClassifier
+from medssl.viz.heatmaps import write_heatmap
 
 
 def load_slide_model(checkpoint: str | os.PathLike) -> SlideClassifier:
     """The slide model of a Lightning checkpoint written by medssl (read with ``weights_only=True``), in
     eval mode. The class comes from the checkpoint's ``medssl_model`` entry and must be medssl's own."""
-    from medssl.export.encoders import load_checkpoint
-
     data = load_checkpoint(checkpoint)
     name = str(data.get("medssl_model", ""))
     if not name.startswith("medssl.") or "state_dict" not in data:
@@ -38,26 +38,15 @@ def load_slide_model(checkpoint: str | os.PathLike) -> SlideClassifier:
     return model.eval()
 
 
-def score_slides(model: SlideClassifier, cache: str | os.PathLike, features: str | os.PathLike | None = None,
+def score_slides(model: SlideClassifier, cache: str | os.PathLike | SlideCache, features: str | os.PathLike | None = None,
                  slide_ids: Sequence[str] | None = None, splits: Sequence[str] | None = None,
                  piece_size: int = 8192, device: str = "cpu") -> Iterator[dict]:
-    """``{"slide_id", "label", "probability", "scores", "coords"}`` per slide, read and scored one piece
-    at a time (memory bounded by ``piece_size`` instances, whatever the bag size)."""
+    """A scored-slide record (:mod:`medssl.eval.slides`) per slide, read and scored one piece at a time
+    (memory bounded by ``piece_size`` instances, whatever the bag size)."""
     bags = SlideBagDataset(cache, features=features, slide_ids=slide_ids, splits=splits)
     pieces = BagPieceDataset(bags, piece_size)
     model = model.to(device).eval()
-    state, coords = None, []
-    with torch.no_grad():
-        for index in range(len(pieces)):
-            piece = pieces[index]
-            if piece["start"] == 0:
-                state, coords = model.start_bag(), []
-            model.add_piece(state, piece["instances"].to(device))
-            coords.append(piece["coords"].numpy())
-            if piece["last"]:
-                probability, scores = model.finish_bag(state)
-                yield {"slide_id": piece["slide_id"], "label": piece["label"], "probability": float(probability),
-                       "scores": scores.float().cpu().numpy(), "coords": np.concatenate(coords)}
+    yield from model.score_pieces(pieces[index] for index in range(len(pieces)))
 
 
 def write_slide_heatmaps(checkpoint: str | os.PathLike, cache: str | os.PathLike, out: str | os.PathLike,
@@ -65,24 +54,21 @@ def write_slide_heatmaps(checkpoint: str | os.PathLike, cache: str | os.PathLike
                          splits: Sequence[str] | None = None, piece_size: int = 8192, device: str = "cpu",
                          stretch: bool | None = None) -> Path:
     """For each selected slide: ``out/<slide_id>.png`` (scores over the thumbnail; ``stretch`` as in
-    :func:`~medssl.mil.heatmaps.normalise`, default the model's choice) and
+    :func:`~medssl.viz.heatmaps.normalise`, default the model's choice) and
     ``out/scores/<slide_id>.csv`` (x, y, score per tile); ``out/slides.csv`` with every slide's probability."""
-    from medssl.preprocess.cache import SlideCache
-
     model = load_slide_model(checkpoint)
     out = Path(out)
     (out / "scores").mkdir(parents=True, exist_ok=True)
     slide_cache = SlideCache(cache)
-    rows = []
+    records = []
     for record in score_slides(model, slide_cache, features, slide_ids, splits, piece_size, device):
-        write_heatmap(slide_cache, record["slide_id"], record["scores"], out, coords=record["coords"],
-                      title=model.instance_score_name,
+        scores, coords = record["scores"].numpy(), record["coords"].numpy()
+        write_heatmap(slide_cache, record["slide_id"], scores, out, coords=coords, title=model.instance_score_name,
                       stretch=model.stretch_heatmaps if stretch is None else stretch)
         with open(out / "scores" / f"{record['slide_id']}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["x", "y", model.instance_score_name.replace(" ", "_")])
-            writer.writerows([int(x), int(y), f"{s:.6g}"] for (x, y), s in zip(record["coords"], record["scores"]))
-        rows.append((record["slide_id"], record["label"], f"{record['probability']:.6f}"))
-    with open(out / "slides.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([("slide_id", "label", "probability"), *rows])
+            writer.writerows([int(x), int(y), f"{s:.6g}"] for (x, y), s in zip(coords, scores))
+        records.append(record)
+    write_slides_csv(out / "slides.csv", records)
     return out

@@ -1,10 +1,13 @@
-"""Fast reads of tile pixels from a cache, bypassing zarr-python where the layout allows.
+"""Fast reads from a cache, bypassing zarr-python where the on-disk layout allows.
 
 zarr-python spends about a millisecond per chunk access, which caps a loader near 1,000 tiles/s per
 core. An uncompressed tile array (``medssl tile --codec raw``, the default) is a set of chunk files that
 each hold ``chunk_tiles`` raw C-order tiles, so a tile is one ``os.pread`` of a known byte range. The
 reader checks the array's metadata for exactly that layout and otherwise falls back to Zarr. Files are
 opened per read call (a few microseconds), so readers hold no handles and copy freely into workers.
+
+Uncompressed single-shard volume arrays are memory-mapped the same way (:func:`raw_shard_memmap`).
+Both read an array's ``zarr.json`` through :func:`array_metadata`, the one place that parses it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ import numpy as np
 import zarr
 
 
+def array_metadata(array_dir: str | os.PathLike) -> dict:
+    """The Zarr v3 metadata document (``zarr.json``) of one array folder."""
+    return json.loads((Path(array_dir) / "zarr.json").read_text())
+
+
 class TileReader:
     """Pixels of one ``tiles`` array (``uint8 [N, T, T, 3]``) by index."""
 
     def __init__(self, array_dir: str | os.PathLike):
         self.array_dir = Path(array_dir)
-        meta = json.loads((self.array_dir / "zarr.json").read_text())
+        meta = array_metadata(self.array_dir)
         self.shape = tuple(meta["shape"])
         self.tile_shape = self.shape[1:]
         self.tile_bytes = int(np.prod(self.tile_shape))
@@ -91,3 +99,42 @@ def _raw_chunk_tiles(meta: dict) -> int | None:
     except (KeyError, TypeError):
         pass
     return None
+
+
+def raw_shard_memmap(array_dir: Path) -> np.memmap | None:
+    """A zero-copy view of an uncompressed single-shard array whose inner chunks lie in order.
+
+    Zarr v3 stores such a shard as the raw C-order bytes of each inner chunk followed by an index; when
+    the index says chunk k sits at byte k × chunk_bytes, the file *is* the array. Anything else (other
+    codecs, several shards, chunks out of order) returns None and the caller reads through Zarr.
+    """
+    try:
+        meta = array_metadata(array_dir)
+        shape = tuple(meta["shape"])
+        (sharding,) = meta["codecs"]
+        config = sharding["configuration"]
+        inner = tuple(config["chunk_shape"])
+        if (
+            sharding["name"] != "sharding_indexed"
+            or tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) != shape
+            or config["codecs"] not in ([{"name": "bytes", "configuration": {"endian": "little"}}], [{"name": "bytes"}])
+            or config.get("index_location", "end") != "end"
+            or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
+            or inner[1:] != shape[1:]
+        ):
+            return None
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        path = array_dir / "c" / "/".join("0" * len(shape))
+        n_chunks = -(-shape[0] // inner[0])
+        chunk_bytes = int(np.prod(inner)) * dtype.itemsize
+        index_bytes = n_chunks * 16 + (4 if any(c["name"] == "crc32c" for c in config["index_codecs"]) else 0)
+        size = path.stat().st_size
+        index = np.fromfile(path, dtype="<u8", count=2 * n_chunks, offset=size - index_bytes).reshape(n_chunks, 2)
+        expected = np.arange(n_chunks, dtype=np.uint64) * chunk_bytes
+        if not (np.array_equal(index[:, 0], expected) and (index[:, 1] == chunk_bytes).all()):
+            return None
+        if shape[0] % inner[0]:
+            return None
+        return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None

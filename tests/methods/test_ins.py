@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from medssl.data.datamodules import BagDataModule, InstanceDataModule
 from medssl.methods.ins import INS, candidate_labels, confidence_weight
-from medssl.mil import LesionMasks, bag_probability
-from tests.mil import fit_mil_on_two_cpu_processes
+from medssl.data.truth import LesionMasks
+from medssl.methods.ins import bag_probability
+from tests.ddp import fit_mil_on_two_cpu_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -1,0 +1,195 @@
+"""Read-only views of a medssl cache, one class per kind of item: :class:`SlideCache` (``medssl tile``),
+:class:`VolumeCache` (``medssl cache-volumes``) and :class:`EmbeddingCache` (``medssl embed``).
+
+Every reader checks the schema version and lists complete items only; the paths inside the store are
+known here and in :mod:`medssl.cache.store` alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from medssl.cache.raw import TileReader, raw_shard_memmap
+from medssl.cache.store import SCHEMA_VERSION, is_store, store_meta, store_path
+from medssl.errors import CacheError
+
+
+class CacheReader:
+    """Read-only access to the items of one kind in a cache folder; subclasses add kind-specific views."""
+
+    kind: str = ""
+    missing_hint: str = "run medssl tile first"  #: what to run when the folder is not a cache
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = store_path(path)
+        if not is_store(self.path):
+            raise CacheError(f"{self.path}: not a medssl cache (no zarr.json); {self.missing_hint}")
+        self.root = zarr.open_group(self.path, mode="r", zarr_format=3)
+        meta = store_meta(self.path)
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise CacheError(
+                f"{self.path}: cache schema v{meta.get('schema_version')} is not v{SCHEMA_VERSION}; "
+                "rebuild it with this medssl version"
+            )
+        if self.kind not in meta.get("kinds", {}):
+            raise CacheError(f"{self.path}: holds no {self.kind}; it has {sorted(meta.get('kinds', {}))}; "
+                             f"{self.missing_hint}")
+        self.meta = meta
+        self._group = self.root[self.kind]
+
+    @property
+    def params(self) -> dict:
+        """The preprocessing parameters every item of this kind was made with."""
+        return dict(self.meta["kinds"][self.kind]["params"])
+
+    @property
+    def ids(self) -> list[str]:
+        """IDs of complete items, sorted."""
+        return sorted(name for name, _ in self._group.groups())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._group
+
+    def group(self, item_id: str) -> zarr.Group:
+        try:
+            return self._group[item_id]
+        except KeyError:
+            raise CacheError(f"{self.path}: no complete {self.kind[:-1]} {item_id!r}") from None
+
+    def metadata(self, item_id: str) -> dict:
+        """Everything recorded about one item: source fingerprint, resolution, label, counts."""
+        return dict(self.group(item_id).attrs)
+
+    def manifest(self) -> list[dict]:
+        """One row per complete item, from the attrs (the authoritative record)."""
+        return [self.metadata(item_id) for item_id in self.ids]
+
+
+class SlideCache(CacheReader):
+    """Tiles of the slides in a cache written by ``medssl tile``.
+
+    >>> cache = SlideCache("cohort/")            # doctest: +SKIP
+    >>> cache.ids, cache.tiles("slide-1")[0:8], cache.coords("slide-1")   # doctest: +SKIP
+    """
+
+    kind = "slides"
+
+    def tiles(self, slide_id: str) -> zarr.Array:
+        """``uint8 [N, T, T, 3]`` lazily; index it to read pixels."""
+        return self.group(slide_id)["tiles"]
+
+    def coords(self, slide_id: str) -> np.ndarray:
+        """Level-0 (x, y) top-left corner of every tile."""
+        return self.group(slide_id)["coords"][:]
+
+    def grid(self, slide_id: str) -> np.ndarray:
+        return self.group(slide_id)["grid"][:]
+
+    def tissue(self, slide_id: str) -> np.ndarray:
+        return self.group(slide_id)["tissue"][:]
+
+    def thumbnail(self, slide_id: str) -> np.ndarray:
+        return self.group(slide_id)["thumbnail"][:]
+
+    def tissue_mask(self, slide_id: str) -> np.ndarray:
+        return self.group(slide_id)["tissue_mask"][:]
+
+    def num_tiles(self, slide_id: str) -> int:
+        return int(self.tiles(slide_id).shape[0])
+
+    def tile_reader(self, slide_id: str) -> TileReader:
+        """The fast pixel reader of one slide's tiles (raw chunks by ``os.pread`` where the layout allows)."""
+        self.group(slide_id)  # a clear error for an absent slide
+        return TileReader(self.path / self.kind / slide_id / "tiles")
+
+
+class VolumeCache(CacheReader):
+    """Volumes of a cache written by ``medssl cache-volumes``, stored ``[Z, Y, X]`` (axial-slice-major,
+    RAS: x left→right, y posterior→anterior, z inferior→superior).
+
+    Uncompressed arrays are served as NumPy memory maps of the shard file (zero-copy, the speed of a
+    plain ``.npy``); compressed ones through Zarr. Both index like arrays::
+
+        cache = VolumeCache("ct-cache/")
+        cache.slice("case_01", 40)                       # axial slice [Y, X]
+        cache.patch("case_01", (10, 64, 64), (96, 96, 96))
+        cache.label("case_01")[40], cache.metadata("case_01")["spacing"]
+    """
+
+    kind = "volumes"
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        self._arrays: dict[tuple[str, str], Any] = {}
+
+    def image(self, volume_id: str):
+        """The whole normalised volume ``[Z, Y, X]`` (a memory map or a lazy Zarr array)."""
+        return self._array(volume_id, "image")
+
+    def label(self, volume_id: str):
+        """The label map ``[Z, Y, X]``, or None when the volume was cached without one."""
+        if "label" not in self.group(volume_id):
+            return None
+        return self._array(volume_id, "label")
+
+    def slice(self, volume_id: str, z: int, key: str = "image") -> np.ndarray:
+        return np.asarray(self._array(volume_id, key)[z])
+
+    def patch(self, volume_id: str, start: tuple[int, int, int], size: tuple[int, int, int], key: str = "image") -> np.ndarray:
+        (z, y, x), (dz, dy, dx) = start, size
+        return np.asarray(self._array(volume_id, key)[z : z + dz, y : y + dy, x : x + dx])
+
+    def shape(self, volume_id: str) -> tuple[int, int, int]:
+        z, y, x = self.metadata(volume_id)["shape"]
+        return int(z), int(y), int(x)
+
+    def _array(self, volume_id: str, key: str):
+        cached = self._arrays.get((volume_id, key))
+        if cached is None:
+            array = self.group(volume_id)[key]
+            mapped = raw_shard_memmap(self.path / self.kind / volume_id / key)
+            cached = array if mapped is None else mapped
+            self._arrays[(volume_id, key)] = cached
+        return cached
+
+
+class EmbeddingCache(CacheReader):
+    """Features written by ``medssl embed``: one ``[N, D]`` array per slide (row i = tile i of the tile
+    cache) or volume (row i = axial slice i), with the tiles' level-0 ``coords``.
+
+    >>> embeddings = EmbeddingCache("embeddings/")             # doctest: +SKIP
+    >>> embeddings.features("slide-1")[:16], embeddings.params["encoder"]   # doctest: +SKIP
+    """
+
+    kind = "embeddings"
+
+    def __init__(self, path: str | os.PathLike):
+        self.missing_hint = f"not an embedding folder (run medssl embed --out {path})"
+        super().__init__(path)
+
+    def features(self, item_id: str) -> zarr.Array:
+        """``float [N, D]`` lazily; index it (or ``get_orthogonal_selection``) to read rows."""
+        return self.group(item_id)["features"]
+
+    def coords(self, item_id: str) -> np.ndarray:
+        """Level-0 (x, y) of each row's tile (slides only)."""
+        return self.group(item_id)["coords"][:]
+
+    def require(self, item_ids: Sequence[str]) -> "EmbeddingCache":
+        """Refuse, naming them, when some of ``item_ids`` have no complete embeddings."""
+        missing = [item_id for item_id in item_ids if item_id not in self]
+        if missing:
+            raise CacheError(f"{self.path.parent}: no embeddings for {len(missing)} slide(s) "
+                             f"({', '.join(missing[:5])}); run or resume medssl embed on this cache")
+        return self

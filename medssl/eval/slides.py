@@ -1,0 +1,61 @@
+"""Slide-level evaluation: bag and instance metrics over scored slides, and the one writer of their
+results (``slides.csv``, ``metrics.json``) that training, testing and ``medssl heatmap`` share.
+
+A scored slide is a record ``{"slide_id", "label", "probability", "scores" [N], "coords" [N, 2],
+"truth" [N] or None}``: the bag's positive probability, one score per instance (what a heatmap shows)
+and, for evaluation only, instance truth (1 positive, 0 negative, NaN unknown).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_specificity
+
+SLIDE_COLUMNS = ("slide_id", "label", "probability", "instances")
+
+
+def slide_metrics(evaluated: list[dict]) -> dict[str, float | None]:
+    """Bag AUROC and balanced accuracy (threshold 0.5) over slides with a label in {0, 1}, and instance
+    AUROC over instances with known truth. A metric that needs both classes is None without them."""
+    labelled = [r for r in evaluated if r["label"] in (0, 1)]
+    metrics: dict[str, float | None] = {"bag_auroc": None, "balanced_accuracy": None, "instance_auroc": None,
+                                        "slides": float(len(evaluated))}
+    if labelled:
+        scores = torch.tensor([r["probability"] for r in labelled])
+        labels = torch.tensor([r["label"] for r in labelled])
+        if labels.unique().numel() == 2:
+            metrics["bag_auroc"] = float(binary_auroc(scores, labels))
+            sensitivity = float(binary_accuracy(scores[labels == 1], labels[labels == 1]))
+            metrics["balanced_accuracy"] = 0.5 * (sensitivity + float(binary_specificity(scores, labels)))
+    truths = [(r["scores"], r["truth"]) for r in evaluated if r["truth"] is not None]
+    if truths:
+        scores, truth = torch.cat([s for s, _ in truths]), torch.cat([t for _, t in truths])
+        known = ~torch.isnan(truth)
+        if known.any() and truth[known].unique().numel() == 2:
+            metrics["instance_auroc"] = float(binary_auroc(scores[known], truth[known].long()))
+    return metrics
+
+
+def write_slides_csv(path: Path, evaluated: Sequence[dict]) -> Path:
+    """``slides.csv``: slide_id, label, probability, instances (one row per scored slide), written to a
+    temporary name and renamed, so a reader never sees half a table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SLIDE_COLUMNS)
+        for r in evaluated:
+            writer.writerow([r["slide_id"], r["label"], f"{r['probability']:.6f}", len(r["scores"])])
+    tmp.replace(path)
+    return path
+
+
+def write_results(folder: Path, evaluated: list[dict], metrics: dict, epoch: int) -> None:
+    """``slides.csv`` and ``metrics.json`` of one evaluation, written whole each time."""
+    write_slides_csv(folder / "slides.csv", evaluated)
+    (folder / "metrics.json").write_text(json.dumps({"epoch": epoch, **metrics}, indent=2) + "\n")
