@@ -13,7 +13,7 @@ from medssl.data.datamodules import BagDataModule, TileDataModule, VolumeDataMod
 from medssl.data.transforms import MultiViewd, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 from medssl.errors import MedsslError
-from medssl.cache import SlideCache, VolumeCache
+from medssl.cache import SlideCache, VolumeCache, store
 
 
 def test_slices_cover_every_axial_slice_with_the_cached_pixels(volume_cache):
@@ -73,10 +73,12 @@ def test_bags_hold_slide_labels_only(cohort_cache, tmp_path):
 
 def test_bags_of_features_and_padded_collation(cohort_cache, tmp_path):
     cache = SlideCache(cohort_cache)
-    features = zarr.open_group(tmp_path / "features" / "cache.zarr", mode="w")  # medssl embed's layout
+    features = store.open_for_writing(tmp_path / "features", "embeddings", {"encoder": "test"})  # medssl embed's way
     for slide_id in cache.ids:
         n = cache.num_tiles(slide_id)
-        features.create_array(f"embeddings/{slide_id}/features", data=np.arange(n * 4, dtype=np.float32).reshape(n, 4))
+        with store.staged_item(features, "embeddings", slide_id) as group:
+            group.create_array("features", data=np.arange(n * 4, dtype=np.float32).reshape(n, 4))
+            store.commit_item(features, "embeddings", slide_id, {"num_rows": n})
     bags = SlideBagDataset(cohort_cache, features=tmp_path / "features")
     bag = bags[0]
     np.testing.assert_array_equal(bag["instances"].numpy(), features[f"embeddings/{bags.slide_ids[0]}/features"][:])
@@ -86,7 +88,7 @@ def test_bags_of_features_and_padded_collation(cohort_cache, tmp_path):
     assert batch["mask"].sum(dim=1).tolist() == sizes
     short = int(np.argmin(sizes))
     assert (batch["instances"][short, sizes[short]:] == 0).all()
-    zarr.open_group(tmp_path / "empty" / "cache.zarr", mode="w").require_group("embeddings")
+    store.open_for_writing(tmp_path / "empty", "embeddings", {"encoder": "test"})
     with pytest.raises(MedsslError, match="no embeddings for 3 slide"):
         SlideBagDataset(cohort_cache, features=tmp_path / "empty")
     with pytest.raises(MedsslError, match="not an embedding folder"):
