@@ -78,11 +78,11 @@ def imle_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = None
     ablation. Returns ``v~ [B, n, n]`` and ``e~ [B, m_s, m_t]`` (``None`` without edges).
     """
     has_edges = edge_affinity is not None
-    if has_edges and (source_edges is None or target_edges is None):
-        raise ValueError("edge_affinity needs source_edges and target_edges")
-    if not has_edges:
+    if edge_affinity is None:
         edge_affinity = unary.new_zeros(unary.shape[0], 0, 0)
         source_edges = target_edges = torch.zeros(0, 2, dtype=torch.long, device=unary.device)
+    elif source_edges is None or target_edges is None:
+        raise ValueError("edge_affinity needs source_edges and target_edges")
     if noise:
         noise_v = noise_temperature * gumbel_noise(unary.shape, generator, unary.device, unary.dtype)
         generator = generator + 1 if isinstance(generator, int) else generator  # a seed must not repeat ε for ε'

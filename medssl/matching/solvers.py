@@ -175,12 +175,14 @@ def _as_batch(unary: torch.Tensor, edge_affinity: torch.Tensor | None) -> tuple[
 
 
 def _check_edges(edge_affinity: torch.Tensor | None, source_edges: torch.Tensor | None,
-                 target_edges: torch.Tensor | None) -> bool:
-    """Whether there is a second-order term; edges and their affinity come together or not at all."""
-    given = [t is not None for t in (edge_affinity, source_edges, target_edges)]
-    if any(given) and not all(given):
+                 target_edges: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The second-order term ``(Ce, Es, Et)``, or ``None`` without one; edges and their affinity come
+    together or not at all."""
+    if edge_affinity is not None and source_edges is not None and target_edges is not None:
+        return edge_affinity, source_edges, target_edges
+    if edge_affinity is not None or source_edges is not None or target_edges is not None:
         raise ValueError("edge_affinity, source_edges and target_edges must be given together")
-    return all(given)
+    return None
 
 
 @torch.no_grad()
@@ -200,7 +202,9 @@ def matching_objective(v: torch.Tensor, unary: torch.Tensor, edge_affinity: torc
     v_b, _, single = _as_batch(v, None)
     unary_b, edge_b, _ = _as_batch(unary, edge_affinity)
     score = (unary_b * v_b).sum(dim=(1, 2))
-    if _check_edges(edge_b, source_edges, target_edges):
+    edges = _check_edges(edge_b, source_edges, target_edges)
+    if edges is not None:
+        edge_b, source_edges, target_edges = edges
         pairs = _EdgePairs(source_edges, target_edges, v_b.shape[0], v_b.shape[1], v_b.dtype, v_b.device)
         score = score + pairs.quadratic(v_b, edge_b.to(v_b.dtype))
     return score[0] if single else score
@@ -229,8 +233,10 @@ def graph_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = Non
     Then (``local_search``) pairwise-exchange moves polish each start's best matching.
     """
     unary_b, edge_b, single = _as_batch(unary, edge_affinity)
-    if not _check_edges(edge_b, source_edges, target_edges):
+    edges = _check_edges(edge_b, source_edges, target_edges)
+    if edges is None:
         return linear_assignment(unary)
+    edge_b, source_edges, target_edges = edges
     dtype = torch.float64 if unary_b.dtype == torch.float64 else torch.float32
     batch, n = unary_b.shape[:2]
     starts = 2 if uniform_start else 1

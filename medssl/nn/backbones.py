@@ -31,11 +31,18 @@ class Encoder(nn.Module):
     def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(pooled [B, D], feature map [B, D, *grid])``: a ResNet's last stage before pooling, or a
         ViT's patch tokens on their grid (pooled is then the class token), for methods with local costs."""
+        from monai.networks.nets.resnet import ResNet
+        from monai.networks.nets.vit import ViT
+
         net = self.network
         if self.name in RESNETS:
+            if not isinstance(net, ResNet):
+                raise TypeError(f"encoder {self.name!r} should wrap a MONAI ResNet, not {type(net).__name__}")
             x = net.maxpool(net.act(net.bn1(net.conv1(images))))
             fmap = net.layer4(net.layer3(net.layer2(net.layer1(x))))
             return net.avgpool(fmap).flatten(1), fmap
+        if not isinstance(net, ViT):
+            raise TypeError(f"encoder {self.name!r} should wrap a MONAI ViT, not {type(net).__name__}")
         tokens = net.patch_embedding(images)
         cls = net.cls_token.expand(tokens.shape[0], -1, -1)
         x = torch.cat([cls, tokens], dim=1)
@@ -68,6 +75,7 @@ def build_encoder(
     ``conv1_t_stride`` set to it. ``width`` scales a ResNet's channels (MONAI's ``widen_factor``; 0.25 for
     tests and small cohorts on CPU)."""
     from monai.networks import nets
+    from monai.networks.nets.vit import ViT  # the package's __init__ does not re-export it to type checkers
 
     config = dict(name=name, spatial_dims=spatial_dims, in_channels=in_channels,
                   img_size=img_size, patch_size=patch_size, num_layers=num_layers, stem_stride=stem_stride,
@@ -79,12 +87,14 @@ def build_encoder(
     elif name in VITS:
         hidden, mlp, heads, layers = VITS[name]
         size = (img_size,) * spatial_dims if isinstance(img_size, int) else tuple(img_size)
-        network = nets.ViT(
+        network = ViT(
             in_channels=in_channels, img_size=size, patch_size=(patch_size,) * spatial_dims, hidden_size=hidden,
             mlp_dim=mlp, num_heads=heads, num_layers=num_layers or layers, spatial_dims=spatial_dims,
             classification=True,
         )
-        network.classification_head = nn.Identity()  # keep the class token's features
+        # keep the class token's features; MONAI leaves the head's type to be inferred from its own
+        # assignments (Sequential | Linear), though forward only calls it, so any Module serves
+        network.classification_head = nn.Identity()  # pyright: ignore[reportAttributeAccessIssue]
         out_dim = hidden
     else:
         raise ValueError(f"unknown backbone {name!r}; choose from {sorted(RESNETS) + sorted(VITS)}")

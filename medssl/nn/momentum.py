@@ -24,6 +24,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 class MomentumQueue(nn.Module):
     """A FIFO memory of ``size`` key vectors (and optional integer labels), filled from the global batch."""
 
+    keys: torch.Tensor
+    labels: torch.Tensor
+    pointer: torch.Tensor
+    filled: torch.Tensor
+
     def __init__(self, size: int, dim: int, with_labels: bool = False):
         super().__init__()
         self.register_buffer("keys", torch.zeros(size, dim))
