@@ -8,18 +8,17 @@ decoding go through imagecodecs (libjpeg-turbo). The codec is registered under t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import imagecodecs
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
-from zarr.core.buffer import Buffer, NDBuffer
+from zarr.core.buffer import Buffer, NDArrayLike, NDBuffer
 from zarr.core.common import JSON, parse_named_configuration
 from zarr.registry import register_codec
 
 if TYPE_CHECKING:
-    from typing import Self
-
+    from typing_extensions import Self  # typing.Self is Python 3.11+
     from zarr.core.array_spec import ArraySpec
 
 CODEC_NAME = "medssl.jpeg"
@@ -54,7 +53,9 @@ class JpegCodec(ArrayBytesCodec):
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: "ArraySpec") -> NDBuffer:
         pixels = imagecodecs.jpeg8_decode(chunk_bytes.to_bytes())
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(pixels.reshape(chunk_spec.shape))
+        # cast: NumPy arrays are the NDArrayLike Zarr means, but under NumPy 2's stubs ndarray's __getitem__
+        # and reshape return another shape type than the protocol's Self, so the stubs reject the match
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(cast(NDArrayLike, pixels.reshape(chunk_spec.shape)))
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: "ArraySpec") -> Buffer | None:
         tile = np.ascontiguousarray(chunk_array.as_numpy_array().reshape(chunk_spec.shape[1:]))

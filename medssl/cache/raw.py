@@ -53,7 +53,7 @@ class TileReader:
             raise IndexError(f"tile index out of range for {self.array_dir} with {self.shape[0]} tiles")
         if out is None:
             out = np.empty((len(indices), *self.tile_shape), dtype=np.uint8)
-        if not self.fast:
+        if self.chunk_tiles is None:  # not fast: read through Zarr
             out[...] = self._zarr().get_orthogonal_selection((indices,))
             return out
         flat = out.reshape(len(indices), -1)

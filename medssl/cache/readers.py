@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import zarr
@@ -17,6 +16,22 @@ import zarr
 from medssl.cache.raw import TileReader, raw_shard_memmap
 from medssl.cache.store import SCHEMA_VERSION, is_store, store_meta, store_path
 from medssl.errors import CacheError
+
+
+def _child_group(parent: zarr.Group, name: str) -> zarr.Group:
+    """The subgroup ``name`` of ``parent``; a clear error when the store holds an array there."""
+    child = parent[name]
+    if not isinstance(child, zarr.Group):
+        raise CacheError(f"{parent.store_path}/{name}: expected a Zarr group, found an array; the cache is damaged")
+    return child
+
+
+def _child_array(parent: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``parent``; a clear error when the store holds a group there."""
+    child = parent[name]
+    if not isinstance(child, zarr.Array):
+        raise CacheError(f"{parent.store_path}/{name}: expected a Zarr array, found a group; the cache is damaged")
+    return child
 
 
 class CacheReader:
@@ -40,7 +55,7 @@ class CacheReader:
             raise CacheError(f"{self.path}: holds no {self.kind}; it has {sorted(meta.get('kinds', {}))}; "
                              f"{self.missing_hint}")
         self.meta = meta
-        self._group = self.root[self.kind]
+        self._group = _child_group(self.root, self.kind)
 
     @property
     def params(self) -> dict:
@@ -63,7 +78,7 @@ class CacheReader:
 
     def group(self, item_id: str) -> zarr.Group:
         try:
-            return self._group[item_id]
+            return _child_group(self._group, item_id)
         except KeyError:
             raise CacheError(f"{self.path}: no complete {self.kind[:-1]} {item_id!r}") from None
 
@@ -87,23 +102,23 @@ class SlideCache(CacheReader):
 
     def tiles(self, slide_id: str) -> zarr.Array:
         """``uint8 [N, T, T, 3]`` lazily; index it to read pixels."""
-        return self.group(slide_id)["tiles"]
+        return _child_array(self.group(slide_id), "tiles")
 
     def coords(self, slide_id: str) -> np.ndarray:
         """Level-0 (x, y) top-left corner of every tile."""
-        return self.group(slide_id)["coords"][:]
+        return np.asarray(_child_array(self.group(slide_id), "coords")[:])
 
     def grid(self, slide_id: str) -> np.ndarray:
-        return self.group(slide_id)["grid"][:]
+        return np.asarray(_child_array(self.group(slide_id), "grid")[:])
 
     def tissue(self, slide_id: str) -> np.ndarray:
-        return self.group(slide_id)["tissue"][:]
+        return np.asarray(_child_array(self.group(slide_id), "tissue")[:])
 
     def thumbnail(self, slide_id: str) -> np.ndarray:
-        return self.group(slide_id)["thumbnail"][:]
+        return np.asarray(_child_array(self.group(slide_id), "thumbnail")[:])
 
     def tissue_mask(self, slide_id: str) -> np.ndarray:
-        return self.group(slide_id)["tissue_mask"][:]
+        return np.asarray(_child_array(self.group(slide_id), "tissue_mask")[:])
 
     def num_tiles(self, slide_id: str) -> int:
         return int(self.tiles(slide_id).shape[0])
@@ -131,13 +146,13 @@ class VolumeCache(CacheReader):
 
     def __init__(self, path: str | os.PathLike):
         super().__init__(path)
-        self._arrays: dict[tuple[str, str], Any] = {}
+        self._arrays: dict[tuple[str, str], np.ndarray | zarr.Array] = {}
 
-    def image(self, volume_id: str):
+    def image(self, volume_id: str) -> np.ndarray | zarr.Array:
         """The whole normalised volume ``[Z, Y, X]`` (a memory map or a lazy Zarr array)."""
         return self._array(volume_id, "image")
 
-    def label(self, volume_id: str):
+    def label(self, volume_id: str) -> np.ndarray | zarr.Array | None:
         """The label map ``[Z, Y, X]``, or None when the volume was cached without one."""
         if "label" not in self.group(volume_id):
             return None
@@ -154,10 +169,10 @@ class VolumeCache(CacheReader):
         z, y, x = self.metadata(volume_id)["shape"]
         return int(z), int(y), int(x)
 
-    def _array(self, volume_id: str, key: str):
+    def _array(self, volume_id: str, key: str) -> np.ndarray | zarr.Array:
         cached = self._arrays.get((volume_id, key))
         if cached is None:
-            array = self.group(volume_id)[key]
+            array = _child_array(self.group(volume_id), key)
             mapped = raw_shard_memmap(self.path / self.kind / volume_id / key)
             cached = array if mapped is None else mapped
             self._arrays[(volume_id, key)] = cached
@@ -180,11 +195,11 @@ class EmbeddingCache(CacheReader):
 
     def features(self, item_id: str) -> zarr.Array:
         """``float [N, D]`` lazily; index it (or ``get_orthogonal_selection``) to read rows."""
-        return self.group(item_id)["features"]
+        return _child_array(self.group(item_id), "features")
 
     def coords(self, item_id: str) -> np.ndarray:
         """Level-0 (x, y) of each row's tile (slides only)."""
-        return self.group(item_id)["coords"][:]
+        return np.asarray(_child_array(self.group(item_id), "coords")[:])
 
     def require(self, item_ids: Sequence[str]) -> "EmbeddingCache":
         """Refuse, naming them, when some of ``item_ids`` have no complete embeddings."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import zarr
+from zarr.storage import LocalStore
 
 import medssl
 from medssl.errors import CacheError
@@ -69,10 +70,18 @@ def is_store(out: str | os.PathLike) -> bool:
     return (store_path(out) / "zarr.json").exists()
 
 
+def _medssl_attrs(root: zarr.Group) -> dict[str, Any]:
+    """The root's ``medssl`` attribute (a JSON object), empty when absent."""
+    meta = root.attrs.get("medssl", {})
+    if not isinstance(meta, dict):
+        raise CacheError(f"{root.store_path}: the 'medssl' root attribute is not a JSON object; the cache is damaged")
+    return dict(meta)
+
+
 def store_meta(out: str | os.PathLike) -> dict:
     """The store's ``medssl`` root attributes (schema version, medssl version, parameters per kind);
     empty for a store not written by medssl."""
-    return dict(zarr.open_group(store_path(out), mode="r", zarr_format=3).attrs.get("medssl", {}))
+    return _medssl_attrs(zarr.open_group(store_path(out), mode="r", zarr_format=3))
 
 
 def stored_kinds(out: str | os.PathLike) -> list[str]:
@@ -98,7 +107,7 @@ def open_for_writing(out: str | os.PathLike, kind: str, params: Mapping, overwri
     if path.exists() and not is_store(path):
         raise CacheError(f"{path}: exists but is not a Zarr store; choose another --out")
     root = zarr.open_group(path, mode="a", zarr_format=3)
-    meta = dict(root.attrs.get("medssl", {}))
+    meta = _medssl_attrs(root)
     if meta and meta.get("schema_version") != SCHEMA_VERSION:
         raise CacheError(
             f"{path}: cache schema v{meta.get('schema_version')} but this medssl writes "
@@ -167,9 +176,17 @@ def staged_item(root: zarr.Group, kind: str, item_id: str) -> Iterator[zarr.Grou
         raise
 
 
+def _store_dir(root: zarr.Group) -> Path:
+    """The folder of a store on local disk (the write protocol renames folders inside it)."""
+    if not isinstance(root.store, LocalStore):
+        raise CacheError(f"{root.store_path}: the cache write protocol needs a store on local disk, "
+                         f"not a {type(root.store).__name__}")
+    return Path(root.store.root)
+
+
 def begin_item(root: zarr.Group, kind: str, item_id: str) -> zarr.Group:
     """A fresh staging group for one item; any leftover from an interrupted run is discarded."""
-    staging = Path(root.store.root) / STAGING / kind / item_id
+    staging = _store_dir(root) / STAGING / kind / item_id
     if staging.exists():
         shutil.rmtree(staging)
     return root.require_group(STAGING).require_group(kind).create_group(item_id)
@@ -177,7 +194,7 @@ def begin_item(root: zarr.Group, kind: str, item_id: str) -> zarr.Group:
 
 def discard_item(root: zarr.Group, kind: str, item_id: str) -> None:
     """Drop an item's staging group (after a failure); committed data is untouched."""
-    staging = Path(root.store.root) / STAGING / kind / item_id
+    staging = _store_dir(root) / STAGING / kind / item_id
     shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -187,7 +204,7 @@ def commit_item(root: zarr.Group, kind: str, item_id: str, attrs: Mapping) -> No
     The old committed version, if any, is moved aside first and deleted only after the new one is in
     place, so a kill at any moment leaves either the old complete item or the new one.
     """
-    base = Path(root.store.root)
+    base = _store_dir(root)
     group = zarr.open_group(base / STAGING / kind / item_id, mode="r+")
     group.attrs.update(jsonable({**attrs, "status": "complete"}))
     final = base / kind / item_id

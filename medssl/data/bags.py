@@ -141,6 +141,7 @@ class InstanceDataset(Dataset):
 
     def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
         indices = [split_key(key)[0] for key in keys]
+        samples: list[dict]
         if self.features is None:
             samples = self.tiles.__getitems__(keys)
         else:

@@ -67,7 +67,7 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def locate(self, index: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def locate(self, index: int | Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(slide position, tile index within that slide) of global indices."""
         index = np.asarray(index, dtype=np.int64)
         if index.size and (index.min() < 0 or index.max() >= len(self)):
@@ -97,6 +97,8 @@ class TileDataset(Dataset):
                 images[row] = tile
         samples = []
         for index, epoch, slide, tile, image in zip(indices, epochs, slides, tiles, images):
+            if image is None:  # cannot happen: every index lies in one slide, whose tiles were all read
+                raise RuntimeError(f"tile {int(tile)} of slide {self.slide_ids[slide]!r} was not read")
             sample = {
                 "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                 "slide_id": self.slide_ids[slide],

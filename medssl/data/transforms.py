@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,8 @@ class RandResizedCropd(_Transform):
         self.size, self.scale, self.ratio = size, scale, ratio
 
     def apply(self, image: torch.Tensor) -> torch.Tensor:
-        top, left, ch, cw = sample_crop(*image.shape[-2:], self.scale, self.ratio)
+        h, w = image.shape[-2:]
+        top, left, ch, cw = sample_crop(h, w, self.scale, self.ratio)
         crop = image[None, :, top : top + ch, left : left + cw]
         return F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)[0]
 
@@ -220,21 +222,18 @@ def radiology_view(spatial_size: Sequence[int], keys: Sequence[str] = ("image",)
     MONAI transforms draw from their own NumPy generators; :func:`seed_worker` reseeds them in each
     DataLoader worker so views differ between workers and epochs.
     """
-    from monai.transforms import (
-        Compose as MonaiCompose,
-        RandAffined,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-        RandSpatialCropd,
-        Resized,
-        ResizeWithPadOrCropd,
-    )
+    # from their modules: monai.transforms does not re-export its names to type checkers
+    from monai.transforms.compose import Compose as MonaiCompose
+    from monai.transforms.croppad.dictionary import RandSpatialCropd, ResizeWithPadOrCropd
+    from monai.transforms.intensity.dictionary import RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
+    from monai.transforms.spatial.dictionary import RandAffined, Resized
 
     size = tuple(int(s) for s in spatial_size)
     keys = list(keys)
     rotate = (0.2,) if len(size) == 2 else (0.2, 0.2, 0.2)
-    return MonaiCompose([
+    # cast: MONAI types Compose.__call__ for every input kind (array, sequence, mapping); a dict sample in
+    # gives a dict sample out
+    return cast(Callable[[dict], dict], MonaiCompose([
         ResizeWithPadOrCropd(keys, size),
         RandSpatialCropd(keys, roi_size=tuple(max(1, int(0.4 * s)) for s in size), random_size=True),
         Resized(keys, size, mode="area"),
@@ -242,7 +241,7 @@ def radiology_view(spatial_size: Sequence[int], keys: Sequence[str] = ("image",)
         RandScaleIntensityd(keys, factors=0.1, prob=0.5),
         RandShiftIntensityd(keys, offsets=0.1, prob=0.5),
         RandGaussianNoised(keys, std=0.05, prob=0.5),
-    ])
+    ]))
 
 
 def seed_worker(worker_id: int) -> None:
@@ -252,6 +251,8 @@ def seed_worker(worker_id: int) -> None:
     from monai.data.utils import set_rnd
 
     info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if info is None:
+        return
+    transform = getattr(info.dataset, "transform", None)
     if transform is not None:
         set_rnd(transform, seed=info.seed % (2**32))

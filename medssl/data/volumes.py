@@ -62,10 +62,13 @@ class _VolumeDataset(Dataset):
         with seeded(self.transform, self.seed, epoch, index):
             return self._item(index)
 
+    def __len__(self) -> int:
+        raise NotImplementedError
+
     def _item(self, index: int) -> dict:
         raise NotImplementedError
 
-    def _sample(self, k: int, region: tuple[slice, ...], pad_to: Sequence[int] | None = None, **extra) -> dict:
+    def _sample(self, k: int, region: tuple[int | slice, ...], pad_to: Sequence[int] | None = None, **extra) -> dict:
         """The region of volume ``k`` (zero-padded at the end up to ``pad_to``), then the transform."""
         volume_id = self.volume_ids[k]
         sample = {
@@ -76,6 +79,8 @@ class _VolumeDataset(Dataset):
         }
         if self.labels:
             label = self.cache.label(volume_id)
+            if label is None:  # __init__ refuses unlabelled volumes; the cache changed underneath
+                raise MedsslError(f"{self.cache.path}: volume {volume_id!r} has no label")
             sample["label"] = torch.from_numpy(np.asarray(label[region], dtype=np.int64))[None]
         if pad_to is not None:
             pad = [p - n for p, n in zip(pad_to, sample["image"].shape[1:])]
