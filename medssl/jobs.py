@@ -4,7 +4,8 @@
 Inputs (files, folders, globs, CSV manifests) become :class:`Job` s; a job array splits them with
 ``--shard i/n`` and no coordination; jobs run in-process or across worker processes; every finished
 job appends one row to the run's manifest at once, so a killed run keeps the record of what it did.
-One job failing never stops the others.
+One job failing never stops the others. :class:`CacheItemWorker` is the one way a job becomes a cache
+item: skipped when its source is unchanged, else staged and committed atomically.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
+import zarr
 from tqdm.auto import tqdm
 
+from medssl.cache import store as cache_mod
 from medssl.errors import InputError, MedsslError
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -227,6 +232,81 @@ def select_shard(jobs: Sequence[Job], shard: tuple[int, int]) -> list[Job]:
     index, count = shard
     ordered = sorted(jobs, key=lambda job: job.item_id)
     return ordered[index::count]
+
+
+# -- one job, one cache item ---------------------------------------------------------------------
+class Written(NamedTuple):
+    """What :meth:`CacheItemWorker.write` staged: the attrs to commit it with, and its manifest entries."""
+
+    attrs: dict[str, Any]  #: recorded on the committed item (include its ``source``)
+    count: int  #: the manifest count (tiles, slices, rows)
+    extra: dict[str, Any]  #: manifest columns known only once written, added to :meth:`manifest_extra`'s
+
+
+class CacheItemWorker(ABC):
+    """Turns one :class:`Job` into one committed cache item of ``kind``; a callable for :func:`run_jobs`.
+
+    A call opens the store, fingerprints the job's source, and returns SKIPPED when a committed item
+    was made from exactly that source; otherwise it prepares the item, writes it into a staging group
+    and commits it by atomic rename, then returns DONE. An exception while writing leaves the previous
+    committed version, if any, and no staging leftover; a kill leaves the old version or the new one
+    (and a leftover that the next staging of the item wipes). Subclasses say only what differs:
+    :meth:`source`, :meth:`skipped_count` and :meth:`write`, and where needed :meth:`prepare`,
+    :meth:`manifest_extra` and :meth:`after_commit`. To run in worker processes a subclass must be
+    picklable: keep paths and parameters, not open stores (:meth:`open_root` opens ``out`` per call).
+    """
+
+    kind: ClassVar[str]  #: the store group the items go to: "slides", "volumes", "embeddings"
+    skip_reason: ClassVar[str] = "already complete"  #: the manifest reason of a skipped job
+    out: Path  #: the cache folder written to (used by the default :meth:`open_root`)
+
+    def __call__(self, job: Job, progress: Callable[[int], None]) -> Result:
+        root = self.open_root()
+        extra = self.manifest_extra(job)
+        source = self.source(job)
+        previous = cache_mod.unchanged_item(root, self.kind, job.item_id, source)
+        if previous is not None:
+            count = self.skipped_count(previous, source)
+            return Result(job.item_id, str(job.path), SKIPPED, self.skip_reason, count, 0.0, extra)
+        with self.prepare(job, source) as prepared:
+            with cache_mod.staged_item(root, self.kind, job.item_id) as group:
+                written = self.write(group, job, prepared, progress)
+                cache_mod.commit_item(root, self.kind, job.item_id, written.attrs)
+        self.after_commit(job, written, progress)
+        return Result(job.item_id, str(job.path), DONE, "", written.count, 0.0, {**extra, **written.extra})
+
+    # -- hooks --------------------------------------------------------------------------------
+    def open_root(self) -> zarr.Group:
+        """The store to write into, opened per call (a worker process cannot share an open one)."""
+        return zarr.open_group(cache_mod.store_path(self.out), mode="r+")
+
+    def manifest_extra(self, job: Job) -> dict[str, Any]:
+        """Manifest columns of the job whatever happens to it (skipped or done)."""
+        return {}
+
+    @abstractmethod
+    def source(self, job: Job) -> Mapping[str, Any]:
+        """The fingerprint of what the item is made from; an unchanged one means the item is skipped.
+        Checks that the inputs exist belong here (they fail the job before anything is written)."""
+
+    @abstractmethod
+    def skipped_count(self, previous: Mapping[str, Any], source: Mapping[str, Any]) -> int:
+        """The manifest count of a skipped job, from the committed item's attrs (or its source)."""
+
+    def prepare(self, job: Job, source: Mapping[str, Any]) -> AbstractContextManager[Any]:
+        """Everything that may fail before a staging group exists (loading, planning), as a context
+        manager whose value is handed to :meth:`write` and which stays open (e.g. a slide handle) until
+        the item is committed. Default: nothing to prepare (``None``)."""
+        return nullcontext()
+
+    @abstractmethod
+    def write(self, group: zarr.Group, job: Job, prepared: Any, progress: Callable[[int], None]) -> Written:
+        """Write the item's arrays (and any side files that must exist before the commit) into the
+        staging ``group``; report units to ``progress`` as they are written."""
+
+    def after_commit(self, job: Job, written: Written, progress: Callable[[int], None]) -> None:
+        """Runs once the item is committed (e.g. to report progress only for committed work)."""
+        return None
 
 
 # -- running --------------------------------------------------------------------------------------

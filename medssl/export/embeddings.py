@@ -16,6 +16,7 @@ plus one of features, whatever the slide size. Another encoder into the same fol
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from medssl.cache import store as cache_mod
 from medssl.data.datasets import ThreadedBatchLoader, TileDataset
 from medssl.errors import InputError
 from medssl.export.encoders import build_from_source, encoder_source, export_encoder, weights_sha256
-from medssl.jobs import DONE, SKIPPED, Job, Result, RunSummary, manifest_path, run_jobs, select_shard
+from medssl.jobs import CacheItemWorker, Job, RunSummary, Written, manifest_path, run_jobs, select_shard
 from medssl.nn.backbones import Encoder
 from medssl.nn.inputs import to_float
 
@@ -87,35 +88,48 @@ def _cache_kind(cache: Path) -> str:
     raise InputError(f"{cache}: not a medssl tile or volume cache (run medssl tile or medssl cache-volumes first)")
 
 
-class _Embedder:
+class _Embedder(CacheItemWorker):
     """Embeds one cache item per call (in the calling process: the encoder stays loaded)."""
+
+    kind = KIND
+    skip_reason = ""
 
     def __init__(self, root, reader, encoder: Encoder, device: torch.device, batch_size: int, dtype: np.dtype,
                  threads: int):
         self.root, self.reader, self.encoder, self.device = root, reader, encoder, device
         self.batch_size, self.dtype, self.threads = batch_size, dtype, threads
 
-    def __call__(self, job: Job, progress) -> Result:
+    def open_root(self):
+        return self.root  # opened once by embed_cache: this worker runs in-process only
+
+    def source(self, job: Job) -> dict:
+        """The cache item's own source fingerprint and its row count: new tiles mean new features."""
         attrs = self.reader.metadata(job.item_id)
-        source = {"item": attrs.get("source"), "count": self._count(job.item_id)}
-        if cache_mod.unchanged_item(self.root, KIND, job.item_id, source) is not None:
-            return Result(job.item_id, str(job.path), SKIPPED, count=source["count"])
-        with cache_mod.staged_item(self.root, KIND, job.item_id) as group:
-            features = group.create_array("features", shape=(source["count"], self.encoder.out_dim), dtype=self.dtype,
-                                          chunks=(max(1, min(source["count"], self.batch_size)), self.encoder.out_dim),
-                                          config={"write_empty_chunks": True})
-            start = 0
-            for images in self._batches(job.item_id):
-                features[start : start + len(images)] = self._embed(images)
-                start += len(images)
-                progress(len(images))
-            if isinstance(self.reader, SlideCache):
-                group.create_array("coords", data=self.reader.coords(job.item_id))
-            cache_mod.commit_item(self.root, KIND, job.item_id, {
-                "source": source, "num_rows": source["count"], "dim": self.encoder.out_dim,
-                "label": attrs.get("label"), "split": attrs.get("split"),
-            })
-        return Result(job.item_id, str(job.path), DONE, count=source["count"])
+        return {"item": attrs.get("source"), "count": self._count(job.item_id)}
+
+    def skipped_count(self, previous: dict, source: dict) -> int:
+        return source["count"]
+
+    def prepare(self, job: Job, source: dict):
+        return nullcontext((source, self.reader.metadata(job.item_id)))
+
+    def write(self, group, job: Job, prepared, progress) -> Written:
+        source, attrs = prepared
+        features = group.create_array("features", shape=(source["count"], self.encoder.out_dim), dtype=self.dtype,
+                                      chunks=(max(1, min(source["count"], self.batch_size)), self.encoder.out_dim),
+                                      config={"write_empty_chunks": True})
+        start = 0
+        for images in self._batches(job.item_id):
+            features[start : start + len(images)] = self._embed(images)
+            start += len(images)
+            progress(len(images))
+        if isinstance(self.reader, SlideCache):
+            group.create_array("coords", data=self.reader.coords(job.item_id))
+        item_attrs = {
+            "source": source, "num_rows": source["count"], "dim": self.encoder.out_dim,
+            "label": attrs.get("label"), "split": attrs.get("split"),
+        }
+        return Written(item_attrs, source["count"], {})
 
     def _count(self, item_id: str) -> int:
         return self.reader.num_tiles(item_id) if isinstance(self.reader, SlideCache) else self.reader.shape(item_id)[0]

@@ -16,22 +16,21 @@ manifest are the same machinery as ``medssl tile``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 from zarr.codecs import ZstdCodec
 
 from medssl.cache import store as cache_mod
 from medssl.viz.qc import save_png_atomically, volume_montage
 from medssl.jobs import (
-    DONE,
-    SKIPPED,
+    CacheItemWorker,
     Job,
     SourceFingerprint,
-    Result,
     RunSummary,
+    Written,
     collect_jobs,
     manifest_path,
     run_jobs,
@@ -176,17 +175,20 @@ def array_kwargs(shape: tuple[int, int, int], codec: str) -> dict:
     }
 
 
-class VolumeCacher:
+class VolumeCacher(CacheItemWorker):
     """Caches one volume; a picklable callable so worker processes can run it."""
+
+    kind = KIND
 
     def __init__(self, out: Path, params: VolumeParams, plan: Plan):
         self.out, self.params, self.plan = Path(out), params, plan
 
-    def __call__(self, job: Job, progress: Callable[[int], None]) -> Result:
-        root = zarr.open_group(cache_mod.store_path(self.out), mode="r+")
-        modality = job.fields["modality"]
-        label_path = Path(job.fields["label"]) if job.fields.get("label") else None
-        extra = {"modality": modality, "label_path": str(label_path or "")}
+    def manifest_extra(self, job: Job) -> dict:
+        return {"modality": job.fields["modality"], "label_path": str(_label_path(job) or "")}
+
+    def source(self, job: Job) -> dict:
+        """The image's fingerprint, and the label's when the job has one."""
+        label_path = _label_path(job)
         if not job.path.exists():
             raise VolumeError(f"{job.path}: image file not found")
         source = {"image": SourceFingerprint.of(job.path).as_dict()}
@@ -194,23 +196,28 @@ class VolumeCacher:
             if not label_path.exists():
                 raise VolumeError(f"{label_path}: label file not found (for {job.item_id})")
             source["label"] = SourceFingerprint.of(label_path).as_dict()
-        previous = cache_mod.unchanged_item(root, KIND, job.item_id, source)
-        if previous is not None:
-            return Result(job.item_id, str(job.path), SKIPPED, "already complete", previous["shape"][0], 0.0, extra)
+        return source
 
-        image, label, attrs = self._prepare(job, label_path, modality)
+    def skipped_count(self, previous: dict, source: dict) -> int:
+        return previous["shape"][0]
+
+    def prepare(self, job: Job, source: dict):
+        image, label, attrs = self._prepare(job, _label_path(job), job.fields["modality"])
         attrs["source"] = source
-        with cache_mod.staged_item(root, KIND, job.item_id) as group:
-            zyx = attrs["shape"]
-            group.create_array("image", data=image, **array_kwargs(zyx, self.params.codec))
-            if label is not None:
-                group.create_array("label", data=label, **array_kwargs(zyx, self.params.codec))
-            montage = volume_montage(image, label, self.plan.spacing)
-            save_png_atomically(montage, self.out / "qc" / f"{job.item_id}.png")
-            cache_mod.commit_item(root, KIND, job.item_id, attrs)
-        progress(zyx[0])
-        extra["shape"] = "x".join(map(str, zyx))
-        return Result(job.item_id, str(job.path), DONE, "", zyx[0], 0.0, extra)
+        return nullcontext((image, label, attrs))
+
+    def write(self, group, job: Job, prepared, progress: Callable[[int], None]) -> Written:
+        image, label, attrs = prepared
+        zyx = attrs["shape"]
+        group.create_array("image", data=image, **array_kwargs(zyx, self.params.codec))
+        if label is not None:
+            group.create_array("label", data=label, **array_kwargs(zyx, self.params.codec))
+        montage = volume_montage(image, label, self.plan.spacing)
+        save_png_atomically(montage, self.out / "qc" / f"{job.item_id}.png")
+        return Written(attrs, zyx[0], {"shape": "x".join(map(str, zyx))})
+
+    def after_commit(self, job: Job, written: Written, progress: Callable[[int], None]) -> None:
+        progress(written.count)  # slices count once committed
 
     def _prepare(self, job: Job, label_path: Path | None, modality: str):
         """Load, check, resample, crop and normalise; arrays come back as [Z, Y, X]."""
@@ -252,3 +259,7 @@ class VolumeCacher:
             **{k: job.fields[k] for k in ("split", "case_id") if k in job.fields},
         }
         return zyx_image, zyx_label, attrs
+
+
+def _label_path(job: Job) -> Path | None:
+    return Path(job.fields["label"]) if job.fields.get("label") else None

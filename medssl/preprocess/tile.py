@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,10 +33,11 @@ from medssl.viz.qc import save_png_atomically, tile_overlay
 from medssl.jobs import (
     DONE,
     SKIPPED,
+    CacheItemWorker,
     Job,
     SourceFingerprint,
-    Result,
     RunSummary,
+    Written,
     collect_jobs,
     manifest_path,
     run_jobs,
@@ -129,8 +131,20 @@ def tile_slides(
     return TileSummary(out=out, manifest=manifest, results=results)
 
 
-class SlideTiler:
+@dataclass
+class _PlannedSlide:
+    """An open slide and what was planned for it, handed from ``prepare`` to ``write``."""
+
+    slide: Slide
+    attrs: dict
+    thumb: Thumbnail
+    grid: TileGrid
+
+
+class SlideTiler(CacheItemWorker):
     """Tiles one slide into the cache; a picklable callable so worker processes can run it."""
+
+    kind = KIND
 
     def __init__(
         self, out: Path, params: TilingParams, storage: StorageParams, assume_mpp: float | None, threads: int = 1
@@ -141,22 +155,29 @@ class SlideTiler:
         self.storage = storage
         self.assume_mpp = assume_mpp
 
-    def __call__(self, job: Job, progress: Callable[[int], None]) -> Result:
-        root = zarr.open_group(cache_mod.store_path(self.out), mode="r+")
-        extra = {k: job.fields[k] for k in ("label", "stain") if k in job.fields}
+    def manifest_extra(self, job: Job) -> dict:
+        return {k: job.fields[k] for k in ("label", "stain") if k in job.fields}
+
+    def source(self, job: Job) -> dict:
         if not job.path.exists():
             raise SlideError(f"{job.path}: file not found")
-        previous = cache_mod.unchanged_item(root, KIND, job.item_id, SourceFingerprint.of(job.path).as_dict())
-        if previous is not None:
-            return Result(job.item_id, str(job.path), SKIPPED, "already complete", previous["num_tiles"], 0.0, extra)
+        return SourceFingerprint.of(job.path).as_dict()
+
+    def skipped_count(self, previous: dict, source: dict) -> int:
+        return previous["num_tiles"]
+
+    @contextmanager
+    def prepare(self, job: Job, source: dict) -> Iterator[_PlannedSlide]:
+        """The slide opened and planned (thumbnail, tissue, grid); it stays open until committed."""
         mpp_override = _parse_mpp(job)
         with Slide(job.path, mpp_override=mpp_override, fallback_mpp=self.assume_mpp) as slide:
-            attrs, thumb, grid = self._plan(slide, job)
-            with cache_mod.staged_item(root, KIND, job.item_id) as group:
-                self._write(group, slide, job, thumb, grid, attrs, progress)
-                cache_mod.commit_item(root, KIND, job.item_id, attrs)
-        extra.update(mpp=f"{slide.mpp:.5g}", read_level=attrs["read_level"], scale=f"{attrs['scale']:.5g}")
-        return Result(job.item_id, str(job.path), DONE, "", len(grid), 0.0, extra)
+            yield _PlannedSlide(slide, *self._plan(slide, job))
+
+    def write(self, group, job: Job, planned: _PlannedSlide, progress: Callable[[int], None]) -> Written:
+        slide, attrs, grid = planned.slide, planned.attrs, planned.grid
+        self._write(group, slide, job, planned.thumb, grid, attrs, progress)
+        extra = {"mpp": f"{slide.mpp:.5g}", "read_level": attrs["read_level"], "scale": f"{attrs['scale']:.5g}"}
+        return Written(attrs, len(grid), extra)
 
     # -- steps --------------------------------------------------------------------------------
     def _plan(self, slide: Slide, job: Job) -> tuple[dict, Thumbnail, TileGrid]:
