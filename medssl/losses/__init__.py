@@ -4,7 +4,8 @@ from medssl.losses.clustering import sinkhorn_knopp, spherical_kmeans, swapped_p
 from medssl.losses.contrastive import info_nce, supervised_contrastive
 from medssl.losses.distillation import DINOLoss
 from medssl.losses.graph_matching import edge_affinity, global_affinity, hamming, local_affinity
+from medssl.losses.optimal_transport import sinkhorn
 from medssl.losses.redundancy import barlow_twins
 
 __all__ = ["DINOLoss", "barlow_twins", "edge_affinity", "global_affinity", "hamming", "info_nce", "local_affinity",
-           "sinkhorn_knopp", "spherical_kmeans", "supervised_contrastive", "swapped_prediction"]
+           "sinkhorn", "sinkhorn_knopp", "spherical_kmeans", "supervised_contrastive", "swapped_prediction"]

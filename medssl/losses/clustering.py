@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from medssl.losses.optimal_transport import sinkhorn
 from medssl.losses.precision import full_precision
 from medssl.nn.distributed import all_reduce_max, all_reduce_sum
 
@@ -16,19 +17,13 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
 
     Solves the entropy-regularised transport of SwAV: ``Q ∝ exp(scores / ε)`` rescaled alternately so
     each prototype receives 1/K of the *global* batch (summed over ranks) and each sample sends 1/B;
-    rows of the result sum to 1.
+    rows of the result sum to 1. :func:`sinkhorn` in float64, with the batch split across ranks.
     """
-    shift = all_reduce_max(scores.max().detach())  # one shift for the global batch, so it cancels
-    q = torch.exp((scores - shift) / epsilon).T.double()  # [K, B]
-    k, b_local = q.shape
-    b = float(all_reduce_sum(torch.tensor(float(b_local), device=q.device)))
-    q /= all_reduce_sum(q.sum())
-    for _ in range(iterations):
-        q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= b
-    return (q * b).T.float()
+    ones = torch.ones(len(scores), dtype=torch.float64, device=scores.device)
+    batch = all_reduce_sum(ones.sum())
+    usage = (batch / scores.shape[1]).expand(scores.shape[1])
+    return sinkhorn(-scores.double(), ones, usage, epsilon, iterations,
+                    reduce_sum=all_reduce_sum, reduce_max=all_reduce_max).float()
 
 
 @full_precision
