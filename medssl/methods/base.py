@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 
 from medssl.cache import SlideCache
 from medssl.eval import knn_predict, linear_probe_accuracy, rankme
@@ -36,6 +37,17 @@ class MedsslModule(pl.LightningModule):
     ``warmup_epochs`` and ``min_lr`` among their hyperparameters (see
     :func:`~medssl.methods.schedules.configure_optimizer`) and say which networks they train in
     :meth:`encoders`."""
+
+    @property
+    def hparams(self) -> AttributeDict:
+        """The hyperparameters, read by attribute. Lightning types them as any mutable mapping (what
+        ``save_hyperparameters`` accepts); saved from ``__init__`` arguments, as here, they are always
+        an ``AttributeDict``."""
+        hparams = super().hparams
+        if not isinstance(hparams, AttributeDict):
+            raise TypeError(f"{type(self).__name__}.hparams is a {type(hparams).__name__}, not the AttributeDict "
+                            "that save_hyperparameters() stores")
+        return hparams
 
     def encoders(self) -> dict[str, torch.nn.Module]:
         """The networks this model trains for use outside it, by name (``"encoder"`` first: the one

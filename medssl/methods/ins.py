@@ -73,6 +73,8 @@ class INS(SlideClassifier):
     SupCon replaces InfoNCE (1 end to end, 20 on features)."""
 
     instance_score_name = "instance probability"
+    prototypes: torch.Tensor
+    soft_labels: torch.Tensor
 
     def __init__(self, backbone: dict | None = None, in_dim: int | None = None, hidden_dim: int = 512,
                  proj_dim: int = 128, queue_size: int = 8192, momentum: float = 0.999, prototype_momentum: float = 0.9,

@@ -5,6 +5,8 @@ must predict that assignment from its own prototype scores."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -38,7 +40,9 @@ class SwAV(SSLMethod):
     def assign(self, crop: int, z: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Sinkhorn codes of a global crop's batch, prefixed by the queue's scores once it is full."""
         h = self.hparams
-        queue = self.queues[crop] if self.queues is not None and self.current_epoch >= h.queue_start_epoch else None
+        # cast: torch's ModuleList is not generic, so indexing it says Module; this one holds MomentumQueues
+        queue = (cast(MomentumQueue, self.queues[crop])
+                 if self.queues is not None and self.current_epoch >= h.queue_start_epoch else None)
         scores = scores.detach()
         if queue is not None and int(queue.filled) == h.queue_length:
             with torch.no_grad():
