@@ -31,7 +31,8 @@ class DirectTiff:
         self._tif = tifffile.TiffFile(self.path)
         self._fd = os.open(self.path, os.O_RDONLY)
         self.pages: dict[int, tifffile.TiffPage] = {}
-        candidates = [p for p in self._tif.pages if _decodable(p)]
+        # TiffFrames (light pages tifffile yields only when asked for frames) lack the tile tags read here
+        candidates = [p for p in self._tif.pages if isinstance(p, tifffile.TiffPage) and _decodable(p)]
         for level, (w, h) in enumerate(level_dimensions):
             for page in candidates:
                 if (page.imagewidth, page.imagelength) == (w, h):
@@ -87,7 +88,10 @@ class DirectTiff:
             return imagecodecs.jpeg8_decode(
                 data, tables=page.jpegtables, colorspace=colorspace, outcolorspace=imagecodecs.JPEG8.CS.EXT_RGBX
             ).reshape(th, tw, 4)
-        rgb = page.decode(data, index, jpegtables=page.jpegtables)[0].reshape(th, tw, -1)
+        segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
+        if segment is None:  # tifffile's answer for an empty tile, which read() never decodes
+            raise ValueError(f"{page}: source tile {index} holds no data")
+        rgb = segment.reshape(th, tw, -1)
         tile = np.full((th, tw, 4), 255, dtype=np.uint8)
         tile[..., :3] = rgb[..., :3]
         return tile
@@ -97,7 +101,7 @@ class DirectTiff:
         self._tif.close()
 
 
-def _touched(needed: Sequence[Box] | None, span: Box, tw: int, th: int) -> np.ndarray:
+def _touched(needed: Sequence[Box] | None, span: tuple[int, int, int, int], tw: int, th: int) -> np.ndarray:
     """Which source tiles of ``span`` (tile indices x0, y0, x1, y1) intersect any needed box."""
     tx0, ty0, tx1, ty1 = span
     if needed is None:

@@ -12,6 +12,7 @@ specks smaller than a physical area.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -63,11 +64,13 @@ def detect_tissue(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, fl
         # Pad so closing does not erode tissue touching the border.
         pad = params.close_px
         mask = ndimage.binary_closing(np.pad(mask, pad), structure=structure)[pad:-pad, pad:-pad]
+    # casts: SciPy ships no type hints, and pyright's inference from its source includes the None and
+    # int it returns when given an ``output`` array, which these calls do not pass
     if params.fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
+        mask = cast(np.ndarray, ndimage.binary_fill_holes(mask))
     min_pixels = params.min_area_um2 / (params.mask_mpp**2)
     if min_pixels > 1 and mask.any():
-        labels, n = ndimage.label(mask)
+        labels, n = cast(tuple[np.ndarray, int], ndimage.label(mask))
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         keep = sizes >= min_pixels
         keep[0] = False

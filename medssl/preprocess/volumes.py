@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def load_volume(path: str | os.PathLike, frame: int | None = None, what: str = "
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from monai.transforms import LoadImage
+        from monai.transforms.io.array import LoadImage  # the package does not re-export to type checkers
 
     path = Path(path)
     if not path.exists():
@@ -171,7 +172,10 @@ def foreground_fn(modality: str, params: VolumeParams) -> Callable:
 
 def resample(image, label, spacing: Sequence[float], params: VolumeParams, crop_fn: Callable | None):
     """Orientation RAS → Spacing → CropForeground on image (and label, nearest)."""
-    from monai.transforms import Compose, CropForegroundd, Orientationd, Spacingd
+    # from their modules: monai.transforms does not re-export its names to type checkers
+    from monai.transforms.compose import Compose
+    from monai.transforms.croppad.dictionary import CropForegroundd
+    from monai.transforms.spatial.dictionary import Orientationd, Spacingd
 
     keys = ["image"] + (["label"] if label is not None else [])
     modes = [params.interpolation] + (["nearest"] if label is not None else [])
@@ -184,13 +188,14 @@ def resample(image, label, spacing: Sequence[float], params: VolumeParams, crop_
         ]
         if crop_fn is not None:
             steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=crop_fn, allow_smaller=True))
-        out = Compose(steps)(data)
+        # cast: MONAI types Compose.__call__ for every input kind; a dict in gives a dict out
+        out = cast(dict, Compose(steps)(data))
     return out["image"], out.get("label")
 
 
 def normalize(image, modality: str, params: VolumeParams, plan: Plan, foreground) -> tuple[object, dict]:
     """Intensity normalisation; returns the image and the statistics used (recorded in the cache)."""
-    from monai.transforms import NormalizeIntensity, ScaleIntensityRange
+    from monai.transforms.intensity.array import ScaleIntensityRange  # see resample
 
     if modality == "CT":
         if params.ct_norm == "window":
@@ -199,7 +204,7 @@ def normalize(image, modality: str, params: VolumeParams, plan: Plan, foreground
         lo, hi = plan.ct["clip"]
         mean, std = plan.ct["mean"], plan.ct["std"]
         clipped = image.clamp(lo, hi)
-        return NormalizeIntensity(subtrahend=mean, divisor=std)(clipped), {
+        return _zscore(mean, std)(clipped), {
             "kind": "cohort-zscore", "clip": [lo, hi], "mean": mean, "std": std,
         }
     values = image[foreground]
@@ -207,8 +212,16 @@ def normalize(image, modality: str, params: VolumeParams, plan: Plan, foreground
         raise VolumeError("empty foreground after cropping")
     mean, std = float(values.mean()), float(values.std())
     std = std if std > 1e-8 else 1.0
-    normalized = NormalizeIntensity(subtrahend=mean, divisor=std, nonzero=True)(image)
+    normalized = _zscore(mean, std, nonzero=True)(image)
     return normalized, {"kind": "zscore-nonzero", "mean": mean, "std": std}
+
+
+def _zscore(mean: float, std: float, nonzero: bool = False) -> Callable:
+    """MONAI's ``NormalizeIntensity`` with a scalar mean and standard deviation."""
+    from monai.transforms.intensity.array import NormalizeIntensity  # see resample
+
+    # MONAI annotates subtrahend and divisor as arrays or sequences, but its _normalize takes scalars too
+    return NormalizeIntensity(subtrahend=mean, divisor=std, nonzero=nonzero)  # pyright: ignore[reportArgumentType]
 
 
 # -- cohort planning ------------------------------------------------------------------------------
@@ -223,7 +236,7 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> tuple[float, flo
     if target[worst] > ANISOTROPY * max(target[others]) and sizes[worst] * ANISOTROPY < min(sizes[others]):
         coarse = float(np.percentile(spacings[:, worst], 10))
         target[worst] = max(coarse, max(target[others]) + 1e-5)
-    return tuple(float(v) for v in target)
+    return float(target[0]), float(target[1]), float(target[2])
 
 
 def ct_statistics(samples: Sequence[np.ndarray]) -> dict:

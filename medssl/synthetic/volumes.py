@@ -100,7 +100,10 @@ def write_dicom_series(folder: str | Path, volume: np.ndarray, spacing: Sequence
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    template_path = get_testdata_file("CT_small.dcm")  # a path (read=False), or None when it is absent
+    if not isinstance(template_path, str):
+        raise FileNotFoundError("pydicom's test file CT_small.dcm is missing; reinstall pydicom")
+    template = pydicom.dcmread(template_path)
     series_uid, frame_uid = generate_uid(), generate_uid()
     for k in range(volume.shape[2]):
         ds = template.copy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,7 +26,8 @@ def tile_overlay(
     zoom = longest_side / max(h, w)
     size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
     image = Image.fromarray(thumbnail).resize(size, Image.Resampling.BILINEAR)
-    edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    # cast: SciPy ships no type hints, and pyright's inference from its source gives float arrays
+    edge = mask & ~cast(np.ndarray, ndimage.binary_erosion(mask, border_value=0))
     edge_img = Image.fromarray((edge * 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
     image.paste((0, 170, 0), mask=edge_img)
     draw = ImageDraw.Draw(image)
@@ -62,7 +64,8 @@ def volume_montage(
         grey = np.clip((view.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
         rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
         if mask is not None:
-            edge = (mask > 0) & ~ndimage.binary_erosion(mask > 0, border_value=0)
+            # cast: SciPy ships no type hints (see tile_overlay)
+            edge = (mask > 0) & ~cast(np.ndarray, ndimage.binary_erosion(mask > 0, border_value=0))
             rgb[edge] = (230, 40, 40)
         height_mm, width_mm = view.shape[0] * row_mm, view.shape[1] * col_mm
         zoom = side / max(height_mm, width_mm)
