@@ -318,11 +318,27 @@ def build_parser() -> argparse.ArgumentParser:
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-def run_lightning(argv: Sequence[str]):
+def _shards_data_itself(data) -> bool:
+    """Whether a DataModule config (``class_path`` + ``init_args``) selects a DataModule whose training
+    sampler splits the data across DDP ranks itself (``uses_medssl_sampler``, set by medssl's
+    :class:`~medssl.data.datamodules.CacheDataModule`)."""
+    import importlib
+
+    class_path = getattr(data, "class_path", None) if data is not None else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    return bool(getattr(getattr(importlib.import_module(module), name, None), "uses_medssl_sampler", False))
+
+
+def run_lightning(argv: Sequence[str], run: bool = True):
     """LightningCLI with any medssl method and DataModule chosen by ``class_path`` in the YAML.
 
     Environment variables fill values (``MEDSSL_FIT__TRAINER__MAX_EPOCHS=...``-style, jsonargparse's
     ``default_env``); misspelt keys and wrong types fail with jsonargparse's message naming the key.
+    With a medssl DataModule the Trainer gets ``use_distributed_sampler=False`` whatever the config
+    says: its sampler shards the data across ranks itself and must not be wrapped by Lightning.
+    ``run=False`` builds the model, DataModule and Trainer without a subcommand (``argv`` then has none).
     """
     import lightning.pytorch as pl
     from jsonargparse import Namespace
@@ -330,9 +346,15 @@ def run_lightning(argv: Sequence[str]):
 
     class MedsslCLI(LightningCLI):
         def before_instantiate_classes(self) -> None:
-            """Unless a config names its loggers, log to TensorBoard (``lightning_logs/``, where checkpoints
+            """medssl DataModules shard across DDP ranks with their own sampler, so Lightning must not
+            replace it: ``use_distributed_sampler`` is forced off for them (the saved config says so).
+
+            Unless a config names its loggers, log to TensorBoard (``lightning_logs/``, where checkpoints
             go too) and CSV (``csv_logs/``) under ``default_root_dir``: curves to look at, a table for pandas."""
-            trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            trainer = config.trainer
+            if _shards_data_itself(config.get("data")):
+                trainer.use_distributed_sampler = False
             if trainer.logger in (None, True):
                 root = trainer.default_root_dir or "."
                 trainer.logger = [
@@ -350,6 +372,7 @@ def run_lightning(argv: Sequence[str]):
             subclass_mode_model=True,
             subclass_mode_data=True,
             args=list(argv),
+            run=run,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"default_env": True, "env_prefix": "MEDSSL"},
         )

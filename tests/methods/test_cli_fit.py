@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from medssl.cli import run_lightning
 from tests.ddp import fit_on_two_cpu_processes
@@ -47,6 +48,10 @@ def test_every_config_fits_briefly_and_monitors(config, split_cache, volume_cach
     assert 1.0 <= float(metrics["val/rankme"]) <= 512
     assert list(tmp_path.rglob("*.ckpt")) and list(tmp_path.rglob("config.yaml"))
     assert list(tmp_path.rglob("events.out.tfevents.*")) and list(tmp_path.rglob("metrics.csv"))  # both loggers
+    # the configs leave use_distributed_sampler out: the CLI turns it off for medssl DataModules
+    assert cli.trainer._accelerator_connector.use_distributed_sampler is False
+    saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
+    assert saved["trainer"]["use_distributed_sampler"] is False
 
 
 def test_misspelt_key_is_named(split_cache, tmp_path, capsys):

@@ -1,0 +1,98 @@
+"""Slides as bags of instances (embeddings or tile pixels) for slide-level learning from slide labels:
+whole bags (:class:`BagDataModule`, attention MIL) or single instances (:class:`InstanceDataModule`,
+instance classifiers) for training, whole bags in bounded pieces for evaluation."""
+
+from __future__ import annotations
+
+from torch.utils.data import DataLoader, Dataset
+
+from medssl.data.bags import BagPieceDataset, InstanceDataset, SlideBagDataset, collate_bags
+from medssl.data.datamodules.base import CacheDataModule
+from medssl.data.samplers import BlockShuffleSampler
+from medssl.data.transforms import MultiViewd, histology_view
+
+
+class BagDataModule(CacheDataModule):
+    """Slides as bags (``features`` from ``medssl embed``, or tile pixels) for slide-level learning.
+
+    Training yields padded batches of bags (at most ``max_instances`` random instances each, a function
+    of (``seed``, epoch, slide)); validation and test yield whole bags in pieces of ``piece_size``
+    instances (:class:`~medssl.data.bags.BagPieceDataset`), so a bag of any size is scored in bounded
+    memory. ``classes`` fixes the label order, negative first (default: sorted labels).
+    ``instance_masks`` names a folder of lesion masks (:class:`~medssl.data.truth.LesionMasks`) that
+    evaluation alone reads, for instance AUROC; training batches never carry instance truth."""
+
+    def __init__(self, cache: str, features: str | None = None, batch_size: int = 1, max_instances: int | None = 8192,
+                 piece_size: int = 8192, classes: list[str] | None = None, instance_masks: str | None = None,
+                 num_workers: int | None = None, seed: int = 0, train_split: str | None = "train",
+                 val_split: str | None = "val", test_split: str | None = "test"):
+        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
+        self.features, self.max_instances, self.piece_size = features, max_instances, piece_size
+        self.classes, self.instance_masks = classes, instance_masks
+
+    def setup(self, stage: str | None = None) -> None:
+        from medssl.data.truth import LesionMasks
+
+        everything = SlideBagDataset(self.cache, features=self.features, classes=self.classes)
+        self.classes = everything.classes
+        meta = everything.tiles.cache
+        available = sorted({str(meta.metadata(s).get("split", "")) for s in everything.slide_ids} - {""})
+        truth = LesionMasks(self.instance_masks) if self.instance_masks else None
+        for name in ("train", "val", "test"):
+            split = self._split(name, available)
+            if split is None:
+                self.datasets[name] = None
+            elif name == "train":
+                self.datasets[name] = self._train_dataset(split or None)
+            else:
+                bags = SlideBagDataset(self.cache, features=self.features, splits=split or None, classes=self.classes)
+                self.datasets[name] = BagPieceDataset(bags, self.piece_size, instance_truth=truth)
+
+    def _train_dataset(self, splits: list[str] | None) -> Dataset:
+        return SlideBagDataset(self.cache, features=self.features, max_instances=self.max_instances, splits=splits,
+                               classes=self.classes, seed=self.seed)
+
+    def train_dataloader(self):
+        dataset = self.datasets["train"]
+        sampler = BlockShuffleSampler([(i, i + 1) for i in range(len(dataset))], seed=self.seed, with_epoch=True)
+        return self._loader(dataset, train=True, sampler=sampler, collate_fn=collate_bags)
+
+    def _pieces(self, name: str):
+        dataset = self.datasets.get(name)
+        if dataset is None:
+            return []
+        options = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(dataset, batch_size=None, shuffle=False, **options)
+
+    def val_dataloader(self):
+        return self._pieces("val")
+
+    def test_dataloader(self):
+        return self._pieces("test")
+
+    def predict_dataloader(self):
+        return self._pieces("test")
+
+
+class InstanceDataModule(BagDataModule):
+    """Training on single instances with their slide's label (instance classifiers such as INS);
+    validation and test on whole bags as in :class:`BagDataModule`. Embeddings (``features``) or tile
+    pixels, which get two histology views of ``view_size``."""
+
+    def __init__(self, cache: str, features: str | None = None, batch_size: int = 64, view_size: int = 224,
+                 piece_size: int = 8192, classes: list[str] | None = None, instance_masks: str | None = None,
+                 num_workers: int | None = None, seed: int = 0, train_split: str | None = "train",
+                 val_split: str | None = "val", test_split: str | None = "test"):
+        super().__init__(cache, features, batch_size, None, piece_size, classes, instance_masks, num_workers, seed,
+                         train_split, val_split, test_split)
+        self.view_size = view_size
+
+    def _train_dataset(self, splits: list[str] | None) -> Dataset:
+        transform = None if self.features else MultiViewd([histology_view(self.view_size)] * 2)
+        return InstanceDataset(self.cache, features=self.features, transform=transform, splits=splits,
+                               classes=self.classes, seed=self.seed)
+
+    def train_dataloader(self):
+        dataset = self.datasets["train"]
+        sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
+        return self._loader(dataset, train=True, sampler=sampler)

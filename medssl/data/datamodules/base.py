@@ -1,0 +1,54 @@
+"""What every medssl DataModule shares: the cache path, batch size, workers, seed and split names,
+the choice of split per stage, and seeded loaders. Subclasses build a :class:`BlockShuffleSampler`
+for training, which splits the data across DDP ranks itself (``uses_medssl_sampler``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medssl.data.transforms import seed_worker
+
+
+def default_workers() -> int:
+    """All cores but one for loading, at most 8 (beyond that a loader rarely gains)."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class CacheDataModule(pl.LightningDataModule):
+    """Base of the DataModules over a medssl cache.
+
+    ``uses_medssl_sampler``: training loaders carry their own DDP-aware sampler, so Lightning must not
+    wrap it in a ``DistributedSampler``; ``medssl fit`` sets ``trainer.use_distributed_sampler=False``
+    for every DataModule with this flag.
+    """
+
+    uses_medssl_sampler = True
+
+    def __init__(self, cache: str, batch_size: int, num_workers: int | None, seed: int,
+                 train_split: str | None, val_split: str | None, test_split: str | None):
+        super().__init__()
+        self.cache = cache
+        self.batch_size = batch_size
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.seed = seed
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.datasets: dict[str, Dataset | None] = {}
+
+    def _split(self, stage: str, available: Sequence[str]) -> list[str] | None:
+        """The filter for a stage, or None for 'no such set'. Without splits, train takes everything."""
+        name = self.splits[stage]
+        if name in available:
+            return [name]
+        if stage == "train" and not available:
+            return []  # sentinel: no filter
+        return None
+
+    def _loader(self, dataset: Dataset, train: bool, **kwargs) -> DataLoader:
+        options = dict(num_workers=self.num_workers, worker_init_fn=seed_worker,
+                       persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(dataset, batch_size=self.batch_size, drop_last=train, **options, **kwargs)

@@ -1,0 +1,73 @@
+"""CT/MR volumes from ``medssl cache-volumes`` as 2D slices, 3D patches or whole slice stacks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from medssl.data.datamodules.base import CacheDataModule
+from medssl.data.geometric_views import GeometricViewsd, radiology_geometric_view
+from medssl.data.samplers import BlockShuffleSampler
+from medssl.data.transforms import MultiViewd, radiology_view
+from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
+
+
+class VolumeDataModule(CacheDataModule):
+    """Radiology volumes as 2D slices, 3D patches or whole slice stacks (``mode``), resized or
+    cropped to ``spatial_size`` (2 entries for slices, 3 for patches; ignored for stacks), with
+    ``views`` radiology views per sample for SSL (0 = the sample itself with its label map, for
+    segmentation; every volume then needs a label). ``geometric`` slices come as a pair of views with
+    their crop/flip geometry (LVM-Med)."""
+
+    def __init__(self, cache: str, mode: str = "slices", spatial_size: Sequence[int] = (224, 224), views: int = 2,
+                 batch_size: int = 32, num_workers: int | None = None, seed: int = 0, patches_per_volume: int = 4,
+                 stack_depth: int | None = None, geometric: bool = False, train_split: str | None = "train",
+                 val_split: str | None = "val", test_split: str | None = "test"):
+        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
+        if mode not in ("slices", "patches", "stacks"):
+            raise ValueError(f"mode must be 'slices', 'patches' or 'stacks', got {mode!r}")
+        self.mode, self.spatial_size, self.views = mode, tuple(spatial_size), views
+        self.patches_per_volume, self.stack_depth = patches_per_volume, stack_depth
+        if geometric and (mode != "slices" or views != 2):
+            raise ValueError("geometric views are pairs of 2D slices: use mode='slices' and views=2")
+        self.geometric = geometric
+
+    def _dataset(self, splits, transform):
+        common = dict(splits=splits or None, transform=transform, labels=self.views == 0, seed=self.seed)
+        if self.mode == "slices":
+            return VolumeSliceDataset(self.cache, **common)
+        if self.mode == "patches":
+            return VolumePatchDataset(self.cache, patch_size=self.spatial_size,
+                                      patches_per_volume=self.patches_per_volume, **common)
+        return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
+
+    def _transform(self, train: bool):
+        if self.mode == "stacks":
+            return None
+        if train and self.geometric:
+            return GeometricViewsd.pair(radiology_geometric_view(self.spatial_size))
+        if train and self.views:
+            return MultiViewd([radiology_view(self.spatial_size, keys=("image",))] * self.views)
+        from monai.transforms import ResizeWithPadOrCropd
+
+        keys = ["image", "label"] if self.mode != "stacks" else ["image"]
+        return ResizeWithPadOrCropd(keys, self.spatial_size, allow_missing_keys=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        from medssl.cache import VolumeCache
+
+        cache = VolumeCache(self.cache)
+        available = sorted({str(cache.metadata(v).get("split", "")) for v in cache.ids} - {""})
+        for name in ("train", "val", "test"):
+            split = self._split(name, available)
+            self.datasets[name] = None if split is None else self._dataset(split, self._transform(name == "train"))
+
+    def train_dataloader(self):
+        dataset = self.datasets["train"]
+        sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
+        return self._loader(dataset, train=True, sampler=sampler)
+
+    def val_dataloader(self):
+        return [] if self.datasets.get("val") is None else self._loader(self.datasets["val"], train=False)
+
+    def test_dataloader(self):
+        return [] if self.datasets.get("test") is None else self._loader(self.datasets["test"], train=False)
