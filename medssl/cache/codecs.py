@@ -8,7 +8,7 @@ decoding go through imagecodecs (libjpeg-turbo). The codec is registered under t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import imagecodecs
 import numpy as np
@@ -39,7 +39,8 @@ class JpegCodec(ArrayBytesCodec):
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> "Self":
         _, config = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
-        return cls(**(config or {}))  # type: ignore[arg-type]
+        options: dict[str, Any] = config or {}  # JSON values; __init__ checks them
+        return cls(**options)
 
     def to_dict(self) -> dict[str, JSON]:
         return {"name": CODEC_NAME, "configuration": {"quality": self.quality}}
