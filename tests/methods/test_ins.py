@@ -188,7 +188,8 @@ def test_ins_tiles_config_trains_end_to_end_on_pixels(lesion_cohort, tmp_path):
         "--trainer.accelerator", "cpu", "--trainer.devices", "1",
     ])
     assert cli.model.encoder.out_dim > 0 and "val/bag_auroc" in cli.trainer.callback_metrics
-    assert len(cli.model.soft_labels) == len(cli.datamodule.datasets["train"])
+    seen = ~torch.isnan(cli.model.soft_labels[:, 0])  # one soft label per instance trained on, sized by the indices
+    assert int(seen.sum()) == 4 * 32 and len(cli.model.soft_labels) <= len(cli.datamodule.datasets["train"])
 
 
 def test_two_process_ddp_keeps_one_soft_label_table(lesion_cohort, tmp_path):
