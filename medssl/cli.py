@@ -304,7 +304,7 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medssl", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="medssl", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_tile_parser(sub)
     _add_volumes_parser(sub)
