@@ -1,39 +1,101 @@
-"""2D views that remember where they came from, for losses that match feature-map cells across views.
+"""Views of 2D images and 3D volumes that remember where they came from, for losses that match
+feature-map cells (or voxels) across views.
 
-Each view records its crop box, flip and rotation as a geometry tensor (layout in
+Each view records its crop box, flips and rotation as a geometry tensor (layout in
 :mod:`medssl.geometry`, which maps view points back to the original image), so LVM-Med's local cost
-can pair cell ``p`` of one view with the cell of the other view that lies closest to it.
+can pair cell ``p`` of one view with the cell of the other view that lies closest to it, and dense 3D
+methods can pair the voxels of two crops that show the same place.
 
+Images are ``[C, H, W]`` (2D) or ``[C, D, H, W]`` (3D); a view has the dimensionality of its image.
 Random draws come from torch's global generator, as in :mod:`medssl.data.transforms`, so
 :func:`medssl.data.seeding.seeded` fixes them per (seed, epoch, sample).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from medssl.data.transforms import ColorJitterd, Compose, HEDJitterd, RandGaussianBlurd, sample_crop, to_float
-from medssl.geometry import FLIP, HEIGHT, LEFT, ROT, TOP, WIDTH, make_geometry
+from medssl.geometry import fields, geometry_ndim, make_geometry
 
 DictTransform = Callable[[dict], dict]
 
 
+def _sizes(size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    sizes = (int(size),) * ndim if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(sizes) != ndim:
+        raise ValueError(f"view size {sizes} for a {ndim}-D image")
+    return sizes
+
+
+def sample_box(shape: Sequence[int], scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(start, size)`` in pixels/voxels of a random crop box of an image of spatial ``shape``, from
+    torch's generator.
+
+    2D: :func:`~medssl.data.transforms.sample_crop` (``scale`` of the area, aspect width/height in
+    ``ratio``), the same draws in the same order. ``n``-D: ``scale`` of the volume; each side's log-length
+    is the cube's plus an independent offset uniform in ``[log r0, log r1] / 2``, recentred so the volume
+    is kept, so for a symmetric ``ratio`` such as the default any two sides differ by at most that
+    ratio. 10 tries, then a cube of the shortest side. Sides are in voxels: on anisotropic spacing the
+    box is anisotropic in millimetres.
+    """
+    n = len(shape)
+    if n == 2:
+        top, left, ch, cw = sample_crop(shape[0], shape[1], scale, ratio)
+        return (top, left), (ch, cw)
+    low, high = math.log(ratio[0]) / 2, math.log(ratio[1]) / 2
+    for _ in range(10):
+        side = (math.prod(shape) * float(torch.empty(()).uniform_(*scale))) ** (1 / n)
+        offsets = torch.empty(n, dtype=torch.float64).uniform_(low, high)
+        offsets = (offsets - offsets.mean()).tolist()
+        size = tuple(round(side * math.exp(o)) for o in offsets)
+        if all(0 < c <= d for c, d in zip(size, shape, strict=True)):
+            break
+    else:
+        size = (min(shape),) * n
+    start = tuple(int(torch.randint(0, d - c + 1, ())) for d, c in zip(shape, size, strict=True))
+    return start, size
+
+
+def _resize(crop: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Linear resampling (antialiased when shrinking, ``align_corners=False``) of ``crop`` ``[C, *s]`` to ``size``."""
+    if tuple(crop.shape[1:]) == size:
+        return crop
+    if crop.ndim == 3:
+        return F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    if crop.ndim != 4:
+        raise ValueError(f"views of 2D [C, H, W] or 3D [C, D, H, W] images, got {tuple(crop.shape)}")
+    # trilinear with antialiasing, separably: H × W (depth as channels), then D (width as channels);
+    # an axis kept at its size is copied exactly
+    view = crop
+    if tuple(view.shape[2:]) != size[1:]:
+        view = F.interpolate(view, size=size[1:], mode="bilinear", antialias=True, align_corners=False)
+    if view.shape[1] != size[0]:
+        view = F.interpolate(view.permute(0, 3, 1, 2), size=(size[0], size[1]), mode="bilinear", antialias=True,
+                             align_corners=False).permute(0, 2, 3, 1)
+    return view.contiguous()
+
+
 def render_view(image: torch.Tensor, geometry: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Crop ``image`` ``[C, H, W]`` with the box of ``geometry``, resize (bilinear, antialiased) to
-    ``size`` (the size before rotation), flip, rotate: the deterministic half of a geometric view, so
-    tests and callers can reproduce a view from its record."""
-    _, h, w = image.shape
-    size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    top, left = round(float(geometry[TOP]) * h), round(float(geometry[LEFT]) * w)
-    ch, cw = round(float(geometry[HEIGHT]) * h), round(float(geometry[WIDTH]) * w)
-    crop = to_float(image)[None, :, top : top + ch, left : left + cw]
-    view = crop[0] if (ch, cw) == size else F.interpolate(crop, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    if geometry[FLIP] > 0.5:
-        view = view.flip(-1)
-    return torch.rot90(view, int(geometry[ROT]) % 4, dims=(-2, -1))
+    """Crop ``image`` ``[C, H, W]`` or ``[C, D, H, W]`` with the box of ``geometry``, resize (linear,
+    antialiased) to ``size`` (the size before rotation), flip, rotate in the last two axes: the
+    deterministic half of a geometric view, so tests and callers can reproduce a view from its record."""
+    ndim = image.ndim - 1
+    if geometry_ndim(geometry) != ndim:
+        raise ValueError(f"{geometry_ndim(geometry)}-D geometry for a {ndim}-D image {tuple(image.shape)}")
+    size = _sizes(size, ndim)
+    f = fields(geometry)
+    box = tuple(slice(round(float(s) * d), round(float(s) * d) + round(float(c) * d))
+                for s, c, d in zip(f.start, f.size, image.shape[1:], strict=True))
+    view = _resize(to_float(image)[(slice(None), *box)], size)
+    flips = [1 + axis for axis in range(ndim) if f.flip[axis] > 0.5]
+    if flips:
+        view = view.flip(flips)
+    return torch.rot90(view, int(f.rot) % 4, dims=(-2, -1))
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -42,12 +104,17 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 
 
 class RandGeometricViewd:
-    """Random resized crop + horizontal flip (p = ``flip_prob``) + optional rot90, then ``photometric``
-    (dictionary transforms such as ``ColorJitterd`` or MONAI intensity transforms); writes the view to
-    ``key`` and its geometry (``[8]`` float32) to ``geometry_key``.
+    """Random resized crop + flips + optional rot90, then ``photometric`` (dictionary transforms such as
+    ``ColorJitterd`` or MONAI intensity transforms); writes the view to ``key`` and its geometry
+    (``[4n + 1]`` float32, :mod:`medssl.geometry`) to ``geometry_key``.
 
-    ``rotate`` suits histology (no preferred orientation); leave it off for radiology, where anatomy
-    has one. Rotation needs a square ``size``.
+    Works on 2D images ``[C, H, W]`` and 3D volumes ``[C, D, H, W]``; an ``int`` ``size`` is the side
+    along every axis, a sequence gives one per axis and fixes the dimensionality. The crop box follows
+    :func:`sample_box` (``scale`` of the area or volume, sides within ``ratio``). ``flip_prob``: a float is
+    the probability of a left-right flip (the last axis; one draw), a sequence one probability per axis
+    (one draw per axis, in axis order). ``rotate`` (``rot90`` in the last two axes, the axial plane of a
+    volume) suits histology (no preferred orientation); leave it off for radiology, where anatomy has
+    one. Rotation needs a square ``H × W`` size. Draws: crop box, flips, rotation.
     """
 
     def __init__(
@@ -55,31 +122,45 @@ class RandGeometricViewd:
         size: int | Sequence[int],
         scale=(0.2, 1.0),
         ratio=(3 / 4, 4 / 3),
-        flip_prob: float = 0.5,
+        flip_prob: float | Sequence[float] = 0.5,
         rotate: bool = False,
         photometric: DictTransform | Sequence[DictTransform] | None = None,
         key: str = "image",
         geometry_key: str = "geometry",
     ):
-        self.size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        if rotate and self.size[0] != self.size[1]:
-            raise ValueError(f"rot90 needs a square view, got size {self.size}")
+        self.size = int(size) if isinstance(size, int) else tuple(int(s) for s in size)
+        if isinstance(self.size, tuple) and len(self.size) not in (2, 3):
+            raise ValueError(f"a 2D (H, W) or 3D (D, H, W) view size, got {self.size}")
+        if rotate and isinstance(self.size, tuple) and self.size[-2] != self.size[-1]:
+            raise ValueError(f"rot90 needs a square H × W view, got size {self.size}")
+        if not isinstance(flip_prob, (int, float)):
+            flip_prob = tuple(float(p) for p in flip_prob)
+            if isinstance(self.size, tuple) and len(flip_prob) != len(self.size):
+                raise ValueError(f"flip_prob {flip_prob} needs one probability per axis of size {self.size}")
         self.scale, self.ratio, self.flip_prob, self.rotate = scale, ratio, flip_prob, rotate
         if photometric is not None and not callable(photometric):
             photometric = Compose(photometric)
         self.photometric = photometric
         self.key, self.geometry_key = key, geometry_key
 
-    def draw(self, h: int, w: int) -> torch.Tensor:
-        """A random geometry for an ``h × w`` image."""
-        top, left, ch, cw = sample_crop(h, w, self.scale, self.ratio)
-        flip = bool(torch.rand(()) < self.flip_prob)
+    def draw(self, *shape: int) -> torch.Tensor:
+        """A random geometry for an image of spatial ``shape`` (``h, w`` or ``d, h, w``)."""
+        n = len(shape)
+        if isinstance(self.size, tuple) and len(self.size) != n:
+            raise ValueError(f"a {len(self.size)}-D view size {self.size} for a {n}-D image of shape {shape}")
+        start, size = sample_box(shape, self.scale, self.ratio)
+        if isinstance(self.flip_prob, tuple):
+            if len(self.flip_prob) != n:
+                raise ValueError(f"flip_prob {self.flip_prob} needs one probability per axis of a {n}-D image")
+            flip = [bool(torch.rand(()) < p) for p in self.flip_prob]
+        else:
+            flip = [False] * (n - 1) + [bool(torch.rand(()) < self.flip_prob)]
         rot = int(torch.randint(0, 4, ())) if self.rotate else 0
-        return make_geometry(top, left, ch, cw, flip, rot, h, w)
+        return make_geometry(start, size, shape, flip, rot)
 
     def __call__(self, sample: dict) -> dict:
         image = sample[self.key]
-        geometry = self.draw(*image.shape[-2:])
+        geometry = self.draw(*image.shape[1:])
         out = dict(sample)
         out[self.key] = render_view(image, geometry, self.size)
         if self.photometric is not None:
@@ -105,8 +186,8 @@ class GeometricViewsd:
     def __call__(self, sample: dict) -> dict:
         out = {k: v for k, v in sample.items() if k != self.key}
         results = [view({view.key: sample[self.key]}) for view in self.views]
-        out[self.out_key] = [r[view.key] for r, view in zip(results, self.views)]
-        out[self.geometry_key] = [r[view.geometry_key] for r, view in zip(results, self.views)]
+        out[self.out_key] = [r[view.key] for r, view in zip(results, self.views, strict=True)]
+        out[self.geometry_key] = [r[view.geometry_key] for r, view in zip(results, self.views, strict=True)]
         return out
 
 
@@ -118,13 +199,16 @@ def histology_geometric_view(size: int = 224, scale=(0.2, 1.0), blur_prob: float
     )
 
 
-def radiology_geometric_view(size: int | Sequence[int] = 224, scale=(0.4, 1.0)) -> RandGeometricViewd:
-    """A 2D radiology view ``[1, H, W]`` with its geometry: crop and left-right flip (no rotation),
-    then intensity scale, shift and Gaussian noise (MONAI transforms, reseeded by ``seeded``/``seed_worker``)."""
+def radiology_geometric_view(size: int | Sequence[int] = 224, scale=(0.4, 1.0),
+                              flip_prob: float | Sequence[float] = 0.5) -> RandGeometricViewd:
+    """A radiology view of a slice ``[1, H, W]`` or a volume ``[1, D, H, W]`` with its geometry: crop
+    (``scale`` of the area or volume) and flips (left-right by default; ``flip_prob`` per axis), no
+    rotation, then intensity scale, shift and Gaussian noise (MONAI transforms, reseeded by
+    ``seeded``/``seed_worker``)."""
     from monai.transforms import RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
 
     return RandGeometricViewd(
-        size, scale=scale, rotate=False,
+        size, scale=scale, flip_prob=flip_prob, rotate=False,
         photometric=[
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
