@@ -100,7 +100,8 @@ def render_view(image: torch.Tensor, geometry: torch.Tensor, size: int | Sequenc
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
     """MONAI's MetaTensor → plain tensor, so views collate without metadata."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else x
+    as_tensor = getattr(x, "as_tensor", None)  # MONAI is imported only where its transforms are used
+    return as_tensor() if callable(as_tensor) else x
 
 
 class RandGeometricViewd:
@@ -205,7 +206,7 @@ def radiology_geometric_view(size: int | Sequence[int] = 224, scale=(0.4, 1.0),
     (``scale`` of the area or volume) and flips (left-right by default; ``flip_prob`` per axis), no
     rotation, then intensity scale, shift and Gaussian noise (MONAI transforms, reseeded by
     ``seeded``/``seed_worker``)."""
-    from monai.transforms import RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
+    from monai.transforms.intensity.dictionary import RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
 
     return RandGeometricViewd(
         size, scale=scale, flip_prob=flip_prob, rotate=False,
