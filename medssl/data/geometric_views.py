@@ -14,6 +14,7 @@ Random draws come from torch's global generator, as in :mod:`medssl.data.transfo
 from __future__ import annotations
 
 import math
+from typing import cast
 from collections.abc import Callable, Sequence
 
 import torch
@@ -101,7 +102,7 @@ def render_view(image: torch.Tensor, geometry: torch.Tensor, size: int | Sequenc
 def _plain(x: torch.Tensor) -> torch.Tensor:
     """MONAI's MetaTensor → plain tensor, so views collate without metadata."""
     as_tensor = getattr(x, "as_tensor", None)  # MONAI is imported only where its transforms are used
-    return as_tensor() if callable(as_tensor) else x
+    return cast(torch.Tensor, as_tensor()) if callable(as_tensor) else x
 
 
 class RandGeometricViewd:
