@@ -19,11 +19,13 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import SequentialSampler
+from zarr.core.array_spec import ArrayConfigParams
 
 from medssl.cache import SlideCache, VolumeCache, stored_params
 from medssl.cache import store as cache_mod
@@ -115,9 +117,12 @@ class _Embedder(CacheItemWorker):
 
     def write(self, group, job: Job, prepared, progress) -> Written:
         source, attrs = prepared
+        # cast: ArrayConfigParams marks its keys NotRequired through typing.NotRequired, which the stubs have
+        # only from Python 3.11 (Zarr's minimum); checked as 3.10, every key reads as required
+        config = cast(ArrayConfigParams, {"write_empty_chunks": True})
         features = group.create_array("features", shape=(source["count"], self.encoder.out_dim), dtype=self.dtype,
                                       chunks=(max(1, min(source["count"], self.batch_size)), self.encoder.out_dim),
-                                      config={"write_empty_chunks": True})
+                                      config=config)
         start = 0
         for images in self._batches(job.item_id):
             features[start : start + len(images)] = self._embed(images)

@@ -18,6 +18,8 @@ class DINOLoss(nn.Module):
     temperature of the current step (its warm-up schedule lives with the method).
     """
 
+    center: torch.Tensor
+
     def __init__(self, dim: int, student_temperature: float = 0.1, center_momentum: float = 0.9):
         super().__init__()
         self.student_temperature = student_temperature
@@ -30,13 +32,18 @@ class DINOLoss(nn.Module):
         n_student_views = student.shape[0] // (teacher.shape[0] // n_teacher_views)
         log_student = torch.log_softmax(student / self.student_temperature, dim=1).chunk(n_student_views)
         target = torch.softmax((teacher.detach() - self.center) / teacher_temperature, dim=1).chunk(n_teacher_views)
-        total, terms = 0.0, 0
+        total: torch.Tensor | None = None
+        terms = 0
         for t, probs in enumerate(target):
             for s, log_probs in enumerate(log_student):
                 if s == t:
                     continue  # never predict a view from itself
-                total = total + (-(probs * log_probs).sum(dim=1)).mean()
+                term = (-(probs * log_probs).sum(dim=1)).mean()
+                total = term if total is None else total + term
                 terms += 1
+        if total is None:
+            raise ValueError(f"DINO needs a student view other than each teacher view; got {n_student_views} student "
+                             f"and {n_teacher_views} teacher views")
         self.update_center(teacher)
         return total / terms
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 
@@ -29,4 +29,6 @@ def full_precision(loss: F) -> F:
         with torch.autocast(device_type=device, enabled=False):
             return loss(*_to_float(args), **{k: _to_float(v) for k, v in kwargs.items()})
 
-    return wrapper  # type: ignore[return-value]
+    # cast: the wrapper takes what ``loss`` takes and returns what it returns, but a decorator typed with
+    # a callable TypeVar cannot say so of a new function (functools.wraps types it by the wrapper's own signature)
+    return cast(F, wrapper)

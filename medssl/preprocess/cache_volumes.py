@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from zarr.codecs import ZstdCodec
@@ -53,6 +54,9 @@ from medssl.preprocess.volumes import (
     sample_foreground,
     target_spacing,
 )
+
+if TYPE_CHECKING:
+    from monai.data.meta_tensor import MetaTensor
 
 KIND = "volumes"
 CSV_EXTRA_COLUMNS = ("label", "modality", "split", "case_id")
@@ -135,7 +139,7 @@ def make_plan(jobs: Sequence[Job], params: VolumeParams, progress: bool = True) 
     """Target spacing and CT statistics from the cohort (only what ``params`` leaves open)."""
     need_ct = params.ct_norm == "cohort" and any(job.fields["modality"] == "CT" for job in jobs)
     if params.spacing is not None and not need_ct:
-        return Plan(spacing=tuple(params.spacing))
+        return Plan(spacing=_xyz(params.spacing))
     from tqdm.auto import tqdm
 
     spacings, shapes, ct_samples = [], [], []
@@ -151,8 +155,23 @@ def make_plan(jobs: Sequence[Job], params: VolumeParams, progress: bool = True) 
             ct_samples.append(sample_foreground(job.item_id, image, params))
     if not spacings:
         raise VolumeError("no readable volume to plan the cohort from")
-    spacing = tuple(params.spacing) if params.spacing else target_spacing(np.array(spacings), np.array(shapes))
+    spacing = _xyz(params.spacing) if params.spacing else target_spacing(np.array(spacings), np.array(shapes))
     return Plan(spacing=spacing, ct=ct_statistics(ct_samples) if need_ct else {})
+
+
+def _xyz(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """A spacing (x, y, z) as a tuple, from the list a config or a stored plan may give."""
+    x, y, z = spacing
+    return x, y, z
+
+
+def _meta_tensor(volume: object, path: Path) -> MetaTensor:
+    """``volume`` as the MetaTensor that MONAI's loading and transforms give (its affine is recorded)."""
+    from monai.data.meta_tensor import MetaTensor  # MONAI is loaded by now (load_volume)
+
+    if not isinstance(volume, MetaTensor):
+        raise TypeError(f"{path}: expected a MONAI MetaTensor with an affine, got a {type(volume).__name__}")
+    return volume
 
 
 def _ras_shape(volume) -> np.ndarray:
@@ -222,7 +241,7 @@ class VolumeCacher(CacheItemWorker):
     def _prepare(self, job: Job, label_path: Path | None, modality: str):
         """Load, check, resample, crop and normalise; arrays come back as [Z, Y, X]."""
         p = self.params
-        image = load_volume(job.path, p.frame)
+        image = _meta_tensor(load_volume(job.path, p.frame), job.path)
         check_finite(job.path, image)
         label = None
         if label_path is not None:
@@ -238,7 +257,8 @@ class VolumeCacher(CacheItemWorker):
         }
         image, label = resample(image, label, self.plan.spacing, p, is_foreground if p.crop_foreground else None)
         foreground = is_foreground(image)
-        image, stats = normalize(image, modality, p, self.plan, foreground)
+        normalized, stats = normalize(image, modality, p, self.plan, foreground)
+        image = _meta_tensor(normalized, job.path)
         zyx_image = np.ascontiguousarray(np.asarray(image[0]).transpose(2, 1, 0)).astype(p.dtype)
         zyx_label = None
         if label is not None:

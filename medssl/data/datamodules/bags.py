@@ -4,7 +4,7 @@ instance classifiers) for training, whole bags in bounded pieces for evaluation.
 
 from __future__ import annotations
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from medssl.data.bags import BagPieceDataset, InstanceDataset, SlideBagDataset, collate_bags
 from medssl.data.datamodules.base import CacheDataModule
@@ -12,7 +12,7 @@ from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view
 
 
-class BagDataModule(CacheDataModule):
+class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPieceDataset]):
     """Slides as bags (``features`` from ``medssl embed``, or tile pixels) for slide-level learning.
 
     Training yields padded batches of bags (at most ``max_instances`` random instances each, a function
@@ -48,12 +48,12 @@ class BagDataModule(CacheDataModule):
                 bags = SlideBagDataset(self.cache, features=self.features, splits=split or None, classes=self.classes)
                 self.datasets[name] = BagPieceDataset(bags, self.piece_size, instance_truth=truth)
 
-    def _train_dataset(self, splits: list[str] | None) -> Dataset:
+    def _train_dataset(self, splits: list[str] | None) -> SlideBagDataset | InstanceDataset:
         return SlideBagDataset(self.cache, features=self.features, max_instances=self.max_instances, splits=splits,
                                classes=self.classes, seed=self.seed)
 
     def train_dataloader(self):
-        dataset = self.datasets["train"]
+        dataset = self._stage_dataset("train")
         sampler = BlockShuffleSampler([(i, i + 1) for i in range(len(dataset))], seed=self.seed, with_epoch=True)
         return self._loader(dataset, train=True, sampler=sampler, collate_fn=collate_bags)
 
@@ -61,8 +61,8 @@ class BagDataModule(CacheDataModule):
         dataset = self.datasets.get(name)
         if dataset is None:
             return []
-        options = dict(num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-        return DataLoader(dataset, batch_size=None, shuffle=False, **options)
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
         return self._pieces("val")
@@ -87,12 +87,14 @@ class InstanceDataModule(BagDataModule):
                          train_split, val_split, test_split)
         self.view_size = view_size
 
-    def _train_dataset(self, splits: list[str] | None) -> Dataset:
+    def _train_dataset(self, splits: list[str] | None) -> InstanceDataset:
         transform = None if self.features else MultiViewd([histology_view(self.view_size)] * 2)
         return InstanceDataset(self.cache, features=self.features, transform=transform, splits=splits,
                                classes=self.classes, seed=self.seed)
 
     def train_dataloader(self):
-        dataset = self.datasets["train"]
+        dataset = self._stage_dataset("train")
+        if not isinstance(dataset, InstanceDataset):  # what _train_dataset builds
+            raise TypeError(f"{type(self).__name__} trains on an InstanceDataset, not a {type(dataset).__name__}")
         sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
         return self._loader(dataset, train=True, sampler=sampler)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -13,14 +14,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from medssl.data.transforms import seed_worker
 
+DatasetT = TypeVar("DatasetT", bound=Dataset)
+
 
 def default_workers() -> int:
     """All cores but one for loading, at most 8 (beyond that a loader rarely gains)."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-class CacheDataModule(pl.LightningDataModule):
-    """Base of the DataModules over a medssl cache.
+class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
+    """Base of the DataModules over a medssl cache, whose ``setup`` fills ``datasets`` (one per stage,
+    None for a stage the cache has no split for) with ``DatasetT``.
 
     ``uses_medssl_sampler``: training loaders carry their own DDP-aware sampler, so Lightning must not
     wrap it in a ``DistributedSampler``; ``medssl fit`` sets ``trainer.use_distributed_sampler=False``
@@ -37,16 +41,26 @@ class CacheDataModule(pl.LightningDataModule):
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.seed = seed
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
-        self.datasets: dict[str, Dataset | None] = {}
+        self.datasets: dict[str, DatasetT | None] = {}
 
     def _split(self, stage: str, available: Sequence[str]) -> list[str] | None:
         """The filter for a stage, or None for 'no such set'. Without splits, train takes everything."""
         name = self.splits[stage]
-        if name in available:
+        if name is not None and name in available:
             return [name]
         if stage == "train" and not available:
             return []  # sentinel: no filter
         return None
+
+    def _stage_dataset(self, stage: str) -> DatasetT:
+        """The dataset of ``stage``; a clear error before ``setup`` or when the cache has no such split."""
+        if stage not in self.datasets:
+            raise RuntimeError(f"{type(self).__name__} has no {stage} dataset yet: call setup() first")
+        dataset = self.datasets[stage]
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__} has no {stage} dataset: {self.cache} has splits, none named "
+                               f"{self.splits[stage]!r}; set {stage}_split to one of them")
+        return dataset
 
     def _loader(self, dataset: Dataset, train: bool, **kwargs) -> DataLoader:
         options = dict(num_workers=self.num_workers, worker_init_fn=seed_worker,

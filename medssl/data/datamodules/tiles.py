@@ -11,7 +11,7 @@ from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view
 
 
-class TileDataModule(CacheDataModule):
+class TileDataModule(CacheDataModule[TileDataset]):
     """Histology tiles for self-supervised pretraining and tile-level evaluation.
 
     ``views``: ``"pair"`` (two histology views, SimCLR/Barlow Twins), ``"multicrop"`` (``n_global`` crops
@@ -49,7 +49,7 @@ class TileDataModule(CacheDataModule):
             )
 
     def train_dataloader(self):
-        dataset = self.datasets["train"]
+        dataset = self._stage_dataset("train")
         sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=self.views is not None)
         if self.views is None:
             return batch_loader(dataset, sampler, self.batch_size, num_workers=self.num_workers, drop_last=True,

@@ -10,8 +10,11 @@ from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, radiology_view
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 
+# the dataset of each stage, by mode
+VolumeDataset = VolumeSliceDataset | VolumePatchDataset | VolumeStackDataset
 
-class VolumeDataModule(CacheDataModule):
+
+class VolumeDataModule(CacheDataModule[VolumeDataset]):
     """Radiology volumes as 2D slices, 3D patches or whole slice stacks (``mode``), resized or
     cropped to ``spatial_size`` (2 entries for slices, 3 for patches; ignored for stacks), with
     ``views`` radiology views per sample for SSL (0 = the sample itself with its label map, for
@@ -31,7 +34,7 @@ class VolumeDataModule(CacheDataModule):
             raise ValueError("geometric views are pairs of 2D slices: use mode='slices' and views=2")
         self.geometric = geometric
 
-    def _dataset(self, splits, transform):
+    def _dataset(self, splits, transform) -> VolumeDataset:
         common = dict(splits=splits or None, transform=transform, labels=self.views == 0, seed=self.seed)
         if self.mode == "slices":
             return VolumeSliceDataset(self.cache, **common)
@@ -47,7 +50,7 @@ class VolumeDataModule(CacheDataModule):
             return GeometricViewsd.pair(radiology_geometric_view(self.spatial_size))
         if train and self.views:
             return MultiViewd([radiology_view(self.spatial_size, keys=("image",))] * self.views)
-        from monai.transforms import ResizeWithPadOrCropd
+        from monai.transforms.croppad.dictionary import ResizeWithPadOrCropd
 
         keys = ["image", "label"] if self.mode != "stacks" else ["image"]
         return ResizeWithPadOrCropd(keys, self.spatial_size, allow_missing_keys=True)
@@ -62,12 +65,16 @@ class VolumeDataModule(CacheDataModule):
             self.datasets[name] = None if split is None else self._dataset(split, self._transform(name == "train"))
 
     def train_dataloader(self):
-        dataset = self.datasets["train"]
+        dataset = self._stage_dataset("train")
         sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
         return self._loader(dataset, train=True, sampler=sampler)
 
     def val_dataloader(self):
-        return [] if self.datasets.get("val") is None else self._loader(self.datasets["val"], train=False)
+        return self._eval("val")
 
     def test_dataloader(self):
-        return [] if self.datasets.get("test") is None else self._loader(self.datasets["test"], train=False)
+        return self._eval("test")
+
+    def _eval(self, name: str):
+        dataset = self.datasets.get(name)
+        return [] if dataset is None else self._loader(dataset, train=False)
