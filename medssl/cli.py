@@ -223,6 +223,7 @@ def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cache", required=True, help="tile or volume cache folder")
     p.add_argument("--out", required=True, help="embedding folder (holds cache.zarr, encoder.pt, manifest.csv)")
+    p.add_argument("--encoder", default="encoder", help="which of the checkpoint's encoders (its model's encoders())")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored feature type")
@@ -240,6 +241,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     summary = embed_cache(
         args.checkpoint, args.cache, args.out, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         threads=args.threads, shard=parse_shard(args.shard), overwrite=args.overwrite, progress=not args.quiet,
+        encoder_name=args.encoder,
     )
     counts = summary.counts()
     print(f"{counts['done']} embedded, {counts['skipped']} already complete, {counts['failed']} failed\n"
@@ -259,6 +261,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output file: .pt (weights) or .pt2 (torch.export program)")
     p.add_argument("--size", type=int, nargs="+", help="example input size for .pt2 [default: the encoder's img_size]")
+    p.add_argument("--encoder", default="encoder", help="which of the checkpoint's encoders (its model's encoders())")
     p.set_defaults(func=_run_export)
 
 
@@ -266,9 +269,9 @@ def _run_export(args: argparse.Namespace) -> int:
     from medssl.export import export_encoder, export_program
 
     if args.out.endswith(".pt2"):
-        out = export_program(args.checkpoint, args.out, tuple(args.size) if args.size else None)
+        out = export_program(args.checkpoint, args.out, tuple(args.size) if args.size else None, name=args.encoder)
     else:
-        out = export_encoder(args.checkpoint, args.out)
+        out = export_encoder(args.checkpoint, args.out, name=args.encoder)
     print(f"encoder written to {out}")
     return 0
 

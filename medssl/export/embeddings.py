@@ -58,13 +58,15 @@ def embed_cache(
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
     progress: bool = True,
+    encoder_name: str = "encoder",
 ) -> EmbedSummary:
     """Embed every complete slide (tile cache) or volume (volume cache, per axial slice) of ``cache`` with
-    the encoder of ``source`` (a method checkpoint, an encoder file or an ``Encoder``) into the folder ``out``."""
+    the encoder of ``source`` (a method checkpoint, an encoder file or an ``Encoder``) into the folder ``out``.
+    ``encoder_name`` picks one of a checkpoint's encoders (its model's ``encoders()``)."""
     if dtype not in ("float32", "float16"):
         raise InputError(f"dtype must be float32 or float16, got {dtype!r}")
     out, cache = Path(out), Path(cache)
-    data = encoder_source(source)
+    data = encoder_source(source, encoder_name)
     encoder = build_from_source(data, str(source))
     kind = _cache_kind(cache)
     params = {"encoder": encoder.config(), "encoder_sha256": weights_sha256(data["state_dict"]),
@@ -72,7 +74,7 @@ def embed_cache(
     root = cache_mod.open_for_writing(out, KIND, params, overwrite=overwrite)
     encoder_file = out / ENCODER_FILE
     if not encoder_file.exists() or overwrite:
-        export_encoder(source, encoder_file, cache=params["cache"])
+        export_encoder(source, encoder_file, name=encoder_name, cache=params["cache"])
     reader = SlideCache(cache) if kind == "slides" else VolumeCache(cache)
     jobs = select_shard([Job(item_id, cache) for item_id in reader.ids], shard)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))

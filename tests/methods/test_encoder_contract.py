@@ -100,3 +100,15 @@ def test_ins_exports_its_pixel_encoder(tmp_path):
     model = INS(backbone=BACKBONE, queue_size=8, num_instances=4)
     records = model.encoder_records()
     assert list(records) == ["encoder"] and records["encoder"]["prefix"] == "encoder.network."
+
+
+def test_medssl_export_takes_an_encoder_by_name(tmp_path, capsys):
+    from medssl.cli import main
+
+    model = StudentTeacher()
+    path = save_checkpoint(model, tmp_path / "model.ckpt")
+    assert main(["export", str(path), "--out", str(tmp_path / "teacher.pt"), "--encoder", "teacher"]) == 0
+    exported = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    torch.testing.assert_close(exported["state_dict"]["conv1.weight"], model.heads["teacher"].network.conv1.weight)
+    assert main(["export", str(path), "--out", str(tmp_path / "mixer.pt"), "--encoder", "mixer"]) == 2
+    assert "not a medssl backbone" in capsys.readouterr().err
