@@ -42,10 +42,10 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
+from medssl.cache import SlideCache
 from medssl.data.datasets import ThreadedBatchLoader, TileDataset
 from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view
-from medssl.cache import SlideCache
 from medssl.preprocess import TilingParams, tile_slides
 from medssl.synthetic.slides import random_layout, write_slide
 
@@ -91,8 +91,13 @@ def iterate_rate(loader, cores: int) -> dict:
     for batch in loader:
         seen += len(batch["image"])
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"tiles": seen, "seconds": round(seconds, 3), "tiles_per_s": round(seen / seconds, 1),
-            "per_core": round(seen / max(seconds * cores, 1e-9), 1), "tiles_per_cpu_s": round(seen / cpu, 1)}
+    return {
+        "tiles": seen,
+        "seconds": round(seconds, 3),
+        "tiles_per_s": round(seen / seconds, 1),
+        "per_core": round(seen / max(seconds * cores, 1e-9), 1),
+        "tiles_per_cpu_s": round(seen / cpu, 1),
+    }
 
 
 def epoch_rate(dataset: Dataset, sampler, workers: int, batched: bool = False) -> dict:
@@ -106,8 +111,12 @@ def epoch_rate(dataset: Dataset, sampler, workers: int, batched: bool = False) -
         seen += len(batch["image"] if "image" in batch else batch["views"][0])
     seconds = time.perf_counter() - start
     rate = seen / seconds
-    return {"tiles": seen, "seconds": round(seconds, 3), "tiles_per_s": round(rate, 1),
-            "per_core": round(rate / max(1, workers), 1)}
+    return {
+        "tiles": seen,
+        "seconds": round(seconds, 3),
+        "tiles_per_s": round(rate, 1),
+        "per_core": round(rate / max(1, workers), 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,8 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     print(f"writing and tiling a {size}² slide ...", file=sys.stderr)
-    slide = write_slide(work / "slide.tiff", random_layout(size, size, n_pieces=2, coverage=0.8, seed=1),
-                        mpp=0.25, downsamples=(1, 4, 16))
+    slide = write_slide(
+        work / "slide.tiff",
+        random_layout(size, size, n_pieces=2, coverage=0.8, seed=1),
+        mpp=0.25,
+        downsamples=(1, 4, 16),
+    )
     tile_slides([slide], work / "cache", TilingParams(target_mpp=0.25, tile_size=224), progress=False)
     dataset = TileDataset(work / "cache")
     tiles = SlideCache(work / "cache").tiles("slide")[:]
@@ -161,11 +174,19 @@ def main(argv: list[str] | None = None) -> dict:
     one = {name: r["workers_1"]["tiles_per_s"] for name, r in results.items()}
     two = {name: r["workers_2"]["tiles_per_s"] for name, r in results.items()}
     report = {
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "torch": torch.__version__},
-        "tiles": len(dataset), "tile": [224, 224, 3], "batch": BATCH,
-        "disk_mib": {"medssl_raw": round(sum(f.stat().st_size for f in (work / "cache").rglob("*") if f.is_file()) / 2**20, 1),
-                     "jpeg_folder": round(sum(f.stat().st_size for f in files) / 2**20, 1)},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "tiles": len(dataset),
+        "tile": [224, 224, 3],
+        "batch": BATCH,
+        "disk_mib": {
+            "medssl_raw": round(sum(f.stat().st_size for f in (work / "cache").rglob("*") if f.is_file()) / 2**20, 1),
+            "jpeg_folder": round(sum(f.stat().st_size for f in files) / 2**20, 1),
+        },
         "loaders": results,
         "ratios_at_1_worker": {
             "train_order_vs_jpeg": round(one["medssl_train_order"] / one["jpeg_folder"], 2),

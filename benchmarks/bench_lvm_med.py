@@ -86,7 +86,9 @@ def one_step(model: lvm_med.LVMMed, batch: dict, device: torch.device) -> dict[s
 def random_batch(batch: int, size: int, device: torch.device) -> dict:
     pair = GeometricViewsd.pair(RandGeometricViewd(size, scale=(0.3, 1.0), flip_prob=0.5))
     samples = [pair({"image": torch.rand(3, size * 2, size * 2)}) for _ in range(batch)]
-    return {key: [torch.stack([s[key][k] for s in samples]).to(device) for k in range(2)] for key in ("views", "geometry")}
+    return {
+        key: [torch.stack([s[key][k] for s in samples]).to(device) for k in range(2)] for key in ("views", "geometry")
+    }
 
 
 def main() -> None:
@@ -98,8 +100,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, device {device}; backbone {args.backbone}, views {args.size}², graphs of 16")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}, device {device}; backbone {args.backbone}, views {args.size}², graphs of 16"
+    )
     torch.manual_seed(0)
     model = lvm_med.LVMMed(backbone={"name": args.backbone, "in_channels": 3}).to(device)
     for batch_size in args.batches:
@@ -109,8 +113,10 @@ def main() -> None:
         parts = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
         total = sum(parts.values())
         matching = parts["affinities"] + parts["solver forward"] + parts["I-MLE second solve"]
-        print(f"\nbatch {batch_size} ({batch_size // 16} graphs): step {total * 1000:.0f} ms, "
-              f"matching share {100 * matching / total:.1f} %")
+        print(
+            f"\nbatch {batch_size} ({batch_size // 16} graphs): step {total * 1000:.0f} ms, "
+            f"matching share {100 * matching / total:.1f} %"
+        )
         for name, seconds in parts.items():
             print(f"  {name:<20}{seconds * 1000:>10.1f} ms{100 * seconds / total:>8.1f} %")
 

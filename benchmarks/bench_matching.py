@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,18 @@ def problem(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return unary, edge_affinity, es, et
 
 
+def solve(unary, edge_affinity, es, et, solver) -> torch.Tensor:
+    """The perturbed matching (I-MLE's forward pass)."""
+    return imle_matching(unary, edge_affinity, es, et, solver=solver, generator=0)[0]
+
+
+def solve_and_backward(unary, edge_affinity, es, et, solver) -> None:
+    """One I-MLE step: forward, Hamming loss, backward (a second solve)."""
+    theta_v, theta_e = unary.clone().requires_grad_(), edge_affinity.clone().requires_grad_()
+    v, _ = imle_matching(theta_v, theta_e, es, et, solver=solver, generator=0)
+    hamming(v).backward()
+
+
 def timed(step, repeats: int) -> float:
     step()  # warm-up
     times = []
@@ -71,30 +84,40 @@ def main(argv: list[str] | None = None) -> dict:
     for n in args.sizes:
         unary, edge_affinity, es, et = problem(n, seed=n)
         for name, solver in solvers.items():
-            def forward() -> torch.Tensor:
-                return imle_matching(unary, edge_affinity, es, et, solver=solver, generator=0)[0]
-
-            def imle_step() -> None:
-                theta_v, theta_e = unary.clone().requires_grad_(), edge_affinity.clone().requires_grad_()
-                v, _ = imle_matching(theta_v, theta_e, es, et, solver=solver, generator=0)
-                hamming(v).backward()
-
+            forward = partial(solve, unary, edge_affinity, es, et, solver)
+            imle_step = partial(solve_and_backward, unary, edge_affinity, es, et, solver)
             accuracy = (forward().diagonal(dim1=1, dim2=2).sum(-1) / n).mean().item()
-            rows.append({"nodes": n, "edges_per_graph": n * K, "solver": name,
-                         "forward_ms": round(1000 * timed(forward, repeats), 2),
-                         "imle_step_ms": round(1000 * timed(imle_step, repeats), 2),
-                         "identity_recovered": round(accuracy, 3)})
+            rows.append(
+                {
+                    "nodes": n,
+                    "edges_per_graph": n * K,
+                    "solver": name,
+                    "forward_ms": round(1000 * timed(forward, repeats), 2),
+                    "imle_step_ms": round(1000 * timed(imle_step, repeats), 2),
+                    "identity_recovered": round(accuracy, 3),
+                }
+            )
     torch_threads = torch.get_num_threads()
     header = f"{'nodes':>5} {'edges':>6} {'solver':>13} {'forward ms':>11} {'fwd+bwd ms':>11} {'id. recovered':>14}"
     print(f"batch of {BATCH} graph pairs, kNN k={K}, Gumbel noise on, λ = 80; torch threads {torch_threads}")
     print(header)
     for r in rows:
-        print(f"{r['nodes']:>5} {r['edges_per_graph']:>6} {r['solver']:>13} {r['forward_ms']:>11} "
-              f"{r['imle_step_ms']:>11} {r['identity_recovered']:>14}")
+        print(
+            f"{r['nodes']:>5} {r['edges_per_graph']:>6} {r['solver']:>13} {r['forward_ms']:>11} "
+            f"{r['imle_step_ms']:>11} {r['identity_recovered']:>14}"
+        )
     report = {
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "torch_threads": torch_threads, "python": platform.python_version(), "torch": torch.__version__},
-        "batch": BATCH, "k": K, "repeats": repeats, "results": rows,
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch_threads,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "batch": BATCH,
+        "k": K,
+        "repeats": repeats,
+        "results": rows,
     }
     print(json.dumps(report, indent=2))
     return report

@@ -77,8 +77,18 @@ def child(args: argparse.Namespace) -> None:
                     model.instance_probabilities(bag).mean()
         times.append(time.perf_counter() - start)
     best = min(times)
-    print(json.dumps({"model": args.model, "n": args.n, "mode": args.mode, "seconds": best,
-                      "slides_per_s": 1 / best, "peak_mib": peak_rss_mib() - baseline}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "n": args.n,
+                "mode": args.mode,
+                "seconds": best,
+                "slides_per_s": 1 / best,
+                "peak_mib": peak_rss_mib() - baseline,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -102,8 +112,10 @@ def main() -> None:
 
     sizes = [10_000] if args.quick else [10_000, 100_000]
     repeats = 1 if args.quick else args.repeats
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
-          f"D = {args.dim}, piece {args.piece_size}, best of {repeats}")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; "
+        f"D = {args.dim}, piece {args.piece_size}, best of {repeats}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         store = str(Path(folder) / "bag.zarr")
         bag = zarr.create_array(store, shape=(max(sizes), args.dim), chunks=(8192, args.dim), dtype="float32")
@@ -115,10 +127,28 @@ def main() -> None:
         for model in ("abmil", "ins"):
             for n in sizes:
                 for mode in ("pieces", "whole"):
-                    command = [sys.executable, __file__, "--child", "--store", store, "--model", model, "--mode", mode,
-                               "--n", str(n), "--repeats", str(repeats), "--piece-size", str(args.piece_size),
-                               "--threads", str(args.threads)]
-                    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        "--store",
+                        store,
+                        "--model",
+                        model,
+                        "--mode",
+                        mode,
+                        "--n",
+                        str(n),
+                        "--repeats",
+                        str(repeats),
+                        "--piece-size",
+                        str(args.piece_size),
+                        "--threads",
+                        str(args.threads),
+                    ]
+                    result = json.loads(
+                        subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+                    )
                     print(f"{model:<7}{n:>10,}{mode:>8}{result['slides_per_s']:>10.2f}{result['peak_mib']:>10.0f}")
 
 

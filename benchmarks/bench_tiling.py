@@ -17,8 +17,8 @@ as on most real 40× SVS files. Every mode runs single-process on the same (warm
 Modes, and why each exists:
 
 ``medssl``
-    What we ship: ``tile_slides([slide], out, TilingParams(target_mpp, tile_size), workers=1,
-    threads=T)`` into a fresh folder, end to end — thumbnail, tissue mask, grid, block reads, exact resize, Zarr writes of
+    What we ship: ``tile_slides([slide], out, TilingParams(target_mpp, tile_size), workers=1, threads=T)``
+    into a fresh folder, end to end — thumbnail, tissue mask, grid, block reads, exact resize, Zarr writes of
     raw uint8 tiles to disk, QC picture, commit. ``N`` is the number of tiles it keeps. It runs twice:
     with one read thread (``medssl_1_thread``: the per-core figure compared with the single-threaded
     ceiling) and with ``--threads`` read threads (``medssl``: what one slide gets on this machine).
@@ -26,11 +26,11 @@ Modes, and why each exists:
     (``medssl_1_thread_openslide_reads``: what formats other than tiled TIFF/SVS get).
 
 ``baseline``
-    The way most pipelines do it (CLAM, histolab and similar): one ``OpenSlide.read_region`` per tile
-    at the read level medssl chose, covering the tile's level-0 footprint, ``convert("RGB")``, a PIL
-    box (area) resize to ``tile_size`` (the same filter medssl uses by default) and ``np.asarray`` into a batch buffer. It uses exactly the tile
-    coordinates medssl kept (read back from the cache), and it skips thumbnailing, tissue detection
-    and **writes nothing to disk** — all of which favour the baseline.
+    The way most pipelines do it (CLAM, histolab and similar): one ``OpenSlide.read_region`` per tile at the
+    read level medssl chose, covering the tile's level-0 footprint, ``convert("RGB")``, a PIL box (area)
+    resize to ``tile_size`` (the same filter medssl uses by default) and ``np.asarray`` into a batch buffer.
+    It uses exactly the tile coordinates medssl kept (read back from the cache), and it skips thumbnailing,
+    tissue detection and **writes nothing to disk** — all of which favour the baseline.
 
 ``ceiling``
     How fast the pixels could possibly come off the file on one core: every JPEG source tile of the
@@ -126,8 +126,12 @@ def _generation_record(size: int) -> dict:
     """What decides the slide's bytes, including the generator's source (it may change under us)."""
     generator = hashlib.sha256(Path(synthetic_slides.__file__).read_bytes()).hexdigest()[:16]
     return {
-        "size": size, "layout": LAYOUT, "mpp": SLIDE_MPP, "downsamples": list(DOWNSAMPLES),
-        "vendor": "aperio", "generator_sha256": generator,
+        "size": size,
+        "layout": LAYOUT,
+        "mpp": SLIDE_MPP,
+        "downsamples": list(DOWNSAMPLES),
+        "vendor": "aperio",
+        "generator_sha256": generator,
     }
 
 
@@ -293,7 +297,9 @@ def measure_memory(path: Path, out: Path, params: TilingParams) -> dict:
     log(f"memory: medssl tile {path.name} in a subprocess ...")
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), str(out), str(params.target_mpp), str(params.tile_size)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     with openslide.OpenSlide(str(path)) as osr:
@@ -306,11 +312,18 @@ def measure_memory(path: Path, out: Path, params: TilingParams) -> dict:
 
 # -- report ----------------------------------------------------------------------------------------
 def machine() -> dict:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        "",
-    ) if Path("/proc/cpuinfo").exists() else ""
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     versions = {}
     for name in PACKAGES:
         try:
@@ -333,8 +346,11 @@ def medssl_revision() -> str | None:
     """``git describe --always --dirty`` of the medssl checkout, if it is one."""
     try:
         done = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=Path(synthetic_slides.__file__).parent,
-            capture_output=True, text=True, check=True,
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(synthetic_slides.__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -403,9 +419,9 @@ def main(argv: list[str] | None = None) -> dict:
         "notes": {
             "page_cache": "warm (slide file read or written just before)",
             "baseline": "per-tile read_region + convert('RGB') + PIL box resize into a numpy batch; "
-                        "no thumbnail, no tissue detection, no disk write",
+            "no thumbnail, no tissue detection, no disk write",
             "ceiling": "tifffile page.decode (imagecodecs libjpeg-turbo) of each source tile, one at a time, "
-                       "single thread, no resize/copy/write",
+            "single thread, no resize/copy/write",
         },
         "medssl_1_thread": single,
         "medssl_1_thread_openslide_reads": via_openslide,

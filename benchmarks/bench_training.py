@@ -69,9 +69,16 @@ def machine(device: str) -> dict:
         pass
     import monai
 
-    out = {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-           "python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-           "load_average_1min": round(os.getloadavg()[0], 2), "device": device}
+    out = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "device": device,
+    }
     if device == "cuda":
         out["gpu"] = torch.cuda.get_device_name()
     return out
@@ -101,8 +108,11 @@ def losses(method: str, implementation: str, model: torch.nn.Module) -> tuple[Ca
         return model.training_step, model.pair_loss
     from monai.losses import BarlowTwinsLoss, ContrastiveLoss
 
-    loss = (ContrastiveLoss(temperature=model.hparams.temperature) if method == "simclr"
-            else BarlowTwinsLoss(lambd=model.hparams.lambd))
+    loss = (
+        ContrastiveLoss(temperature=model.hparams.temperature)
+        if method == "simclr"
+        else BarlowTwinsLoss(lambd=model.hparams.lambd)
+    )
 
     def step_loss(batch: dict, batch_idx: int) -> torch.Tensor:  # TwoViewMethod.training_step, MONAI's loss
         view1, view2 = batch["views"][:2]
@@ -170,9 +180,16 @@ def measure(method: str, implementation: str, args: argparse.Namespace) -> dict:
         sync(device)
         if k >= 3:
             loss_seconds.append(time.perf_counter() - start)
-    out = {"method": method, "implementation": implementation, "encoder": model.encoder.config(),
-           "threads": torch.get_num_threads(), "step_s": seconds, "loss_s": statistics.median(loss_seconds),
-           "peak_mib": peak, "delta_mib": peak - before}
+    out = {
+        "method": method,
+        "implementation": implementation,
+        "encoder": model.encoder.config(),
+        "threads": torch.get_num_threads(),
+        "step_s": seconds,
+        "loss_s": statistics.median(loss_seconds),
+        "peak_mib": peak,
+        "delta_mib": peak - before,
+    }
     if implementation == "MONAI":  # are the two losses the same function? (values on the same projections)
         with torch.no_grad():
             out["loss_values"] = {"medssl": float(model.pair_loss(z1, z2)), "MONAI": float(loss_of(z1, z2))}
@@ -189,15 +206,19 @@ def run_child(method: str, implementation: str, argv: list[str]) -> dict:
 
 
 def table(rows: list[dict], batch: int) -> str:
-    header = f"{'method':<13} {'impl':<7} {'samples/s':>9} {'spread':>13} {'step ms':>8} {'loss ms':>8} " \
-             f"{'loss %':>7} {'peak MiB':>9} {'Δ MiB':>7}"
+    header = (
+        f"{'method':<13} {'impl':<7} {'samples/s':>9} {'spread':>13} {'step ms':>8} {'loss ms':>8} "
+        f"{'loss %':>7} {'peak MiB':>9} {'Δ MiB':>7}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         step = statistics.median(r["step_s"])
         rates = sorted(batch / s for s in r["step_s"])
-        lines.append(f"{r['method']:<13} {r['implementation']:<7} {batch / step:>9.1f} "
-                     f"{f'{rates[0]:.1f}–{rates[-1]:.1f}':>13} {1e3 * step:>8.0f} {1e3 * r['loss_s']:>8.2f} "
-                     f"{100 * r['loss_s'] / step:>6.2f}% {r['peak_mib']:>9.0f} {r['delta_mib']:>7.0f}")
+        lines.append(
+            f"{r['method']:<13} {r['implementation']:<7} {batch / step:>9.1f} "
+            f"{f'{rates[0]:.1f}–{rates[-1]:.1f}':>13} {1e3 * step:>8.0f} {1e3 * r['loss_s']:>8.2f} "
+            f"{100 * r['loss_s'] / step:>6.2f}% {r['peak_mib']:>9.0f} {r['delta_mib']:>7.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -222,8 +243,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
 
     if args.device == "cpu" and os.getloadavg()[0] > 0.5:
-        log(f"warning: load average {os.getloadavg()[0]:.2f} before starting: other processes share the cores; "
-            "multi-threaded timings suffer badly from that, consider --threads")
+        log(
+            f"warning: load average {os.getloadavg()[0]:.2f} before starting: other processes share the cores; "
+            "multi-threaded timings suffer badly from that, consider --threads"
+        )
     passed = list(sys.argv[1:] if argv is None else argv)
     rows, notes = [], []
     for method in args.methods:
@@ -238,12 +261,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             log(f"  {args.batch / statistics.median(rows[-1]['step_s']):.1f} samples/s")
 
     info = machine(args.device)
-    print(f"machine: {info.pop('cpu')}, {info.pop('cores')} cores "
-          f"({info.pop('usable_cores')} usable), {', '.join(f'{k} {v}' for k, v in info.items())}")
+    print(
+        f"machine: {info.pop('cpu')}, {info.pop('cores')} cores "
+        f"({info.pop('usable_cores')} usable), {', '.join(f'{k} {v}' for k, v in info.items())}"
+    )
     if rows:
         print(f"encoder: {rows[0]['encoder']}, threads {rows[0]['threads']}")
-    print(f"batch {args.batch} × 2 views of 3×{args.size}², AdamW; median of {args.repeats} × {args.steps} steps "
-          f"after {args.warmup} warm-up; spread = min–max samples/s over the repeats\n")
+    print(
+        f"batch {args.batch} × 2 views of 3×{args.size}², AdamW; median of {args.repeats} × {args.steps} steps "
+        f"after {args.warmup} warm-up; spread = min–max samples/s over the repeats\n"
+    )
     print(table(rows, args.batch))
     print()
     by_key = {(r["method"], r["implementation"]): r for r in rows}
@@ -252,9 +279,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ours, theirs = by_key[method, "medssl"], by_key[method, "MONAI"]
             ratio = statistics.median(theirs["step_s"]) / statistics.median(ours["step_s"])
             values = theirs["loss_values"]
-            print(f"{method}: medssl step throughput = {ratio:.3f} × MONAI-loss step; loss alone "
-                  f"{1e3 * ours['loss_s']:.2f} ms (medssl) vs {1e3 * theirs['loss_s']:.2f} ms (MONAI); value on the same projections "
-                  f"medssl {values['medssl']:.6g} vs MONAI {values['MONAI']:.6g}")
+            print(
+                f"{method}: medssl step throughput = {ratio:.3f} × MONAI-loss step; loss alone "
+                f"{1e3 * ours['loss_s']:.2f} ms (medssl) vs {1e3 * theirs['loss_s']:.2f} ms (MONAI); "
+                "value on the same projections "
+                f"medssl {values['medssl']:.6g} vs MONAI {values['MONAI']:.6g}"
+            )
     for note in notes:
         print(note)
     return rows

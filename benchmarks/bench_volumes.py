@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     cache_volumes([source], work / "raw", params, modality="CT", progress=False)
     timings["cache_seconds"] = round(time.perf_counter() - start, 2)
-    cache_volumes([source], work / "zstd", VolumeParams(**{**params.as_dict(), "codec": "zstd"}), modality="CT", progress=False)
+    cache_volumes(
+        [source], work / "zstd", VolumeParams(**{**params.as_dict(), "codec": "zstd"}), modality="CT", progress=False
+    )
     cache = VolumeCache(work / "raw")
     image = cache.image("ct")
     assert isinstance(image, np.memmap), "the raw layout should be memory-mapped"
@@ -143,8 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
             "nibabel": nib.__version__,
         },
-        "volume": {"source_shape_xyz": list(shape), "spacing_mm": list(spacing), "cached_shape_zyx": list(shape_zyx),
-                   "dtype": str(image.dtype), "patch": args.patch},
+        "volume": {
+            "source_shape_xyz": list(shape),
+            "spacing_mm": list(spacing),
+            "cached_shape_zyx": list(shape_zyx),
+            "dtype": str(image.dtype),
+            "patch": args.patch,
+        },
         "disk_mib": {
             "medssl_raw": round(disk_bytes(work / "raw" / "cache.zarr") / 2**20, 1),
             "medssl_zstd": round(disk_bytes(work / "zstd" / "cache.zarr") / 2**20, 1),

@@ -35,7 +35,9 @@ def _preprocess_parser(sub: argparse._SubParsersAction, name: str, help: str, de
 
 def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
     p, running = _preprocess_parser(
-        sub, "tile", "tile whole-slide images into a Zarr cache",
+        sub,
+        "tile",
+        "tile whole-slide images into a Zarr cache",
         "Tile slides (files, folders, globs or a CSV manifest with slide_id,path[,label,stain,mpp]) "
         "into one resumable Zarr cache at a target physical resolution.",
         "slide files, folders, glob patterns or CSV manifests",
@@ -68,8 +70,8 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tile(args: argparse.Namespace) -> int:
-    from medssl.preprocess import StorageParams, TilingParams, TissueParams, tile_slides
     from medssl.jobs import parse_shard
+    from medssl.preprocess import StorageParams, TilingParams, TissueParams, tile_slides
     from medssl.preprocess.slides import magnification_to_mpp
 
     target = magnification_to_mpp(args.magnification) if args.magnification else (args.mpp or 0.5)
@@ -124,16 +126,27 @@ def _report(summary, verb: str, detail: str) -> int:
 
 def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
     p, _ = _preprocess_parser(
-        sub, "cache-volumes", "preprocess CT/MRI volumes into a Zarr cache",
+        sub,
+        "cache-volumes",
+        "preprocess CT/MRI volumes into a Zarr cache",
         "Orient (RAS), resample, crop and normalise NIfTI files or DICOM series (files, folders, "
         "globs or a CSV manifest with volume_id,image[,label,modality,split]) into one resumable Zarr cache.",
         "NIfTI files, DICOM series folders, folders, globs or CSV manifests",
     )
     p.add_argument("--modality", choices=("CT", "MR"), help="for inputs without a CSV 'modality' column")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="target spacing in mm [default: cohort median, nnU-Net's anisotropy rule]")
-    p.add_argument("--ct-norm", default="cohort", choices=("cohort", "window"),
-                   help="CT: clip to cohort foreground 0.5/99.5 pct + z-score, or a fixed window scaled to 0..1")
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="target spacing in mm [default: cohort median, nnU-Net's anisotropy rule]",
+    )
+    p.add_argument(
+        "--ct-norm",
+        default="cohort",
+        choices=("cohort", "window"),
+        help="CT: clip to cohort foreground 0.5/99.5 pct + z-score, or a fixed window scaled to 0..1",
+    )
     p.add_argument("--ct-window", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LOW", "HIGH"))
     p.add_argument("--ct-foreground-hu", type=float, default=-500.0, help="CT body threshold for cropping")
     p.add_argument("--no-crop", action="store_true", help="keep the whole field of view")
@@ -145,8 +158,8 @@ def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_volumes(args: argparse.Namespace) -> int:
-    from medssl.preprocess import VolumeParams, cache_volumes
     from medssl.jobs import parse_shard
+    from medssl.preprocess import VolumeParams, cache_volumes
 
     try:
         params = VolumeParams(
@@ -163,8 +176,14 @@ def _run_volumes(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise MedsslError(f"medssl cache-volumes: {exc}") from None
     summary = cache_volumes(
-        args.inputs, args.out, params, modality=args.modality, workers=args.workers,
-        shard=parse_shard(args.shard), overwrite=args.overwrite, progress=not args.quiet,
+        args.inputs,
+        args.out,
+        params,
+        modality=args.modality,
+        workers=args.workers,
+        shard=parse_shard(args.shard),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     spacing = ", ".join(f"{v:.3g}" for v in summary.plan.spacing)
     return _report(summary, "cached", f"spacing ({spacing}) mm")
@@ -216,7 +235,9 @@ def _checkpoint_parser(sub: argparse._SubParsersAction, name: str, help: str, de
 
 def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
-        sub, "embed", "embed every tile (or axial slice) of a cache with a trained encoder",
+        sub,
+        "embed",
+        "embed every tile (or axial slice) of a cache with a trained encoder",
         "Run the encoder of a method checkpoint or encoder file over a tile or volume cache and write features "
         "aligned with the tile/slice index, one resumable Zarr item per slide or volume.",
         "Lightning checkpoint of a medssl method, or an encoder file (medssl export)",
@@ -239,13 +260,23 @@ def _run_embed(args: argparse.Namespace) -> int:
     from medssl.jobs import parse_shard
 
     summary = embed_cache(
-        args.checkpoint, args.cache, args.out, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        threads=args.threads, shard=parse_shard(args.shard), overwrite=args.overwrite, progress=not args.quiet,
+        args.checkpoint,
+        args.cache,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        shard=parse_shard(args.shard),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
         encoder_name=args.encoder,
     )
     counts = summary.counts()
-    print(f"{counts['done']} embedded, {counts['skipped']} already complete, {counts['failed']} failed\n"
-          f"embeddings: {summary.out / 'cache.zarr'}\nencoder:    {summary.encoder}\nmanifest:   {summary.manifest}")
+    print(
+        f"{counts['done']} embedded, {counts['skipped']} already complete, {counts['failed']} failed\n"
+        f"embeddings: {summary.out / 'cache.zarr'}\nencoder:    {summary.encoder}\nmanifest:   {summary.manifest}"
+    )
     for result in summary.failed:
         print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -253,7 +284,9 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
-        sub, "export", "export a checkpoint's encoder for MONAI or plain PyTorch",
+        sub,
+        "export",
+        "export a checkpoint's encoder for MONAI or plain PyTorch",
         "Write the encoder of a method checkpoint as weights plus its configuration (.pt, loads with "
         "torch.load(weights_only=True) into the MONAI network) or as a torch.export program (.pt2, runs with "
         "plain PyTorch: torch.export.load(path).module()).",
@@ -278,7 +311,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _add_heatmap_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
-        sub, "heatmap", "draw a slide model's instance scores over slide thumbnails",
+        sub,
+        "heatmap",
+        "draw a slide model's instance scores over slide thumbnails",
         "Score whole slides with an ABMIL or INS checkpoint, piece by piece, and write one PNG per slide "
         "(attention or instance probability over the thumbnail), per-tile scores as CSV, and slides.csv.",
         "Lightning checkpoint of an ABMIL or INS run",
@@ -290,18 +325,29 @@ def _add_heatmap_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slides", nargs="+", help="only these slide ids")
     p.add_argument("--piece-size", type=int, default=8192, help="instances scored at a time (bounds memory)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--stretch", action=argparse.BooleanOptionalAction, default=None,
-                   help="colours from each slide's lowest to highest score [default: on for attention, off for "
-                   "probabilities]")
+    p.add_argument(
+        "--stretch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="colours from each slide's lowest to highest score [default: on for attention, off for probabilities]",
+    )
     p.set_defaults(func=_run_heatmap)
 
 
 def _run_heatmap(args: argparse.Namespace) -> int:
     from medssl.tasks.slide_inference import write_slide_heatmaps
 
-    out = write_slide_heatmaps(args.checkpoint, args.cache, args.out, features=args.features, slide_ids=args.slides,
-                               splits=args.split, piece_size=args.piece_size, device=args.device,
-                               stretch=args.stretch)
+    out = write_slide_heatmaps(
+        args.checkpoint,
+        args.cache,
+        args.out,
+        features=args.features,
+        slide_ids=args.slides,
+        splits=args.split,
+        piece_size=args.piece_size,
+        device=args.device,
+        stretch=args.stretch,
+    )
     print(f"heatmaps: {out}/*.png\nscores:   {out / 'scores'}\nslides:   {out / 'slides.csv'}")
     return 0
 
@@ -361,13 +407,15 @@ def run_lightning(argv: Sequence[str], run: bool = True):
             if trainer.logger in (None, True):
                 root = trainer.default_root_dir or "."
                 trainer.logger = [
-                    Namespace(class_path=f"lightning.pytorch.loggers.{kind}", init_args=Namespace(save_dir=root, name=name))
+                    Namespace(
+                        class_path=f"lightning.pytorch.loggers.{kind}", init_args=Namespace(save_dir=root, name=name)
+                    )
                     for kind, name in (("TensorBoardLogger", "lightning_logs"), ("CSVLogger", "csv_logs"))
                 ]
 
     command_line = sys.argv
     if sys.argv[1:] != list(argv):  # called from Python: the caller's own flags are not Lightning's (DDP's
-        sys.argv = sys.argv[:1]     # launcher re-runs sys.argv, so the command line itself is kept)
+        sys.argv = sys.argv[:1]  # launcher re-runs sys.argv, so the command line itself is kept)
     try:
         return MedsslCLI(
             pl.LightningModule,  # any medssl method or slide model, chosen by class_path

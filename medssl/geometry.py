@@ -65,12 +65,18 @@ class Fields(NamedTuple):
 def fields(geometry: torch.Tensor) -> Fields:
     """The named parts of geometry records ``[..., 4n + 1]`` (views, not copies)."""
     n = geometry_ndim(geometry)
-    return Fields(geometry[..., :n], geometry[..., n : 2 * n], geometry[..., 2 * n : 3 * n],
-                  geometry[..., 3 * n : 3 * n + 1], geometry[..., 3 * n + 1 :])
+    return Fields(
+        geometry[..., :n],
+        geometry[..., n : 2 * n],
+        geometry[..., 2 * n : 3 * n],
+        geometry[..., 3 * n : 3 * n + 1],
+        geometry[..., 3 * n + 1 :],
+    )
 
 
-def make_geometry(start: Sequence[int], size: Sequence[int], shape: Sequence[int],
-                  flip: bool | Sequence[bool] = False, rot: int = 0) -> torch.Tensor:
+def make_geometry(
+    start: Sequence[int], size: Sequence[int], shape: Sequence[int], flip: bool | Sequence[bool] = False, rot: int = 0
+) -> torch.Tensor:
     """The geometry record (layout in the module docstring) of a crop box ``start``/``size`` in pixels of
     an image of spatial ``shape``, mirrored along the axes where ``flip`` is true (a single bool is the
     left-right flip, the last axis), then rotated by ``rot90(·, rot, dims=(-2, -1))``."""
@@ -82,8 +88,13 @@ def make_geometry(start: Sequence[int], size: Sequence[int], shape: Sequence[int
     flips = [False] * (n - 1) + [bool(flip)] if isinstance(flip, bool) else [bool(f) for f in flip]
     if len(flips) != n:
         raise ValueError(f"flip {tuple(flips)} needs one entry per axis of shape {tuple(shape)}")
-    values = ([s / d for s, d in zip(start, shape, strict=True)] + [c / d for c, d in zip(size, shape, strict=True)]
-              + [float(f) for f in flips] + [float(rot % 4)] + [float(d) for d in shape])
+    values = (
+        [s / d for s, d in zip(start, shape, strict=True)]
+        + [c / d for c, d in zip(size, shape, strict=True)]
+        + [float(f) for f in flips]
+        + [float(rot % 4)]
+        + [float(d) for d in shape]
+    )
     return torch.tensor(values, dtype=torch.float32)
 
 

@@ -152,8 +152,7 @@ def collect_jobs(
 def files_with_suffixes(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Files below ``folder`` (not in hidden folders) whose name ends in one of ``suffixes``."""
     return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.name.lower().endswith(suffixes) and not _hidden(p, folder)
+        p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes) and not _hidden(p, folder)
     )
 
 
@@ -355,9 +354,11 @@ def run_jobs(
     fields += [f for f in extra_fields if f not in fields]
     results: list[Result] = []
     disable = not progress
-    with open(manifest_path, "w", newline="") as handle, tqdm(
-        total=len(jobs), desc=desc, unit=desc.rstrip("s"), position=0, disable=disable
-    ) as item_bar, tqdm(desc=unit, unit=unit.rstrip("s"), position=1, disable=disable) as unit_bar:
+    with (
+        open(manifest_path, "w", newline="") as handle,
+        tqdm(total=len(jobs), desc=desc, unit=desc.rstrip("s"), position=0, disable=disable) as item_bar,
+        tqdm(desc=unit, unit=unit.rstrip("s"), position=1, disable=disable) as unit_bar,
+    ):
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         handle.flush()

@@ -20,7 +20,6 @@ from medssl.cli import main as medssl_main
 from medssl.synthetic.slides import write_demo_cohort
 from medssl.synthetic.volumes import ct_phantom, grid_affine, nibabel_data, write_nifti
 
-
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "simclr_tiles.yaml"
 
 
@@ -30,18 +29,32 @@ STEPS = 6
 def run(out: Path, n_slides: int, epochs: int, mil_epochs: int) -> int:
     cohort = write_slide_inputs(out / "slides", n_slides)
     print(f"[2/{STEPS}] medssl tile --mpp 0.5 --tile-size 224")
-    status = medssl_main(["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "0.5", "--tile-size", "224",
-                          "--workers", "2"])
+    status = medssl_main(
+        ["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "0.5", "--tile-size", "224", "--workers", "2"]
+    )
     print(f"[3/{STEPS}] medssl cache-volumes: nibabel's anatomical.nii (MRI) and a CT phantom")
     manifest = write_volume_inputs(out / "volumes")
     status |= medssl_main(["cache-volumes", str(manifest), "--out", str(out / "volume-cache")])
-    print(f"[4/{STEPS}] medssl fit --config {CONFIG.relative_to(CONFIG.parents[2])} (SimCLR, {epochs} short epochs on CPU)")
+    config = CONFIG.relative_to(CONFIG.parents[2])
+    print(f"[4/{STEPS}] medssl fit --config {config} (SimCLR, {epochs} short epochs on CPU)")
     checkpoint = pretrain(out, epochs)
     print(f"[5/{STEPS}] medssl embed")
-    status |= medssl_main(["embed", str(checkpoint), "--cache", str(out / "cache"), "--out", str(out / "embeddings"),
-                           "--quiet", "--overwrite"])  # a re-run's fresh checkpoint replaces the last one's features
-    print(f"[6/{STEPS}] medssl fit --config configs/mil/abmil.yaml and configs/mil/ins.yaml ({mil_epochs} epochs, "
-          "slide labels only)")
+    status |= medssl_main(
+        [
+            "embed",
+            str(checkpoint),
+            "--cache",
+            str(out / "cache"),
+            "--out",
+            str(out / "embeddings"),
+            "--quiet",
+            "--overwrite",
+        ]
+    )  # a re-run's fresh checkpoint replaces the last one's features
+    print(
+        f"[6/{STEPS}] medssl fit --config configs/mil/abmil.yaml and configs/mil/ins.yaml ({mil_epochs} epochs, "
+        "slide labels only)"
+    )
     status |= slide_models(out, checkpoint, mil_epochs)
     print(f"\nQC pictures: {out / 'cache' / 'qc'} (tiles over thumbnails), {out / 'volume-cache' / 'qc'} (volumes)")
     print(f"Inspect the caches: medssl info {out / 'cache'}; medssl info {out / 'volume-cache'}")
@@ -67,15 +80,37 @@ def pretrain(out: Path, epochs: int) -> Path:
 
     from medssl.cli import run_lightning
 
-    cli = run_lightning([
-        "fit", "--config", str(CONFIG), "--data.init_args.cache", str(out / "cache"),
-        "--data.init_args.batch_size", "32", "--data.init_args.view_size", "96", "--data.init_args.num_workers", "1",
-        "--model.init_args.backbone", '{"name": "resnet18", "spatial_dims": 2, "in_channels": 3, "width": 0.5}',
-        "--model.init_args.proj_hidden_dim", "512", "--model.init_args.warmup_epochs", "1",
-        "--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", str(epochs),
-        "--trainer.default_root_dir", str(out / "runs" / "simclr"), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
-    ])
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--data.init_args.cache",
+            str(out / "cache"),
+            "--data.init_args.batch_size",
+            "32",
+            "--data.init_args.view_size",
+            "96",
+            "--data.init_args.num_workers",
+            "1",
+            "--model.init_args.backbone",
+            '{"name": "resnet18", "spatial_dims": 2, "in_channels": 3, "width": 0.5}',
+            "--model.init_args.proj_hidden_dim",
+            "512",
+            "--model.init_args.warmup_epochs",
+            "1",
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.check_val_every_n_epoch",
+            str(epochs),
+            "--trainer.default_root_dir",
+            str(out / "runs" / "simclr"),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
     trained = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     pl.seed_everything(0)
     random_init = type(cli.model)(**{k: v for k, v in cli.model.hparams.items() if not k.startswith("_")})
@@ -83,10 +118,14 @@ def pretrain(out: Path, epochs: int) -> Path:
     print(f"\n{'validation tiles':<22}{'RankMe':>10}{'kNN accuracy':>15}{'linear probe':>15}")
     for name, metrics in (("random init", baseline), ("SimCLR pretrained", trained)):
         labelled = [metrics.get(f"val/{key}") for key in ("knn_accuracy", "linear_probe_accuracy")]
-        print(f"{name:<22}{metrics['val/rankme']:>10.1f}" + "".join(
-            f"{'' if value is None else f'{value:.3f}':>15}" for value in labelled))
-    print("(kNN leave-one-out and a 2-fold linear probe over validation tiles with their slide's label,\n"
-          " lesion/clean; a few dozen steps on about a hundred tiles only show the path works)\n")
+        print(
+            f"{name:<22}{metrics['val/rankme']:>10.1f}"
+            + "".join(f"{'' if value is None else f'{value:.3f}':>15}" for value in labelled)
+        )
+    print(
+        "(kNN leave-one-out and a 2-fold linear probe over validation tiles with their slide's label,\n"
+        " lesion/clean; a few dozen steps on about a hundred tiles only show the path works)\n"
+    )
     return Path(cli.trainer.checkpoint_callback.best_model_path)
 
 
@@ -97,20 +136,46 @@ def slide_models(out: Path, checkpoint: Path, epochs: int) -> int:
 
     from medssl.export.encoders import load_encoder
 
-    cohort = {"cache": out / "cache", "features": out / "embeddings", "masks": out / "slides" / "masks",
-              "in_dim": load_encoder(checkpoint).out_dim}
-    rows = {"ABMIL": fit_and_test("abmil", cohort, out, epochs, ["--model.init_args.lr", "5e-4"]),
-            "INS": fit_and_test("ins", cohort, out, epochs, ["--model.init_args.prototype_start", str(max(1, epochs // 4)),
-                                                             "--model.init_args.queue_size", "1024"])}
+    cohort = {
+        "cache": out / "cache",
+        "features": out / "embeddings",
+        "masks": out / "slides" / "masks",
+        "in_dim": load_encoder(checkpoint).out_dim,
+    }
+    rows = {
+        "ABMIL": fit_and_test("abmil", cohort, out, epochs, ["--model.init_args.lr", "5e-4"]),
+        "INS": fit_and_test(
+            "ins",
+            cohort,
+            out,
+            epochs,
+            ["--model.init_args.prototype_start", str(max(1, epochs // 4)), "--model.init_args.queue_size", "1024"],
+        ),
+    }
     print_table(rows)
-    print("(2 test slides and a few dozen tiles each: the figures only show the path works; "
-          "pipelines/mil_experiment.py runs a real comparison)")
+    print(
+        "(2 test slides and a few dozen tiles each: the figures only show the path works; "
+        "pipelines/mil_experiment.py runs a real comparison)"
+    )
     status = 0
     for name, metrics in rows.items():
         checkpoints = sorted((Path(metrics["results"]).parents[1] / "checkpoints").glob("*.ckpt"))
         maps = out / "heatmaps" / name.lower()
-        status |= medssl_main(["heatmap", str(checkpoints[-1]), "--cache", str(out / "cache"), "--features",
-                               str(out / "embeddings"), "--split", "test", "--stretch", "--out", str(maps)])
+        status |= medssl_main(
+            [
+                "heatmap",
+                str(checkpoints[-1]),
+                "--cache",
+                str(out / "cache"),
+                "--features",
+                str(out / "embeddings"),
+                "--split",
+                "test",
+                "--stretch",
+                "--out",
+                str(maps),
+            ]
+        )
     return status
 
 

@@ -22,8 +22,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mil"
 METRICS = ("bag_auroc", "balanced_accuracy", "instance_auroc")
 
 
-def prepare_cohort(out: Path, n_slides: int, seed: int = 0, checkpoint: str | None = None,
-                   lesion_radius: float = 300.0) -> dict:
+def prepare_cohort(
+    out: Path, n_slides: int, seed: int = 0, checkpoint: str | None = None, lesion_radius: float = 300.0
+) -> dict:
     """Write, tile and embed the cohort; returns the paths and the embedding width."""
     import torch
 
@@ -34,15 +35,22 @@ def prepare_cohort(out: Path, n_slides: int, seed: int = 0, checkpoint: str | No
     from medssl.synthetic.slides import write_lesion_cohort
 
     cohort = write_lesion_cohort(out / "slides", n_slides=n_slides, seed=seed, lesion_radius=lesion_radius)
-    status = medssl_main(["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "1.0", "--tile-size", "32",
-                          "--min-tissue", "0.5"])
+    status = medssl_main(
+        ["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "1.0", "--tile-size", "32", "--min-tissue", "0.5"]
+    )
     if status:
         raise SystemExit(f"tiling failed (status {status})")
     torch.manual_seed(seed)
-    encoder = build_encoder(name="resnet18", in_channels=3, width=0.5) if checkpoint is None else load_encoder(checkpoint)
+    encoder = (
+        build_encoder(name="resnet18", in_channels=3, width=0.5) if checkpoint is None else load_encoder(checkpoint)
+    )
     embed_cache(encoder, out / "cache", out / "embeddings", batch_size=512, progress=False)
-    return {"cache": out / "cache", "features": out / "embeddings", "masks": out / "slides" / "masks",
-            "in_dim": encoder.out_dim}
+    return {
+        "cache": out / "cache",
+        "features": out / "embeddings",
+        "masks": out / "slides" / "masks",
+        "in_dim": encoder.out_dim,
+    }
 
 
 def fit_and_test(model: str, cohort: dict, out: Path, epochs: int, extra: list[str] | None = None) -> dict:
@@ -50,16 +58,36 @@ def fit_and_test(model: str, cohort: dict, out: Path, epochs: int, extra: list[s
     test split. Returns the test metrics and where the results and heatmaps are."""
     from medssl.cli import run_lightning
 
-    cli = run_lightning([
-        "fit", "--config", str(CONFIGS / f"{model}.yaml"),
-        "--data.init_args.cache", str(cohort["cache"]), "--data.init_args.features", str(cohort["features"]),
-        "--data.init_args.instance_masks", str(cohort["masks"]), "--data.init_args.num_workers", "0",
-        "--model.init_args.in_dim", str(cohort["in_dim"]),
-        "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(out / "runs" / model),
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.num_sanity_val_steps", "0", "--trainer.check_val_every_n_epoch", str(max(1, epochs // 5)),
-        *(extra or []),
-    ])
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / f"{model}.yaml"),
+            "--data.init_args.cache",
+            str(cohort["cache"]),
+            "--data.init_args.features",
+            str(cohort["features"]),
+            "--data.init_args.instance_masks",
+            str(cohort["masks"]),
+            "--data.init_args.num_workers",
+            "0",
+            "--model.init_args.in_dim",
+            str(cohort["in_dim"]),
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.default_root_dir",
+            str(out / "runs" / model),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.check_val_every_n_epoch",
+            str(max(1, epochs // 5)),
+            *(extra or []),
+        ]
+    )
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     results = Path(cli.trainer.log_dir) / "results" / "test"
     return {**{name: metrics.get(f"test/{name}") for name in METRICS}, "results": str(results)}
@@ -85,8 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     seed = ["--seed_everything", str(args.seed)]
     rows = {
         "ABMIL": fit_and_test("abmil", cohort, args.out, args.epochs, seed + ["--model.init_args.lr", "5e-4"]),
-        "INS": fit_and_test("ins", cohort, args.out, args.epochs,
-                            seed + ["--model.init_args.prototype_start", str(max(1, args.epochs // 5))]),
+        "INS": fit_and_test(
+            "ins",
+            cohort,
+            args.out,
+            args.epochs,
+            seed + ["--model.init_args.prototype_start", str(max(1, args.epochs // 5))],
+        ),
     }
     print_table(rows)
     for name, metrics in rows.items():

@@ -12,13 +12,15 @@ from medssl.synthetic.slides import Ellipse, SlideLayout, write_slide
 from medssl.synthetic.volumes import grid_affine, nibabel_data, sphere, write_nifti
 from tests.layouts import LAYOUT
 
+
 @pytest.fixture(scope="session")
 def slides_dir(tmp_path_factory) -> Path:
     """A folder of good slides: generic TIFF at 0.25 µm/px and Aperio SVS at 0.5 µm/px."""
     folder = tmp_path_factory.mktemp("slides")
     write_slide(folder / "generic-025.tiff", LAYOUT, mpp=0.25, downsamples=(1, 4, 16))
     half = SlideLayout(
-        width=2048, height=1536,
+        width=2048,
+        height=1536,
         tissue=[Ellipse(e.cx / 2, e.cy / 2, e.rx / 2, e.ry / 2) for e in LAYOUT.tissue],
         texture_zoom=0.5,
     )
@@ -53,8 +55,9 @@ def volume_cache(tmp_path_factory) -> Path:
         "ball,ball.nii.gz,ball_seg.nii.gz,MR,train\n"
         f"anat,{nibabel_data('anatomical.nii')},,MR,val\n"
     )
-    summary = cache_volumes([folder / "cohort.csv"], folder / "cache", VolumeParams(spacing=(2.0, 2.0, 2.0)),
-                            progress=False)
+    summary = cache_volumes(
+        [folder / "cohort.csv"], folder / "cache", VolumeParams(spacing=(2.0, 2.0, 2.0)), progress=False
+    )
     assert not summary.failed
     return folder / "cache"
 
@@ -62,7 +65,9 @@ def volume_cache(tmp_path_factory) -> Path:
 def tile_cohort(folder: Path, csv_text: str, tile_size: int) -> Path:
     """Tile the slides a CSV lists (at 1 µm/px) into ``folder/cache``."""
     (folder / "cohort.csv").write_text(csv_text)
-    tile_slides([folder / "cohort.csv"], folder / "cache", TilingParams(target_mpp=1.0, tile_size=tile_size), progress=False)
+    tile_slides(
+        [folder / "cohort.csv"], folder / "cache", TilingParams(target_mpp=1.0, tile_size=tile_size), progress=False
+    )
     return folder / "cache"
 
 
@@ -78,9 +83,11 @@ def split_cache(slides_dir, tmp_path_factory) -> Path:
 def cohort_cache(slides_dir, tmp_path_factory) -> Path:
     """32-px tiles of three slides: case 1 in two stains (train), case 2 in one (val)."""
     generic, aperio = slides_dir / "generic-025.tiff", slides_dir / "aperio-050.svs"
-    rows = ("slide_id,path,label,split,stain,case_id\n"
-            f"c1-he,{generic},tumor,train,HE,case-1\nc1-ihc,{aperio},tumor,train,IHC,case-1\n"
-            f"c2-he,{aperio},normal,val,HE,case-2\n")
+    rows = (
+        "slide_id,path,label,split,stain,case_id\n"
+        f"c1-he,{generic},tumor,train,HE,case-1\nc1-ihc,{aperio},tumor,train,IHC,case-1\n"
+        f"c2-he,{aperio},normal,val,HE,case-2\n"
+    )
     return tile_cohort(tmp_path_factory.mktemp("cohort"), rows, 32)
 
 
@@ -106,5 +113,9 @@ def lesion_cohort(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     encoder = build_encoder(name="resnet18", in_channels=3, width=0.5)
     embed_cache(encoder, folder / "cache", folder / "embeddings", batch_size=512, progress=False)
-    return {"cache": folder / "cache", "features": folder / "embeddings", "masks": folder / "slides" / "masks",
-            "in_dim": encoder.out_dim}
+    return {
+        "cache": folder / "cache",
+        "features": folder / "embeddings",
+        "masks": folder / "slides" / "masks",
+        "in_dim": encoder.out_dim,
+    }

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Install (if needed) and run the whole test suite. Extra arguments go to pytest.
+# Install (if needed), check the code (layer contracts, lint, format, types), then run the test suite.
+# Extra arguments go to pytest. MEDSSL_CHECKS=0 skips the checks (for a quick local re-run of one test).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$repo/pipelines/setup.sh")
 cd "$repo"
+if [ "${MEDSSL_CHECKS:-1}" != "0" ]; then
+  echo "checks: layer contracts (lint-imports), ruff, pyright" >&2
+  "$venv/bin/lint-imports" --no-cache
+  "$venv/bin/ruff" check medssl tests pipelines benchmarks
+  "$venv/bin/ruff" format --check medssl tests pipelines benchmarks
+  "$venv/bin/pyright" --pythonpath "$venv/bin/python"
+fi
 set +e
 "$venv/bin/python" -m pytest "$@"
 rc=$?

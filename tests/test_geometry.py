@@ -76,8 +76,10 @@ def test_2d_maps_are_the_ones_lvm_med_used():
     torch.testing.assert_close(view_to_original(point, mirrored), torch.tensor([[[0.2, 0.1]]]))
     crop = make_geometry((12, 16), (24, 32), (48, 64), flip=False, rot=0)[None]
     torch.testing.assert_close(view_to_original(point, crop), torch.tensor([[[0.25 + 0.05, 0.25 + 0.1]]]))
-    torch.testing.assert_close(cell_centres(crop, (2, 2), in_pixels=True)[0],
-                               torch.tensor([[18.0, 24.0], [18.0, 40.0], [30.0, 24.0], [30.0, 40.0]]))
+    torch.testing.assert_close(
+        cell_centres(crop, (2, 2), in_pixels=True)[0],
+        torch.tensor([[18.0, 24.0], [18.0, 40.0], [30.0, 24.0], [30.0, 40.0]]),
+    )
 
 
 FLIPS_2D, FLIPS_3D = itertools.product([False, True], repeat=2), itertools.product([False, True], repeat=3)

@@ -8,9 +8,18 @@
 """
 
 from medssl.cache import codecs as codecs  # registers the JPEG codec with Zarr
-from medssl.cache.readers import CacheReader, EmbeddingCache, SlideCache, VolumeCache
 from medssl.cache.raw import TileReader
+from medssl.cache.readers import CacheReader, EmbeddingCache, SlideCache, VolumeCache
 from medssl.cache.store import SCHEMA_VERSION, store_path, stored_kinds, stored_params
 
-__all__ = ["SCHEMA_VERSION", "CacheReader", "EmbeddingCache", "SlideCache", "TileReader", "VolumeCache",
-           "store_path", "stored_kinds", "stored_params"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CacheReader",
+    "EmbeddingCache",
+    "SlideCache",
+    "TileReader",
+    "VolumeCache",
+    "store_path",
+    "stored_kinds",
+    "stored_params",
+]

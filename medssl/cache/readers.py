@@ -52,8 +52,9 @@ class CacheReader:
                 "rebuild it with this medssl version"
             )
         if self.kind not in meta.get("kinds", {}):
-            raise CacheError(f"{self.path}: holds no {self.kind}; it has {sorted(meta.get('kinds', {}))}; "
-                             f"{self.missing_hint}")
+            raise CacheError(
+                f"{self.path}: holds no {self.kind}; it has {sorted(meta.get('kinds', {}))}; {self.missing_hint}"
+            )
         self.meta = meta
         self._group = _child_group(self.root, self.kind)
 
@@ -161,7 +162,9 @@ class VolumeCache(CacheReader):
     def slice(self, volume_id: str, z: int, key: str = "image") -> np.ndarray:
         return np.asarray(self._array(volume_id, key)[z])
 
-    def patch(self, volume_id: str, start: tuple[int, int, int], size: tuple[int, int, int], key: str = "image") -> np.ndarray:
+    def patch(
+        self, volume_id: str, start: tuple[int, int, int], size: tuple[int, int, int], key: str = "image"
+    ) -> np.ndarray:
         (z, y, x), (dz, dy, dx) = start, size
         return np.asarray(self._array(volume_id, key)[z : z + dz, y : y + dy, x : x + dx])
 
@@ -205,6 +208,8 @@ class EmbeddingCache(CacheReader):
         """Refuse, naming them, when some of ``item_ids`` have no complete embeddings."""
         missing = [item_id for item_id in item_ids if item_id not in self]
         if missing:
-            raise CacheError(f"{self.path.parent}: no embeddings for {len(missing)} slide(s) "
-                             f"({', '.join(missing[:5])}); run or resume medssl embed on this cache")
+            raise CacheError(
+                f"{self.path.parent}: no embeddings for {len(missing)} slide(s) "
+                f"({', '.join(missing[:5])}); run or resume medssl embed on this cache"
+            )
         return self

@@ -15,8 +15,8 @@ Layout of one cache folder (``medssl tile --out DIR``)::
     DIR/qc/<slide_id>.png           kept tiles drawn over the thumbnail
 
 Volume and embedding items follow the same pattern under ``volumes/`` and ``embeddings/``; see
-docs/cache.md for every attribute and :mod:`medssl.cache.readers` for reading. The schema version changes whenever a reader written for the
-previous version would misread a cache.
+docs/cache.md for every attribute and :mod:`medssl.cache.readers` for reading. The schema version
+changes whenever a reader written for the previous version would misread a cache.
 """
 
 from __future__ import annotations
@@ -54,9 +54,7 @@ def check_item_id(item_id: str, source: str = "") -> str:
     """IDs become Zarr group names and file names: letters, digits, '.', '_', '-' only."""
     if not _ID_PATTERN.match(item_id or ""):
         where = f" (from {source})" if source else ""
-        raise CacheError(
-            f"id {item_id!r}{where} is not usable as a cache key; use letters, digits, '.', '_' or '-'"
-        )
+        raise CacheError(f"id {item_id!r}{where} is not usable as a cache key; use letters, digits, '.', '_' or '-'")
     return item_id
 
 
@@ -179,8 +177,10 @@ def staged_item(root: zarr.Group, kind: str, item_id: str) -> Iterator[zarr.Grou
 def _store_dir(root: zarr.Group) -> Path:
     """The folder of a store on local disk (the write protocol renames folders inside it)."""
     if not isinstance(root.store, LocalStore):
-        raise CacheError(f"{root.store_path}: the cache write protocol needs a store on local disk, "
-                         f"not a {type(root.store).__name__}")
+        raise CacheError(
+            f"{root.store_path}: the cache write protocol needs a store on local disk, "
+            f"not a {type(root.store).__name__}"
+        )
     return Path(root.store.root)
 
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medssl.cache import EmbeddingCache, SlideCache
 from medssl.data.datasets import TileDataset
 from medssl.data.seeding import Key, sample_seed, split_key
 from medssl.errors import CacheError
-from medssl.cache import EmbeddingCache, SlideCache
 
 BAG_KEYS = ("instances", "coords", "label", "slide_id", "stain")
 
@@ -111,19 +111,29 @@ class InstanceDataset(Dataset):
     pixels stay in the cache and are read in storage blocks (use ``blocks()`` with
     :class:`~medssl.data.samplers.BlockShuffleSampler`)."""
 
-    def __init__(self, cache: str | os.PathLike | SlideCache, features: str | os.PathLike | None = None,
-                 transform: Callable[[dict], dict] | None = None, seed: int = 0, **filters):
+    def __init__(
+        self,
+        cache: str | os.PathLike | SlideCache,
+        features: str | os.PathLike | None = None,
+        transform: Callable[[dict], dict] | None = None,
+        seed: int = 0,
+        **filters,
+    ):
         self.tiles = TileDataset(cache, transform=transform, seed=seed, **filters)
         counts = np.diff(self.tiles.offsets)
         self.slide_of = np.repeat(np.arange(len(counts)), counts)
         self.features = None
         if features is not None:
             embeddings = EmbeddingCache(features).require(self.tiles.slide_ids)
-            arrays = [np.asarray(embeddings.features(slide_id)[:], dtype=np.float32) for slide_id in self.tiles.slide_ids]
+            arrays = [
+                np.asarray(embeddings.features(slide_id)[:], dtype=np.float32) for slide_id in self.tiles.slide_ids
+            ]
             self.features = torch.from_numpy(np.concatenate(arrays)) if arrays else torch.zeros(0, 0)
             if len(self.features) != len(self.slide_of):
-                raise CacheError(f"{features}: {len(self.features)} embedding rows for {len(self.slide_of)} tiles; "
-                                 "re-run medssl embed on this cache")
+                raise CacheError(
+                    f"{features}: {len(self.features)} embedding rows for {len(self.slide_of)} tiles; "
+                    "re-run medssl embed on this cache"
+                )
 
     @property
     def labels(self) -> np.ndarray:
@@ -180,8 +190,9 @@ class BagPieceDataset(Dataset):
         piece.update(slide=slide, start=start, bag_size=size, last=stop == size, cache=str(self.bags.tiles.cache.path))
         if self.truth is not None:
             meta = self.bags.tiles.cache.metadata(piece["slide_id"])
-            piece["instance_truth"] = torch.from_numpy(self.truth.instance_truth(meta, piece["coords"].numpy(),
-                                                                                 bag_label=piece["label"]))
+            piece["instance_truth"] = torch.from_numpy(
+                self.truth.instance_truth(meta, piece["coords"].numpy(), bag_label=piece["label"])
+            )
         return piece
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medssl.data.seeding import Key, seeded, split_key
 from medssl.cache import SlideCache, TileReader
+from medssl.data.seeding import Key, seeded, split_key
 
 
 def matches(meta: dict, key: str, allowed: Iterable[str] | None) -> bool:
@@ -169,13 +169,18 @@ class TileBatches(Dataset):
         return self.tiles.read_batch(indices)
 
 
-def batch_loader(dataset: TileDataset, sampler, batch_size: int, num_workers: int = 0, drop_last: bool = False, **kwargs):
+def batch_loader(
+    dataset: TileDataset, sampler, batch_size: int, num_workers: int = 0, drop_last: bool = False, **kwargs
+):
     """A DataLoader that reads whole batches (see :meth:`TileDataset.read_batch`) in sampler order."""
     from torch.utils.data import BatchSampler, DataLoader
 
     return DataLoader(
-        dataset.batches(), batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
-        num_workers=num_workers, **kwargs,
+        dataset.batches(),
+        batch_size=None,
+        sampler=BatchSampler(sampler, batch_size, drop_last),
+        num_workers=num_workers,
+        **kwargs,
     )
 
 
@@ -188,8 +193,15 @@ class ThreadedBatchLoader:
     (:func:`batch_loader` or a DataLoader). ``sampler.set_epoch`` is reachable as Lightning expects.
     """
 
-    def __init__(self, dataset: TileDataset, sampler, batch_size: int, threads: int = 2, prefetch: int = 4,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        dataset: TileDataset,
+        sampler,
+        batch_size: int,
+        threads: int = 2,
+        prefetch: int = 4,
+        drop_last: bool = False,
+    ):
         from torch.utils.data import BatchSampler
 
         self.dataset, self.sampler = dataset, sampler

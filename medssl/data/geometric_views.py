@@ -14,8 +14,8 @@ Random draws come from torch's global generator, as in :mod:`medssl.data.transfo
 from __future__ import annotations
 
 import math
-from typing import cast
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -76,8 +76,9 @@ def _resize(crop: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     if tuple(view.shape[2:]) != size[1:]:
         view = F.interpolate(view, size=size[1:], mode="bilinear", antialias=True, align_corners=False)
     if view.shape[1] != size[0]:
-        view = F.interpolate(view.permute(0, 3, 1, 2), size=(size[0], size[1]), mode="bilinear", antialias=True,
-                             align_corners=False).permute(0, 2, 3, 1)
+        view = F.interpolate(
+            view.permute(0, 3, 1, 2), size=(size[0], size[1]), mode="bilinear", antialias=True, align_corners=False
+        ).permute(0, 2, 3, 1)
     return view.contiguous()
 
 
@@ -90,8 +91,10 @@ def render_view(image: torch.Tensor, geometry: torch.Tensor, size: int | Sequenc
         raise ValueError(f"{geometry_ndim(geometry)}-D geometry for a {ndim}-D image {tuple(image.shape)}")
     size = _sizes(size, ndim)
     f = fields(geometry)
-    box = tuple(slice(round(float(s) * d), round(float(s) * d) + round(float(c) * d))
-                for s, c, d in zip(f.start, f.size, image.shape[1:], strict=True))
+    box = tuple(
+        slice(round(float(s) * d), round(float(s) * d) + round(float(c) * d))
+        for s, c, d in zip(f.start, f.size, image.shape[1:], strict=True)
+    )
     view = _resize(to_float(image)[(slice(None), *box)], size)
     flips = [1 + axis for axis in range(ndim) if f.flip[axis] > 0.5]
     if flips:
@@ -177,8 +180,13 @@ class GeometricViewsd:
     dropped), like :class:`~medssl.data.transforms.MultiViewd` but keeping each view's geometry.
     ``GeometricViewsd.pair(view)`` gives LVM-Med's two views ``s`` and ``t``."""
 
-    def __init__(self, views: Sequence[RandGeometricViewd], key: str = "image", out_key: str = "views",
-                 geometry_key: str = "geometry"):
+    def __init__(
+        self,
+        views: Sequence[RandGeometricViewd],
+        key: str = "image",
+        out_key: str = "views",
+        geometry_key: str = "geometry",
+    ):
         self.views, self.key, self.out_key, self.geometry_key = list(views), key, out_key, geometry_key
 
     @classmethod
@@ -196,13 +204,16 @@ class GeometricViewsd:
 def histology_geometric_view(size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5) -> RandGeometricViewd:
     """:func:`~medssl.data.transforms.histology_view` with its geometry recorded (RGB tiles)."""
     return RandGeometricViewd(
-        size, scale=scale, rotate=True,
+        size,
+        scale=scale,
+        rotate=True,
         photometric=[ColorJitterd(prob=0.8), HEDJitterd(prob=0.5), RandGaussianBlurd(prob=blur_prob)],
     )
 
 
-def radiology_geometric_view(size: int | Sequence[int] = 224, scale=(0.4, 1.0),
-                              flip_prob: float | Sequence[float] = 0.5) -> RandGeometricViewd:
+def radiology_geometric_view(
+    size: int | Sequence[int] = 224, scale=(0.4, 1.0), flip_prob: float | Sequence[float] = 0.5
+) -> RandGeometricViewd:
     """A radiology view of a slice ``[1, H, W]`` or a volume ``[1, D, H, W]`` with its geometry: crop
     (``scale`` of the area or volume) and flips (left-right by default; ``flip_prob`` per axis), no
     rotation, then intensity scale, shift and Gaussian noise (MONAI transforms, reseeded by
@@ -210,7 +221,10 @@ def radiology_geometric_view(size: int | Sequence[int] = 224, scale=(0.4, 1.0),
     from monai.transforms.intensity.dictionary import RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
 
     return RandGeometricViewd(
-        size, scale=scale, flip_prob=flip_prob, rotate=False,
+        size,
+        scale=scale,
+        flip_prob=flip_prob,
+        rotate=False,
         photometric=[
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),

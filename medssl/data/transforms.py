@@ -182,13 +182,15 @@ class Compose:
 
 def histology_view(size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5) -> Compose:
     """The standard histology SSL view: crop, symmetries, colour and stain jitter, blur."""
-    return Compose([
-        RandResizedCropd(size, scale=scale),
-        RandFlipRotate90d(),
-        ColorJitterd(prob=0.8),
-        HEDJitterd(prob=0.5),
-        RandGaussianBlurd(prob=blur_prob),
-    ])
+    return Compose(
+        [
+            RandResizedCropd(size, scale=scale),
+            RandFlipRotate90d(),
+            ColorJitterd(prob=0.8),
+            HEDJitterd(prob=0.5),
+            RandGaussianBlurd(prob=blur_prob),
+        ]
+    )
 
 
 class MultiViewd:
@@ -207,7 +209,9 @@ class MultiViewd:
         return out
 
     @classmethod
-    def multi_crop(cls, n_global: int = 2, n_local: int = 6, global_size: int = 224, local_size: int = 96) -> "MultiViewd":
+    def multi_crop(
+        cls, n_global: int = 2, n_local: int = 6, global_size: int = 224, local_size: int = 96
+    ) -> "MultiViewd":
         return cls(
             [histology_view(global_size, scale=(0.4, 1.0))] * n_global
             + [histology_view(local_size, scale=(0.05, 0.4), blur_prob=0.2)] * n_local
@@ -233,15 +237,20 @@ def radiology_view(spatial_size: Sequence[int], keys: Sequence[str] = ("image",)
     rotate = (0.2,) if len(size) == 2 else (0.2, 0.2, 0.2)
     # cast: MONAI types Compose.__call__ for every input kind (array, sequence, mapping); a dict sample in
     # gives a dict sample out
-    return cast(Callable[[dict], dict], MonaiCompose([
-        ResizeWithPadOrCropd(keys, size),
-        RandSpatialCropd(keys, roi_size=tuple(max(1, int(0.4 * s)) for s in size), random_size=True),
-        Resized(keys, size, mode="area"),
-        RandAffined(keys, prob=0.5, rotate_range=rotate, scale_range=0.1, padding_mode="zeros"),
-        RandScaleIntensityd(keys, factors=0.1, prob=0.5),
-        RandShiftIntensityd(keys, offsets=0.1, prob=0.5),
-        RandGaussianNoised(keys, std=0.05, prob=0.5),
-    ]))
+    return cast(
+        Callable[[dict], dict],
+        MonaiCompose(
+            [
+                ResizeWithPadOrCropd(keys, size),
+                RandSpatialCropd(keys, roi_size=tuple(max(1, int(0.4 * s)) for s in size), random_size=True),
+                Resized(keys, size, mode="area"),
+                RandAffined(keys, prob=0.5, rotate_range=rotate, scale_range=0.1, padding_mode="zeros"),
+                RandScaleIntensityd(keys, factors=0.1, prob=0.5),
+                RandShiftIntensityd(keys, offsets=0.1, prob=0.5),
+                RandGaussianNoised(keys, std=0.05, prob=0.5),
+            ]
+        ),
+    )
 
 
 def seed_worker(worker_id: int) -> None:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medssl.cache import VolumeCache
 from medssl.data.datasets import matches
 from medssl.data.seeding import Key, seeded, split_key
 from medssl.errors import MedsslError
-from medssl.cache import VolumeCache
 
 
 def _select(cache: VolumeCache, volume_ids, splits, modalities) -> list[str]:
@@ -49,8 +49,10 @@ class _VolumeDataset(Dataset):
         self.labels = labels
         unlabelled = [v for v in self.volume_ids if labels and self.cache.label(v) is None]
         if unlabelled:
-            raise MedsslError(f"{self.cache.path}: volumes without a label: {', '.join(unlabelled[:5])}; "
-                              "select labelled volumes or use labels=False")
+            raise MedsslError(
+                f"{self.cache.path}: volumes without a label: {', '.join(unlabelled[:5])}; "
+                "select labelled volumes or use labels=False"
+            )
         self.shapes = [self.cache.shape(v) for v in self.volume_ids]
         self.spacings = [tuple(self.cache.metadata(v)["spacing"][::-1]) for v in self.volume_ids]  # z, y, x
         self.transform = transform

@@ -7,8 +7,13 @@ import torch.nn.functional as F
 
 
 def knn_predict(
-    train: torch.Tensor, train_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
-    k: int = 20, temperature: float = 0.07, chunk: int = 1024,
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    queries: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
 ) -> torch.Tensor:
     """Class scores ``[Q, C]`` of ``queries``: each of the ``k`` most cosine-similar training embeddings
     votes for its class with weight ``exp(similarity / temperature)``. Chunked over queries so the

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 
-def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float = 1e-3,
-                     iterations: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit_linear_probe(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float = 1e-3, iterations: int = 100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights ``[C, D]``, bias ``[C]`` and the standardisation (mean, std) minimising mean cross-entropy
     + ``l2/2 · ||W||²`` on standardised features."""
     with torch.inference_mode(False), torch.enable_grad():  # monitors run inside Lightning's inference mode
@@ -18,8 +19,13 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
         x = (x - mean) / std
         weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
         bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS([weight, bias], max_iter=iterations, line_search_fn="strong_wolfe",
-                                      tolerance_grad=1e-9, tolerance_change=1e-12)
+        optimizer = torch.optim.LBFGS(
+            [weight, bias],
+            max_iter=iterations,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+        )
 
         def objective() -> torch.Tensor:
             optimizer.zero_grad()
@@ -31,8 +37,9 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     return weight.detach(), bias.detach(), mean, std
 
 
-def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, l2: float = 1e-3, folds: int = 2,
-                          seed: int = 0) -> float | None:
+def linear_probe_accuracy(
+    features: torch.Tensor, labels: torch.Tensor, l2: float = 1e-3, folds: int = 2, seed: int = 0
+) -> float | None:
     """Cross-validated accuracy of a linear probe over labelled samples (labels ≥ 0), folds drawn at
     random by sample; None without two classes in every training fold."""
     keep = labels >= 0

@@ -23,8 +23,12 @@ def slide_metrics(evaluated: list[dict]) -> dict[str, float | None]:
     """Bag AUROC and balanced accuracy (threshold 0.5) over slides with a label in {0, 1}, and instance
     AUROC over instances with known truth. A metric that needs both classes is None without them."""
     labelled = [r for r in evaluated if r["label"] in (0, 1)]
-    metrics: dict[str, float | None] = {"bag_auroc": None, "balanced_accuracy": None, "instance_auroc": None,
-                                        "slides": float(len(evaluated))}
+    metrics: dict[str, float | None] = {
+        "bag_auroc": None,
+        "balanced_accuracy": None,
+        "instance_auroc": None,
+        "slides": float(len(evaluated)),
+    }
     if labelled:
         scores = torch.tensor([r["probability"] for r in labelled])
         labels = torch.tensor([r["label"] for r in labelled])

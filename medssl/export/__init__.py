@@ -3,5 +3,12 @@
 from medssl.export.embeddings import EmbedSummary, embed_cache
 from medssl.export.encoders import encoder_source, export_encoder, export_program, load_checkpoint, load_encoder
 
-__all__ = ["EmbedSummary", "embed_cache", "encoder_source", "export_encoder", "export_program", "load_checkpoint",
-           "load_encoder"]
+__all__ = [
+    "EmbedSummary",
+    "embed_cache",
+    "encoder_source",
+    "export_encoder",
+    "export_program",
+    "load_checkpoint",
+    "load_encoder",
+]

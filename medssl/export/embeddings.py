@@ -69,15 +69,22 @@ def embed_cache(
     data = encoder_source(source, encoder_name)
     encoder = build_from_source(data, str(source))
     kind = _cache_kind(cache)
-    params = {"encoder": encoder.config(), "encoder_sha256": weights_sha256(data["state_dict"]),
-              "cache": str(cache.resolve()), "items": kind, "dtype": dtype}
+    params = {
+        "encoder": encoder.config(),
+        "encoder_sha256": weights_sha256(data["state_dict"]),
+        "cache": str(cache.resolve()),
+        "items": kind,
+        "dtype": dtype,
+    }
     root = cache_mod.open_for_writing(out, KIND, params, overwrite=overwrite)
     encoder_file = out / ENCODER_FILE
     if not encoder_file.exists() or overwrite:
         export_encoder(source, encoder_file, name=encoder_name, cache=params["cache"])
     reader = SlideCache(cache) if kind == "slides" else VolumeCache(cache)
     jobs = select_shard([Job(item_id, cache) for item_id in reader.ids], shard)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    target = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     worker = _Embedder(root, reader, encoder.to(target), target, batch_size, np.dtype(dtype), threads)
     manifest = manifest_path(out, shard)
     unit = "tiles" if kind == "slides" else "slices"
@@ -98,8 +105,9 @@ class _Embedder(CacheItemWorker):
     kind = KIND
     skip_reason = ""
 
-    def __init__(self, root, reader, encoder: Encoder, device: torch.device, batch_size: int, dtype: np.dtype,
-                 threads: int):
+    def __init__(
+        self, root, reader, encoder: Encoder, device: torch.device, batch_size: int, dtype: np.dtype, threads: int
+    ):
         self.root, self.reader, self.encoder, self.device = root, reader, encoder, device
         self.batch_size, self.dtype, self.threads = batch_size, dtype, threads
 
@@ -122,9 +130,13 @@ class _Embedder(CacheItemWorker):
         # cast: ArrayConfigParams marks its keys NotRequired through typing.NotRequired, which the stubs have
         # only from Python 3.11 (Zarr's minimum); checked as 3.10, every key reads as required
         config = cast(ArrayConfigParams, {"write_empty_chunks": True})
-        features = group.create_array("features", shape=(source["count"], self.encoder.out_dim), dtype=self.dtype,
-                                      chunks=(max(1, min(source["count"], self.batch_size)), self.encoder.out_dim),
-                                      config=config)
+        features = group.create_array(
+            "features",
+            shape=(source["count"], self.encoder.out_dim),
+            dtype=self.dtype,
+            chunks=(max(1, min(source["count"], self.batch_size)), self.encoder.out_dim),
+            config=config,
+        )
         start = 0
         for images in self._batches(job.item_id):
             features[start : start + len(images)] = self._embed(images)
@@ -133,8 +145,11 @@ class _Embedder(CacheItemWorker):
         if isinstance(self.reader, SlideCache):
             group.create_array("coords", data=self.reader.coords(job.item_id))
         item_attrs = {
-            "source": source, "num_rows": source["count"], "dim": self.encoder.out_dim,
-            "label": attrs.get("label"), "split": attrs.get("split"),
+            "source": source,
+            "num_rows": source["count"],
+            "dim": self.encoder.out_dim,
+            "label": attrs.get("label"),
+            "split": attrs.get("split"),
         }
         return Written(item_attrs, source["count"], {})
 
@@ -162,5 +177,13 @@ class _Embedder(CacheItemWorker):
             size = config["img_size"]
             size = (size,) * config["spatial_dims"] if isinstance(size, int) else tuple(size)
             if tuple(x.shape[2:]) != size:
-                x = F.interpolate(x, size=size, mode="bilinear" if len(size) == 2 else "trilinear", antialias=len(size) == 2)
-        return self.encoder(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x).float().cpu().numpy().astype(self.dtype)
+                x = F.interpolate(
+                    x, size=size, mode="bilinear" if len(size) == 2 else "trilinear", antialias=len(size) == 2
+                )
+        return (
+            self.encoder(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x)
+            .float()
+            .cpu()
+            .numpy()
+            .astype(self.dtype)
+        )

@@ -70,19 +70,26 @@ def encoder_source(path: str | os.PathLike | Encoder, name: str = "encoder") -> 
     :meth:`~medssl.methods.base.MedsslModule.encoders`); ``name`` picks one of them."""
     if isinstance(path, Encoder):
         state = {k: v.detach().clone() for k, v in path.network.state_dict().items()}
-        return {"format": ENCODER_FORMAT, "version": FORMAT_VERSION, "config": path.config(), "state_dict": state,
-                "method": "", "source": {"in_memory": type(path.network).__name__}}
+        return {
+            "format": ENCODER_FORMAT,
+            "version": FORMAT_VERSION,
+            "config": path.config(),
+            "state_dict": state,
+            "method": "",
+            "source": {"in_memory": type(path.network).__name__},
+        }
     checkpoint = load_checkpoint(path)
     if checkpoint.get("format") == ENCODER_FORMAT:
         if checkpoint.get("version") != FORMAT_VERSION:
-            raise InputError(f"{path}: encoder file version {checkpoint.get('version')}, this medssl reads "
-                             f"version {FORMAT_VERSION}")
+            raise InputError(
+                f"{path}: encoder file version {checkpoint.get('version')}, this medssl reads version {FORMAT_VERSION}"
+            )
         return checkpoint
     if not {"state_dict", "hyper_parameters"} <= set(checkpoint):
         raise InputError(f"{path}: neither a medssl encoder file nor a Lightning checkpoint of a medssl method")
     hparams = checkpoint["hyper_parameters"]
     prefix, config = _contract_entry(checkpoint, path, name)
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     if not state:
         raise InputError(f"{path}: the checkpoint has no {prefix}* weights for its encoder {name!r}")
     return {
@@ -91,8 +98,12 @@ def encoder_source(path: str | os.PathLike | Encoder, name: str = "encoder") -> 
         "config": build_encoder(**config).config(),  # fills defaults
         "state_dict": state,
         "method": str(hparams.get("_class_path", checkpoint.get("medssl_model", ""))),
-        "source": {"checkpoint": str(Path(path).resolve()), "epoch": checkpoint.get("epoch"),
-                   "global_step": checkpoint.get("global_step"), "encoder": name},
+        "source": {
+            "checkpoint": str(Path(path).resolve()),
+            "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"),
+            "encoder": name,
+        },
     }
 
 
@@ -108,9 +119,11 @@ def _contract_entry(checkpoint: dict, path: str | os.PathLike, name: str) -> tup
         raise InputError(f"{path}: no encoder {name!r}; the model trains {sorted(records) or 'none'}")
     record = records[name]
     if record.get("config") is None:
-        raise InputError(f"{path}: encoder {name!r} is a {record.get('class')}, not a medssl backbone that an "
-                         "encoder file can rebuild; load it from the checkpoint's state_dict "
-                         f"(prefix {record.get('prefix')!r})")
+        raise InputError(
+            f"{path}: encoder {name!r} is a {record.get('class')}, not a medssl backbone that an "
+            "encoder file can rebuild; load it from the checkpoint's state_dict "
+            f"(prefix {record.get('prefix')!r})"
+        )
     return str(record["prefix"]), dict(record["config"])
 
 
@@ -126,8 +139,10 @@ def build_from_source(source: dict, path: str | os.PathLike) -> Encoder:
     encoder = build_encoder(**source["config"])
     missing, unexpected = encoder.network.load_state_dict(source["state_dict"], strict=False)
     if missing or unexpected:
-        raise InputError(f"{path}: weights do not fit a {source['config']['name']} encoder "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise InputError(
+            f"{path}: weights do not fit a {source['config']['name']} encoder "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return encoder.eval()
 
 
@@ -142,20 +157,30 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def export_encoder(source: str | os.PathLike | Encoder, out: str | os.PathLike, name: str = "encoder",
-                   **info: Any) -> Path:
+def export_encoder(
+    source: str | os.PathLike | Encoder, out: str | os.PathLike, name: str = "encoder", **info: Any
+) -> Path:
     """Write the encoder ``name`` of ``source`` (checkpoint or encoder file) to ``out``; extra ``info``
     (e.g. the tile MPP it was trained at) is stored under ``"info"``. Written to a temporary name, then
     renamed."""
     data = encoder_source(source, name)
     encoder = build_from_source(data, str(source))
-    data.update(out_dim=encoder.out_dim, input=INPUT_CONVENTION, medssl_version=medssl.__version__,
-                weights_sha256=weights_sha256(data["state_dict"]), info={**data.get("info", {}), **info})
+    data.update(
+        out_dim=encoder.out_dim,
+        input=INPUT_CONVENTION,
+        medssl_version=medssl.__version__,
+        weights_sha256=weights_sha256(data["state_dict"]),
+        info={**data.get("info", {}), **info},
+    )
     return _atomic_save(data, Path(out))
 
 
-def export_program(source: str | os.PathLike, out: str | os.PathLike, spatial_size: int | tuple[int, ...] | None = None,
-                   name: str = "encoder") -> Path:
+def export_program(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    spatial_size: int | tuple[int, ...] | None = None,
+    name: str = "encoder",
+) -> Path:
     """Write a ``torch.export`` program of the encoder ``name`` (eval mode, any batch size) for plain
     PyTorch. ``spatial_size`` is the example input's size (default: the encoder's ``img_size``)."""
     encoder = load_encoder(source, name)

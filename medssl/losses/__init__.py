@@ -7,5 +7,17 @@ from medssl.losses.graph_matching import edge_affinity, global_affinity, hamming
 from medssl.losses.optimal_transport import sinkhorn
 from medssl.losses.redundancy import barlow_twins
 
-__all__ = ["DINOLoss", "barlow_twins", "edge_affinity", "global_affinity", "hamming", "info_nce", "local_affinity",
-           "sinkhorn", "sinkhorn_knopp", "spherical_kmeans", "supervised_contrastive", "swapped_prediction"]
+__all__ = [
+    "DINOLoss",
+    "barlow_twins",
+    "edge_affinity",
+    "global_affinity",
+    "hamming",
+    "info_nce",
+    "local_affinity",
+    "sinkhorn",
+    "sinkhorn_knopp",
+    "spherical_kmeans",
+    "supervised_contrastive",
+    "swapped_prediction",
+]

@@ -22,12 +22,15 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     ones = torch.ones(len(scores), dtype=torch.float64, device=scores.device)
     batch = all_reduce_sum(ones.sum())
     usage = (batch / scores.shape[1]).expand(scores.shape[1])
-    return sinkhorn(-scores.double(), ones, usage, epsilon, iterations,
-                    reduce_sum=all_reduce_sum, reduce_max=all_reduce_max).float()
+    return sinkhorn(
+        -scores.double(), ones, usage, epsilon, iterations, reduce_sum=all_reduce_sum, reduce_max=all_reduce_max
+    ).float()
 
 
 @full_precision
-def swapped_prediction(scores: Sequence[torch.Tensor], codes: Sequence[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
+def swapped_prediction(
+    scores: Sequence[torch.Tensor], codes: Sequence[torch.Tensor], temperature: float = 0.1
+) -> torch.Tensor:
     """SwAV's swapped prediction over multi-crop: ``codes[i]`` is the Sinkhorn code of view ``i`` (the
     first ``len(codes)`` views, the global crops), predicted from every *other* view's scores::
 
@@ -45,7 +48,9 @@ def swapped_prediction(scores: Sequence[torch.Tensor], codes: Sequence[torch.Ten
 
 
 @torch.no_grad()
-def spherical_kmeans(points: torch.Tensor, k: int, iterations: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def spherical_kmeans(
+    points: torch.Tensor, k: int, iterations: int = 10, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means on the unit sphere (cosine similarity), as DeepCluster-v2 clusters its memory bank.
     Returns unit-norm centroids ``[k, d]`` and assignments ``[N]``; an empty cluster keeps its centroid."""
     points = torch.nn.functional.normalize(points.float(), dim=1)

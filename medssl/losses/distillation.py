@@ -27,8 +27,9 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, dim))
 
     @full_precision
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, n_teacher_views: int,
-                teacher_temperature: float = 0.04) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, n_teacher_views: int, teacher_temperature: float = 0.04
+    ) -> torch.Tensor:
         n_student_views = student.shape[0] // (teacher.shape[0] // n_teacher_views)
         log_student = torch.log_softmax(student / self.student_temperature, dim=1).chunk(n_student_views)
         target = torch.softmax((teacher.detach() - self.center) / teacher_temperature, dim=1).chunk(n_teacher_views)
@@ -42,8 +43,10 @@ class DINOLoss(nn.Module):
                 total = term if total is None else total + term
                 terms += 1
         if total is None:
-            raise ValueError(f"DINO needs a student view other than each teacher view; got {n_student_views} student "
-                             f"and {n_teacher_views} teacher views")
+            raise ValueError(
+                f"DINO needs a student view other than each teacher view; got {n_student_views} student "
+                f"and {n_teacher_views} teacher views"
+            )
         self.update_center(teacher)
         return total / terms
 

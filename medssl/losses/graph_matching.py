@@ -20,8 +20,9 @@ def global_affinity(zs: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
     return F.normalize(zs, dim=-1) @ F.normalize(zt, dim=-1).transpose(-1, -2)
 
 
-def local_affinity(cells_s: torch.Tensor, cells_t: torch.Tensor, centres_s: torch.Tensor, centres_t: torch.Tensor,
-                   top: float = 0.5) -> torch.Tensor:
+def local_affinity(
+    cells_s: torch.Tensor, cells_t: torch.Tensor, centres_s: torch.Tensor, centres_t: torch.Tensor, top: float = 0.5
+) -> torch.Tensor:
     """``c_lo[g, i, a]`` from the feature-map cells ``[G, n, P, D]`` of view s of image i and view t of image a.
 
     Half is the location cost: cell p of i against the cell m(p) of a whose centre, mapped back to

@@ -14,9 +14,16 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
-             epsilon: float = 0.05, iterations: int = 100, tolerance: float | None = None,
-             reduce_sum: Reduce = _local, reduce_max: Reduce = _local) -> torch.Tensor:
+def sinkhorn(
+    cost: torch.Tensor,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    epsilon: float = 0.05,
+    iterations: int = 100,
+    tolerance: float | None = None,
+    reduce_sum: Reduce = _local,
+    reduce_max: Reduce = _local,
+) -> torch.Tensor:
     """Plan ``P [..., n, m]`` minimising ``<P, cost> − ε·H(P)`` with row sums ``a [..., n]`` and column
     sums ``b [..., m]`` (uniform by default; equal total mass). ``cost`` is ``[..., n, m]``; pass
     ``-scores`` to transport along similarities.

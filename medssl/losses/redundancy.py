@@ -9,8 +9,9 @@ from medssl.nn.distributed import gather
 
 
 @full_precision
-def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, gather_distributed: bool = True,
-                 eps: float = 1e-5) -> torch.Tensor:
+def barlow_twins(
+    z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, gather_distributed: bool = True, eps: float = 1e-5
+) -> torch.Tensor:
     """``Σ_i (1 - C_ii)² + λ Σ_{i≠j} C_ij²`` with ``C`` the cross-correlation of the two views'
     embeddings, each standardised over the *global* batch as the paper's BatchNorm (biased variance,
     no affine) does. Every rank computes the same global loss, which with gathering and DDP's gradient

@@ -21,8 +21,12 @@ Solver = Callable[..., torch.Tensor]
 __all__ = ["GraphMatchingIMLE", "gumbel_noise", "imle_matching"]
 
 
-def gumbel_noise(shape: torch.Size | tuple[int, ...], generator: torch.Generator | int | None = None,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def gumbel_noise(
+    shape: torch.Size | tuple[int, ...],
+    generator: torch.Generator | int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Gumbel(0, 1) samples as ``−log E`` with ``E ~ Exp(1)``; an int ``generator`` is a seed, so a run
     can be replayed. Drawn on the generator's device, then moved to ``device``."""
     if isinstance(generator, int):
@@ -40,7 +44,11 @@ class GraphMatchingIMLE(torch.autograd.Function):
         perturbed_v = unary.detach() + noise_v
         perturbed_e = edge_affinity.detach() + noise_e
         v = _solve(solver, perturbed_v, perturbed_e, source_edges, target_edges)
-        e = edge_indicator(v, source_edges, target_edges) if perturbed_e.numel() else perturbed_e.new_zeros(perturbed_e.shape)
+        e = (
+            edge_indicator(v, source_edges, target_edges)
+            if perturbed_e.numel()
+            else perturbed_e.new_zeros(perturbed_e.shape)
+        )
         ctx.save_for_backward(perturbed_v, perturbed_e, v, e, source_edges, target_edges)
         ctx.solver, ctx.lam = solver, lam
         return v, e
@@ -56,19 +64,31 @@ class GraphMatchingIMLE(torch.autograd.Function):
         return (v - v_target) / lam, (e - e_target) / lam, None, None, None, None, None, None
 
 
-def _solve(solver: Solver, unary: torch.Tensor, edge_affinity: torch.Tensor, source_edges: torch.Tensor,
-           target_edges: torch.Tensor) -> torch.Tensor:
+def _solve(
+    solver: Solver,
+    unary: torch.Tensor,
+    edge_affinity: torch.Tensor,
+    source_edges: torch.Tensor,
+    target_edges: torch.Tensor,
+) -> torch.Tensor:
     """Call the solver with or without the second-order term (an empty ``Ce`` means unary only)."""
     if edge_affinity.numel() == 0:
         return solver(unary)
     return solver(unary, edge_affinity, source_edges, target_edges)
 
 
-def imle_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = None,
-                  source_edges: torch.Tensor | None = None, target_edges: torch.Tensor | None = None, *,
-                  solver: Solver = graph_matching, lam: float = 80.0, noise: bool = True,
-                  noise_temperature: float = 1.0,
-                  generator: torch.Generator | int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def imle_matching(
+    unary: torch.Tensor,
+    edge_affinity: torch.Tensor | None = None,
+    source_edges: torch.Tensor | None = None,
+    target_edges: torch.Tensor | None = None,
+    *,
+    solver: Solver = graph_matching,
+    lam: float = 80.0,
+    noise: bool = True,
+    noise_temperature: float = 1.0,
+    generator: torch.Generator | int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Differentiable perturb-and-MAP matching of a batch of graph pairs.
 
     ``unary [B, n, n]`` and ``edge_affinity [B, m_s, m_t]`` are the affinities (gradients flow to both);
@@ -89,6 +109,14 @@ def imle_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = None
         noise_e = noise_temperature * gumbel_noise(edge_affinity.shape, generator, unary.device, edge_affinity.dtype)
     else:
         noise_v, noise_e = torch.zeros_like(unary), torch.zeros_like(edge_affinity)
-    v, e = GraphMatchingIMLE.apply(unary, edge_affinity, source_edges.to(unary.device), target_edges.to(unary.device),
-                                   solver, float(lam), noise_v, noise_e)
+    v, e = GraphMatchingIMLE.apply(
+        unary,
+        edge_affinity,
+        source_edges.to(unary.device),
+        target_edges.to(unary.device),
+        solver,
+        float(lam),
+        noise_v,
+        noise_e,
+    )
     return v, (e if has_edges else None)

@@ -68,12 +68,19 @@ def _incidence(edges: torch.Tensor, n: int, dtype: torch.dtype) -> tuple[torch.T
     return onehot[:, :, 0] * valid, onehot[:, :, 1] * valid
 
 
-class _EdgePairs:
+class EdgePairs:
     """Incidence of the source and target graphs, built once per solve: turns the sums over edge pairs
     into batched matmuls, ``(S v Tᵀ)[s, t] = v[tail s, tail t]`` and so on."""
 
-    def __init__(self, source_edges: torch.Tensor, target_edges: torch.Tensor, batch: int, n: int,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        source_edges: torch.Tensor,
+        target_edges: torch.Tensor,
+        batch: int,
+        n: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
         self.n = n
         self.source_edges = _batched_edges(source_edges.to(device), batch).long()
         self.target_edges = _batched_edges(target_edges.to(device), batch).long()
@@ -100,7 +107,7 @@ class _EdgePairs:
         return to_tails + to_heads
 
 
-def _pair_table(pairs: _EdgePairs, edge_affinity: torch.Tensor) -> torch.Tensor:
+def pair_table(pairs: EdgePairs, edge_affinity: torch.Tensor) -> torch.Tensor:
     """``Ce`` re-indexed by the target edge's end nodes: ``table[s, a·n + b] = Σ_{t=(a,b)} Ce[s, t]``
     (last slot collects padding), ``[B, m_s, n² + 1]``, so a swap's pairwise gain is four look-ups."""
     n = pairs.n
@@ -110,7 +117,7 @@ def _pair_table(pairs: _EdgePairs, edge_affinity: torch.Tensor) -> torch.Tensor:
     return table.scatter_add_(2, slot.unsqueeze(1).expand_as(edge_affinity), edge_affinity)
 
 
-def _swap_gains(v: torch.Tensor, gradient: torch.Tensor, table: torch.Tensor, pairs: _EdgePairs) -> torch.Tensor:
+def swap_gains(v: torch.Tensor, gradient: torch.Tensor, table: torch.Tensor, pairs: EdgePairs) -> torch.Tensor:
     """Exact change of ``f`` for exchanging the targets of every pair of source nodes, ``[B, n, n]``.
 
     For a swap ``d = v' − v`` the change is ``∇f(v)·d + q(d)``; ``q(d)`` only involves source edges
@@ -136,8 +143,9 @@ def _swap_gains(v: torch.Tensor, gradient: torch.Tensor, table: torch.Tensor, pa
     return gains.diagonal_scatter(torch.full_like(kept, float("-inf")), dim1=1, dim2=2)
 
 
-def _swap_local_search(v: torch.Tensor, score_of, gradient_of, table: torch.Tensor, pairs: _EdgePairs,
-                       max_swaps: int, tolerance: float) -> torch.Tensor:
+def _swap_local_search(
+    v: torch.Tensor, score_of, gradient_of, table: torch.Tensor, pairs: EdgePairs, max_swaps: int, tolerance: float
+) -> torch.Tensor:
     """Pairwise-exchange (2-opt) local search, the classic QAP neighbourhood: apply each graph's best
     improving swap until none improves. IPFP stops at a fixed point of its linearisation; this escapes
     some of those, and every move is re-scored so ``f`` never decreases."""
@@ -145,7 +153,7 @@ def _swap_local_search(v: torch.Tensor, score_of, gradient_of, table: torch.Tens
     rows = torch.arange(batch, device=v.device)
     current = score_of(v)
     for _ in range(max_swaps):
-        gains = _swap_gains(v, gradient_of(v), table, pairs).reshape(batch, -1)
+        gains = swap_gains(v, gradient_of(v), table, pairs).reshape(batch, -1)
         best_gain, flat = gains.max(dim=1)
         if not (best_gain > tolerance).any():
             break
@@ -163,7 +171,9 @@ def _swap_local_search(v: torch.Tensor, score_of, gradient_of, table: torch.Tens
     return v
 
 
-def _as_batch(unary: torch.Tensor, edge_affinity: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+def _as_batch(
+    unary: torch.Tensor, edge_affinity: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
     """Accept one problem (``[n, n]``) or a batch; remember which, so results come back the same way."""
     single = unary.dim() == 2
     if single:
@@ -174,8 +184,9 @@ def _as_batch(unary: torch.Tensor, edge_affinity: torch.Tensor | None) -> tuple[
     return unary, edge_affinity, single
 
 
-def _check_edges(edge_affinity: torch.Tensor | None, source_edges: torch.Tensor | None,
-                 target_edges: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def _check_edges(
+    edge_affinity: torch.Tensor | None, source_edges: torch.Tensor | None, target_edges: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The second-order term ``(Ce, Es, Et)``, or ``None`` without one; edges and their affinity come
     together or not at all."""
     if edge_affinity is not None and source_edges is not None and target_edges is not None:
@@ -190,14 +201,19 @@ def edge_indicator(v: torch.Tensor, source_edges: torch.Tensor, target_edges: to
     """``v_ia · v_jb`` for every edge pair ``((i, j) ∈ Es, (a, b) ∈ Et)``, ``[B, m_s, m_t]``: the
     "solution" whose dot product with ``Ce`` is the second-order score (I-MLE differentiates through it)."""
     batched, _, single = _as_batch(v, None)
-    pairs = _EdgePairs(source_edges, target_edges, batched.shape[0], batched.shape[1], batched.dtype, batched.device)
+    pairs = EdgePairs(source_edges, target_edges, batched.shape[0], batched.shape[1], batched.dtype, batched.device)
     out = pairs.tails(batched) * pairs.heads(batched)
     return out[0] if single else out
 
 
 @torch.no_grad()
-def matching_objective(v: torch.Tensor, unary: torch.Tensor, edge_affinity: torch.Tensor | None = None,
-                       source_edges: torch.Tensor | None = None, target_edges: torch.Tensor | None = None) -> torch.Tensor:
+def matching_objective(
+    v: torch.Tensor,
+    unary: torch.Tensor,
+    edge_affinity: torch.Tensor | None = None,
+    source_edges: torch.Tensor | None = None,
+    target_edges: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The maximised affinity ``f(v)`` of each graph: ``[B]`` (a scalar for one ``[n, n]`` problem)."""
     v_b, _, single = _as_batch(v, None)
     unary_b, edge_b, _ = _as_batch(unary, edge_affinity)
@@ -205,31 +221,44 @@ def matching_objective(v: torch.Tensor, unary: torch.Tensor, edge_affinity: torc
     edges = _check_edges(edge_b, source_edges, target_edges)
     if edges is not None:
         edge_b, source_edges, target_edges = edges
-        pairs = _EdgePairs(source_edges, target_edges, v_b.shape[0], v_b.shape[1], v_b.dtype, v_b.device)
+        pairs = EdgePairs(source_edges, target_edges, v_b.shape[0], v_b.shape[1], v_b.dtype, v_b.device)
         score = score + pairs.quadratic(v_b, edge_b.to(v_b.dtype))
     return score[0] if single else score
 
 
 @torch.no_grad()
-def linear_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = None,
-                    source_edges: torch.Tensor | None = None, target_edges: torch.Tensor | None = None) -> torch.Tensor:
+def linear_matching(
+    unary: torch.Tensor,
+    edge_affinity: torch.Tensor | None = None,
+    source_edges: torch.Tensor | None = None,
+    target_edges: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The "w/o second-order" ablation behind the common solver signature: edges are ignored."""
     return linear_assignment(unary)
 
 
 @torch.no_grad()
-def graph_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = None,
-                   source_edges: torch.Tensor | None = None, target_edges: torch.Tensor | None = None,
-                   max_iterations: int = 50, uniform_start: bool = True, local_search: bool = True,
-                   max_swaps: int = 100, patience: int = 5, tolerance: float = 1e-6) -> torch.Tensor:
+def graph_matching(
+    unary: torch.Tensor,
+    edge_affinity: torch.Tensor | None = None,
+    source_edges: torch.Tensor | None = None,
+    target_edges: torch.Tensor | None = None,
+    max_iterations: int = 50,
+    uniform_start: bool = True,
+    local_search: bool = True,
+    max_swaps: int = 100,
+    patience: int = 5,
+    tolerance: float = 1e-6,
+) -> torch.Tensor:
     """Second-order matching by IPFP; returns 0/1 permutation matrices shaped like ``unary``.
 
-    Two starts run side by side (stacked into the batch): the unary linear assignment, so the result
-    scores at least as high as :func:`linear_matching`, and (``uniform_start``) the barycentre
-    ``1/n``, which lets the pairwise term steer the first step. Each iteration: ``b = LAP(∇f(x))``, the
-    exact maximiser of ``f`` on the segment ``x → b`` (``f`` is quadratic along it), and ``b`` is kept
-    if it beats the best discrete matching so far. Stops when no start moves, when no graph's best matching improved for ``patience`` iterations
-    (a continuous start can creep towards a vertex for long without changing it), or after ``max_iterations``.
+    Two starts run side by side (stacked into the batch): the unary linear assignment, so the result scores at
+    least as high as :func:`linear_matching`, and (``uniform_start``) the barycentre ``1/n``, which lets the
+    pairwise term steer the first step. Each iteration: ``b = LAP(∇f(x))``, the exact maximiser of ``f`` on
+    the segment ``x → b`` (``f`` is quadratic along it), and ``b`` is kept if it beats the best discrete
+    matching so far. Stops when no start moves, when no graph's best matching improved for ``patience``
+    iterations (a continuous start can creep towards a vertex for long without changing it), or after
+    ``max_iterations``.
     Then (``local_search``) pairwise-exchange moves polish each start's best matching.
     """
     unary_b, edge_b, single = _as_batch(unary, edge_affinity)
@@ -242,8 +271,14 @@ def graph_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = Non
     starts = 2 if uniform_start else 1
     c = unary_b.detach().to(dtype).repeat(starts, 1, 1)
     ce = edge_b.detach().to(dtype).repeat(starts, 1, 1)
-    pairs = _EdgePairs(_batched_edges(source_edges, batch).repeat(starts, 1, 1),
-                       _batched_edges(target_edges, batch).repeat(starts, 1, 1), batch * starts, n, dtype, c.device)
+    pairs = EdgePairs(
+        _batched_edges(source_edges, batch).repeat(starts, 1, 1),
+        _batched_edges(target_edges, batch).repeat(starts, 1, 1),
+        batch * starts,
+        n,
+        dtype,
+        c.device,
+    )
 
     def score(x: torch.Tensor) -> torch.Tensor:
         return (c * x).sum(dim=(1, 2)) + pairs.quadratic(x, ce)
@@ -268,12 +303,20 @@ def graph_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = Non
             break
         slope = (gradient * direction).sum(dim=(1, 2))  # ≥ 0: target maximises the linearisation
         curvature = pairs.quadratic(direction, ce)
-        step = torch.where(curvature < 0, (-slope / (2 * curvature.clamp(max=-1e-12))).clamp(0.0, 1.0),
-                           torch.ones_like(slope))
+        step = torch.where(
+            curvature < 0, (-slope / (2 * curvature.clamp(max=-1e-12))).clamp(0.0, 1.0), torch.ones_like(slope)
+        )
         x = x + step[:, None, None] * direction
     if local_search:
-        best = _swap_local_search(best, score, lambda v: c + pairs.quadratic_gradient(v, ce), _pair_table(pairs, ce),
-                                  pairs, max_swaps, tolerance)
+        best = _swap_local_search(
+            best,
+            score,
+            lambda v: c + pairs.quadratic_gradient(v, ce),
+            pair_table(pairs, ce),
+            pairs,
+            max_swaps,
+            tolerance,
+        )
         best_score = score(best)
     per_start = best_score.reshape(starts, batch)
     winner = per_start.argmax(dim=0)
@@ -283,8 +326,12 @@ def graph_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = Non
 
 
 @torch.no_grad()
-def brute_force_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None = None,
-                         source_edges: torch.Tensor | None = None, target_edges: torch.Tensor | None = None) -> torch.Tensor:
+def brute_force_matching(
+    unary: torch.Tensor,
+    edge_affinity: torch.Tensor | None = None,
+    source_edges: torch.Tensor | None = None,
+    target_edges: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The exact maximiser by enumerating all ``n!`` permutations (n ≤ 7): the reference for tests."""
     unary_b, edge_b, single = _as_batch(unary, edge_affinity)
     batch, n = unary_b.shape[:2]
@@ -294,14 +341,22 @@ def brute_force_matching(unary: torch.Tensor, edge_affinity: torch.Tensor | None
     candidates = torch.nn.functional.one_hot(perms, n).to(torch.float64)  # [K, n, n]
     result = []
     for k in range(batch):
-        def shared(edges: torch.Tensor | None) -> torch.Tensor | None:
-            return None if edges is None else _batched_edges(edges, batch)[k]
         k_edges = None if edge_b is None else edge_b[k].to(torch.float64).expand(len(perms), -1, -1)
-        scores = matching_objective(candidates, unary_b[k].to(torch.float64).expand(len(perms), -1, -1), k_edges,
-                                    shared(source_edges), shared(target_edges))
+        scores = matching_objective(
+            candidates,
+            unary_b[k].to(torch.float64).expand(len(perms), -1, -1),
+            k_edges,
+            _edges_of_graph(source_edges, batch, k),
+            _edges_of_graph(target_edges, batch, k),
+        )
         result.append(candidates[scores.argmax()])
     out = torch.stack(result).to(unary.dtype)
     return out[0] if single else out
+
+
+def _edges_of_graph(edges: torch.Tensor | None, batch: int, k: int) -> torch.Tensor | None:
+    """Graph ``k``'s edge list from shared ``[m, 2]`` or batched ``[B, m, 2]`` edges."""
+    return None if edges is None else _batched_edges(edges, batch)[k]
 
 
 @torch.no_grad()
@@ -312,8 +367,9 @@ def knn_edges(points: torch.Tensor, k: int) -> torch.Tensor:
     n = batched.shape[1]
     k = min(k, n - 1)
     unit = torch.nn.functional.normalize(batched.float(), dim=-1)
-    similarity = (unit @ unit.transpose(1, 2)).diagonal_scatter(torch.full(batched.shape[:2], float("-inf"),
-                                                                           device=points.device), dim1=1, dim2=2)
+    similarity = (unit @ unit.transpose(1, 2)).diagonal_scatter(
+        torch.full(batched.shape[:2], float("-inf"), device=points.device), dim1=1, dim2=2
+    )
     neighbours = similarity.topk(k, dim=-1).indices  # [B, n, k]
     tails = torch.arange(n, device=points.device).view(1, n, 1).expand_as(neighbours)
     edges = torch.stack([tails, neighbours], dim=-1).reshape(batched.shape[0], n * k, 2)

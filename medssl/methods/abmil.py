@@ -27,8 +27,15 @@ class ABMIL(SlideClassifier):
     instance_score_name = "attention"
     stretch_heatmaps = True
 
-    def __init__(self, in_dim: int = 512, hidden_dim: int = 256, attention_dim: int = 128, dropout: float = 0.25,
-                 gated: bool = True, **base):
+    def __init__(
+        self,
+        in_dim: int = 512,
+        hidden_dim: int = 256,
+        attention_dim: int = 128,
+        dropout: float = 0.25,
+        gated: bool = True,
+        **base,
+    ):
         base = {"lr": 2e-4, "weight_decay": 1e-4, **base}
         super().__init__(**base)
         self.save_hyperparameters()
@@ -59,7 +66,11 @@ class ABMIL(SlideClassifier):
         state["logits"].append(logits)
         top = logits.max()
         if state["max"] is None:
-            state["max"], state["normaliser"], state["pooled"] = top, logits.new_zeros(()), hidden.new_zeros(hidden.shape[1])
+            state["max"], state["normaliser"], state["pooled"] = (
+                top,
+                logits.new_zeros(()),
+                hidden.new_zeros(hidden.shape[1]),
+            )
         new_max = torch.maximum(state["max"], top)
         rescale = torch.exp(state["max"] - new_max)
         weights = torch.exp(logits - new_max)
@@ -75,5 +86,7 @@ class ABMIL(SlideClassifier):
 
     def _check_width(self, instances: torch.Tensor) -> None:
         if instances.shape[-1] != self.hparams.in_dim:
-            raise ValueError(f"instances have {instances.shape[-1]} features but ABMIL was built with "
-                             f"in_dim={self.hparams.in_dim}; set model.init_args.in_dim to the encoder's out_dim")
+            raise ValueError(
+                f"instances have {instances.shape[-1]} features but ABMIL was built with "
+                f"in_dim={self.hparams.in_dim}; set model.init_args.in_dim to the encoder's out_dim"
+            )

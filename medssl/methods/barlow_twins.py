@@ -11,8 +11,14 @@ from medssl.nn.heads import ProjectionHead
 
 
 class BarlowTwins(TwoViewMethod):
-    def __init__(self, backbone: dict | None = None, proj_hidden_dim: int = 2048, proj_dim: int = 2048,
-                 lambd: float = 5e-3, **base):
+    def __init__(
+        self,
+        backbone: dict | None = None,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 2048,
+        lambd: float = 5e-3,
+        **base,
+    ):
         super().__init__(backbone=backbone, **base)
         self.save_hyperparameters()
         self.projector = ProjectionHead(self.encoder.out_dim, proj_hidden_dim, proj_dim, layers=3)

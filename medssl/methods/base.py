@@ -45,8 +45,10 @@ class MedsslModule(pl.LightningModule):
         an ``AttributeDict``."""
         hparams = super().hparams
         if not isinstance(hparams, AttributeDict):
-            raise TypeError(f"{type(self).__name__}.hparams is a {type(hparams).__name__}, not the AttributeDict "
-                            "that save_hyperparameters() stores")
+            raise TypeError(
+                f"{type(self).__name__}.hparams is a {type(hparams).__name__}, not the AttributeDict "
+                "that save_hyperparameters() stores"
+            )
         return hparams
 
     def encoders(self) -> dict[str, torch.nn.Module]:
@@ -72,7 +74,10 @@ class MedsslModule(pl.LightningModule):
             if id(module) not in names:
                 raise ValueError(f"{type(self).__name__}.encoders()[{name!r}] is not a submodule of the model")
             prefix = names[id(module)] + "."
-            record: dict[str, Any] = {"prefix": prefix, "class": f"{type(module).__module__}.{type(module).__qualname__}"}
+            record: dict[str, Any] = {
+                "prefix": prefix,
+                "class": f"{type(module).__module__}.{type(module).__qualname__}",
+            }
             if isinstance(module, Encoder):
                 record.update(prefix=prefix + "network.", config=module.config())
             records[name] = record
@@ -90,9 +95,17 @@ class SSLMethod(MedsslModule):
     config (``name``, ``spatial_dims``, ``in_channels``, ...); ``lr`` is for a batch of 256 and scales
     linearly. A method builds its heads and losses and implements :meth:`training_step`."""
 
-    def __init__(self, backbone: dict | None = None, optimizer: str = "adamw", lr: float = 1e-3,
-                 weight_decay: float = 1e-4, warmup_epochs: float = 1.0, min_lr: float = 1e-6,
-                 knn_k: int = 20, knn_temperature: float = 0.07):
+    def __init__(
+        self,
+        backbone: dict | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 1.0,
+        min_lr: float = 1e-6,
+        knn_k: int = 20,
+        knn_temperature: float = 0.07,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = build_encoder(**(backbone or {}))
@@ -196,9 +209,17 @@ class SlideClassifier(MedsslModule):
     instance_score_name = "score"  #: what the instance scores are, for heatmap legends
     stretch_heatmaps = False  #: True: colours span each slide's lowest to highest score (attention)
 
-    def __init__(self, piece_size: int = 8192, heatmaps: bool = False, heatmap_stretch: bool | None = None,
-                 optimizer: str = "adamw", lr: float = 2e-4,
-                 weight_decay: float = 1e-4, warmup_epochs: float = 0.0, min_lr: float | None = None):
+    def __init__(
+        self,
+        piece_size: int = 8192,
+        heatmaps: bool = False,
+        heatmap_stretch: bool | None = None,
+        optimizer: str = "adamw",
+        lr: float = 2e-4,
+        weight_decay: float = 1e-4,
+        warmup_epochs: float = 0.0,
+        min_lr: float | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self._evaluated: list[dict] = []
@@ -228,8 +249,15 @@ class SlideClassifier(MedsslModule):
         """(positive probability, instance scores ``[N]``) of one bag ``[N, ...]``, piece by piece."""
         size = piece_size or self.hparams.piece_size
         starts = range(0, len(instances), size)
-        pieces = ({"slide": 0, "start": start, "last": start + size >= len(instances),
-                   "instances": instances[start : start + size]} for start in starts)
+        pieces = (
+            {
+                "slide": 0,
+                "start": start,
+                "last": start + size >= len(instances),
+                "instances": instances[start : start + size],
+            }
+            for start in starts
+        )
         record = next(self.score_pieces(pieces))
         return record["probability"], record["scores"]
 
@@ -274,8 +302,15 @@ class SlideClassifier(MedsslModule):
             if not record.get("cache"):
                 continue
             cache = caches.setdefault(record["cache"], SlideCache(record["cache"]))
-            write_heatmap(cache, record["slide_id"], record["scores"].numpy(), folder,
-                          coords=record["coords"].numpy(), title=self.instance_score_name, stretch=stretch)
+            write_heatmap(
+                cache,
+                record["slide_id"],
+                record["scores"].numpy(),
+                folder,
+                coords=record["coords"].numpy(),
+                title=self.instance_score_name,
+                stretch=stretch,
+            )
 
 
 class BagAccumulator:
@@ -303,8 +338,11 @@ class BagAccumulator:
         del self.open[slide]
         probability, scores = self.model.finish_bag(bag["state"])
         return {
-            "slide_id": piece.get("slide_id", str(slide)), "label": int(piece.get("label", -1)),
-            "probability": float(probability), "scores": scores.detach().float().cpu(),
+            "slide_id": piece.get("slide_id", str(slide)),
+            "label": int(piece.get("label", -1)),
+            "probability": float(probability),
+            "scores": scores.detach().float().cpu(),
             "coords": torch.cat(bag["coords"]) if bag["coords"] else None,
-            "truth": torch.cat(bag["truth"]) if bag["truth"] else None, "cache": piece.get("cache"),
+            "truth": torch.cat(bag["truth"]) if bag["truth"] else None,
+            "cache": piece.get("cache"),
         }

@@ -76,11 +76,26 @@ class INS(SlideClassifier):
     prototypes: torch.Tensor
     soft_labels: torch.Tensor
 
-    def __init__(self, backbone: dict | None = None, in_dim: int | None = None, hidden_dim: int = 512,
-                 proj_dim: int = 128, queue_size: int = 8192, momentum: float = 0.999, prototype_momentum: float = 0.9,
-                 temperature: float = 0.07, contrastive_weight: float = 0.5, prototype_start: int = 1,
-                 confidence_start: float = 0.95, confidence_end: float = 0.8, feature_dropout: float = 0.1,
-                 bag_rule: str = "mean", top_k: int = 10, num_instances: int | None = None, **base):
+    def __init__(
+        self,
+        backbone: dict | None = None,
+        in_dim: int | None = None,
+        hidden_dim: int = 512,
+        proj_dim: int = 128,
+        queue_size: int = 8192,
+        momentum: float = 0.999,
+        prototype_momentum: float = 0.9,
+        temperature: float = 0.07,
+        contrastive_weight: float = 0.5,
+        prototype_start: int = 1,
+        confidence_start: float = 0.95,
+        confidence_end: float = 0.8,
+        feature_dropout: float = 0.1,
+        bag_rule: str = "mean",
+        top_k: int = 10,
+        num_instances: int | None = None,
+        **base,
+    ):
         base = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-3, **base}
         super().__init__(**base)
         self.save_hyperparameters()
@@ -154,16 +169,24 @@ class INS(SlideClassifier):
         loss = classification + h.contrastive_weight * contrastive
 
         if self.current_epoch >= h.prototype_start:
-            phi = confidence_weight(self.current_epoch, self.trainer.max_epochs or 1, h.confidence_start, h.confidence_end)
+            phi = confidence_weight(
+                self.current_epoch, self.trainer.max_epochs or 1, h.confidence_start, h.confidence_end
+            )
             target = F.one_hot((prototype_scores * candidates).argmax(1), 2).float()
             self._set_soft_labels(index, phi * soft + (1 - phi) * target)
         self.queue.push(k, pseudo)
-        self.log_dict({"train/loss": loss, "train/classification": classification, "train/contrastive": contrastive},
-                      prog_bar=True, batch_size=len(index))
+        self.log_dict(
+            {"train/loss": loss, "train/classification": classification, "train/contrastive": contrastive},
+            prog_bar=True,
+            batch_size=len(index),
+        )
         in_positive_slides = batch["label"] == 1
         if in_positive_slides.any():  # how many instances of positive slides are pseudo-labelled positive
-            self.log("train/positive_pseudo_labels", pseudo[in_positive_slides].float().mean(),
-                     batch_size=int(in_positive_slides.sum()))
+            self.log(
+                "train/positive_pseudo_labels",
+                pseudo[in_positive_slides].float().mean(),
+                batch_size=int(in_positive_slides.sum()),
+            )
         return loss
 
     def _contrastive(self, q: torch.Tensor, k: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:

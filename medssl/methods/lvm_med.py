@@ -41,12 +41,29 @@ class LVMMed(SSLMethod):
     0.60–0.62 against 0.625 at init), without them they do (0.70), as does the first-order ablation
     (0.71). See ``tests/methods/test_lvm_med_learns.py``."""
 
-    def __init__(self, backbone: dict | None = None, proj_dim: int = 128, proj_layers: int = 1,
-                 proj_hidden_dim: int = 2048, graph_size: int = 16, knn: int = 5, gcn_layers: int = 2,
-                 alpha: float = 0.8, imle_lambda: float = 80.0, local_top: float = 0.5, noise_scale: float = 1.0,
-                 gcn_residual: bool = True, edge_gradient: bool = True,
-                 second_order: bool = True, message_passing: bool = True, gumbel_noise: bool = True,
-                 local_cost: bool = True, optimizer: str = "adamw", lr: float = 2e-3, **base):
+    def __init__(
+        self,
+        backbone: dict | None = None,
+        proj_dim: int = 128,
+        proj_layers: int = 1,
+        proj_hidden_dim: int = 2048,
+        graph_size: int = 16,
+        knn: int = 5,
+        gcn_layers: int = 2,
+        alpha: float = 0.8,
+        imle_lambda: float = 80.0,
+        local_top: float = 0.5,
+        noise_scale: float = 1.0,
+        gcn_residual: bool = True,
+        edge_gradient: bool = True,
+        second_order: bool = True,
+        message_passing: bool = True,
+        gumbel_noise: bool = True,
+        local_cost: bool = True,
+        optimizer: str = "adamw",
+        lr: float = 2e-3,
+        **base,
+    ):
         super().__init__(backbone=backbone, optimizer=optimizer, lr=lr, **base)
         self.save_hyperparameters()
         self.projector = ProjectionHead(self.encoder.out_dim, proj_hidden_dim, proj_dim, layers=proj_layers)
@@ -54,11 +71,15 @@ class LVMMed(SSLMethod):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         h = self.hparams
-        (pooled_s, maps_s), (pooled_t, maps_t) = (self.encoder.forward_features(self.scale(v)) for v in batch["views"][:2])
+        (pooled_s, maps_s), (pooled_t, maps_t) = (
+            self.encoder.forward_features(self.scale(v)) for v in batch["views"][:2]
+        )
         graphs = len(pooled_s) // h.graph_size
         if graphs == 0:
-            raise ValueError(f"a batch of {len(pooled_s)} cannot form a graph of {h.graph_size} nodes; "
-                             "raise the batch size or lower graph_size")
+            raise ValueError(
+                f"a batch of {len(pooled_s)} cannot form a graph of {h.graph_size} nodes; "
+                "raise the batch size or lower graph_size"
+            )
         keep = graphs * h.graph_size
 
         def nodes(x: torch.Tensor) -> torch.Tensor:  # [B, ...] → [graphs, graph_size, ...]
@@ -79,12 +100,20 @@ class LVMMed(SSLMethod):
         if h.second_order:
             edges_s, edges_t = edges_from_adjacency(adjacency_s), edges_from_adjacency(adjacency_t)
             edges = edge_affinity(zs, zt, edges_s, edges_t)
-            matching, _ = imle_matching(unary, edges if h.edge_gradient else edges.detach(), edges_s, edges_t,
-                                        solver=graph_matching, lam=h.imle_lambda, noise=h.gumbel_noise,
-                                        noise_temperature=h.noise_scale)
+            matching, _ = imle_matching(
+                unary,
+                edges if h.edge_gradient else edges.detach(),
+                edges_s,
+                edges_t,
+                solver=graph_matching,
+                lam=h.imle_lambda,
+                noise=h.gumbel_noise,
+                noise_temperature=h.noise_scale,
+            )
         else:
-            matching, _ = imle_matching(unary, solver=linear_matching, lam=h.imle_lambda, noise=h.gumbel_noise,
-                                        noise_temperature=h.noise_scale)
+            matching, _ = imle_matching(
+                unary, solver=linear_matching, lam=h.imle_lambda, noise=h.gumbel_noise, noise_temperature=h.noise_scale
+            )
         loss = hamming(matching)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/matched", 1 - loss.detach() / (2 * h.graph_size))  # fraction of images matched to themselves

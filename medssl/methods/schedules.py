@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 
-def cosine_schedule(step: int, total_steps: int, base: float, final: float,
-                    warmup_steps: int = 0, warmup_start: float = 0.0) -> float:
+def cosine_schedule(
+    step: int, total_steps: int, base: float, final: float, warmup_steps: int = 0, warmup_start: float = 0.0
+) -> float:
     """Linear warm-up from ``warmup_start`` to ``base`` over ``warmup_steps``, then a half cosine from
     ``base`` to ``final`` at ``total_steps`` (held after)."""
     if step < warmup_steps:
@@ -16,8 +17,9 @@ def cosine_schedule(step: int, total_steps: int, base: float, final: float,
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * progress))
 
 
-def configure_optimizer(module, optimizer: str, lr: float, weight_decay: float, warmup_epochs: float = 0.0,
-                        min_lr: float | None = None) -> dict:
+def configure_optimizer(
+    module, optimizer: str, lr: float, weight_decay: float, warmup_epochs: float = 0.0, min_lr: float | None = None
+) -> dict:
     """Lightning's ``configure_optimizers`` answer: AdamW or SGD (momentum 0.9), no weight decay on
     biases and norms, a per-step linear warm-up then cosine to ``min_lr`` (``min_lr=None``: constant)."""
     import torch

@@ -11,8 +11,15 @@ from medssl.nn.heads import ProjectionHead
 
 
 class SimCLR(TwoViewMethod):
-    def __init__(self, backbone: dict | None = None, proj_hidden_dim: int = 2048, proj_dim: int = 128,
-                 temperature: float = 0.1, decoupled: bool = False, **base):
+    def __init__(
+        self,
+        backbone: dict | None = None,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        temperature: float = 0.1,
+        decoupled: bool = False,
+        **base,
+    ):
         super().__init__(backbone=backbone, **base)
         self.save_hyperparameters()
         self.projector = ProjectionHead(self.encoder.out_dim, proj_hidden_dim, proj_dim, layers=2)

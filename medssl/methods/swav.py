@@ -23,16 +23,30 @@ class SwAV(SSLMethod):
     ``queue_length`` > 0 keeps that many past projections per global crop (per rank, 3840 in the paper for
     batch 256), used in the assignment once full, from epoch ``queue_start_epoch`` on."""
 
-    def __init__(self, backbone: dict | None = None, proj_hidden_dim: int = 2048, proj_dim: int = 128,
-                 n_prototypes: int = 3000, temperature: float = 0.1, epsilon: float = 0.05,
-                 sinkhorn_iterations: int = 3, n_global_crops: int = 2, freeze_prototypes_steps: int = 313,
-                 queue_length: int = 0, queue_start_epoch: int = 15, **base):
+    def __init__(
+        self,
+        backbone: dict | None = None,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+        n_prototypes: int = 3000,
+        temperature: float = 0.1,
+        epsilon: float = 0.05,
+        sinkhorn_iterations: int = 3,
+        n_global_crops: int = 2,
+        freeze_prototypes_steps: int = 313,
+        queue_length: int = 0,
+        queue_start_epoch: int = 15,
+        **base,
+    ):
         super().__init__(backbone=backbone, **base)
         self.save_hyperparameters()
         self.projector = ProjectionHead(self.encoder.out_dim, proj_hidden_dim, proj_dim, layers=2)
         self.prototypes = PrototypeHead(proj_dim, n_prototypes)
-        self.queues = torch.nn.ModuleList(MomentumQueue(queue_length, proj_dim) for _ in range(n_global_crops)
-                                          ) if queue_length > 0 else None
+        self.queues = (
+            torch.nn.ModuleList(MomentumQueue(queue_length, proj_dim) for _ in range(n_global_crops))
+            if queue_length > 0
+            else None
+        )
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         self.prototypes.normalize_()
@@ -41,13 +55,16 @@ class SwAV(SSLMethod):
         """Sinkhorn codes of a global crop's batch, prefixed by the queue's scores once it is full."""
         h = self.hparams
         # cast: torch's ModuleList is not generic, so indexing it says Module; this one holds MomentumQueues
-        queue = (cast(MomentumQueue, self.queues[crop])
-                 if self.queues is not None and self.current_epoch >= h.queue_start_epoch else None)
+        queue = (
+            cast(MomentumQueue, self.queues[crop])
+            if self.queues is not None and self.current_epoch >= h.queue_start_epoch
+            else None
+        )
         scores = scores.detach()
         if queue is not None and int(queue.filled) == h.queue_length:
             with torch.no_grad():
                 scores = torch.cat([self.prototypes(queue.keys), scores])
-        codes = sinkhorn_knopp(scores, h.epsilon, h.sinkhorn_iterations)[-len(z):]
+        codes = sinkhorn_knopp(scores, h.epsilon, h.sinkhorn_iterations)[-len(z) :]
         if queue is not None:
             queue.push(z.detach(), gather_distributed=False)
         return codes

@@ -77,19 +77,37 @@ def build_encoder(
     from monai.networks import nets
     from monai.networks.nets.vit import ViT  # the package's __init__ does not re-export it to type checkers
 
-    config = dict(name=name, spatial_dims=spatial_dims, in_channels=in_channels,
-                  img_size=img_size, patch_size=patch_size, num_layers=num_layers, stem_stride=stem_stride,
-                  width=width)
+    config = dict(
+        name=name,
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        img_size=img_size,
+        patch_size=patch_size,
+        num_layers=num_layers,
+        stem_stride=stem_stride,
+        width=width,
+    )
     if name in RESNETS:
-        network = getattr(nets, name)(spatial_dims=spatial_dims, n_input_channels=in_channels, feed_forward=False,
-                                      conv1_t_stride=stem_stride, widen_factor=width)
+        network = getattr(nets, name)(
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            feed_forward=False,
+            conv1_t_stride=stem_stride,
+            widen_factor=width,
+        )
         out_dim = int(512 * width) * (4 if name == "resnet50" else 1)
     elif name in VITS:
         hidden, mlp, heads, layers = VITS[name]
         size = (img_size,) * spatial_dims if isinstance(img_size, int) else tuple(img_size)
         network = ViT(
-            in_channels=in_channels, img_size=size, patch_size=(patch_size,) * spatial_dims, hidden_size=hidden,
-            mlp_dim=mlp, num_heads=heads, num_layers=num_layers or layers, spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            img_size=size,
+            patch_size=(patch_size,) * spatial_dims,
+            hidden_size=hidden,
+            mlp_dim=mlp,
+            num_heads=heads,
+            num_layers=num_layers or layers,
+            spatial_dims=spatial_dims,
             classification=True,
         )
         # keep the class token's features; MONAI leaves the head's type to be inferred from its own

@@ -12,8 +12,15 @@ class ProjectionHead(nn.Module):
     ``last_bn`` adds an affine-free BatchNorm at the output, as Barlow Twins and MoCo v3 do;
     ``batch_norm=False`` leaves the hidden BatchNorms out (MoCo v2's and PiCO/INS's heads)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, layers: int = 2, last_bn: bool = False,
-                 batch_norm: bool = True):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int = 2048,
+        out_dim: int = 128,
+        layers: int = 2,
+        last_bn: bool = False,
+        batch_norm: bool = True,
+    ):
         super().__init__()
         blocks: list[nn.Module] = []
         dim = in_dim

@@ -53,6 +53,8 @@ class MomentumQueue(nn.Module):
     def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys (and labels) pushed so far, oldest first once the queue has wrapped."""
         n = int(self.filled)
-        order = (torch.arange(n, device=self.keys.device) + (int(self.pointer) if n == self.keys.shape[0] else 0)) % self.keys.shape[0]
+        order = (
+            torch.arange(n, device=self.keys.device) + (int(self.pointer) if n == self.keys.shape[0] else 0)
+        ) % self.keys.shape[0]
         labels = self.labels[order] if self.labels.numel() else self.labels
         return self.keys[order], labels

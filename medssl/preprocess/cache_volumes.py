@@ -25,12 +25,11 @@ import numpy as np
 from zarr.codecs import ZstdCodec
 
 from medssl.cache import store as cache_mod
-from medssl.viz.qc import save_png_atomically, volume_montage
 from medssl.jobs import (
     CacheItemWorker,
     Job,
-    SourceFingerprint,
     RunSummary,
+    SourceFingerprint,
     Written,
     collect_jobs,
     manifest_path,
@@ -54,6 +53,7 @@ from medssl.preprocess.volumes import (
     sample_foreground,
     target_spacing,
 )
+from medssl.viz.qc import save_png_atomically, volume_montage
 
 if TYPE_CHECKING:
     from monai.data.meta_tensor import MetaTensor
@@ -85,8 +85,14 @@ def volume_id(path: Path) -> str:
 
 def collect_volume_jobs(inputs: Sequence[str | Path]) -> list[Job]:
     return collect_jobs(
-        inputs, VOLUME_SUFFIXES, "volume_id", "image", CSV_EXTRA_COLUMNS,
-        path_columns=("label",), find=find_volumes, item_id=volume_id,
+        inputs,
+        VOLUME_SUFFIXES,
+        "volume_id",
+        "image",
+        CSV_EXTRA_COLUMNS,
+        path_columns=("label",),
+        find=find_volumes,
+        item_id=volume_id,
     )
 
 
@@ -118,8 +124,14 @@ def cache_volumes(
     cache_mod.open_for_writing(out, KIND, {"requested": requested, "plan": plan.as_dict()}, overwrite=overwrite)
     manifest = manifest_path(out, shard)
     results = run_jobs(
-        select_shard(cohort, shard), VolumeCacher(out, params, plan), manifest, workers=workers,
-        unit="slices", desc="volumes", progress=progress, extra_fields=("modality", "label_path", "shape"),
+        select_shard(cohort, shard),
+        VolumeCacher(out, params, plan),
+        manifest,
+        workers=workers,
+        unit="slices",
+        desc="volumes",
+        progress=progress,
+        extra_fields=("modality", "label_path", "shape"),
     )
     return VolumeSummary(out=out, manifest=manifest, results=results, plan=plan)
 
@@ -129,9 +141,7 @@ def _modality(job: Job, default: str | None) -> str:
     if value == "MRI":
         value = "MR"
     if value not in MODALITIES:
-        raise VolumeError(
-            f"{job.path}: modality {value or 'unknown'!r}; give --modality CT|MR or a 'modality' column"
-        )
+        raise VolumeError(f"{job.path}: modality {value or 'unknown'!r}; give --modality CT|MR or a 'modality' column")
     return value
 
 
@@ -249,7 +259,8 @@ class VolumeCacher(CacheItemWorker):
             check_label(job.path, label_path, image, label)
         is_foreground = foreground_fn(modality, p)
         if not bool(is_foreground(image).any()):
-            raise VolumeError(f"{job.path}: empty foreground (no {'body voxel above the HU threshold' if modality == 'CT' else 'non-zero voxel'})")
+            what = "body voxel above the HU threshold" if modality == "CT" else "non-zero voxel"
+            raise VolumeError(f"{job.path}: empty foreground (no {what})")
         original = {
             "shape": list(image.shape[1:]),
             "spacing": [float(v) for v in ras_spacing(image)],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,17 @@ from medssl.preprocess.tiff_direct import DIRECT_VENDORS, DirectTiff
 
 #: File name suffixes treated as slides when a folder is given.
 SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".dcm",
 )
 
 #: Level-0 MPP below this or above this is treated as corrupt metadata rather than trusted.
@@ -72,9 +81,7 @@ class Slide:
         try:
             self._osr = openslide.open_slide(str(self.path))
         except (openslide.OpenSlideUnsupportedFormatError, UnidentifiedImageError):
-            raise SlideError(
-                f"{self.path}: not a slide format OpenSlide can read (nor a plain image)"
-            ) from None
+            raise SlideError(f"{self.path}: not a slide format OpenSlide can read (nor a plain image)") from None
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideError(f"{self.path}: unreadable slide ({_one_line(exc)})") from None
         try:
@@ -116,9 +123,7 @@ class Slide:
         if not all(_PLAUSIBLE_MPP[0] <= m <= _PLAUSIBLE_MPP[1] for m in (mpp_x, mpp_y)):
             raise SlideError(f"{self.path}: implausible MPP in metadata ({mpp_x}, {mpp_y})")
         if abs(mpp_x - mpp_y) > 0.01 * max(mpp_x, mpp_y):
-            raise SlideError(
-                f"{self.path}: non-square pixels (mpp-x {mpp_x}, mpp-y {mpp_y}) are not supported"
-            )
+            raise SlideError(f"{self.path}: non-square pixels (mpp-x {mpp_x}, mpp-y {mpp_y}) are not supported")
         return (mpp_x + mpp_y) / 2.0, "metadata"
 
     def _plausible(self, mpp: float, how: str) -> float:
@@ -243,8 +248,12 @@ class Slide:
             scale = np.array([dx, dy, dx, dy])
             needed = needed_l0 / scale + np.array([-reach, -reach, reach, reach])
         image = self._region(level, x, y, math.ceil(right - 1e-9), math.ceil(bottom - 1e-9), needed)
-        if _near_int(left) and _near_int(top) and _near_int(fx) and abs(fx - fy) < 1e-9 and (
-            round(fx) == 1 or resample == "box"
+        if (
+            _near_int(left)
+            and _near_int(top)
+            and _near_int(fx)
+            and abs(fx - fy) < 1e-9
+            and (round(fx) == 1 or resample == "box")
         ):
             factor = round(fx)
             wanted = (out_size[0] * factor, out_size[1] * factor)

@@ -42,9 +42,7 @@ class DirectTiff:
     def has_level(self, level: int) -> bool:
         return level in self.pages
 
-    def read(
-        self, level: int, x: int, y: int, w: int, h: int, needed: Sequence[Box] | None = None
-    ) -> np.ndarray:
+    def read(self, level: int, x: int, y: int, w: int, h: int, needed: Sequence[Box] | None = None) -> np.ndarray:
         """``uint8 [h, w, 4]`` RGBX (X = 255) of level pixels from (x, y); outside the image or in a
         missing tile it is white. Four channels because that is Pillow's own pixel layout: the array
         becomes an image without a copy.
@@ -74,7 +72,9 @@ class DirectTiff:
                     continue
                 data = os.pread(self._fd, nbytes, page.dataoffsets[index])
                 tile = self._decode(page, data, index)
-                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw]
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[
+                    sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
+                ]
         return out
 
     @staticmethod

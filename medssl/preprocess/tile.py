@@ -26,17 +26,16 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from medssl.errors import SlideError
 from medssl.cache import store as cache_mod
 from medssl.cache.codecs import JpegCodec
-from medssl.viz.qc import save_png_atomically, tile_overlay
+from medssl.errors import SlideError
 from medssl.jobs import (
     DONE,
     SKIPPED,
     CacheItemWorker,
     Job,
-    SourceFingerprint,
     RunSummary,
+    SourceFingerprint,
     Written,
     collect_jobs,
     manifest_path,
@@ -45,6 +44,7 @@ from medssl.jobs import (
 )
 from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide
 from medssl.preprocess.tiling import Thumbnail, TileGrid, TilingParams, iter_tile_blocks, make_thumbnail, plan_grid
+from medssl.viz.qc import save_png_atomically, tile_overlay
 
 KIND = "slides"
 CSV_EXTRA_COLUMNS = ("label", "stain", "mpp", "split", "case_id")
@@ -116,16 +116,20 @@ def tile_slides(
 ) -> TileSummary:
     """Tile every slide in ``inputs`` into the cache folder ``out``; see the module docstring."""
     out = Path(out)
-    jobs = select_shard(
-        collect_jobs(inputs, SLIDE_SUFFIXES, "slide_id", "path", CSV_EXTRA_COLUMNS), shard
-    )
+    jobs = select_shard(collect_jobs(inputs, SLIDE_SUFFIXES, "slide_id", "path", CSV_EXTRA_COLUMNS), shard)
     for job in jobs:
         cache_mod.check_item_id(job.item_id, str(job.path))
     cache_mod.open_for_writing(out, KIND, cache_params(params, storage), overwrite=overwrite)
     manifest = manifest_path(out, shard)
     worker = SlideTiler(out, params, storage, assume_mpp, threads)
     results = run_jobs(
-        jobs, worker, manifest, workers=workers, unit="tiles", desc="slides", progress=progress,
+        jobs,
+        worker,
+        manifest,
+        workers=workers,
+        unit="tiles",
+        desc="slides",
+        progress=progress,
         extra_fields=("label", "stain", "mpp", "read_level", "scale"),
     )
     return TileSummary(out=out, manifest=manifest, results=results)
@@ -198,8 +202,7 @@ class SlideTiler(CacheItemWorker):
             raise SlideError(f"{job.path}: slide is smaller than one {p.tile_size}px tile at {p.target_mpp} µm/px")
         if len(grid) == 0:
             raise SlideError(
-                f"{job.path}: tissue found but no tile has tissue fraction >= {p.min_tissue}; "
-                "lower --min-tissue"
+                f"{job.path}: tissue found but no tile has tissue fraction >= {p.min_tissue}; lower --min-tissue"
             )
         level = slide.level_for(p.target_mpp)
         attrs = {

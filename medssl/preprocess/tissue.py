@@ -97,9 +97,7 @@ def box_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     y0 = np.clip(boxes[:, 1], 0, h)
     x1 = np.clip(boxes[:, 2], 0, w)
     y1 = np.clip(boxes[:, 3], 0, h)
-    area = (
-        _bilinear(sat, x1, y1) - _bilinear(sat, x0, y1) - _bilinear(sat, x1, y0) + _bilinear(sat, x0, y0)
-    )
+    area = _bilinear(sat, x1, y1) - _bilinear(sat, x0, y1) - _bilinear(sat, x1, y0) + _bilinear(sat, x0, y0)
     box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return np.clip(area / np.maximum(box_area, 1e-12), 0.0, 1.0)
 

@@ -111,9 +111,7 @@ def _one_frame(path: Path, volume, frame: int | None, what: str):
         volume = volume[..., None]
     elif volume.ndim == 4:
         if frame is None:
-            raise VolumeError(
-                f"{path}: {what} is 4D {shape}; cache one frame with --frame N (0..{shape[3] - 1})"
-            )
+            raise VolumeError(f"{path}: {what} is 4D {shape}; cache one frame with --frame N (0..{shape[3] - 1})")
         if not 0 <= frame < shape[3]:
             raise VolumeError(f"{path}: --frame {frame} is out of range for 4D shape {shape}")
         volume = volume[..., frame]
@@ -205,7 +203,10 @@ def normalize(image, modality: str, params: VolumeParams, plan: Plan, foreground
         mean, std = plan.ct["mean"], plan.ct["std"]
         clipped = image.clamp(lo, hi)
         return _zscore(mean, std)(clipped), {
-            "kind": "cohort-zscore", "clip": [lo, hi], "mean": mean, "std": std,
+            "kind": "cohort-zscore",
+            "clip": [lo, hi],
+            "mean": mean,
+            "std": std,
         }
     values = image[foreground]
     if values.numel() == 0:

@@ -218,16 +218,24 @@ def random_layout(
     return SlideLayout(width, height, pieces, lesions, seed=seed)
 
 
-def write_demo_cohort(folder: str | Path, n_slides: int = 3, size: int = 6144, seed: int = 0,
-                      lesions: int = 0) -> list[Path]:
+def write_demo_cohort(
+    folder: str | Path, n_slides: int = 3, size: int = 6144, seed: int = 0, lesions: int = 0
+) -> list[Path]:
     """A few small slides for the demo: 40× (0.25 µm/px) generic and Aperio TIFFs with 3 levels. Odd-numbered
     slides get ``lesions`` round lesions of retina texture (the "tumour" slides), the others none; every
     slide's lesion mask goes to ``folder/masks/<name>.png``. Slides already written are kept."""
     folder = Path(folder)
     paths = []
     for k in range(n_slides):
-        layout = random_layout(size, int(size * 0.75), n_pieces=2 + k % 2, coverage=0.3, seed=seed + k,
-                               n_lesions=lesions if k % 2 else 0, lesion_radius=size / 20)
+        layout = random_layout(
+            size,
+            int(size * 0.75),
+            n_pieces=2 + k % 2,
+            coverage=0.3,
+            seed=seed + k,
+            n_lesions=lesions if k % 2 else 0,
+            lesion_radius=size / 20,
+        )
         vendor = "aperio" if k % 2 else "generic"
         path = folder / f"demo-slide-{k}{'.svs' if vendor == 'aperio' else '.tiff'}"
         if not path.exists():
@@ -254,9 +262,15 @@ def write_lesion_mask(layout: SlideLayout, path: str | Path, downsample: int = 1
     return path
 
 
-def write_lesion_cohort(folder: str | Path, n_slides: int = 24, size: int = 4096, lesions: tuple[int, int] = (1, 3),
-                        lesion_radius: float = 300.0, splits: Sequence[str] = ("train", "train", "val", "test"),
-                        seed: int = 0) -> Path:
+def write_lesion_cohort(
+    folder: str | Path,
+    n_slides: int = 24,
+    size: int = 4096,
+    lesions: tuple[int, int] = (1, 3),
+    lesion_radius: float = 300.0,
+    splits: Sequence[str] = ("train", "train", "val", "test"),
+    seed: int = 0,
+) -> Path:
     """A weakly labelled cohort for slide-level learning from real pixels: IHC tissue everywhere; in half
     of the slides (``positive``) a few round lesions of retina texture covering a small fraction of the
     tissue; the others (``negative``) none. Writes ``folder/<id>.tiff`` (0.25 µm/px, generic TIFF), the
@@ -270,8 +284,15 @@ def write_lesion_cohort(folder: str | Path, n_slides: int = 24, size: int = 4096
         positive = k % 2 == 1
         slide_id = f"lesion-cohort-{k:03d}"
         count = int(rng.integers(lesions[0], lesions[1] + 1)) if positive else 0
-        layout = random_layout(size, int(size * 0.75), n_pieces=2, coverage=0.35, seed=seed * 1000 + k,
-                               n_lesions=count, lesion_radius=lesion_radius)
+        layout = random_layout(
+            size,
+            int(size * 0.75),
+            n_pieces=2,
+            coverage=0.35,
+            seed=seed * 1000 + k,
+            n_lesions=count,
+            lesion_radius=lesion_radius,
+        )
         path = folder / f"{slide_id}.tiff"
         if not path.exists():
             write_slide(path, layout, mpp=0.25)

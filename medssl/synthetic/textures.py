@@ -17,7 +17,9 @@ from medssl.data.transforms import ColorJitterd, Compose, HEDJitterd
 EPITHELIUM, STROMA = 0, 1
 
 
-def ihc_texture_tiles(n: int, size: int = 32, held_out: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def ihc_texture_tiles(
+    n: int, size: int = 32, held_out: bool = False, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` uint8 tiles ``[n, 3, size, size]`` and labels (0 epithelium, 1 stroma) from the left 60 % of
     the IHC image (``held_out=False``) or the right 40 % (``held_out=True``)."""
     from skimage import color, data

@@ -20,7 +20,9 @@ def nibabel_data(name: str) -> Path:
     return Path(nibabel.__file__).parent / "tests" / "data" / name
 
 
-def grid_affine(spacing: Sequence[float], origin: Sequence[float] = (0.0, 0.0, 0.0), flip_x: bool = False) -> np.ndarray:
+def grid_affine(
+    spacing: Sequence[float], origin: Sequence[float] = (0.0, 0.0, 0.0), flip_x: bool = False
+) -> np.ndarray:
     """A voxel → world (RAS mm) affine; ``flip_x`` gives an LAS array, as many scanners write."""
     affine = np.diag([*spacing, 1.0]).astype(np.float64)
     affine[:3, 3] = origin
@@ -90,7 +92,9 @@ def dicom_ras_affine(spacing: Sequence[float], origin: Sequence[float] = (0.0, 0
     return affine
 
 
-def write_dicom_series(folder: str | Path, volume: np.ndarray, spacing: Sequence[float], origin=(0.0, 0.0, 0.0)) -> Path:
+def write_dicom_series(
+    folder: str | Path, volume: np.ndarray, spacing: Sequence[float], origin=(0.0, 0.0, 0.0)
+) -> Path:
     """Write ``volume`` (``[X, Y, Z]``, values in HU) as an axial CT series, one file per slice,
     using pydicom's shipped CT_small.dcm as the template for every required tag. ``origin`` is the
     first voxel's ImagePositionPatient (LPS mm); :func:`dicom_ras_affine` gives the matching affine."""

@@ -9,8 +9,6 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import torch
-
 from medssl.cache import SlideCache
 from medssl.data.bags import BagPieceDataset, SlideBagDataset
 from medssl.errors import InputError
@@ -38,9 +36,15 @@ def load_slide_model(checkpoint: str | os.PathLike) -> SlideClassifier:
     return model.eval()
 
 
-def score_slides(model: SlideClassifier, cache: str | os.PathLike | SlideCache, features: str | os.PathLike | None = None,
-                 slide_ids: Sequence[str] | None = None, splits: Sequence[str] | None = None,
-                 piece_size: int = 8192, device: str = "cpu") -> Iterator[dict]:
+def score_slides(
+    model: SlideClassifier,
+    cache: str | os.PathLike | SlideCache,
+    features: str | os.PathLike | None = None,
+    slide_ids: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+    piece_size: int = 8192,
+    device: str = "cpu",
+) -> Iterator[dict]:
     """A scored-slide record (:mod:`medssl.eval.slides`) per slide, read and scored one piece at a time
     (memory bounded by ``piece_size`` instances, whatever the bag size)."""
     bags = SlideBagDataset(cache, features=features, slide_ids=slide_ids, splits=splits)
@@ -49,10 +53,17 @@ def score_slides(model: SlideClassifier, cache: str | os.PathLike | SlideCache, 
     yield from model.score_pieces(pieces[index] for index in range(len(pieces)))
 
 
-def write_slide_heatmaps(checkpoint: str | os.PathLike, cache: str | os.PathLike, out: str | os.PathLike,
-                         features: str | os.PathLike | None = None, slide_ids: Sequence[str] | None = None,
-                         splits: Sequence[str] | None = None, piece_size: int = 8192, device: str = "cpu",
-                         stretch: bool | None = None) -> Path:
+def write_slide_heatmaps(
+    checkpoint: str | os.PathLike,
+    cache: str | os.PathLike,
+    out: str | os.PathLike,
+    features: str | os.PathLike | None = None,
+    slide_ids: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+    piece_size: int = 8192,
+    device: str = "cpu",
+    stretch: bool | None = None,
+) -> Path:
     """For each selected slide: ``out/<slide_id>.png`` (scores over the thumbnail; ``stretch`` as in
     :func:`~medssl.viz.heatmaps.normalise`, default the model's choice) and
     ``out/scores/<slide_id>.csv`` (x, y, score per tile); ``out/slides.csv`` with every slide's probability."""
@@ -63,8 +74,15 @@ def write_slide_heatmaps(checkpoint: str | os.PathLike, cache: str | os.PathLike
     records = []
     for record in score_slides(model, slide_cache, features, slide_ids, splits, piece_size, device):
         scores, coords = record["scores"].numpy(), record["coords"].numpy()
-        write_heatmap(slide_cache, record["slide_id"], scores, out, coords=coords, title=model.instance_score_name,
-                      stretch=model.stretch_heatmaps if stretch is None else stretch)
+        write_heatmap(
+            slide_cache,
+            record["slide_id"],
+            scores,
+            out,
+            coords=coords,
+            title=model.instance_score_name,
+            stretch=model.stretch_heatmaps if stretch is None else stretch,
+        )
         with open(out / "scores" / f"{record['slide_id']}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["x", "y", model.instance_score_name.replace(" ", "_")])

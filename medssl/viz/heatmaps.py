@@ -34,14 +34,24 @@ def normalise(scores: np.ndarray, stretch: bool) -> tuple[np.ndarray, float, flo
     return values, low, high
 
 
-def heatmap_overlay(thumbnail: np.ndarray, boxes: np.ndarray, values: np.ndarray, alpha: float = 0.55,
-                    longest_side: int = 1200, title: str = "", low_label: str = "0", high_label: str = "1") -> Image.Image:
+def heatmap_overlay(
+    thumbnail: np.ndarray,
+    boxes: np.ndarray,
+    values: np.ndarray,
+    alpha: float = 0.55,
+    longest_side: int = 1200,
+    title: str = "",
+    low_label: str = "0",
+    high_label: str = "1",
+) -> Image.Image:
     """The thumbnail with each box ``[N, 4]`` (x0, y0, x1, y1, thumbnail pixels) filled by the colour of
     its value in [0, 1], and a colour bar underneath labelled ``title`` and its two ends."""
     h, w = thumbnail.shape[:2]
     zoom = longest_side / max(h, w)
     size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
-    base = Image.fromarray(np.ascontiguousarray(thumbnail[..., :3])).convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    base = (
+        Image.fromarray(np.ascontiguousarray(thumbnail[..., :3])).convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    )
     layer = Image.new("RGBA", size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     fill = int(round(alpha * 255))
@@ -53,7 +63,9 @@ def heatmap_overlay(thumbnail: np.ndarray, boxes: np.ndarray, values: np.ndarray
     canvas.paste(picture, (0, 0))
     ramp = colour(np.linspace(0, 1, max(2, size[0] // 3)))[None].repeat(10, axis=0)
     canvas.paste(Image.fromarray(ramp), (8, size[1] + 4))
-    ImageDraw.Draw(canvas).text((16 + ramp.shape[1], size[1] + 2), f"{title}: {low_label} to {high_label}", fill=(0, 0, 0))
+    ImageDraw.Draw(canvas).text(
+        (16 + ramp.shape[1], size[1] + 2), f"{title}: {low_label} to {high_label}", fill=(0, 0, 0)
+    )
     return canvas
 
 
@@ -65,8 +77,15 @@ def tile_boxes(meta: dict, coords: np.ndarray) -> np.ndarray:
     return np.concatenate([corners, corners + side], axis=1)
 
 
-def write_heatmap(cache, slide_id: str, scores: np.ndarray, folder: str | os.PathLike,
-                  coords: np.ndarray | None = None, title: str = "score", stretch: bool = False) -> Path:
+def write_heatmap(
+    cache,
+    slide_id: str,
+    scores: np.ndarray,
+    folder: str | os.PathLike,
+    coords: np.ndarray | None = None,
+    title: str = "score",
+    stretch: bool = False,
+) -> Path:
     """Draw ``scores`` (one per tile, in the cache's tile order unless ``coords`` are given) over the
     slide's thumbnail from ``cache`` (a :class:`~medssl.cache.SlideCache`) as
     ``folder/<slide_id>.png``. ``stretch`` spreads the colours between the slide's lowest and highest score."""
@@ -75,6 +94,12 @@ def write_heatmap(cache, slide_id: str, scores: np.ndarray, folder: str | os.Pat
     if len(coords) != len(scores):
         raise ValueError(f"{slide_id}: {len(scores)} scores for {len(coords)} tiles")
     values, low, high = normalise(scores, stretch)
-    image = heatmap_overlay(cache.thumbnail(slide_id), tile_boxes(meta, coords), values, title=title,
-                            low_label=f"{low:.3g}", high_label=f"{high:.3g}")
+    image = heatmap_overlay(
+        cache.thumbnail(slide_id),
+        tile_boxes(meta, coords),
+        values,
+        title=title,
+        low_label=f"{low:.3g}",
+        high_label=f"{high:.3g}",
+    )
     return save_png_atomically(image, Path(folder) / f"{slide_id}.png")

@@ -84,8 +84,14 @@ def test_2d_draws_are_unchanged():
         box = [round(float(x) * d) for x, d in zip([*f.start, *f.size], [50, 70, 50, 70], strict=True)]
         drawn.append([*box, int(f.flip[1]), int(f.rot)])
         assert int(f.flip[0]) == 0
-    assert drawn == [[1, 26, 49, 41, 1, 3], [10, 7, 30, 33, 0, 3], [2, 0, 39, 33, 0, 0],
-                     [0, 0, 49, 55, 0, 3], [1, 14, 47, 49, 0, 3], [3, 21, 43, 36, 1, 2]]
+    assert drawn == [
+        [1, 26, 49, 41, 1, 3],
+        [10, 7, 30, 33, 0, 3],
+        [2, 0, 39, 33, 0, 0],
+        [0, 0, 49, 55, 0, 3],
+        [1, 14, 47, 49, 0, 3],
+        [3, 21, 43, 36, 1, 2],
+    ]
     assert float(torch.rand(())) == pytest.approx(0.9575381278991699, abs=0)
 
 
@@ -100,9 +106,18 @@ def ramp_3d(d: int = SHAPE_3D[0], h: int = SHAPE_3D[1], w: int = SHAPE_3D[2]) ->
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))
 
 
-@pytest.mark.parametrize("flip, rot", [((False, False, False), 0), ((True, False, False), 0), ((False, True, False), 0),
-                                       ((False, False, True), 1), ((True, True, False), 2), ((True, False, True), 3),
-                                       ((True, True, True), 1)])
+@pytest.mark.parametrize(
+    "flip, rot",
+    [
+        ((False, False, False), 0),
+        ((True, False, False), 0),
+        ((False, True, False), 0),
+        ((False, False, True), 1),
+        ((True, True, False), 2),
+        ((True, False, True), 3),
+        ((True, True, True), 1),
+    ],
+)
 def test_every_view_voxel_maps_back_to_its_source(flip, rot):
     volume = ramp_3d()
     geometry = make_geometry((3, 5, 7), (12, 16, 16), SHAPE_3D, flip=flip, rot=rot)

@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from medssl.cache import SlideCache, TileReader
 from medssl.data.datasets import TileDataset
-from medssl.cache import TileReader
 from medssl.data.samplers import BlockShuffleSampler
-from medssl.cache import SlideCache
 from medssl.preprocess import StorageParams, TilingParams, tile_slides
 
 
@@ -26,8 +25,13 @@ def tile_cache(slides_dir, tmp_path_factory):
         f"a,{slides_dir / 'generic-025.tiff'},tumor,train,HE\n"
         f"b,{slides_dir / 'aperio-050.svs'},normal,val,IHC\n"
     )
-    summary = tile_slides([manifest], folder / "cache", TilingParams(target_mpp=1.0, tile_size=64),
-                          StorageParams(chunk_tiles=8), progress=False)
+    summary = tile_slides(
+        [manifest],
+        folder / "cache",
+        TilingParams(target_mpp=1.0, tile_size=64),
+        StorageParams(chunk_tiles=8),
+        progress=False,
+    )
     assert not summary.failed
     return folder / "cache"
 
@@ -43,8 +47,13 @@ def test_fast_reader_equals_zarr_and_is_used(tile_cache, rng):
 
 
 def test_reader_falls_back_to_zarr_for_compressed_tiles(slides_dir, tmp_path, rng):
-    tile_slides([slides_dir / "aperio-050.svs"], tmp_path / "c", TilingParams(target_mpp=1.0, tile_size=64),
-                StorageParams(codec="jpeg"), progress=False)
+    tile_slides(
+        [slides_dir / "aperio-050.svs"],
+        tmp_path / "c",
+        TilingParams(target_mpp=1.0, tile_size=64),
+        StorageParams(codec="jpeg"),
+        progress=False,
+    )
     cache = SlideCache(tmp_path / "c")
     reader = TileReader(cache.path / "slides" / "aperio-050" / "tiles")
     assert not reader.fast
@@ -103,7 +112,9 @@ def test_ranks_are_disjoint_and_cover_everything_once():
     parts = [list(BlockShuffleSampler(BLOCKS, seed=3, rank=r, world_size=2, pad=False)) for r in range(2)]
     assert not set(parts[0]) & set(parts[1])
     assert sorted(parts[0] + parts[1]) == list(range(113))
-    assert [len(p) for p in parts] == [len(BlockShuffleSampler(BLOCKS, rank=r, world_size=2, pad=False)) for r in range(2)]
+    assert [len(p) for p in parts] == [
+        len(BlockShuffleSampler(BLOCKS, rank=r, world_size=2, pad=False)) for r in range(2)
+    ]
 
 
 def test_padding_gives_equal_ranks_with_fewest_repeats():

@@ -8,12 +8,12 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
+from medssl.cache import SlideCache, VolumeCache, store
 from medssl.data.bags import BAG_KEYS, SlideBagDataset, StainSetDataset, collate_bags
 from medssl.data.datamodules import BagDataModule, TileDataModule, VolumeDataModule
 from medssl.data.transforms import MultiViewd, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 from medssl.errors import MedsslError
-from medssl.cache import SlideCache, VolumeCache, store
 
 
 def test_slices_cover_every_axial_slice_with_the_cached_pixels(volume_cache):
@@ -51,7 +51,9 @@ def test_stacks_are_whole_volumes_or_random_windows(volume_cache):
     assert whole["image"].shape == (1, *cache.shape("ball"))
     window = VolumeStackDataset(volume_cache, splits=["train"], depth=4)[0]
     z0 = window["z0"]
-    np.testing.assert_array_equal(window["image"][0].numpy(), np.asarray(cache.image("ball"))[z0 : z0 + 4].astype(np.float32))
+    np.testing.assert_array_equal(
+        window["image"][0].numpy(), np.asarray(cache.image("ball"))[z0 : z0 + 4].astype(np.float32)
+    )
 
 
 def test_bags_hold_slide_labels_only(cohort_cache, tmp_path):
@@ -87,7 +89,7 @@ def test_bags_of_features_and_padded_collation(cohort_cache, tmp_path):
     assert batch["instances"].shape == (2, max(sizes), 4)
     assert batch["mask"].sum(dim=1).tolist() == sizes
     short = int(np.argmin(sizes))
-    assert (batch["instances"][short, sizes[short]:] == 0).all()
+    assert (batch["instances"][short, sizes[short] :] == 0).all()
     store.open_for_writing(tmp_path / "empty", "embeddings", {"encoder": "test"})
     with pytest.raises(MedsslError, match="no embeddings for 3 slide"):
         SlideBagDataset(cohort_cache, features=tmp_path / "empty")
@@ -123,8 +125,9 @@ def test_radiology_views_differ_across_epochs_with_workers(volume_cache):
     ds = VolumeSliceDataset(volume_cache, transform=MultiViewd([radiology_view((32, 32))] * 2))
 
     def first_batch(seed):
-        loader = DataLoader(ds, batch_size=4, num_workers=2, worker_init_fn=seed_worker,
-                            generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(
+            ds, batch_size=4, num_workers=2, worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed)
+        )
         return next(iter(loader))["views"][0]
 
     assert not torch.equal(first_batch(0), first_batch(1))
@@ -135,8 +138,15 @@ def test_volume_and_bag_datamodules_give_batches(volume_cache, cohort_cache):
     slices = VolumeDataModule(str(volume_cache), mode="slices", spatial_size=(32, 32), batch_size=4, num_workers=0)
     slices.setup("fit")
     assert [v.shape for v in next(iter(slices.train_dataloader()))["views"]] == [(4, 1, 32, 32)] * 2
-    segmentation = VolumeDataModule(str(volume_cache), mode="patches", spatial_size=(8, 16, 16), views=0,
-                                    batch_size=2, num_workers=0, val_split=None)
+    segmentation = VolumeDataModule(
+        str(volume_cache),
+        mode="patches",
+        spatial_size=(8, 16, 16),
+        views=0,
+        batch_size=2,
+        num_workers=0,
+        val_split=None,
+    )
     segmentation.setup("fit")
     batch = next(iter(segmentation.train_dataloader()))
     assert batch["image"].shape == batch["label"].shape == (2, 1, 8, 16, 16)
@@ -149,8 +159,15 @@ def test_volume_and_bag_datamodules_give_batches(volume_cache, cohort_cache):
 @pytest.mark.parametrize("mode, size", [("slices", (32, 32)), ("patches", (8, 16, 16))])
 def test_training_views_depend_on_seed_epoch_and_sample_not_on_workers(volume_cache, mode, size):
     def epoch_batches(workers: int, epoch: int, seed: int = 0) -> list[torch.Tensor]:
-        module = VolumeDataModule(str(volume_cache), mode=mode, spatial_size=size, batch_size=4,
-                                  num_workers=workers, seed=seed, patches_per_volume=4)
+        module = VolumeDataModule(
+            str(volume_cache),
+            mode=mode,
+            spatial_size=size,
+            batch_size=4,
+            num_workers=workers,
+            seed=seed,
+            patches_per_volume=4,
+        )
         module.setup("fit")
         loader = module.train_dataloader()
         loader.sampler.set_epoch(epoch)

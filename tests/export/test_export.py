@@ -10,11 +10,11 @@ import pytest
 import torch
 import zarr
 
+from medssl.cache import SlideCache, VolumeCache
 from medssl.cli import main, run_lightning
 from medssl.errors import InputError, MedsslError
 from medssl.export import embed_cache, export_encoder, export_program, load_checkpoint, load_encoder
 from medssl.export import embeddings as embeddings_module
-from medssl.cache import SlideCache, VolumeCache
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 CONFIG = Path(__file__).parents[2] / "configs" / "pretrain" / "simclr_tiles.yaml"
@@ -23,13 +23,37 @@ CONFIG = Path(__file__).parents[2] / "configs" / "pretrain" / "simclr_tiles.yaml
 @pytest.fixture(scope="module")
 def checkpoint(split_cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("simclr")
-    run_lightning([
-        "fit", "--config", str(CONFIG), "--data.init_args.cache", str(split_cache),
-        "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8", "--data.init_args.view_size", "32",
-        "--model.init_args.proj_hidden_dim", "64", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-        "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
-    ])
+    run_lightning(
+        [
+            "fit",
+            "--config",
+            str(CONFIG),
+            "--data.init_args.cache",
+            str(split_cache),
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.batch_size",
+            "8",
+            "--data.init_args.view_size",
+            "32",
+            "--model.init_args.proj_hidden_dim",
+            "64",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     return next(out.rglob("*.ckpt"))
 
 
@@ -45,8 +69,9 @@ def test_encoder_file_loads_into_the_monai_network_without_medssl(checkpoint, sp
     data = torch.load(path, weights_only=True)
     assert data["config"]["name"] == "resnet18" and data["out_dim"] == 512
     assert data["method"].endswith("SimCLR") and data["source"]["epoch"] == 0
-    network = resnet18(spatial_dims=2, n_input_channels=3, feed_forward=False,
-                       conv1_t_stride=data["config"]["stem_stride"]).eval()
+    network = resnet18(
+        spatial_dims=2, n_input_channels=3, feed_forward=False, conv1_t_stride=data["config"]["stem_stride"]
+    ).eval()
     network.load_state_dict(data["state_dict"])
     images = _tiles(split_cache)
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
@@ -138,15 +163,37 @@ def test_embed_refuses_another_encoder_and_bags_read_the_features(checkpoint, sp
 
 
 def test_embed_volume_slices_and_cli(volume_cache, tmp_path, capsys):
-    run_lightning([
-        "fit", "--config", str(CONFIG.with_name("simclr_slices.yaml")), "--data.init_args.cache", str(volume_cache),
-        "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4",
-        "--data.init_args.spatial_size", "[32, 32]", "--model.init_args.proj_hidden_dim", "32",
-        "--model.init_args.backbone", '{"name": "resnet18", "spatial_dims": 2, "in_channels": 1}',
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0",
-        "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path / "run"),
-        "--trainer.enable_progress_bar", "false",
-    ])
+    run_lightning(
+        [
+            "fit",
+            "--config",
+            str(CONFIG.with_name("simclr_slices.yaml")),
+            "--data.init_args.cache",
+            str(volume_cache),
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.batch_size",
+            "4",
+            "--data.init_args.spatial_size",
+            "[32, 32]",
+            "--model.init_args.proj_hidden_dim",
+            "32",
+            "--model.init_args.backbone",
+            '{"name": "resnet18", "spatial_dims": 2, "in_channels": 1}',
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "1",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     ckpt = next((tmp_path / "run").rglob("*.ckpt"))
     assert main(["embed", str(ckpt), "--cache", str(volume_cache), "--out", str(tmp_path / "emb"), "--quiet"]) == 0
     assert "2 embedded" in capsys.readouterr().out

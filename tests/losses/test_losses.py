@@ -68,7 +68,9 @@ def test_barlow_twins_by_its_formula(views):
     a = (z1 - z1.mean(0)) / z1.std(0, unbiased=False)
     b = (z2 - z2.mean(0)) / z2.std(0, unbiased=False)
     c = [[float((a[:, i] * b[:, j]).sum() / n) for j in range(5)] for i in range(5)]
-    expected = sum((1 - c[i][i]) ** 2 for i in range(5)) + 5e-3 * sum(c[i][j] ** 2 for i in range(5) for j in range(5) if i != j)
+    expected = sum((1 - c[i][i]) ** 2 for i in range(5)) + 5e-3 * sum(
+        c[i][j] ** 2 for i in range(5) for j in range(5) if i != j
+    )
     assert float(barlow_twins(z1, z2, 5e-3, eps=0.0)) == pytest.approx(expected, rel=1e-9)
     assert float(barlow_twins(z1, z1, eps=0.0)) == pytest.approx(5e-3 * _offdiag_sq(a), rel=1e-9)
 
@@ -112,7 +114,9 @@ def test_swapped_prediction_multi_crop_against_explicit_sum():
         for v in range(4):
             if v != i:
                 for b in range(5):
-                    total += -sum(float(codes[i][b, k]) * float(torch.log_softmax(scores[v][b] / 0.1, 0)[k]) for k in range(4)) / (5 * 3 * 2)
+                    total += -sum(
+                        float(codes[i][b, k]) * float(torch.log_softmax(scores[v][b] / 0.1, 0)[k]) for k in range(4)
+                    ) / (5 * 3 * 2)
     assert float(swapped_prediction(scores, codes, 0.1)) == pytest.approx(total, rel=1e-5)
     with pytest.raises(ValueError):
         swapped_prediction(scores[:1], codes[:1])

@@ -55,8 +55,10 @@ def test_sinkhorn_knopp_equals_its_previous_algorithm(batch, prototypes, scores,
     # The previous kernel exp((s − max) / ε) was rounded in float32 (relative error up to ~span/ε · 2^-24);
     # that is the whole difference: computed in float64 it gives the same float32 result bit for bit.
     torch.testing.assert_close(new, old, rtol=0, atol=5e-6)
-    assert torch.equal(sinkhorn_knopp(scores.double(), epsilon, iterations),
-                       previous_sinkhorn_knopp(scores.double(), epsilon, iterations))
+    assert torch.equal(
+        sinkhorn_knopp(scores.double(), epsilon, iterations),
+        previous_sinkhorn_knopp(scores.double(), epsilon, iterations),
+    )
 
 
 def test_sinkhorn_knopp_stays_finite_where_the_kernel_underflows():
@@ -81,8 +83,16 @@ def random_problem(n: int, m: int, seed: int, dtype=torch.float64):
 def test_each_iteration_equals_pot_log_sinkhorn(n, m, epsilon):
     cost, a, b = random_problem(n, m, seed=n * m)
     for iterations in (1, 2, 7):
-        expected = ot.sinkhorn(a.numpy(), b.numpy(), cost.numpy(), epsilon, method="sinkhorn_log",
-                               numItermax=iterations, stopThr=0, warn=False)
+        expected = ot.sinkhorn(
+            a.numpy(),
+            b.numpy(),
+            cost.numpy(),
+            epsilon,
+            method="sinkhorn_log",
+            numItermax=iterations,
+            stopThr=0,
+            warn=False,
+        )
         plan = sinkhorn(cost, a, b, epsilon, iterations)
         torch.testing.assert_close(plan, torch.from_numpy(expected), rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(plan.sum(dim=1), a, rtol=1e-12, atol=1e-12)  # rows exact at every iteration
@@ -178,9 +188,11 @@ def _worker(rank: int, port: int, out: dict) -> None:
     cost, a, b = split_problem()
     rows = slice(0, 3) if rank == 0 else slice(3, N)  # unequal shards
     kwargs = dict(epsilon=0.05, reduce_sum=all_reduce_sum, reduce_max=all_reduce_max)
-    out[rank] = (sinkhorn(cost[rows], a[rows], b, iterations=3, **kwargs),
-                 sinkhorn(cost[rows], a[rows], b, iterations=5000, tolerance=1e-9, **kwargs),
-                 sinkhorn(cost[rows], iterations=4, **kwargs))
+    out[rank] = (
+        sinkhorn(cost[rows], a[rows], b, iterations=3, **kwargs),
+        sinkhorn(cost[rows], a[rows], b, iterations=5000, tolerance=1e-9, **kwargs),
+        sinkhorn(cost[rows], iterations=4, **kwargs),
+    )
     dist.destroy_process_group()
 
 
@@ -192,8 +204,11 @@ def _free_port() -> int:
 
 def test_rows_split_across_two_processes_equal_one_process():
     cost, a, b = split_problem()
-    expected = (sinkhorn(cost, a, b, 0.05, iterations=3), sinkhorn(cost, a, b, 0.05, iterations=5000, tolerance=1e-9),
-                sinkhorn(cost, epsilon=0.05, iterations=4))
+    expected = (
+        sinkhorn(cost, a, b, 0.05, iterations=3),
+        sinkhorn(cost, a, b, 0.05, iterations=5000, tolerance=1e-9),
+        sinkhorn(cost, epsilon=0.05, iterations=4),
+    )
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medssl.losses import hamming
 from medssl.matching import (
     brute_force_matching,
     edge_indicator,
@@ -20,8 +21,7 @@ from medssl.matching import (
     linear_matching,
     matching_objective,
 )
-from medssl.losses import hamming
-from medssl.matching.solvers import _EdgePairs, _pair_table, _swap_gains
+from medssl.matching.solvers import EdgePairs, pair_table, swap_gains
 
 
 def lvm_med_affinities(source: torch.Tensor, target: torch.Tensor, k: int):
@@ -32,7 +32,9 @@ def lvm_med_affinities(source: torch.Tensor, target: torch.Tensor, k: int):
         return torch.stack([x[b, e[b, :, 0]] - x[b, e[b, :, 1]] for b in range(len(x))])
 
     unary = F.normalize(source, dim=-1) @ F.normalize(target, dim=-1).transpose(1, 2)
-    edges = F.normalize(edge_vectors(source, es), dim=-1) @ F.normalize(edge_vectors(target, et), dim=-1).transpose(1, 2)
+    edges = F.normalize(edge_vectors(source, es), dim=-1) @ F.normalize(edge_vectors(target, et), dim=-1).transpose(
+        1, 2
+    )
     return unary, edges, es, et
 
 
@@ -65,8 +67,9 @@ def test_objective_matches_explicit_sum():
     es, et = knn_edges(torch.randn(n, 3, generator=generator), 2), knn_edges(torch.randn(n, 3, generator=generator), 2)
     unary, ce = torch.randn(n, n, generator=generator), torch.randn(len(es), len(et), generator=generator)
     v = F.one_hot(torch.randperm(n, generator=generator), n).float()
-    explicit = (unary * v).sum() + sum(ce[s, t] * v[i, a] * v[j, b] for s, (i, j) in enumerate(es.tolist())
-                                       for t, (a, b) in enumerate(et.tolist()))
+    explicit = (unary * v).sum() + sum(
+        ce[s, t] * v[i, a] * v[j, b] for s, (i, j) in enumerate(es.tolist()) for t, (a, b) in enumerate(et.tolist())
+    )
     assert matching_objective(v, unary, ce, es, et) == pytest.approx(float(explicit), abs=1e-5)
     indicator = edge_indicator(v, es, et)
     assert (unary * v).sum() + (ce * indicator).sum() == pytest.approx(float(explicit), abs=1e-5)
@@ -75,12 +78,15 @@ def test_objective_matches_explicit_sum():
 def test_swap_gains_are_exact():
     generator = torch.Generator().manual_seed(3)
     b, n = 3, 6
-    es, et = knn_edges(torch.randn(b, n, 3, generator=generator), 2), knn_edges(torch.randn(b, n, 3, generator=generator), 2)
+    es, et = (
+        knn_edges(torch.randn(b, n, 3, generator=generator), 2),
+        knn_edges(torch.randn(b, n, 3, generator=generator), 2),
+    )
     unary = torch.randn(b, n, n, generator=generator, dtype=torch.float64)
     ce = torch.randn(b, es.shape[1], et.shape[1], generator=generator, dtype=torch.float64)
     v = F.one_hot(torch.stack([torch.randperm(n, generator=generator) for _ in range(b)]), n).double()
-    pairs = _EdgePairs(es, et, b, n, torch.float64, v.device)
-    gains = _swap_gains(v, unary + pairs.quadratic_gradient(v, ce), _pair_table(pairs, ce), pairs)
+    pairs = EdgePairs(es, et, b, n, torch.float64, v.device)
+    gains = swap_gains(v, unary + pairs.quadratic_gradient(v, ce), pair_table(pairs, ce), pairs)
     before = matching_objective(v, unary, ce, es, et)
     for i, j in itertools.permutations(range(n), 2):
         perm = v.argmax(-1)
@@ -133,8 +139,11 @@ def test_padded_edges_from_adjacency_are_ignored():
     v = brute_force_matching(unary, ce, es, et)
     trimmed = matching_objective(v[1], unary[1], ce[1, :1], es[1, :1], et[1])
     assert matching_objective(v, unary, ce, es, et)[1] == pytest.approx(float(trimmed), abs=1e-5)
-    assert torch.allclose(matching_objective(graph_matching(unary, ce, es, et), unary, ce, es, et),
-                          matching_objective(v, unary, ce, es, et), atol=0.5)
+    assert torch.allclose(
+        matching_objective(graph_matching(unary, ce, es, et), unary, ce, es, et),
+        matching_objective(v, unary, ce, es, et),
+        atol=0.5,
+    )
 
 
 def test_imle_gradient_signs_on_two_by_two():
@@ -160,7 +169,10 @@ def test_imle_edge_gradient_signs():
 def test_sgd_through_imle_lowers_hamming(solver):
     generator = torch.Generator().manual_seed(7)
     b, n = 4, 8
-    es, et = knn_edges(torch.randn(b, n, 3, generator=generator), 3), knn_edges(torch.randn(b, n, 3, generator=generator), 3)
+    es, et = (
+        knn_edges(torch.randn(b, n, 3, generator=generator), 3),
+        knn_edges(torch.randn(b, n, 3, generator=generator), 3),
+    )
     theta_v = (torch.randn(b, n, n, generator=generator) - torch.eye(n)).requires_grad_()  # a wrong start
     theta_e = (0.1 * torch.randn(b, es.shape[1], et.shape[1], generator=generator)).requires_grad_()
     optimiser = torch.optim.SGD([theta_v, theta_e], lr=40.0)

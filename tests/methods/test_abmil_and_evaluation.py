@@ -10,10 +10,10 @@ from PIL import Image
 
 from medssl.cli import main
 from medssl.data.bags import BagPieceDataset, SlideBagDataset
-from medssl.errors import InputError
-from medssl.methods.abmil import ABMIL
 from medssl.data.truth import LesionMasks, lesion_fraction
+from medssl.errors import InputError
 from medssl.eval.slides import slide_metrics
+from medssl.methods.abmil import ABMIL
 from medssl.viz.heatmaps import colour, heatmap_overlay
 from tests.ddp import fit_mil_on_two_cpu_processes
 
@@ -95,7 +95,12 @@ def test_slide_metrics_by_hand():
     records = [
         {"label": 0, "probability": 0.2, "scores": torch.tensor([0.1, 0.3]), "truth": torch.tensor([0.0, 0.0])},
         {"label": 0, "probability": 0.7, "scores": torch.tensor([0.2]), "truth": torch.tensor([0.0])},
-        {"label": 1, "probability": 0.6, "scores": torch.tensor([0.9, 0.05]), "truth": torch.tensor([1.0, float("nan")])},
+        {
+            "label": 1,
+            "probability": 0.6,
+            "scores": torch.tensor([0.9, 0.05]),
+            "truth": torch.tensor([1.0, float("nan")]),
+        },
         {"label": 1, "probability": 0.9, "scores": torch.tensor([0.4]), "truth": None},
     ]
     metrics = slide_metrics(records)
@@ -122,15 +127,36 @@ def test_medssl_heatmap_draws_every_slide_from_a_checkpoint(lesion_cohort, tmp_p
 
     data = BagDataModule(str(lesion_cohort["cache"]), features=str(lesion_cohort["features"]), num_workers=0)
     model = ABMIL(in_dim=lesion_cohort["in_dim"])
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, use_distributed_sampler=False,
-                         limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+    )
     trainer.fit(model, data)
     checkpoint = tmp_path / "abmil.ckpt"
     trainer.save_checkpoint(checkpoint)
     out = tmp_path / "maps"
-    status = main(["heatmap", str(checkpoint), "--cache", str(lesion_cohort["cache"]), "--features",
-                   str(lesion_cohort["features"]), "--out", str(out), "--split", "test", "--piece-size", "64"])
+    status = main(
+        [
+            "heatmap",
+            str(checkpoint),
+            "--cache",
+            str(lesion_cohort["cache"]),
+            "--features",
+            str(lesion_cohort["features"]),
+            "--out",
+            str(out),
+            "--split",
+            "test",
+            "--piece-size",
+            "64",
+        ]
+    )
     assert status == 0
     pictures = sorted(p.stem for p in out.glob("*.png"))
     assert len(pictures) == 4
@@ -138,8 +164,19 @@ def test_medssl_heatmap_draws_every_slide_from_a_checkpoint(lesion_cohort, tmp_p
     assert rows[0] == "x,y,attention"
     attention = np.array([float(r.split(",")[2]) for r in rows[1:]])
     assert attention.sum() == pytest.approx(1.0, abs=1e-4)
-    assert main(["heatmap", str(lesion_cohort["masks"] / f"{pictures[0]}.png"), "--cache", str(lesion_cohort["cache"]),
-                 "--out", str(tmp_path / "x")]) == 2  # not a checkpoint: a clear error, not a traceback
+    assert (
+        main(
+            [
+                "heatmap",
+                str(lesion_cohort["masks"] / f"{pictures[0]}.png"),
+                "--cache",
+                str(lesion_cohort["cache"]),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )  # not a checkpoint: a clear error, not a traceback
 
 
 def test_two_process_ddp_evaluates_every_validation_slide(lesion_cohort, tmp_path):
@@ -148,8 +185,15 @@ def test_two_process_ddp_evaluates_every_validation_slide(lesion_cohort, tmp_pat
     import csv
     import json
 
-    fit_mil_on_two_cpu_processes("abmil", lesion_cohort, tmp_path, "--trainer.max_epochs", "2",
-                                 "--data.init_args.instance_masks", str(lesion_cohort["masks"]))
+    fit_mil_on_two_cpu_processes(
+        "abmil",
+        lesion_cohort,
+        tmp_path,
+        "--trainer.max_epochs",
+        "2",
+        "--data.init_args.instance_masks",
+        str(lesion_cohort["masks"]),
+    )
     assert len(list(tmp_path.rglob("*.ckpt"))) == 1
     (results,) = tmp_path.rglob("results/val")
     with open(results / "slides.csv") as handle:

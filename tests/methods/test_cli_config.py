@@ -59,21 +59,48 @@ def test_configs_name_datamodules_by_the_short_path():
 
 
 def test_medssl_data_does_not_import_lightning_until_a_datamodule_is_used():
-    code = ("import sys, medssl.data.transforms; assert 'lightning' not in sys.modules; "
-            "from medssl.data import TileDataModule; assert 'lightning' in sys.modules")
+    code = (
+        "import sys, medssl.data.transforms; assert 'lightning' not in sys.modules; "
+        "from medssl.data import TileDataModule; assert 'lightning' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.parametrize("flag", [["--trainer.use_distributed_sampler", "true"], []], ids=["set-true", "absent"])
 @pytest.mark.parametrize("data", ["medssl.data.TileDataModule", "medssl.data.datamodules.BagDataModule"])
 def test_cli_turns_off_lightnings_sampler_for_medssl_datamodules(data, flag, tmp_path):
-    cli = run_lightning(["--model", f"{BORING}.BoringModel", "--data", data, "--data.init_args.cache", str(tmp_path),
-                         "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path), *flag], run=False)
+    cli = run_lightning(
+        [
+            "--model",
+            f"{BORING}.BoringModel",
+            "--data",
+            data,
+            "--data.init_args.cache",
+            str(tmp_path),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            *flag,
+        ],
+        run=False,
+    )
     assert cli.trainer._accelerator_connector.use_distributed_sampler is False
     assert cli.config.trainer.use_distributed_sampler is False  # what the run's saved config.yaml records
 
 
 def test_cli_leaves_other_datamodules_to_lightning(tmp_path):
-    cli = run_lightning(["--model", f"{BORING}.BoringModel", "--data", f"{BORING}.BoringDataModule",
-                         "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)], run=False)
+    cli = run_lightning(
+        [
+            "--model",
+            f"{BORING}.BoringModel",
+            "--data",
+            f"{BORING}.BoringDataModule",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        run=False,
+    )
     assert cli.trainer._accelerator_connector.use_distributed_sampler is True

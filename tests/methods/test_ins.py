@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from medssl.data.datamodules import BagDataModule, InstanceDataModule
-from medssl.methods.ins import INS, candidate_labels, confidence_weight
 from medssl.data.truth import LesionMasks
-from medssl.methods.ins import bag_probability
+from medssl.methods.ins import INS, bag_probability, candidate_labels, confidence_weight
 from tests.ddp import fit_mil_on_two_cpu_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -138,10 +137,21 @@ def test_training_never_sees_instance_truth(lesion_cohort, monkeypatch):
     real = LesionMasks.mask
     monkeypatch.setattr(LesionMasks, "mask", lambda self, slide_id: opened.append(slide_id) or real(self, slide_id))
     allowed = {"instances", "index", "slide", "label", "coords", "mask", "slide_id", "views", "tile"}
-    for module in (InstanceDataModule(str(lesion_cohort["cache"]), features=str(lesion_cohort["features"]),
-                                      instance_masks=str(lesion_cohort["masks"]), num_workers=0, batch_size=32),
-                   BagDataModule(str(lesion_cohort["cache"]), features=str(lesion_cohort["features"]),
-                                 instance_masks=str(lesion_cohort["masks"]), num_workers=0)):
+    for module in (
+        InstanceDataModule(
+            str(lesion_cohort["cache"]),
+            features=str(lesion_cohort["features"]),
+            instance_masks=str(lesion_cohort["masks"]),
+            num_workers=0,
+            batch_size=32,
+        ),
+        BagDataModule(
+            str(lesion_cohort["cache"]),
+            features=str(lesion_cohort["features"]),
+            instance_masks=str(lesion_cohort["masks"]),
+            num_workers=0,
+        ),
+    ):
         opened.clear()
         module.setup("fit")
         for batch in module.train_dataloader():
@@ -152,12 +162,25 @@ def test_training_never_sees_instance_truth(lesion_cohort, monkeypatch):
 
 
 def test_ins_fits_and_scores_whole_slides_with_a_lightning_trainer(lesion_cohort, tmp_path):
-    data = InstanceDataModule(str(lesion_cohort["cache"]), features=str(lesion_cohort["features"]),
-                              instance_masks=str(lesion_cohort["masks"]), num_workers=0, batch_size=64, piece_size=100)
+    data = InstanceDataModule(
+        str(lesion_cohort["cache"]),
+        features=str(lesion_cohort["features"]),
+        instance_masks=str(lesion_cohort["masks"]),
+        num_workers=0,
+        batch_size=64,
+        piece_size=100,
+    )
     pl.seed_everything(0)
     model = INS(in_dim=lesion_cohort["in_dim"], hidden_dim=64, queue_size=256, prototype_start=1, heatmaps=True)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=pl.loggers.CSVLogger(tmp_path), enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=pl.loggers.CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
     trainer.fit(model, data)
     assert len(model.soft_labels) == len(data.datasets["train"])
     seen = ~torch.isnan(model.soft_labels[:, 0])
@@ -178,15 +201,39 @@ def test_ins_tiles_config_trains_end_to_end_on_pixels(lesion_cohort, tmp_path):
     from medssl.cli import run_lightning
 
     config = Path(__file__).resolve().parents[2] / "configs" / "mil" / "ins_tiles.yaml"
-    cli = run_lightning([
-        "fit", "--config", str(config), "--data.init_args.cache", str(lesion_cohort["cache"]),
-        "--data.init_args.view_size", "32", "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
-        "--data.init_args.piece_size", "128",
-        "--model.init_args.backbone", '{"name": "resnet18", "in_channels": 3, "width": 0.25}',
-        "--model.init_args.queue_size", "256", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-    ])
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--data.init_args.cache",
+            str(lesion_cohort["cache"]),
+            "--data.init_args.view_size",
+            "32",
+            "--data.init_args.batch_size",
+            "32",
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.piece_size",
+            "128",
+            "--model.init_args.backbone",
+            '{"name": "resnet18", "in_channels": 3, "width": 0.25}',
+            "--model.init_args.queue_size",
+            "256",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "4",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+        ]
+    )
     assert cli.model.encoder.out_dim > 0 and "val/bag_auroc" in cli.trainer.callback_metrics
     seen = ~torch.isnan(cli.model.soft_labels[:, 0])  # one soft label per instance trained on, sized by the indices
     assert int(seen.sum()) == 4 * 32 and len(cli.model.soft_labels) <= len(cli.datamodule.datasets["train"])
@@ -196,8 +243,17 @@ def test_two_process_ddp_keeps_one_soft_label_table(lesion_cohort, tmp_path):
     """`--trainer.devices 2 --trainer.strategy ddp` on CPU: each rank trains on its half of the instances,
     and every rank writes every instance's soft label, so after one epoch rank 0's table (the one saved)
     holds nearly all instances, not half."""
-    fit_mil_on_two_cpu_processes("ins", lesion_cohort, tmp_path, "--data.init_args.batch_size", "32",
-                                 "--model.init_args.queue_size", "256", "--trainer.max_epochs", "1")
+    fit_mil_on_two_cpu_processes(
+        "ins",
+        lesion_cohort,
+        tmp_path,
+        "--data.init_args.batch_size",
+        "32",
+        "--model.init_args.queue_size",
+        "256",
+        "--trainer.max_epochs",
+        "1",
+    )
     (checkpoint,) = tmp_path.rglob("*.ckpt")
     soft = torch.load(checkpoint, weights_only=True)["state_dict"]["soft_labels"]
     assert (~torch.isnan(soft[:, 0])).float().mean() > 0.9

@@ -64,8 +64,16 @@ def pretrain_and_score(make_model, geometric: bool, tmp_path) -> tuple[float, fl
     pl.seed_everything(0)
     model = make_model()
     before = shifted_knn_accuracy(model, train_tiles, train_labels, restained, held_out_labels)
-    trainer = pl.Trainer(max_epochs=25, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=25,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     loader = DataLoader(TwoViews(train_tiles, 32, geometric), batch_size=64, shuffle=True, drop_last=True)
     trainer.fit(model, loader)
     after = shifted_knn_accuracy(model, train_tiles, train_labels, restained, held_out_labels)
@@ -75,8 +83,12 @@ def pretrain_and_score(make_model, geometric: bool, tmp_path) -> tuple[float, fl
 
 def test_simclr_beats_random_init_on_held_out_restained_tissue(tmp_path):
     before, after, trainer = pretrain_and_score(
-        lambda: SimCLR(backbone=SMALL_RESNET, proj_hidden_dim=256, proj_dim=64, temperature=0.2, lr=2e-3,
-                       warmup_epochs=1), geometric=False, tmp_path=tmp_path)
+        lambda: SimCLR(
+            backbone=SMALL_RESNET, proj_hidden_dim=256, proj_dim=64, temperature=0.2, lr=2e-3, warmup_epochs=1
+        ),
+        geometric=False,
+        tmp_path=tmp_path,
+    )
     assert float(trainer.callback_metrics["train/loss"]) < 4.6  # below ln(127), the loss of no learning
     assert after >= before + 0.04, (before, after)
 
@@ -85,5 +97,6 @@ def test_lvm_med_beats_random_init_on_held_out_restained_tissue(tmp_path):
     """The full method (second-order matching of 16-node graphs, message passing, local cost, Gumbel
     noise), edges as a stop-gradient prior."""
     before, after, _ = pretrain_and_score(
-        lambda: LVMMed(backbone=SMALL_RESNET, edge_gradient=False, warmup_epochs=1), geometric=True, tmp_path=tmp_path)
+        lambda: LVMMed(backbone=SMALL_RESNET, edge_gradient=False, warmup_epochs=1), geometric=True, tmp_path=tmp_path
+    )
     assert after >= before + 0.04, (before, after)

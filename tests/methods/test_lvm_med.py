@@ -62,7 +62,9 @@ def test_edge_affinity_by_hand_with_padding():
     d_t = [torch.tensor([2.0, -2.0]), torch.tensor([-2.0, 0.0])]
     for p, a in enumerate(d_s):
         for q, b in enumerate(d_t):
-            assert float(c[0, p, q]) == pytest.approx(float(torch.nn.functional.cosine_similarity(a, b, dim=0)), abs=1e-6)
+            assert float(c[0, p, q]) == pytest.approx(
+                float(torch.nn.functional.cosine_similarity(a, b, dim=0)), abs=1e-6
+            )
     assert torch.equal(c[0, 2], torch.zeros(2))
 
 
@@ -127,6 +129,10 @@ def test_training_steps_teach_the_two_graphs_to_match():
 def test_edge_gradient_switch_decides_whether_edges_train_the_encoder(edge_gradient, monkeypatch):
     seen = []
     real = lvm.imle_matching
-    monkeypatch.setattr(lvm, "imle_matching", lambda unary, edges, *a, **k: seen.append(edges.requires_grad) or real(unary, edges, *a, **k))
+    monkeypatch.setattr(
+        lvm,
+        "imle_matching",
+        lambda unary, edges, *a, **k: seen.append(edges.requires_grad) or real(unary, edges, *a, **k),
+    )
     small(edge_gradient=edge_gradient).training_step(batch_of_views(), 0)
     assert seen == [edge_gradient]

@@ -15,13 +15,30 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 def _fit(cache, out, max_epochs: int, ckpt_path=None) -> tuple[SwAV, pl.Trainer]:
     pl.seed_everything(0)
-    model = SwAV(backbone={"name": "resnet18", "in_channels": 3}, proj_hidden_dim=32, proj_dim=16, n_prototypes=8,
-                 queue_length=16, queue_start_epoch=1, freeze_prototypes_steps=2, lr=0.05, warmup_epochs=1)
+    model = SwAV(
+        backbone={"name": "resnet18", "in_channels": 3},
+        proj_hidden_dim=32,
+        proj_dim=16,
+        n_prototypes=8,
+        queue_length=16,
+        queue_start_epoch=1,
+        freeze_prototypes_steps=2,
+        lr=0.05,
+        warmup_epochs=1,
+    )
     data = TileDataModule(str(cache), batch_size=8, num_workers=0, views="pair", view_size=32, val_split=None)
     trainer = pl.Trainer(
-        max_epochs=max_epochs, limit_train_batches=3, accelerator="cpu", devices=1, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-        default_root_dir=out, limit_val_batches=0, deterministic=True,
+        max_epochs=max_epochs,
+        limit_train_batches=3,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=out,
+        limit_val_batches=0,
+        deterministic=True,
     )
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, trainer
@@ -40,6 +57,11 @@ def test_resume_equals_uninterrupted(split_cache, tmp_path):
         assert torch.equal(value, resumed.state_dict()[name]), name
     # and the run was not trivially static: training moved the weights
     pl.seed_everything(0)
-    initial = SwAV(backbone={"name": "resnet18", "in_channels": 3}, proj_hidden_dim=32, proj_dim=16, n_prototypes=8,
-                   queue_length=16)
+    initial = SwAV(
+        backbone={"name": "resnet18", "in_channels": 3},
+        proj_hidden_dim=32,
+        proj_dim=16,
+        n_prototypes=8,
+        queue_length=16,
+    )
     assert not torch.equal(initial.encoder.network.conv1.weight, straight.encoder.network.conv1.weight)

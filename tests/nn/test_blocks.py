@@ -95,11 +95,14 @@ def test_knn_adjacency_and_gcn_by_hand():
     torch.testing.assert_close(residual(h3, a), first + propagate @ residual.linears[1](first))
 
 
-@pytest.mark.parametrize("config, grid", [
-    ({"name": "resnet18", "width": 0.25}, (2, 2)),
-    ({"name": "vit_tiny", "img_size": 64, "patch_size": 16, "num_layers": 1}, (4, 4)),
-    ({"name": "resnet18", "spatial_dims": 3, "in_channels": 1, "width": 0.25}, (2, 2, 2)),
-])
+@pytest.mark.parametrize(
+    "config, grid",
+    [
+        ({"name": "resnet18", "width": 0.25}, (2, 2)),
+        ({"name": "vit_tiny", "img_size": 64, "patch_size": 16, "num_layers": 1}, (4, 4)),
+        ({"name": "resnet18", "spatial_dims": 3, "in_channels": 1, "width": 0.25}, (2, 2, 2)),
+    ],
+)
 def test_feature_maps_pool_to_the_encoder_output(config, grid):
     from medssl.nn.backbones import build_encoder
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medssl.cache import SlideCache
+from medssl.cache import store as cache_mod
 from medssl.cli import main as cli
 from medssl.errors import CacheError
-from medssl.cache import SlideCache
-from medssl.preprocess import StorageParams, TilingParams, tile_slides
-from medssl.cache import store as cache_mod
 from medssl.jobs import Job, select_shard
+from medssl.preprocess import StorageParams, TilingParams, tile_slides
 from medssl.synthetic.slides import write_demo_cohort
 from tests.layouts import LAYOUT
 
@@ -126,7 +126,12 @@ def test_qc_picture_and_cache_contents(slides_dir, tmp_path):
 def test_jpeg_codec_round_trips_close_to_lossless(slides_dir, tmp_path):
     params = TilingParams(target_mpp=1.0, tile_size=64)
     tile([slides_dir / "generic-025.tiff"], tmp_path / "raw", params=params)
-    tile([slides_dir / "generic-025.tiff"], tmp_path / "jpg", params=params, storage=StorageParams(codec="jpeg", jpeg_quality=95))
+    tile(
+        [slides_dir / "generic-025.tiff"],
+        tmp_path / "jpg",
+        params=params,
+        storage=StorageParams(codec="jpeg", jpeg_quality=95),
+    )
     raw = SlideCache(tmp_path / "raw").tiles("generic-025")[:]
     jpg = SlideCache(tmp_path / "jpg").tiles("generic-025")[:]
     assert raw.shape == jpg.shape
@@ -157,8 +162,24 @@ def test_bad_inputs_are_reported_and_the_rest_finishes(bad_dir, tmp_path):
 
 
 def test_assume_mpp_and_csv_mpp_rescue_a_slide_without_metadata(bad_dir, tmp_path):
-    assert cli(["tile", str(bad_dir / "no-mpp.tiff"), "--out", str(tmp_path / "a"), "--mpp", "1", "--tile-size", "64",
-                "--assume-mpp", "0.25", "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "tile",
+                str(bad_dir / "no-mpp.tiff"),
+                "--out",
+                str(tmp_path / "a"),
+                "--mpp",
+                "1",
+                "--tile-size",
+                "64",
+                "--assume-mpp",
+                "0.25",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert SlideCache(tmp_path / "a").metadata("no-mpp")["mpp_source"] == "assumed"
     manifest = tmp_path / "cohort.csv"
     manifest.write_text(f"slide_id,path,mpp,label\ncase-7,{bad_dir / 'no-mpp.tiff'},0.25,tumor\n")
@@ -221,8 +242,20 @@ def test_killed_process_loses_nothing_completed(tmp_path):
     """SIGKILL a real `medssl tile` run after its first slide commits; the re-run finishes the rest."""
     slides = write_demo_cohort(tmp_path / "slides", n_slides=3, size=3072)
     out = tmp_path / "c"
-    command = [sys.executable, "-m", "medssl.cli", "tile", str(tmp_path / "slides"), "--out", str(out),
-               "--mpp", "0.5", "--tile-size", "64", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "medssl.cli",
+        "tile",
+        str(tmp_path / "slides"),
+        "--out",
+        str(out),
+        "--mpp",
+        "0.5",
+        "--tile-size",
+        "64",
+        "--quiet",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     slides_group = out / "cache.zarr" / "slides"
     deadline = time.time() + 120

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medssl.cache import VolumeCache
 from medssl.cli import main as cli
 from medssl.errors import CacheError
-from medssl.cache import VolumeCache
 from medssl.preprocess import VolumeParams, cache_volumes
 from medssl.preprocess.volumes import ct_statistics, target_spacing
 from medssl.synthetic.volumes import (
@@ -134,8 +134,12 @@ def test_ct_normalisation_cohort_and_window(tmp_path):
     image = np.asarray(VolumeCache(tmp_path / "a").image("ct"))
     lo, hi = ct["clip"]
     assert image.min() >= (lo - ct["mean"]) / ct["std"] - 1e-4 and image.max() <= (hi - ct["mean"]) / ct["std"] + 1e-4
-    window = run([tmp_path / "in"], tmp_path / "b", modality="CT",
-                 params=VolumeParams(ct_norm="window", ct_window=(-100.0, 100.0)))
+    window = run(
+        [tmp_path / "in"],
+        tmp_path / "b",
+        modality="CT",
+        params=VolumeParams(ct_norm="window", ct_window=(-100.0, 100.0)),
+    )
     assert not window.failed
     image = np.asarray(VolumeCache(tmp_path / "b").image("ct"), dtype=np.float32)
     assert image.min() == 0.0 and image.max() == 1.0
@@ -184,8 +188,22 @@ def test_bad_inputs_are_reported_and_the_rest_finish(sphere_case, tmp_path):
         f"missing,{folder / 'missing.nii.gz'},,MR\n"
     )
     out = tmp_path / "c"
-    code = cli(["cache-volumes", str(folder), str(csv_path), "--out", str(out), "--modality", "MR",
-                "--spacing", "2", "2", "2", "--quiet"])
+    code = cli(
+        [
+            "cache-volumes",
+            str(folder),
+            str(csv_path),
+            "--out",
+            str(out),
+            "--modality",
+            "MR",
+            "--spacing",
+            "2",
+            "2",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 1
     rows = manifest_rows(out / "manifest.csv")
     assert rows["good"]["status"] == "done"
@@ -241,13 +259,19 @@ def test_shards_share_one_cohort_plan(sphere_case, tmp_path):
 def test_reader_slices_patches_and_memmap(sphere_case, tmp_path):
     params = VolumeParams(spacing=(2.0, 2.0, 2.0), dtype="float32")
     run([sphere_case / "cohort.csv"], tmp_path / "raw", params=params)
-    run([sphere_case / "cohort.csv"], tmp_path / "zstd", params=VolumeParams(spacing=(2.0, 2.0, 2.0), dtype="float32", codec="zstd"))
+    run(
+        [sphere_case / "cohort.csv"],
+        tmp_path / "zstd",
+        params=VolumeParams(spacing=(2.0, 2.0, 2.0), dtype="float32", codec="zstd"),
+    )
     raw, packed = VolumeCache(tmp_path / "raw"), VolumeCache(tmp_path / "zstd")
     assert isinstance(raw.image("ball"), np.memmap) and not isinstance(packed.image("ball"), np.memmap)
     np.testing.assert_array_equal(np.asarray(raw.image("ball")), packed.image("ball")[:])
     z, y, x = raw.shape("ball")
     np.testing.assert_array_equal(raw.slice("ball", z // 2), packed.slice("ball", z // 2))
-    np.testing.assert_array_equal(raw.patch("ball", (1, 2, 3), (8, 9, 10)), np.asarray(raw.image("ball"))[1:9, 2:11, 3:13])
+    np.testing.assert_array_equal(
+        raw.patch("ball", (1, 2, 3), (8, 9, 10)), np.asarray(raw.image("ball"))[1:9, 2:11, 3:13]
+    )
     np.testing.assert_array_equal(raw.slice("ball", 5, key="label"), np.asarray(packed.label("ball"))[5])
     png = tmp_path / "raw" / "qc" / "ball.png"
     assert png.stat().st_size > 500

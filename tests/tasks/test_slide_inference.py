@@ -18,8 +18,9 @@ def test_streamed_pieces_score_slides_as_whole_bags_do(lesion_cohort, tmp_path):
     torch.manual_seed(0)
     model = ABMIL(in_dim=lesion_cohort["in_dim"]).eval()
     bags = SlideBagDataset(lesion_cohort["cache"], features=lesion_cohort["features"], splits=["test"])
-    records = list(score_slides(model, lesion_cohort["cache"], lesion_cohort["features"], splits=["test"],
-                                piece_size=37))
+    records = list(
+        score_slides(model, lesion_cohort["cache"], lesion_cohort["features"], splits=["test"], piece_size=37)
+    )
     assert [r["slide_id"] for r in records] == bags.slide_ids
     for index, record in enumerate(records):
         bag = bags[index]

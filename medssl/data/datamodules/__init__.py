@@ -18,5 +18,11 @@ from medssl.data.datamodules.base import CacheDataModule, default_workers
 from medssl.data.datamodules.tiles import TileDataModule
 from medssl.data.datamodules.volumes import VolumeDataModule
 
-__all__ = ["BagDataModule", "CacheDataModule", "InstanceDataModule", "TileDataModule", "VolumeDataModule",
-           "default_workers"]
+__all__ = [
+    "BagDataModule",
+    "CacheDataModule",
+    "InstanceDataModule",
+    "TileDataModule",
+    "VolumeDataModule",
+    "default_workers",
+]

@@ -22,10 +22,21 @@ class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPiece
     ``instance_masks`` names a folder of lesion masks (:class:`~medssl.data.truth.LesionMasks`) that
     evaluation alone reads, for instance AUROC; training batches never carry instance truth."""
 
-    def __init__(self, cache: str, features: str | None = None, batch_size: int = 1, max_instances: int | None = 8192,
-                 piece_size: int = 8192, classes: list[str] | None = None, instance_masks: str | None = None,
-                 num_workers: int | None = None, seed: int = 0, train_split: str | None = "train",
-                 val_split: str | None = "val", test_split: str | None = "test"):
+    def __init__(
+        self,
+        cache: str,
+        features: str | None = None,
+        batch_size: int = 1,
+        max_instances: int | None = 8192,
+        piece_size: int = 8192,
+        classes: list[str] | None = None,
+        instance_masks: str | None = None,
+        num_workers: int | None = None,
+        seed: int = 0,
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+    ):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
         self.features, self.max_instances, self.piece_size = features, max_instances, piece_size
         self.classes, self.instance_masks = classes, instance_masks
@@ -49,8 +60,14 @@ class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPiece
                 self.datasets[name] = BagPieceDataset(bags, self.piece_size, instance_truth=truth)
 
     def _train_dataset(self, splits: list[str] | None) -> SlideBagDataset | InstanceDataset:
-        return SlideBagDataset(self.cache, features=self.features, max_instances=self.max_instances, splits=splits,
-                               classes=self.classes, seed=self.seed)
+        return SlideBagDataset(
+            self.cache,
+            features=self.features,
+            max_instances=self.max_instances,
+            splits=splits,
+            classes=self.classes,
+            seed=self.seed,
+        )
 
     def train_dataloader(self):
         dataset = self._stage_dataset("train")
@@ -61,8 +78,13 @@ class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPiece
         dataset = self.datasets.get(name)
         if dataset is None:
             return []
-        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self):
         return self._pieces("val")
@@ -79,18 +101,42 @@ class InstanceDataModule(BagDataModule):
     validation and test on whole bags as in :class:`BagDataModule`. Embeddings (``features``) or tile
     pixels, which get two histology views of ``view_size``."""
 
-    def __init__(self, cache: str, features: str | None = None, batch_size: int = 64, view_size: int = 224,
-                 piece_size: int = 8192, classes: list[str] | None = None, instance_masks: str | None = None,
-                 num_workers: int | None = None, seed: int = 0, train_split: str | None = "train",
-                 val_split: str | None = "val", test_split: str | None = "test"):
-        super().__init__(cache, features, batch_size, None, piece_size, classes, instance_masks, num_workers, seed,
-                         train_split, val_split, test_split)
+    def __init__(
+        self,
+        cache: str,
+        features: str | None = None,
+        batch_size: int = 64,
+        view_size: int = 224,
+        piece_size: int = 8192,
+        classes: list[str] | None = None,
+        instance_masks: str | None = None,
+        num_workers: int | None = None,
+        seed: int = 0,
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+    ):
+        super().__init__(
+            cache,
+            features,
+            batch_size,
+            None,
+            piece_size,
+            classes,
+            instance_masks,
+            num_workers,
+            seed,
+            train_split,
+            val_split,
+            test_split,
+        )
         self.view_size = view_size
 
     def _train_dataset(self, splits: list[str] | None) -> InstanceDataset:
         transform = None if self.features else MultiViewd([histology_view(self.view_size)] * 2)
-        return InstanceDataset(self.cache, features=self.features, transform=transform, splits=splits,
-                               classes=self.classes, seed=self.seed)
+        return InstanceDataset(
+            self.cache, features=self.features, transform=transform, splits=splits, classes=self.classes, seed=self.seed
+        )
 
     def train_dataloader(self):
         dataset = self._stage_dataset("train")

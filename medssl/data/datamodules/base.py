@@ -33,8 +33,16 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
 
     uses_medssl_sampler = True
 
-    def __init__(self, cache: str, batch_size: int, num_workers: int | None, seed: int,
-                 train_split: str | None, val_split: str | None, test_split: str | None):
+    def __init__(
+        self,
+        cache: str,
+        batch_size: int,
+        num_workers: int | None,
+        seed: int,
+        train_split: str | None,
+        val_split: str | None,
+        test_split: str | None,
+    ):
         super().__init__()
         self.cache = cache
         self.batch_size = batch_size
@@ -58,11 +66,17 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
             raise RuntimeError(f"{type(self).__name__} has no {stage} dataset yet: call setup() first")
         dataset = self.datasets[stage]
         if dataset is None:
-            raise RuntimeError(f"{type(self).__name__} has no {stage} dataset: {self.cache} has splits, none named "
-                               f"{self.splits[stage]!r}; set {stage}_split to one of them")
+            raise RuntimeError(
+                f"{type(self).__name__} has no {stage} dataset: {self.cache} has splits, none named "
+                f"{self.splits[stage]!r}; set {stage}_split to one of them"
+            )
         return dataset
 
     def _loader(self, dataset: Dataset, train: bool, **kwargs) -> DataLoader:
-        options = dict(num_workers=self.num_workers, worker_init_fn=seed_worker,
-                       persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
+        options = dict(
+            num_workers=self.num_workers,
+            worker_init_fn=seed_worker,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
         return DataLoader(dataset, batch_size=self.batch_size, drop_last=train, **options, **kwargs)

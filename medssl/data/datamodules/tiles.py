@@ -21,9 +21,20 @@ class TileDataModule(CacheDataModule[TileDataset]):
     Validation and test sets are raw tiles in storage order (for kNN and linear-probe monitors).
     """
 
-    def __init__(self, cache: str, batch_size: int = 256, num_workers: int | None = None, views: str | None = "pair",
-                 view_size: int = 224, n_global: int = 2, n_local: int = 6, seed: int = 0,
-                 train_split: str | None = "train", val_split: str | None = "val", test_split: str | None = "test"):
+    def __init__(
+        self,
+        cache: str,
+        batch_size: int = 256,
+        num_workers: int | None = None,
+        views: str | None = "pair",
+        view_size: int = 224,
+        n_global: int = 2,
+        n_local: int = 6,
+        seed: int = 0,
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+    ):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
         if views not in (None, "pair", "multicrop", "geometric"):
             raise ValueError(f"views must be 'pair', 'multicrop', 'geometric' or None, got {views!r}")
@@ -44,16 +55,26 @@ class TileDataModule(CacheDataModule[TileDataset]):
         for name in ("train", "val", "test"):
             split = self._split(name, available)
             transform = self._transform() if name == "train" else None
-            self.datasets[name] = None if split is None else TileDataset(
-                self.cache, splits=split or None, classes=everything.classes, transform=transform, seed=self.seed
+            self.datasets[name] = (
+                None
+                if split is None
+                else TileDataset(
+                    self.cache, splits=split or None, classes=everything.classes, transform=transform, seed=self.seed
+                )
             )
 
     def train_dataloader(self):
         dataset = self._stage_dataset("train")
         sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=self.views is not None)
         if self.views is None:
-            return batch_loader(dataset, sampler, self.batch_size, num_workers=self.num_workers, drop_last=True,
-                                persistent_workers=self.num_workers > 0)
+            return batch_loader(
+                dataset,
+                sampler,
+                self.batch_size,
+                num_workers=self.num_workers,
+                drop_last=True,
+                persistent_workers=self.num_workers > 0,
+            )
         return self._loader(dataset, train=True, sampler=sampler)
 
     def val_dataloader(self):

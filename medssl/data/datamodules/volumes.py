@@ -21,10 +21,22 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
     segmentation; every volume then needs a label). ``geometric`` slices come as a pair of views with
     their crop/flip geometry (LVM-Med)."""
 
-    def __init__(self, cache: str, mode: str = "slices", spatial_size: Sequence[int] = (224, 224), views: int = 2,
-                 batch_size: int = 32, num_workers: int | None = None, seed: int = 0, patches_per_volume: int = 4,
-                 stack_depth: int | None = None, geometric: bool = False, train_split: str | None = "train",
-                 val_split: str | None = "val", test_split: str | None = "test"):
+    def __init__(
+        self,
+        cache: str,
+        mode: str = "slices",
+        spatial_size: Sequence[int] = (224, 224),
+        views: int = 2,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        seed: int = 0,
+        patches_per_volume: int = 4,
+        stack_depth: int | None = None,
+        geometric: bool = False,
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+    ):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
         if mode not in ("slices", "patches", "stacks"):
             raise ValueError(f"mode must be 'slices', 'patches' or 'stacks', got {mode!r}")
@@ -39,8 +51,9 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         if self.mode == "slices":
             return VolumeSliceDataset(self.cache, **common)
         if self.mode == "patches":
-            return VolumePatchDataset(self.cache, patch_size=self.spatial_size,
-                                      patches_per_volume=self.patches_per_volume, **common)
+            return VolumePatchDataset(
+                self.cache, patch_size=self.spatial_size, patches_per_volume=self.patches_per_volume, **common
+            )
         return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
 
     def _transform(self, train: bool):
