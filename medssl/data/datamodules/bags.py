@@ -74,10 +74,8 @@ class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPiece
         sampler = BlockShuffleSampler([(i, i + 1) for i in range(len(dataset))], seed=self.seed, with_epoch=True)
         return self._loader(dataset, train=True, sampler=sampler, collate_fn=collate_bags)
 
-    def _pieces(self, name: str):
-        dataset = self.datasets.get(name)
-        if dataset is None:
-            return []
+    def _eval_loader(self, dataset):
+        """Whole bags in pieces, in order, one piece per step (``batch_size=None``)."""
         return DataLoader(
             dataset,
             batch_size=None,
@@ -86,14 +84,8 @@ class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPiece
             persistent_workers=self.num_workers > 0,
         )
 
-    def val_dataloader(self):
-        return self._pieces("val")
-
-    def test_dataloader(self):
-        return self._pieces("test")
-
     def predict_dataloader(self):
-        return self._pieces("test")
+        return self._eval("test")
 
 
 class InstanceDataModule(BagDataModule):

@@ -72,6 +72,21 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
             )
         return dataset
 
+    def val_dataloader(self):
+        return self._eval("val")
+
+    def test_dataloader(self):
+        return self._eval("test")
+
+    def _eval(self, stage: str):
+        """The evaluation loader of ``stage``; none (``[]``) when the cache has no such split."""
+        dataset = self.datasets.get(stage)
+        return [] if dataset is None else self._eval_loader(dataset)
+
+    def _eval_loader(self, dataset: DatasetT):
+        """How this domain serves an evaluation set (in storage order); subclasses say."""
+        return self._loader(dataset, train=False)
+
     def _loader(self, dataset: Dataset, train: bool, **kwargs) -> DataLoader:
         options = dict(
             num_workers=self.num_workers,

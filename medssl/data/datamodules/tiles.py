@@ -77,14 +77,5 @@ class TileDataModule(CacheDataModule[TileDataset]):
             )
         return self._loader(dataset, train=True, sampler=sampler)
 
-    def val_dataloader(self):
-        return self._eval("val")
-
-    def test_dataloader(self):
-        return self._eval("test")
-
-    def _eval(self, name: str):
-        dataset = self.datasets.get(name)
-        if dataset is None:
-            return []
+    def _eval_loader(self, dataset: TileDataset):
         return batch_loader(dataset, SequentialSampler(dataset), self.batch_size, num_workers=self.num_workers)

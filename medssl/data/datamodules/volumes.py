@@ -81,13 +81,3 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         dataset = self._stage_dataset("train")
         sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
         return self._loader(dataset, train=True, sampler=sampler)
-
-    def val_dataloader(self):
-        return self._eval("val")
-
-    def test_dataloader(self):
-        return self._eval("test")
-
-    def _eval(self, name: str):
-        dataset = self.datasets.get(name)
-        return [] if dataset is None else self._loader(dataset, train=False)
