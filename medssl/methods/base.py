@@ -92,8 +92,8 @@ class MedsslModule(pl.LightningModule):
 
 class SSLMethod(MedsslModule):
     """Base of the self-supervised methods. ``backbone`` is the :func:`~medssl.nn.backbones.build_encoder`
-    config (``name``, ``spatial_dims``, ``in_channels``, ...); ``lr`` is for a batch of 256 and scales
-    linearly. A method builds its heads and losses and implements :meth:`training_step`."""
+    config (``name``, ``spatial_dims``, ``in_channels``, ...); ``lr`` is used as given (no batch-size
+    scaling is applied). A method builds its heads and losses and implements :meth:`training_step`."""
 
     def __init__(
         self,
