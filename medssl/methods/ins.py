@@ -15,10 +15,24 @@ supervised contrastive learning with pseudo-label positives over the batch and a
     L = −Σ_c s_c log softmax(logits)_c + λ · L_cont              soft labels s, λ = 0.5
     after warm-up:  s ← φ s + (1 − φ) onehot(argmax(softmax(q μᵀ) ⊙ Y)),  φ: 0.95 → 0.8 over training
 
-A slide's probability is the mean of its instances' positive probabilities (``bag_rule``: also
-``max`` and ``topk``). Training sees slide labels only: :class:`~medssl.data.bags.InstanceDataset`
-returns nothing instance-level, unlike the reference code's CAMELYON16 loader, which builds candidate
-sets from patch annotations.
+Where medssl departs from the paper, by measurement (``pipelines/mil_experiment.py``, README):
+
+- ``soft_label_start="bag"``: soft labels of positive-slide instances start at the slide's label,
+  ``[0, 1]``, not at ``Y / |Y| = [0.5, 0.5]`` (``"candidates"``, the paper's). From ``[0.5, 0.5]`` the
+  best a classifier can say of a lesion instance is 0.5 (its label is a coin flip in every bag it
+  appears in), while normal tissue is also taught ``[1, 0]`` by negative slides; with any class
+  imbalance lesion probabilities settle below 0.5, ``argmax(p ⊙ Y)`` is never positive, the positive
+  prototype never forms and every soft label drifts negative (measured: 0 % positive). The reference
+  code escapes this only because its CAMELYON16 loader builds candidate sets from patch annotations.
+  Starting from the slide label, the negative slides pull normal tissue down, lesions stay up, and the
+  prototypes then correct the soft labels of normal tissue in positive slides.
+- ``bag_rule="topk"`` (the mean of the ``top_k`` highest instance probabilities) by default: the paper
+  scores slides by the mean, which ranks slides (bag AUROC) but at a 0.5 threshold calls a slide
+  positive only when most of its tiles are lesion. ``mean`` and ``max`` remain options.
+
+Training sees slide labels only: :class:`~medssl.data.bags.InstanceDataset` returns nothing
+instance-level, unlike the reference code's CAMELYON16 loader, which builds candidate sets from patch
+annotations.
 
 Instances are tile pixels (``backbone``, a ResNet trained end to end) or precomputed embeddings
 (``in_dim``, an MLP encoder). Embeddings cannot be cropped or colour-jittered, so their two views are
@@ -49,14 +63,25 @@ def candidate_labels(bag_labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.ones_like(bag_labels), bag_labels], dim=1).float()
 
 
+def initial_soft_labels(candidates: torch.Tensor, rule: str = "bag") -> torch.Tensor:
+    """Where an instance's soft label starts. ``candidates``: uniform over the candidate set, ``Y / |Y|``
+    (the paper's, from PiCO: ``[0.5, 0.5]`` in positive slides); ``bag``: the slide's label, one-hot
+    (``[0, 1]`` in positive slides). Negative slides start at ``[1, 0]`` either way."""
+    if rule == "candidates":
+        return candidates / candidates.sum(1, keepdim=True)
+    if rule == "bag":
+        return F.one_hot(candidates[:, 1].long(), 2).to(candidates.dtype)
+    raise ValueError(f"soft_label_start must be 'candidates' or 'bag', got {rule!r}")
+
+
 def confidence_weight(epoch: int, max_epochs: int, start: float = 0.95, end: float = 0.8) -> float:
     """φ of the soft-label moving average, linear from ``start`` to ``end`` over training."""
     return start + (end - start) * epoch / max(1, max_epochs)
 
 
 def bag_probability(instance_probabilities: torch.Tensor, rule: str = "mean", top_k: int = 10) -> torch.Tensor:
-    """A slide's positive probability from its instances': ``mean`` (INS's rule), ``max``, or ``topk``
-    (the mean of the ``top_k`` highest)."""
+    """A slide's positive probability from its instances': ``mean`` (the paper's rule), ``max``, or
+    ``topk`` (the mean of the ``top_k`` highest; medssl's default)."""
     if rule == "mean":
         return instance_probabilities.mean()
     if rule == "max":
@@ -67,8 +92,9 @@ def bag_probability(instance_probabilities: torch.Tensor, rule: str = "mean", to
 
 
 class INS(SlideClassifier):
-    """Defaults are the paper's: queue 8192, momentum 0.999, prototype momentum 0.9, τ = 0.07, λ = 0.5,
-    φ from 0.95 to 0.8, 128-d projections, SGD at 0.01 (momentum 0.9, weight decay 1e-3), constant LR.
+    """Defaults are the paper's except ``soft_label_start`` and ``bag_rule`` (module docstring): queue 8192,
+    momentum 0.999, prototype momentum 0.9, τ = 0.07, λ = 0.5, φ from 0.95 to 0.8, 128-d projections,
+    SGD at 0.01 (momentum 0.9, weight decay 1e-3), constant LR.
     ``prototype_start`` is the reference code's ``prot_start``, the epoch the soft labels start moving and
     SupCon replaces InfoNCE (1 end to end, 20 on features)."""
 
@@ -91,8 +117,9 @@ class INS(SlideClassifier):
         confidence_start: float = 0.95,
         confidence_end: float = 0.8,
         feature_dropout: float = 0.1,
-        bag_rule: str = "mean",
+        bag_rule: str = "topk",
         top_k: int = 10,
+        soft_label_start: str = "bag",
         num_instances: int | None = None,
         **base,
     ):
@@ -120,6 +147,7 @@ class INS(SlideClassifier):
 
     # -- per-instance state ----------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint["state_dict"].get("soft_labels")
         if saved is not None and saved.shape != self.soft_labels.shape:
             self.soft_labels = torch.full_like(saved, float("nan"), device=self.device)
@@ -218,7 +246,7 @@ class INS(SlideClassifier):
         self._grow_soft_labels(int(index.max()) + 1)
         soft = self.soft_labels[index]
         unseen = torch.isnan(soft[:, 0])
-        start = candidates / candidates.sum(1, keepdim=True)
+        start = initial_soft_labels(candidates, self.hparams.soft_label_start)
         soft = torch.where(unseen[:, None], start, soft)
         self._set_soft_labels(index, soft)  # the whole batch, so every rank gathers the same sizes
         return soft

@@ -82,11 +82,12 @@ def test_prototypes_move_one_instance_at_a_time_towards_their_pseudo_class():
     torch.testing.assert_close(model.prototypes, expected)
 
 
-def test_soft_labels_start_at_the_candidate_set_and_then_move_towards_the_prototype_class():
-    model = small_ins(prototype_start=1)
+@pytest.mark.parametrize("start, positive", [("candidates", [0.5, 0.5]), ("bag", [0.0, 1.0])])
+def test_soft_labels_start_from_the_slide_and_then_move_towards_the_prototype_class(start, positive):
+    model = small_ins(prototype_start=1, soft_label_start=start)
     batch = batch_of([0, 1, 1, 0], [0, 1, 2, 3])
     run_step(model, batch, epoch=0)  # warm-up: soft labels are initialised, not moved
-    assert model.soft_labels[:4].tolist() == [[1, 0], [0.5, 0.5], [0.5, 0.5], [1, 0]]
+    assert model.soft_labels[:4].tolist() == [[1, 0], positive, positive, [1, 0]]
     assert torch.isnan(model.soft_labels[4:]).all()  # not seen yet
 
     # after warm-up: s ← φ s + (1 − φ) onehot(argmax(prototype scores ⊙ Y)), prototypes as before the step
@@ -99,6 +100,24 @@ def test_soft_labels_start_at_the_candidate_set_and_then_move_towards_the_protot
     run_step(model, batch, epoch=1)
     torch.testing.assert_close(model.soft_labels[:4], expected)
     assert model.soft_labels[[0, 3]].tolist() == [[1, 0], [1, 0]]  # negative slides stay negative
+
+
+def test_the_candidate_set_masks_both_the_prediction_and_the_prototype_target():
+    """Instances of negative slides sit on the positive prototype and the classifier calls everything
+    positive: the candidate set alone keeps them negative, in the pseudo-labels (queue, prototype
+    updates) and in the soft-label target. Dropping either mask fails here."""
+    model = small_ins(prototype_start=1)
+    batch = batch_of([0, 0, 0, 1], [0, 1, 2, 3])
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([-10.0, 10.0]))
+        q = F.normalize(model.head(model.encoder(batch["instances"])), dim=1)
+        model.prototypes.copy_(F.normalize(torch.stack([-q[:3].mean(0), q[:3].mean(0)]), dim=1))
+    positive_before = model.prototypes[1].clone()
+    run_step(model, batch, epoch=1)
+    assert model.soft_labels[:3].tolist() == [[1, 0]] * 3  # the prototype target is masked
+    assert model.queue.contents()[1][:3].tolist() == [0, 0, 0]  # the prediction is masked
+    moved_by_the_positive_slide_only = F.normalize(0.9 * positive_before + 0.1 * q[3], dim=0)
+    torch.testing.assert_close(model.prototypes[1], moved_by_the_positive_slide_only)
 
 
 def test_the_queue_holds_momentum_keys_with_their_pseudo_labels():
@@ -140,6 +159,7 @@ def test_training_never_sees_instance_truth(lesion_cohort, monkeypatch):
     for module in (
         InstanceDataModule(
             str(lesion_cohort["cache"]),
+            "positive",
             features=str(lesion_cohort["features"]),
             instance_masks=str(lesion_cohort["masks"]),
             num_workers=0,
@@ -147,6 +167,7 @@ def test_training_never_sees_instance_truth(lesion_cohort, monkeypatch):
         ),
         BagDataModule(
             str(lesion_cohort["cache"]),
+            "positive",
             features=str(lesion_cohort["features"]),
             instance_masks=str(lesion_cohort["masks"]),
             num_workers=0,
@@ -164,6 +185,7 @@ def test_training_never_sees_instance_truth(lesion_cohort, monkeypatch):
 def test_ins_fits_and_scores_whole_slides_with_a_lightning_trainer(lesion_cohort, tmp_path):
     data = InstanceDataModule(
         str(lesion_cohort["cache"]),
+        "positive",
         features=str(lesion_cohort["features"]),
         instance_masks=str(lesion_cohort["masks"]),
         num_workers=0,
@@ -208,6 +230,8 @@ def test_ins_tiles_config_trains_end_to_end_on_pixels(lesion_cohort, tmp_path):
             str(config),
             "--data.init_args.cache",
             str(lesion_cohort["cache"]),
+            "--data.init_args.positive_class",
+            "positive",
             "--data.init_args.view_size",
             "32",
             "--data.init_args.batch_size",

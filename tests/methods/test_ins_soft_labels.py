@@ -17,7 +17,7 @@ def test_the_soft_label_table_grows_with_the_indices_it_sees():
     positive = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
     first = model._soft_labels(torch.tensor([3, 1]), positive)
     assert model.soft_labels.shape == (4, 2)
-    assert first.tolist() == [[0.5, 0.5], [0.5, 0.5]]  # Y / |Y| on first sight
+    assert first.tolist() == [[0.0, 1.0], [0.0, 1.0]]  # the slide's label on first sight
     assert all(math.isnan(v) for v in model.soft_labels[[0, 2]].flatten().tolist())  # not seen yet
     model._set_soft_labels(torch.tensor([3]), torch.tensor([[0.2, 0.8]]))
     model._soft_labels(torch.tensor([9]), torch.tensor([[1.0, 0.0]]))
