@@ -141,6 +141,7 @@ def slide_models(out: Path, checkpoint: Path, epochs: int) -> int:
         "features": out / "embeddings",
         "masks": out / "slides" / "masks",
         "in_dim": load_encoder(checkpoint).out_dim,
+        "positive_class": "lesion",  # write_slide_inputs labels slides lesion / clean
     }
     rows = {
         "ABMIL": fit_and_test("abmil", cohort, out, epochs, ["--model.init_args.lr", "5e-4"]),

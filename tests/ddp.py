@@ -41,6 +41,8 @@ def fit_mil_on_two_cpu_processes(model: str, cohort: dict, root: Path, *extra: s
             str(cohort["cache"]),
             "--data.init_args.features",
             str(cohort["features"]),
+            "--data.init_args.positive_class",
+            "positive",
             "--data.init_args.num_workers",
             "0",
             "--model.init_args.in_dim",

@@ -224,6 +224,19 @@ class SlideClassifier(MedsslModule):
         self.save_hyperparameters()
         self._evaluated: list[dict] = []
         self._bags = BagAccumulator(self)
+        self.classes: list[str] | None = None  # [negative, positive] slide labels, from the data it fits
+
+    # -- which label is positive travels with the weights ----------------------------------------
+    def on_fit_start(self) -> None:
+        classes = getattr(self.trainer.datamodule, "classes", None)  # type: ignore[attr-defined]
+        self.classes = list(classes) if classes else self.classes
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["medssl_classes"] = self.classes
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.classes = checkpoint.get("medssl_classes") or self.classes
 
     # -- scoring, to be provided ---------------------------------------------------------------
     def start_bag(self) -> Any:

@@ -47,7 +47,7 @@ def score_slides(
 ) -> Iterator[dict]:
     """A scored-slide record (:mod:`medssl.eval.slides`) per slide, read and scored one piece at a time
     (memory bounded by ``piece_size`` instances, whatever the bag size)."""
-    bags = SlideBagDataset(cache, features=features, slide_ids=slide_ids, splits=splits)
+    bags = SlideBagDataset(cache, features=features, slide_ids=slide_ids, splits=splits, classes=model.classes)
     pieces = BagPieceDataset(bags, piece_size)
     model = model.to(device).eval()
     yield from model.score_pieces(pieces[index] for index in range(len(pieces)))

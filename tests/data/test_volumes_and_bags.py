@@ -13,7 +13,7 @@ from medssl.data.bags import BAG_KEYS, SlideBagDataset, StainSetDataset, collate
 from medssl.data.datamodules import BagDataModule, TileDataModule, VolumeDataModule
 from medssl.data.transforms import MultiViewd, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
-from medssl.errors import MedsslError
+from medssl.errors import InputError, MedsslError
 
 
 def test_slices_cover_every_axial_slice_with_the_cached_pixels(volume_cache):
@@ -150,10 +150,19 @@ def test_volume_and_bag_datamodules_give_batches(volume_cache, cohort_cache):
     segmentation.setup("fit")
     batch = next(iter(segmentation.train_dataloader()))
     assert batch["image"].shape == batch["label"].shape == (2, 1, 8, 16, 16)
-    bags = BagDataModule(str(cohort_cache), batch_size=2, max_instances=4, num_workers=0)
+    bags = BagDataModule(str(cohort_cache), "tumor", batch_size=2, max_instances=4, num_workers=0)
     bags.setup("fit")
     batch = next(iter(bags.train_dataloader()))
     assert batch["instances"].shape[:2] == batch["mask"].shape and batch["mask"].shape[1] <= 4
+    assert bags.classes == ["normal", "tumor"]
+
+
+def test_the_positive_class_is_explicit_and_a_cohort_without_it_is_refused(cohort_cache):
+    flipped = BagDataModule(str(cohort_cache), "normal", num_workers=0)
+    flipped.setup("fit")
+    assert flipped.classes == ["tumor", "normal"]  # what the user said, not the sorted order
+    with pytest.raises(InputError, match=r"positive_class 'cancer'.*\['normal', 'tumor'\]"):
+        BagDataModule(str(cohort_cache), "cancer", num_workers=0).setup("fit")
 
 
 @pytest.mark.parametrize("mode, size", [("slices", (32, 32)), ("patches", (8, 16, 16))])

@@ -81,6 +81,7 @@ def test_cli_turns_off_lightnings_sampler_for_medssl_datamodules(data, flag, tmp
             "cpu",
             "--trainer.default_root_dir",
             str(tmp_path),
+            *(["--data.init_args.positive_class", "tumor"] if "Bag" in data else []),
             *flag,
         ],
         run=False,

@@ -10,6 +10,18 @@ from medssl.data.bags import BagPieceDataset, InstanceDataset, SlideBagDataset, 
 from medssl.data.datamodules.base import CacheDataModule
 from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view
+from medssl.errors import InputError
+
+
+def binary_classes(labels: list[str], positive_class: str, cache: str) -> list[str]:
+    """``[negative, positive]`` from a cohort's slide labels, refusing anything but two labels of which
+    one is ``positive_class``."""
+    if positive_class not in labels or len(labels) != 2:
+        raise InputError(
+            f"{cache}: slide-level learning needs two slide labels, one of them positive_class "
+            f"{positive_class!r}; the cache's slides are labelled {labels}"
+        )
+    return [next(label for label in labels if label != positive_class), positive_class]
 
 
 class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPieceDataset]):
@@ -18,18 +30,20 @@ class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPiece
     Training yields padded batches of bags (at most ``max_instances`` random instances each, a function
     of (``seed``, epoch, slide)); validation and test yield whole bags in pieces of ``piece_size``
     instances (:class:`~medssl.data.bags.BagPieceDataset`), so a bag of any size is scored in bounded
-    memory. ``classes`` fixes the label order, negative first (default: sorted labels).
+    memory. ``positive_class`` names the slide label that marks a positive slide (``tumor``, ``lesion``);
+    the cohort must have exactly two labels, that one and the negative one, or setup refuses it: a
+    silent label order would flip every probability and heatmap.
     ``instance_masks`` names a folder of lesion masks (:class:`~medssl.data.truth.LesionMasks`) that
     evaluation alone reads, for instance AUROC; training batches never carry instance truth."""
 
     def __init__(
         self,
         cache: str,
+        positive_class: str,
         features: str | None = None,
         batch_size: int = 1,
         max_instances: int | None = 8192,
         piece_size: int = 8192,
-        classes: list[str] | None = None,
         instance_masks: str | None = None,
         num_workers: int | None = None,
         seed: int = 0,
@@ -39,13 +53,14 @@ class BagDataModule(CacheDataModule[SlideBagDataset | InstanceDataset | BagPiece
     ):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
         self.features, self.max_instances, self.piece_size = features, max_instances, piece_size
-        self.classes, self.instance_masks = classes, instance_masks
+        self.positive_class, self.instance_masks = positive_class, instance_masks
+        self.classes: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
         from medssl.data.truth import LesionMasks
 
-        everything = SlideBagDataset(self.cache, features=self.features, classes=self.classes)
-        self.classes = everything.classes
+        everything = SlideBagDataset(self.cache, features=self.features)
+        self.classes = binary_classes(everything.classes, self.positive_class, self.cache)
         meta = everything.tiles.cache
         available = sorted({str(meta.metadata(s).get("split", "")) for s in everything.slide_ids} - {""})
         truth = LesionMasks(self.instance_masks) if self.instance_masks else None
@@ -96,11 +111,11 @@ class InstanceDataModule(BagDataModule):
     def __init__(
         self,
         cache: str,
+        positive_class: str,
         features: str | None = None,
         batch_size: int = 64,
         view_size: int = 224,
         piece_size: int = 8192,
-        classes: list[str] | None = None,
         instance_masks: str | None = None,
         num_workers: int | None = None,
         seed: int = 0,
@@ -110,11 +125,11 @@ class InstanceDataModule(BagDataModule):
     ):
         super().__init__(
             cache,
+            positive_class,
             features,
             batch_size,
             None,
             piece_size,
-            classes,
             instance_masks,
             num_workers,
             seed,
