@@ -20,13 +20,17 @@ SLIDE_COLUMNS = ("slide_id", "label", "probability", "instances")
 
 
 def slide_metrics(evaluated: list[dict]) -> dict[str, float | None]:
-    """Bag AUROC and balanced accuracy (threshold 0.5) over slides with a label in {0, 1}, and instance
-    AUROC over instances with known truth. A metric that needs both classes is None without them."""
+    """Bag AUROC and balanced accuracy (threshold 0.5) over slides with a label in {0, 1}; instance AUROC
+    two ways: ``instance_auroc`` pools every instance with known truth into one ranking (scores must be
+    comparable across slides), ``instance_auroc_per_slide`` is the mean AUROC within each positive slide
+    that has both kinds of instance (localisation inside a slide, whatever each slide's scale). A metric
+    that needs both classes is None without them."""
     labelled = [r for r in evaluated if r["label"] in (0, 1)]
     metrics: dict[str, float | None] = {
         "bag_auroc": None,
         "balanced_accuracy": None,
         "instance_auroc": None,
+        "instance_auroc_per_slide": None,
         "slides": float(len(evaluated)),
     }
     if labelled:
@@ -38,11 +42,20 @@ def slide_metrics(evaluated: list[dict]) -> dict[str, float | None]:
             metrics["balanced_accuracy"] = 0.5 * (sensitivity + float(binary_specificity(scores, labels)))
     truths = [(r["scores"], r["truth"]) for r in evaluated if r["truth"] is not None]
     if truths:
-        scores, truth = torch.cat([s for s, _ in truths]), torch.cat([t for _, t in truths])
-        known = ~torch.isnan(truth)
-        if known.any() and truth[known].unique().numel() == 2:
-            metrics["instance_auroc"] = float(binary_auroc(scores[known], truth[known].long()))
+        metrics["instance_auroc"] = auroc_of_known(torch.cat([s for s, _ in truths]), torch.cat([t for _, t in truths]))
+    within = [auroc_of_known(r["scores"], r["truth"]) for r in evaluated if r["label"] == 1 and r["truth"] is not None]
+    within = [value for value in within if value is not None]
+    if within:
+        metrics["instance_auroc_per_slide"] = sum(within) / len(within)
     return metrics
+
+
+def auroc_of_known(scores: torch.Tensor, truth: torch.Tensor) -> float | None:
+    """AUROC over the instances whose truth is known (not NaN); None unless both classes occur."""
+    known = ~torch.isnan(truth)
+    if not known.any() or truth[known].unique().numel() != 2:
+        return None
+    return float(binary_auroc(scores[known], truth[known].long()))
 
 
 def write_slides_csv(path: Path, evaluated: Sequence[dict]) -> Path:

@@ -7,7 +7,10 @@ classified. Trained on slide labels with cross-entropy, one padded batch of bags
 
 Whole-slide inference runs piece by piece with an online softmax (the running maximum, normaliser and
 weighted sum of a streaming log-sum-exp), so a bag of 100,000 instances costs one piece of memory and
-gives exactly the one-pass result. The attention is the instance score drawn on heatmaps.
+gives exactly the one-pass result. The instance score (heatmaps, instance AUROC) is the attention
+*logit* ``wᵀ(tanh(V h_n) ⊙ σ(U h_n))``: the softmax that turns it into attention normalises within each
+slide, so softmax weights of different slides are not on one scale (a slide with many lesion tiles
+spreads its attention thin) and pooling them across slides understates how well ABMIL localises.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ class ABMIL(SlideClassifier):
     """``in_dim``: the embedding size (the encoder's ``out_dim``); ``hidden_dim``: the first layer's
     width; ``attention_dim``: the gated attention's (128 in the paper)."""
 
-    instance_score_name = "attention"
+    instance_score_name = "attention_logit"
     stretch_heatmaps = True
 
     def __init__(
@@ -81,8 +84,7 @@ class ABMIL(SlideClassifier):
     def finish_bag(self, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = state["pooled"] / state["normaliser"]
         probability = torch.softmax(self.classifier(pooled), dim=-1)[-1]
-        attention = torch.softmax(torch.cat(state["logits"]), dim=0)
-        return probability, attention
+        return probability, torch.cat(state["logits"])
 
     def _check_width(self, instances: torch.Tensor) -> None:
         if instances.shape[-1] != self.hparams.in_dim:

@@ -43,7 +43,7 @@ def test_piece_by_piece_scoring_equals_one_pass():
         logits, attention = model(bag[None])
     probability, scores = model.score_bag(bag, piece_size=97)
     assert probability == pytest.approx(float(torch.softmax(logits, -1)[0, 1]), abs=1e-6)
-    torch.testing.assert_close(scores, attention[0], atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(torch.softmax(scores, 0), attention[0], atol=1e-7, rtol=1e-5)  # scores: logits
 
 
 def test_abmil_names_a_wrong_embedding_width():
@@ -107,6 +107,13 @@ def test_slide_metrics_by_hand():
     assert metrics["bag_auroc"] == pytest.approx(0.75)  # 3 of the 4 positive-negative pairs ordered right
     assert metrics["balanced_accuracy"] == pytest.approx(0.75)  # sensitivity 1, specificity 0.5
     assert metrics["instance_auroc"] == pytest.approx(1.0)  # the NaN instance is left out
+    assert metrics["instance_auroc_per_slide"] is None  # no positive slide has both kinds of instance
+    mixed = {"label": 1, "probability": 0.8, "scores": torch.tensor([0.5, 0.7, 0.6])}
+    mixed["truth"] = torch.tensor([1.0, 0, 0])
+    other = {"label": 1, "probability": 0.8, "scores": torch.tensor([9.0, 1.0]), "truth": torch.tensor([1.0, 0])}
+    # within each slide: 0 of 2 and 1 of 1 lesion-normal pairs ordered right, mean 0.5
+    both = slide_metrics([*records, mixed, other])
+    assert both["instance_auroc_per_slide"] == pytest.approx(0.5)
     assert slide_metrics(records[:2])["bag_auroc"] is None  # one class only
 
 
@@ -125,7 +132,9 @@ def test_medssl_heatmap_draws_every_slide_from_a_checkpoint(lesion_cohort, tmp_p
 
     from medssl.data.datamodules import BagDataModule
 
-    data = BagDataModule(str(lesion_cohort["cache"]), features=str(lesion_cohort["features"]), num_workers=0)
+    data = BagDataModule(
+        str(lesion_cohort["cache"]), "positive", features=str(lesion_cohort["features"]), num_workers=0
+    )
     model = ABMIL(in_dim=lesion_cohort["in_dim"])
     trainer = pl.Trainer(
         max_epochs=1,
@@ -161,9 +170,9 @@ def test_medssl_heatmap_draws_every_slide_from_a_checkpoint(lesion_cohort, tmp_p
     pictures = sorted(p.stem for p in out.glob("*.png"))
     assert len(pictures) == 4
     rows = (out / "scores" / f"{pictures[0]}.csv").read_text().splitlines()
-    assert rows[0] == "x,y,attention"
-    attention = np.array([float(r.split(",")[2]) for r in rows[1:]])
-    assert attention.sum() == pytest.approx(1.0, abs=1e-4)
+    assert rows[0] == "x,y,attention_logit"
+    logits = np.array([float(r.split(",")[2]) for r in rows[1:]])
+    assert abs(logits.sum() - 1.0) > 1e-3  # logits (their softmax is the attention), not the weights
     assert (
         main(
             [
