@@ -22,10 +22,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.utilities import rank_zero_info
 
 from medssl.cache import SlideCache
+from medssl.errors import InputError
 from medssl.eval import knn_predict, linear_probe_accuracy, rankme
 from medssl.eval.slides import slide_metrics, write_results
+from medssl.export.encoders import load_encoder_weights
 from medssl.methods.schedules import configure_optimizer
 from medssl.nn.backbones import Encoder, build_encoder
 from medssl.nn.inputs import to_float
@@ -36,7 +39,8 @@ class MedsslModule(pl.LightningModule):
     """The root of the family. Subclasses keep ``optimizer``, ``lr``, ``weight_decay``,
     ``warmup_epochs`` and ``min_lr`` among their hyperparameters (see
     :func:`~medssl.methods.schedules.configure_optimizer`) and say which networks they train in
-    :meth:`encoders`."""
+    :meth:`encoders`. Models with a medssl backbone take ``init_checkpoint``
+    and ``init_encoder`` and call :meth:`load_init_checkpoint` where they build it."""
 
     @property
     def hparams(self) -> AttributeDict:
@@ -64,6 +68,24 @@ class MedsslModule(pl.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         return configure_optimizer(self, h.optimizer, h.lr, h.weight_decay, h.warmup_epochs, h.min_lr)
+
+    def load_init_checkpoint(self, encoder: torch.nn.Module) -> None:
+        """Start ``encoder`` from the weights in ``init_checkpoint`` (a hyperparameter; None: keep the
+        random initialisation): the encoder ``init_encoder`` of a medssl checkpoint, a medssl encoder
+        file, or a plain ``state_dict`` (see :func:`~medssl.export.encoders.load_encoder_weights`).
+        Called at construction, where the model builds ``encoder`` and before anything copies it (a
+        momentum encoder), so every use of the model sees it; resuming a run loads the checkpoint's
+        own weights over it. Nothing is downloaded: the file is the user's."""
+        path = self.hparams.get("init_checkpoint")
+        if path is None:
+            return
+        if not isinstance(encoder, Encoder):
+            raise InputError(
+                f"init_checkpoint {path}: {type(self).__name__}'s encoder is a {type(encoder).__name__}, "
+                "not a medssl backbone; init_checkpoint initialises backbones only"
+            )
+        loaded = load_encoder_weights(encoder, path, self.hparams.get("init_encoder", "encoder"))
+        rank_zero_info(f"{type(self).__name__}: encoder initialised from {loaded}")
 
     def encoder_records(self) -> dict[str, dict[str, Any]]:
         """The contract as a checkpoint stores it: per encoder, the ``state_dict`` prefix of the weights
@@ -93,7 +115,9 @@ class MedsslModule(pl.LightningModule):
 class SSLMethod(MedsslModule):
     """Base of the self-supervised methods. ``backbone`` is the :func:`~medssl.nn.backbones.build_encoder`
     config (``name``, ``spatial_dims``, ``in_channels``, ...); ``lr`` is used as given (no batch-size
-    scaling is applied). A method builds its heads and losses and implements :meth:`training_step`."""
+    scaling is applied). ``init_checkpoint`` starts the encoder from a file's weights instead of random ones
+    (:meth:`~MedsslModule.load_init_checkpoint`; ``init_encoder`` picks the encoder of a medssl
+    checkpoint). A method builds its heads and losses and implements :meth:`training_step`."""
 
     def __init__(
         self,
@@ -105,10 +129,13 @@ class SSLMethod(MedsslModule):
         min_lr: float = 1e-6,
         knn_k: int = 20,
         knn_temperature: float = 0.07,
+        init_checkpoint: str | None = None,
+        init_encoder: str = "encoder",
     ):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = build_encoder(**(backbone or {}))
+        self.load_init_checkpoint(self.encoder)
         self._val_features: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
