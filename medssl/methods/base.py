@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -29,7 +29,7 @@ from medssl.errors import InputError
 from medssl.eval import knn_predict, linear_probe_accuracy, rankme
 from medssl.eval.slides import slide_metrics, write_results
 from medssl.export.encoders import load_encoder_weights
-from medssl.methods.schedules import configure_optimizer
+from medssl.methods.schedules import configure_optimizer, scaled_lr
 from medssl.nn.backbones import Encoder, build_encoder
 from medssl.nn.inputs import to_float
 from medssl.viz.heatmaps import write_heatmap
@@ -37,9 +37,9 @@ from medssl.viz.heatmaps import write_heatmap
 
 class MedsslModule(pl.LightningModule):
     """The root of the family. Subclasses keep ``optimizer``, ``lr``, ``weight_decay``,
-    ``warmup_epochs`` and ``min_lr`` among their hyperparameters (see
-    :func:`~medssl.methods.schedules.configure_optimizer`) and say which networks they train in
-    :meth:`encoders`. Models with a medssl backbone take ``init_checkpoint``
+    ``warmup_epochs``, ``min_lr`` and optionally ``lr_scaling`` among their hyperparameters (see
+    :func:`~medssl.methods.schedules.configure_optimizer` and :meth:`effective_lr`) and say which
+    networks they train in :meth:`encoders`. Models with a medssl backbone take ``init_checkpoint``
     and ``init_encoder`` and call :meth:`load_init_checkpoint` where they build it."""
 
     @property
@@ -67,7 +67,27 @@ class MedsslModule(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        return configure_optimizer(self, h.optimizer, h.lr, h.weight_decay, h.warmup_epochs, h.min_lr)
+        return configure_optimizer(self, h.optimizer, self.effective_lr(), h.weight_decay, h.warmup_epochs, h.min_lr)
+
+    def effective_lr(self) -> float:
+        """The peak learning rate. ``lr_scaling="none"`` (the default): ``lr`` as given.
+        ``"linear"``: ``lr`` is the rate for 256 samples, as the SSL papers state it, and the rate used
+        is ``lr × global batch / 256``, the global batch being the per-device batch (the DataModule's
+        ``batch_size``) × devices × ``accumulate_grad_batches``. ``min_lr`` is not scaled. Needs the
+        trainer; the rate is logged once, when the optimiser is built."""
+        h = self.hparams
+        scaling = h.get("lr_scaling", "none")
+        if scaling == "none":
+            return h.lr
+        trainer = self.trainer
+        per_device = _per_device_batch(trainer)
+        devices, accumulate = trainer.world_size, trainer.accumulate_grad_batches
+        lr = scaled_lr(h.lr, scaling, per_device * devices * accumulate)
+        rank_zero_info(
+            f"lr_scaling={scaling}: lr {h.lr:g} per 256 samples x global batch {per_device * devices * accumulate} "
+            f"({per_device} per device x {devices} devices x {accumulate} accumulated) / 256 = {lr:g}"
+        )
+        return lr
 
     def load_init_checkpoint(self, encoder: torch.nn.Module) -> None:
         """Start ``encoder`` from the weights in ``init_checkpoint`` (a hyperparameter; None: keep the
@@ -114,8 +134,9 @@ class MedsslModule(pl.LightningModule):
 
 class SSLMethod(MedsslModule):
     """Base of the self-supervised methods. ``backbone`` is the :func:`~medssl.nn.backbones.build_encoder`
-    config (``name``, ``spatial_dims``, ``in_channels``, ...); ``lr`` is used as given (no batch-size
-    scaling is applied). ``init_checkpoint`` starts the encoder from a file's weights instead of random ones
+    config (``name``, ``spatial_dims``, ``in_channels``, ...). ``lr`` is used as given unless
+    ``lr_scaling="linear"``, which reads it as the rate for 256 samples (:meth:`~MedsslModule.effective_lr`).
+    ``init_checkpoint`` starts the encoder from a file's weights instead of random ones
     (:meth:`~MedsslModule.load_init_checkpoint`; ``init_encoder`` picks the encoder of a medssl
     checkpoint). A method builds its heads and losses and implements :meth:`training_step`."""
 
@@ -129,6 +150,7 @@ class SSLMethod(MedsslModule):
         min_lr: float = 1e-6,
         knn_k: int = 20,
         knn_temperature: float = 0.07,
+        lr_scaling: Literal["none", "linear"] = "none",
         init_checkpoint: str | None = None,
         init_encoder: str = "encoder",
     ):
@@ -184,6 +206,23 @@ class SSLMethod(MedsslModule):
             self.log("val/linear_probe_accuracy", probe, sync_dist=True)
 
 
+def _per_device_batch(trainer: pl.Trainer) -> int:
+    """The training batch size on one device: the DataModule's ``batch_size``, else the train loader's."""
+    size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+    if not isinstance(size, int):
+        trainer.estimated_stepping_batches  # noqa: B018  (loads the train loader if it is not yet)
+        loader = trainer.train_dataloader
+        size = getattr(loader, "batch_size", None) or getattr(
+            getattr(loader, "batch_sampler", None), "batch_size", None
+        )
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(
+            "lr_scaling='linear' needs the per-device batch size: fit with a DataModule that has an integer "
+            "batch_size, or a train DataLoader with one"
+        )
+    return size
+
+
 def leave_one_out_knn(features: torch.Tensor, labels: torch.Tensor, k: int, temperature: float) -> float | None:
     """kNN accuracy of each labelled sample against all the others (None without two classes)."""
     keep = labels >= 0
@@ -231,7 +270,7 @@ class SlideClassifier(MedsslModule):
     epoch only) into ``<log dir>/results/<stage>/heatmaps``; ``heatmap_stretch`` spreads their colours
     from each slide's lowest to highest score (default: the model's ``stretch_heatmaps``). The
     optimiser arguments are those of :func:`~medssl.methods.schedules.configure_optimizer`
-    (``min_lr=None``: constant learning rate)."""
+    (``min_lr=None``: constant learning rate) and ``lr_scaling`` (:meth:`~MedsslModule.effective_lr`)."""
 
     instance_score_name = "score"  #: what the instance scores are, for heatmap legends
     stretch_heatmaps = False  #: True: colours span each slide's lowest to highest score (attention)
@@ -246,6 +285,7 @@ class SlideClassifier(MedsslModule):
         weight_decay: float = 1e-4,
         warmup_epochs: float = 0.0,
         min_lr: float | None = None,
+        lr_scaling: Literal["none", "linear"] = "none",
     ):
         super().__init__()
         self.save_hyperparameters()
