@@ -156,12 +156,24 @@ def load_encoder_weights(encoder: Encoder, path: str | os.PathLike, name: str = 
     ``torch.save(network.state_dict())`` (a MONAI network's; a torchvision or timm ResNet's, see
     :func:`adapt_torchvision_resnet`). Strict: every weight of the network must come from the file with
     its shape and nothing in the file may be left over, else :class:`~medssl.errors.InputError` naming
-    the file and the keys. Returns a line saying what was loaded."""
+    the file and the keys. The one allowance, as ``torch.nn.BatchNorm`` itself makes: a plain
+    state_dict saved without BatchNorm's step counters (``num_batches_tracked``, older files) gets
+    zeros. Returns a line saying what was loaded."""
     checkpoint = load_checkpoint(path)
     expected = encoder.network.state_dict()
     if checkpoint and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint.items()):
         state, adapted = adapt_torchvision_resnet(dict(checkpoint), expected)
-        held = "a plain state_dict" + (f" ({adapted})" if adapted else "")
+        counters = [
+            k
+            for k in expected
+            if k.endswith(".num_batches_tracked")
+            and k not in state
+            and k[: -len("num_batches_tracked")] + "running_mean" in state
+        ]
+        state.update({k: torch.zeros_like(expected[k]) for k in counters})
+        notes = [adapted] if adapted else []
+        notes += [f"{len(counters)} BatchNorm step counters missing, set to 0"] if counters else []
+        held = "a plain state_dict" + (f" ({'; '.join(notes)})" if notes else "")
     else:
         source = _source_of(checkpoint, path, name)
         state, kind = source["state_dict"], _describe(source["config"])
