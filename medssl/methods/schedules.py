@@ -19,7 +19,7 @@ def cosine_schedule(
 
 def scaled_lr(lr: float, scaling: str, global_batch: int) -> float:
     """The learning rate for a global batch: ``"none"``, ``lr`` itself; ``"linear"``, ``lr`` read as the
-    rate for 256 samples (Goyal et al. 2017, and the SimCLR, Barlow Twins and SwAV papers):
+    rate for 256 samples (Goyal et al. 2017; the SimCLR and SwAV papers give theirs so):
     ``lr × global_batch / 256``."""
     if scaling == "none":
         return lr
