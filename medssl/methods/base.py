@@ -71,7 +71,7 @@ class MedsslModule(pl.LightningModule):
 
     def effective_lr(self) -> float:
         """The peak learning rate. ``lr_scaling="none"`` (the default): ``lr`` as given.
-        ``"linear"``: ``lr`` is the rate for 256 samples, as the SSL papers state it, and the rate used
+        ``"linear"``: ``lr`` is the rate for 256 samples, as SimCLR and SwAV state theirs, and the rate used
         is ``lr × global batch / 256``, the global batch being the per-device batch (the DataModule's
         ``batch_size``) × devices × ``accumulate_grad_batches``. ``min_lr`` is not scaled. Needs the
         trainer; the rate is logged once, when the optimiser is built."""
