@@ -1,7 +1,14 @@
 """From a trained method to things other code uses: encoder files and embedding caches."""
 
 from medssl.export.embeddings import EmbedSummary, embed_cache
-from medssl.export.encoders import encoder_source, export_encoder, export_program, load_checkpoint, load_encoder
+from medssl.export.encoders import (
+    encoder_source,
+    export_encoder,
+    export_program,
+    load_checkpoint,
+    load_encoder,
+    load_encoder_weights,
+)
 
 __all__ = [
     "EmbedSummary",
@@ -11,4 +18,5 @@ __all__ = [
     "export_program",
     "load_checkpoint",
     "load_encoder",
+    "load_encoder_weights",
 ]

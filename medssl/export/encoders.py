@@ -78,7 +78,11 @@ def encoder_source(path: str | os.PathLike | Encoder, name: str = "encoder") -> 
             "method": "",
             "source": {"in_memory": type(path.network).__name__},
         }
-    checkpoint = load_checkpoint(path)
+    return _source_of(load_checkpoint(path), path, name)
+
+
+def _source_of(checkpoint: dict[str, Any], path: str | os.PathLike, name: str) -> dict[str, Any]:
+    """:func:`encoder_source` of a checkpoint already read from ``path``."""
     if checkpoint.get("format") == ENCODER_FORMAT:
         if checkpoint.get("version") != FORMAT_VERSION:
             raise InputError(
@@ -144,6 +148,89 @@ def build_from_source(source: dict, path: str | os.PathLike) -> Encoder:
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return encoder.eval()
+
+
+def load_encoder_weights(encoder: Encoder, path: str | os.PathLike, name: str = "encoder") -> str:
+    """Copy into ``encoder``, in place, the weights of a file: the encoder ``name`` of a medssl method
+    checkpoint, a medssl encoder file, or a plain ``state_dict`` of the network saved with
+    ``torch.save(network.state_dict())`` (a MONAI network's; a torchvision or timm ResNet's, see
+    :func:`adapt_torchvision_resnet`). Strict: every weight of the network must come from the file with
+    its shape and nothing in the file may be left over, else :class:`~medssl.errors.InputError` naming
+    the file and the keys. The one allowance, as ``torch.nn.BatchNorm`` itself makes: a plain
+    state_dict saved without BatchNorm's step counters (``num_batches_tracked``, older files) gets
+    zeros. Returns a line saying what was loaded."""
+    checkpoint = load_checkpoint(path)
+    expected = encoder.network.state_dict()
+    if checkpoint and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint.items()):
+        state, adapted = adapt_torchvision_resnet(dict(checkpoint), expected)
+        counters = [
+            k
+            for k in expected
+            if k.endswith(".num_batches_tracked")
+            and k not in state
+            and k[: -len("num_batches_tracked")] + "running_mean" in state
+        ]
+        state.update({k: torch.zeros_like(expected[k]) for k in counters})
+        notes = [adapted] if adapted else []
+        notes += [f"{len(counters)} BatchNorm step counters missing, set to 0"] if counters else []
+        held = "a plain state_dict" + (f" ({'; '.join(notes)})" if notes else "")
+    else:
+        source = _source_of(checkpoint, path, name)
+        state, kind = source["state_dict"], _describe(source["config"])
+        is_file = checkpoint.get("format") == ENCODER_FORMAT
+        held = f"the medssl encoder file's {kind}" if is_file else f"the checkpoint's encoder {name!r}, a {kind}"
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} weights missing from the file (e.g. {missing[:3]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} not in the model (e.g. {unexpected[:3]})")
+        if shapes:
+            problems.append(
+                f"{len(shapes)} of other shapes (e.g. "
+                + ", ".join(f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}" for k in shapes[:3])
+                + ")"
+            )
+        raise InputError(
+            f"{path}: {held} does not fit this model's backbone, a {_describe(encoder.config())}: "
+            + "; ".join(problems)
+            + ". A plain state_dict must have the network's own keys (no 'module.' or 'model.' prefix)"
+        )
+    encoder.network.load_state_dict(state, strict=True)
+    return f"{path}: {held}"
+
+
+def adapt_torchvision_resnet(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], str]:
+    """A torchvision or timm ResNet's ``state_dict`` in MONAI's terms. They name their layers as MONAI
+    does but end in an ImageNet classifier (``fc.*``, which a feature encoder lacks) and have no bias in
+    their shortcut convolutions (``layerN.0.downsample.0``), where MONAI's has one. The classifier is
+    dropped and the missing shortcut biases are zeros: the same function, exactly. Returns the state
+    and a note of what changed ("" when nothing did)."""
+    dropped = [k for k in state if k.startswith("fc.") and k not in expected]
+    zeros = [
+        k
+        for k in expected
+        if k not in state and re.fullmatch(r"layer\d+\.0\.downsample\.0\.bias", k) and k[:-4] + "weight" in state
+    ]
+    if not dropped and not zeros:
+        return state, ""
+    state = {k: v for k, v in state.items() if k not in dropped}
+    state.update({k: torch.zeros_like(expected[k]) for k in zeros})
+    notes = [f"dropped the classifier {dropped}"] if dropped else []
+    notes += [f"zero biases for {len(zeros)} shortcut convolutions"] if zeros else []
+    return state, "torchvision/timm layout: " + ", ".join(notes)
+
+
+def _describe(config: dict) -> str:
+    return (
+        f"{config['name']} ({config['spatial_dims']}D, {config['in_channels']} input channels, "
+        f"width {config.get('width', 1.0)})"
+    )
 
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:

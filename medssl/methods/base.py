@@ -17,16 +17,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.utilities import rank_zero_info
 
 from medssl.cache import SlideCache
+from medssl.errors import InputError
 from medssl.eval import knn_predict, linear_probe_accuracy, rankme
 from medssl.eval.slides import slide_metrics, write_results
-from medssl.methods.schedules import configure_optimizer
+from medssl.export.encoders import load_encoder_weights
+from medssl.methods.schedules import configure_optimizer, scaled_lr
 from medssl.nn.backbones import Encoder, build_encoder
 from medssl.nn.inputs import to_float
 from medssl.viz.heatmaps import write_heatmap
@@ -34,9 +37,10 @@ from medssl.viz.heatmaps import write_heatmap
 
 class MedsslModule(pl.LightningModule):
     """The root of the family. Subclasses keep ``optimizer``, ``lr``, ``weight_decay``,
-    ``warmup_epochs`` and ``min_lr`` among their hyperparameters (see
-    :func:`~medssl.methods.schedules.configure_optimizer`) and say which networks they train in
-    :meth:`encoders`."""
+    ``warmup_epochs``, ``min_lr`` and optionally ``lr_scaling`` among their hyperparameters (see
+    :func:`~medssl.methods.schedules.configure_optimizer` and :meth:`effective_lr`) and say which
+    networks they train in :meth:`encoders`. Models with a medssl backbone take ``init_checkpoint``
+    and ``init_encoder`` and call :meth:`load_init_checkpoint` where they build it."""
 
     @property
     def hparams(self) -> AttributeDict:
@@ -63,7 +67,45 @@ class MedsslModule(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        return configure_optimizer(self, h.optimizer, h.lr, h.weight_decay, h.warmup_epochs, h.min_lr)
+        return configure_optimizer(self, h.optimizer, self.effective_lr(), h.weight_decay, h.warmup_epochs, h.min_lr)
+
+    def effective_lr(self) -> float:
+        """The peak learning rate. ``lr_scaling="none"`` (the default): ``lr`` as given.
+        ``"linear"``: ``lr`` is the rate for 256 samples, as SimCLR and SwAV state theirs, and the rate used
+        is ``lr × global batch / 256``, the global batch being the per-device batch (the DataModule's
+        ``batch_size``) × devices × ``accumulate_grad_batches``. ``min_lr`` is not scaled. Needs the
+        trainer; the rate is logged once, when the optimiser is built."""
+        h = self.hparams
+        scaling = h.get("lr_scaling", "none")
+        if scaling == "none":
+            return h.lr
+        trainer = self.trainer
+        per_device = _per_device_batch(trainer)
+        devices, accumulate = trainer.world_size, trainer.accumulate_grad_batches
+        lr = scaled_lr(h.lr, scaling, per_device * devices * accumulate)
+        rank_zero_info(
+            f"lr_scaling={scaling}: lr {h.lr:g} per 256 samples x global batch {per_device * devices * accumulate} "
+            f"({per_device} per device x {devices} devices x {accumulate} accumulated) / 256 = {lr:g}"
+        )
+        return lr
+
+    def load_init_checkpoint(self, encoder: torch.nn.Module) -> None:
+        """Start ``encoder`` from the weights in ``init_checkpoint`` (a hyperparameter; None: keep the
+        random initialisation): the encoder ``init_encoder`` of a medssl checkpoint, a medssl encoder
+        file, or a plain ``state_dict`` (see :func:`~medssl.export.encoders.load_encoder_weights`).
+        Called at construction, where the model builds ``encoder`` and before anything copies it (a
+        momentum encoder), so every use of the model sees it; resuming a run loads the checkpoint's
+        own weights over it. Nothing is downloaded: the file is the user's."""
+        path = self.hparams.get("init_checkpoint")
+        if path is None:
+            return
+        if not isinstance(encoder, Encoder):
+            raise InputError(
+                f"init_checkpoint {path}: {type(self).__name__}'s encoder is a {type(encoder).__name__}, "
+                "not a medssl backbone; init_checkpoint initialises backbones only"
+            )
+        loaded = load_encoder_weights(encoder, path, self.hparams.get("init_encoder", "encoder"))
+        rank_zero_info(f"{type(self).__name__}: encoder initialised from {loaded}")
 
     def encoder_records(self) -> dict[str, dict[str, Any]]:
         """The contract as a checkpoint stores it: per encoder, the ``state_dict`` prefix of the weights
@@ -92,8 +134,11 @@ class MedsslModule(pl.LightningModule):
 
 class SSLMethod(MedsslModule):
     """Base of the self-supervised methods. ``backbone`` is the :func:`~medssl.nn.backbones.build_encoder`
-    config (``name``, ``spatial_dims``, ``in_channels``, ...); ``lr`` is used as given (no batch-size
-    scaling is applied). A method builds its heads and losses and implements :meth:`training_step`."""
+    config (``name``, ``spatial_dims``, ``in_channels``, ...). ``lr`` is used as given unless
+    ``lr_scaling="linear"``, which reads it as the rate for 256 samples (:meth:`~MedsslModule.effective_lr`).
+    ``init_checkpoint`` starts the encoder from a file's weights instead of random ones
+    (:meth:`~MedsslModule.load_init_checkpoint`; ``init_encoder`` picks the encoder of a medssl
+    checkpoint). A method builds its heads and losses and implements :meth:`training_step`."""
 
     def __init__(
         self,
@@ -105,10 +150,14 @@ class SSLMethod(MedsslModule):
         min_lr: float = 1e-6,
         knn_k: int = 20,
         knn_temperature: float = 0.07,
+        lr_scaling: Literal["none", "linear"] = "none",
+        init_checkpoint: str | None = None,
+        init_encoder: str = "encoder",
     ):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = build_encoder(**(backbone or {}))
+        self.load_init_checkpoint(self.encoder)
         self._val_features: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
@@ -155,6 +204,23 @@ class SSLMethod(MedsslModule):
         probe = linear_probe_accuracy(features, labels)
         if probe is not None:
             self.log("val/linear_probe_accuracy", probe, sync_dist=True)
+
+
+def _per_device_batch(trainer: pl.Trainer) -> int:
+    """The training batch size on one device: the DataModule's ``batch_size``, else the train loader's."""
+    size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+    if not isinstance(size, int):
+        trainer.estimated_stepping_batches  # noqa: B018  (loads the train loader if it is not yet)
+        loader = trainer.train_dataloader
+        size = getattr(loader, "batch_size", None) or getattr(
+            getattr(loader, "batch_sampler", None), "batch_size", None
+        )
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(
+            "lr_scaling='linear' needs the per-device batch size: fit with a DataModule that has an integer "
+            "batch_size, or a train DataLoader with one"
+        )
+    return size
 
 
 def leave_one_out_knn(features: torch.Tensor, labels: torch.Tensor, k: int, temperature: float) -> float | None:
@@ -204,7 +270,7 @@ class SlideClassifier(MedsslModule):
     epoch only) into ``<log dir>/results/<stage>/heatmaps``; ``heatmap_stretch`` spreads their colours
     from each slide's lowest to highest score (default: the model's ``stretch_heatmaps``). The
     optimiser arguments are those of :func:`~medssl.methods.schedules.configure_optimizer`
-    (``min_lr=None``: constant learning rate)."""
+    (``min_lr=None``: constant learning rate) and ``lr_scaling`` (:meth:`~MedsslModule.effective_lr`)."""
 
     instance_score_name = "score"  #: what the instance scores are, for heatmap legends
     stretch_heatmaps = False  #: True: colours span each slide's lowest to highest score (attention)
@@ -219,6 +285,7 @@ class SlideClassifier(MedsslModule):
         weight_decay: float = 1e-4,
         warmup_epochs: float = 0.0,
         min_lr: float | None = None,
+        lr_scaling: Literal["none", "linear"] = "none",
     ):
         super().__init__()
         self.save_hyperparameters()

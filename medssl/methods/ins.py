@@ -96,7 +96,9 @@ class INS(SlideClassifier):
     momentum 0.999, prototype momentum 0.9, τ = 0.07, λ = 0.5, φ from 0.95 to 0.8, 128-d projections,
     SGD at 0.01 (momentum 0.9, weight decay 1e-3), constant LR.
     ``prototype_start`` is the reference code's ``prot_start``, the epoch the soft labels start moving and
-    SupCon replaces InfoNCE (1 end to end, 20 on features)."""
+    SupCon replaces InfoNCE (1 end to end, 20 on features). ``init_checkpoint`` starts the pixel
+    encoder (``backbone``) and its momentum copy from a file's weights
+    (:meth:`~medssl.methods.base.MedsslModule.load_init_checkpoint`)."""
 
     instance_score_name = "instance probability"
     prototypes: torch.Tensor
@@ -121,6 +123,8 @@ class INS(SlideClassifier):
         top_k: int = 10,
         soft_label_start: str = "bag",
         num_instances: int | None = None,
+        init_checkpoint: str | None = None,
+        init_encoder: str = "encoder",
         **base,
     ):
         base = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-3, **base}
@@ -132,6 +136,7 @@ class INS(SlideClassifier):
         else:
             self.encoder = build_encoder(**(backbone or {}))
             width = self.encoder.out_dim
+        self.load_init_checkpoint(self.encoder)  # before the momentum copy, which starts from it
         self.classifier = nn.Linear(width, 2)
         self.head = ProjectionHead(width, width, proj_dim, layers=2, batch_norm=False)
         self.momentum_encoder, self.momentum_head = copy.deepcopy(self.encoder), copy.deepcopy(self.head)

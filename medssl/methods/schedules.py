@@ -17,6 +17,17 @@ def cosine_schedule(
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * progress))
 
 
+def scaled_lr(lr: float, scaling: str, global_batch: int) -> float:
+    """The learning rate for a global batch: ``"none"``, ``lr`` itself; ``"linear"``, ``lr`` read as the
+    rate for 256 samples (Goyal et al. 2017; the SimCLR and SwAV papers give theirs so):
+    ``lr × global_batch / 256``."""
+    if scaling == "none":
+        return lr
+    if scaling == "linear":
+        return lr * global_batch / 256
+    raise ValueError(f"lr_scaling must be 'none' or 'linear', got {scaling!r}")
+
+
 def configure_optimizer(
     module, optimizer: str, lr: float, weight_decay: float, warmup_epochs: float = 0.0, min_lr: float | None = None
 ) -> dict:

@@ -30,6 +30,8 @@ def load_slide_model(checkpoint: str | os.PathLike) -> SlideClassifier:
     if not (isinstance(cls, type) and issubclass(cls, SlideClassifier)):
         raise InputError(f"{checkpoint}: {name} is not a slide model")
     hparams = {k: v for k, v in data.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    if "init_checkpoint" in hparams:
+        hparams["init_checkpoint"] = None  # the checkpoint holds the trained weights; the start file may be gone
     model = cls(**hparams)
     model.on_load_checkpoint(data)
     model.load_state_dict(data["state_dict"])
