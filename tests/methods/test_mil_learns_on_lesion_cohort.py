@@ -1,10 +1,13 @@
 """Slide labels only, real pixels: on a generated cohort (IHC tissue; retina-texture lesions in half of
 the slides), INS and ABMIL trained through ``medssl fit`` with ``configs/mil/*.yaml`` find the positive
-slides, and INS's instance probabilities localise lesion tiles better than ABMIL's attention does.
+slides; INS calls them at the default threshold, its soft labels turn positive on about as many
+training instances of positive slides as are lesion, and its instance probabilities localise lesion
+tiles better than ABMIL's attention, scored both ways (pooled over slides on attention logits, and
+within each positive slide).
 
-This runs ``pipelines/mil_experiment.py`` itself (32 slides, 30 epochs, seed 0). Across seeds 0/1/2 the
-README's table gives instance AUROC INS 0.949/0.813/0.936 against ABMIL attention 0.594/0.797/0.656, so
-the ordering holds in every seed measured, but by a thin margin in seed 1; the assertion below uses seed 0.
+This runs ``pipelines/mil_experiment.py`` itself with seed 0 (32 slides, 30 epochs; about 4 minutes
+on 2 cores). The same claims over seeds 0, 1 and 2 (mean ± std) are the README's table, from
+``python pipelines/mil_experiment.py --seeds 0 1 2``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,17 @@ from mil_experiment import main as run_experiment  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def test_ins_localises_lesions_better_than_abmil_attention_from_slide_labels(tmp_path):
-    assert run_experiment(["--out", str(tmp_path), "--slides", "32", "--epochs", "30", "--seed", "0"]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_ins_finds_and_localises_lesions_from_slide_labels_better_than_abmil(tmp_path):
+    assert run_experiment(["--out", str(tmp_path), "--slides", "32", "--epochs", "30", "--seeds", "0"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())["seeds"]["0"]
     abmil, ins = results["ABMIL"], results["INS"]
     assert abmil["bag_auroc"] >= 0.9 and ins["bag_auroc"] >= 0.9  # chance is 0.5
-    assert ins["instance_auroc"] >= 0.85
-    assert ins["instance_auroc"] > abmil["instance_auroc"] + 0.1
+    assert ins["balanced_accuracy"] >= 0.875  # at 0.5, top-k rule: at most one of the 8 test slides wrong
+    # soft labels: positive on about the lesion share of positive-slide training instances (0 % before
+    # the fix), and on most lesion instances
+    assert 0.5 * ins["lesion_share"] <= ins["positive_soft_label_share"] <= 1.5 * ins["lesion_share"]
+    assert ins["lesion_recall"] >= 0.6
+    assert ins["instance_auroc"] >= 0.9 and ins["instance_auroc_per_slide"] >= 0.9
+    assert ins["instance_auroc"] > abmil["instance_auroc"] + 0.05
+    assert ins["instance_auroc_per_slide"] > abmil["instance_auroc_per_slide"] + 0.05
     assert (Path(ins["results"]) / "heatmaps").is_dir() and (Path(ins["results"]) / "metrics.json").exists()
