@@ -16,6 +16,8 @@ reproduce the paper's ablations: ``second_order``, ``message_passing``, ``gumbel
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from medssl.geometry import cell_centres
@@ -54,8 +56,9 @@ class LVMMed(SSLMethod):
         imle_lambda: float = 80.0,
         local_top: float = 0.5,
         noise_scale: float = 1.0,
+        solver_restarts: int = 8,
         gcn_residual: bool = True,
-        edge_gradient: bool = True,
+        edge_gradient: bool | float = True,
         second_order: bool = True,
         message_passing: bool = True,
         gumbel_noise: bool = True,
@@ -102,10 +105,10 @@ class LVMMed(SSLMethod):
             edges = edge_affinity(zs, zt, edges_s, edges_t)
             matching, _ = imle_matching(
                 unary,
-                edges if h.edge_gradient else edges.detach(),
+                scale_gradient(edges, float(h.edge_gradient)),
                 edges_s,
                 edges_t,
-                solver=graph_matching,
+                solver=partial(graph_matching, restarts=h.solver_restarts),
                 lam=h.imle_lambda,
                 noise=h.gumbel_noise,
                 noise_temperature=h.noise_scale,
@@ -118,3 +121,12 @@ class LVMMed(SSLMethod):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/matched", 1 - loss.detach() / (2 * h.graph_size))  # fraction of images matched to themselves
         return loss
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` in the forward pass; its gradient times ``scale`` in the backward (0: a stop-gradient)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return x.detach() + scale * (x - x.detach())
