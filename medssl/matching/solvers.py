@@ -142,86 +142,94 @@ def pair_table(pairs: EdgePairs, edge_affinity: torch.Tensor) -> torch.Tensor:
     return table.scatter_add_(2, slot.unsqueeze(1).expand_as(edge_affinity), edge_affinity)
 
 
-def swap_gains(
-    v: torch.Tensor, gradient: torch.Tensor, table: torch.Tensor, source_edges: torch.Tensor
-) -> torch.Tensor:
-    """Exact change of ``f`` for exchanging the targets of every pair of source nodes, ``[B, n, n]``.
-
-    For a swap ``d = v' − v`` the change is ``∇f(v)·d + q(d)``; ``q(d)`` only involves source edges
-    joining the two swapped nodes, so it is gathered per source edge rather than from an ``n⁴`` table.
-    (A self-loop source edge would also contribute; :func:`swap_local_search` re-scores every move.)
-    """
-    batch, n = v.shape[:2]
-    perm = v.argmax(dim=-1)
-    moved = gradient.gather(2, perm.unsqueeze(1).expand(batch, n, n))  # moved[i, j] = ∇f[i, perm j]
-    kept = moved.diagonal(dim1=1, dim2=2)
-    linear = moved + moved.transpose(1, 2) - kept.unsqueeze(2) - kept.unsqueeze(1)
-    tail, head = source_edges[..., 0], source_edges[..., 1]
-    usable = (tail >= 0) & (head >= 0) & (tail != head)
-    tail, head = tail.clamp_min(0), head.clamp_min(0)
-    p, p2 = perm.gather(1, tail), perm.gather(1, head)
-
-    def look(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return table.gather(2, (a * n + b).unsqueeze(-1)).squeeze(-1)
-
-    pairwise = (look(p2, p) - look(p2, p2) - look(p, p) + look(p, p2)) * usable
-    per_edge = v.new_zeros(batch, n * n).scatter_add_(1, tail * n + head, pairwise).view(batch, n, n)
-    gains = linear + per_edge + per_edge.transpose(1, 2)
-    return gains.diagonal_scatter(torch.full_like(kept, float("-inf")), dim1=1, dim2=2)
-
-
 class PermutationObjective:
-    """``f`` and ``∇f`` at permutations ``perm [B, n]`` (``perm[i] = a``) by look-ups in :func:`pair_table`:
-    ``m_s`` look-ups for the score and ``m_s·n`` for the gradient per graph, against the ``m_s·m_t`` of the
-    dense forms, so local search can afford many starts."""
+    """``f``, ``∇f`` and the gain of every pairwise exchange at permutations ``perm [R, n]`` (``perm[i] = a``),
+    by look-ups in :func:`pair_table`: ``m_s`` look-ups for the score and ``m_s·n`` for the gradient per
+    permutation, against the ``m_s·m_t`` of the dense forms, so local search can afford many starts.
 
-    def __init__(self, unary: torch.Tensor, edge_affinity: torch.Tensor, pairs: EdgePairs):
-        self.unary, self.pairs, self.n = unary, pairs, pairs.n
-        self.table = pair_table(pairs, edge_affinity)
+    ``graph [R]`` says which of the ``G`` problems (``unary [G, n, n]``, ``edge_affinity [G, m_s, m_t]``,
+    ``pairs`` of ``G`` graphs) each row is a start of; the table is built once per problem, not per start
+    (at n = 64 it is ``m_s·n²`` ≈ 1.3M entries). By default one row per problem."""
+
+    def __init__(
+        self, unary: torch.Tensor, edge_affinity: torch.Tensor, pairs: EdgePairs, graph: torch.Tensor | None = None
+    ):
+        self.n, self.m = pairs.n, pairs.source_edges.shape[1]
+        self.unary = unary
+        self.table = pair_table(pairs, edge_affinity).flatten()  # [(G·m_s·(n² + 1))]
         self.source_edges = pairs.source_edges
-        tail, head = self.source_edges[..., 0], self.source_edges[..., 1]
+        tail, head = pairs.source_edges[..., 0], pairs.source_edges[..., 1]
         self.valid = ((tail >= 0) & (head >= 0)).to(unary.dtype)
         self.tail, self.head = tail.clamp_min(0), head.clamp_min(0)
+        self.graph = torch.arange(len(unary), device=unary.device) if graph is None else graph
 
     def select(self, rows: torch.Tensor) -> PermutationObjective:
-        """The objective of a subset of the batch (the graphs still searching)."""
+        """The objective of a subset of the rows (the starts still searching)."""
         part = copy.copy(self)
-        part.unary, part.table, part.valid = self.unary[rows], self.table[rows], self.valid[rows]
-        part.tail, part.head, part.source_edges = self.tail[rows], self.head[rows], self.source_edges[rows]
+        part.graph = self.graph[rows]
         return part
 
+    def _look(self, slot: torch.Tensor) -> torch.Tensor:
+        """``table[s, slot[r, s, ...]]`` of each row's problem, for ``slot [R, m_s, ...]``."""
+        edge = self.graph.view(-1, 1) * self.m + torch.arange(self.m, device=slot.device)  # [R, m_s]
+        edge = edge.view(*edge.shape, *([1] * (slot.dim() - 2)))
+        return self.table.take(edge * (self.n * self.n + 1) + slot)
+
     def score(self, perm: torch.Tensor) -> torch.Tensor:
-        unary = self.unary.gather(2, perm.unsqueeze(2)).sum(dim=(1, 2))
-        slot = perm.gather(1, self.tail) * self.n + perm.gather(1, self.head)
-        return unary + (self.table.gather(2, slot.unsqueeze(2)).squeeze(2) * self.valid).sum(dim=1)
+        g = self.graph
+        unary = self.unary[g].gather(2, perm.unsqueeze(2)).sum(dim=(1, 2))
+        slot = perm.gather(1, self.tail[g]) * self.n + perm.gather(1, self.head[g])
+        return unary + (self._look(slot) * self.valid[g]).sum(dim=1)
 
     def gradient(self, perm: torch.Tensor) -> torch.Tensor:
         """``∇f`` at the permutation:
         ``c[i, a] + Σ_{s=(i,j)} table[s, a·n + perm j] + Σ_{s=(j,i)} table[s, perm j·n + a]``."""
-        n = self.n
+        g, n = self.graph, self.n
+        tail, head, valid = self.tail[g], self.head[g], self.valid[g].unsqueeze(2)
         a = torch.arange(n, device=perm.device)
-        out_tail = self.table.gather(2, a * n + perm.gather(1, self.head).unsqueeze(2)) * self.valid.unsqueeze(2)
-        out_head = self.table.gather(2, perm.gather(1, self.tail).unsqueeze(2) * n + a) * self.valid.unsqueeze(2)
-        out = self.unary.clone()
-        out.scatter_add_(1, self.tail.unsqueeze(2).expand(-1, -1, n), out_tail)
-        return out.scatter_add_(1, self.head.unsqueeze(2).expand(-1, -1, n), out_head)
+        to_tail = self._look(a * n + perm.gather(1, head).unsqueeze(2)) * valid
+        to_head = self._look(perm.gather(1, tail).unsqueeze(2) * n + a) * valid
+        out = self.unary[g].clone()
+        out.scatter_add_(1, tail.unsqueeze(2).expand(-1, -1, n), to_tail)
+        return out.scatter_add_(1, head.unsqueeze(2).expand(-1, -1, n), to_head)
+
+    def swap_gains(self, perm: torch.Tensor) -> torch.Tensor:
+        """Exact change of ``f`` for exchanging the targets of every pair of source nodes, ``[R, n, n]``
+        (``-inf`` on the diagonal).
+
+        For a swap ``d = v' − v`` the change is ``∇f(v)·d + q(d)``; ``q(d)`` only involves source edges
+        joining the two swapped nodes, so it is gathered per source edge rather than from an ``n⁴`` table.
+        (A self-loop source edge would also contribute; :func:`swap_local_search` re-scores every move.)
+        """
+        rows, n = perm.shape
+        g = self.graph
+        moved = self.gradient(perm).gather(2, perm.unsqueeze(1).expand(rows, n, n))  # moved[i, j] = ∇f[i, perm j]
+        kept = moved.diagonal(dim1=1, dim2=2)
+        linear = moved + moved.transpose(1, 2) - kept.unsqueeze(2) - kept.unsqueeze(1)
+        tail, head = self.tail[g], self.head[g]
+        usable = self.valid[g] * (tail != head)
+        p, p2 = perm.gather(1, tail), perm.gather(1, head)
+        pairwise = (
+            self._look(p2 * n + p) - self._look(p2 * n + p2) - self._look(p * n + p) + self._look(p * n + p2)
+        ) * usable
+        per_edge = moved.new_zeros(rows, n * n).scatter_add_(1, tail * n + head, pairwise).view(rows, n, n)
+        gains = linear + per_edge + per_edge.transpose(1, 2)
+        return gains.diagonal_scatter(torch.full_like(kept, float("-inf")), dim1=1, dim2=2)
 
 
 def swap_local_search(
     perm: torch.Tensor, objective: PermutationObjective, max_swaps: int = 200, tolerance: float = 1e-6
 ) -> torch.Tensor:
-    """Pairwise-exchange (2-opt) local search, the classic QAP neighbourhood, on permutations ``[B, n]``:
-    apply each graph's best improving swap until none improves (or ``max_swaps``). Every move is
-    re-scored, so ``f`` never decreases; graphs that stop leave the batch, so many starts stay cheap."""
-    batch, n = perm.shape
+    """Pairwise-exchange (2-opt) local search, the classic QAP neighbourhood, on permutations ``[R, n]``:
+    apply each row's best improving swap until none improves (or ``max_swaps``). Every move is
+    re-scored, so ``f`` never decreases; rows that stop leave the batch, so many starts stay cheap."""
+    total, n = perm.shape
     perm = perm.clone()
-    active = torch.arange(batch, device=perm.device)
+    active = torch.arange(total, device=perm.device)
     part, current = objective, objective.score(perm)
     for _ in range(max_swaps):
         sub = perm[active]
-        v = torch.nn.functional.one_hot(sub, n).to(part.unary.dtype)
-        gains = swap_gains(v, part.gradient(sub), part.table, part.source_edges)
-        best_gain, flat = gains.reshape(len(active), -1).max(dim=1)
+        best_gain, flat = part.swap_gains(sub).reshape(len(active), -1).max(dim=1)
         rows = torch.arange(len(active), device=perm.device)
         i, j = flat // n, flat % n
         swapped = sub.clone()
@@ -308,7 +316,7 @@ def graph_matching(
     edge_affinity: torch.Tensor | None = None,
     source_edges: torch.Tensor | None = None,
     target_edges: torch.Tensor | None = None,
-    restarts: int = 16,
+    restarts: int = 8,
     restart_noise: float = 1.0,
     max_iterations: int = 50,
     uniform_start: bool = True,
@@ -365,7 +373,12 @@ def graph_matching(
         dtype,
         c.device,
     )
-    objective = PermutationObjective(c, ce, pairs)
+    objective = PermutationObjective(
+        unary_b,
+        edge_b.detach().to(dtype),
+        EdgePairs(source_edges, target_edges, batch, n, dtype, c.device),
+        graph=torch.arange(batch, device=c.device).repeat(starts),
+    )
     lap_perm = lap.argmax(dim=-1).repeat(starts, 1)
     at_vertex = (x.amax(dim=-1) == 1).all(dim=-1)  # a start that is a permutation is its own first best
     perms = torch.where(at_vertex[:, None], x.argmax(dim=-1), lap_perm)

@@ -21,7 +21,7 @@ from medssl.matching import (
     linear_matching,
     matching_objective,
 )
-from medssl.matching.solvers import EdgePairs, PermutationObjective, pair_table, swap_gains, swap_local_search
+from medssl.matching.solvers import EdgePairs, PermutationObjective, swap_local_search
 
 
 def lvm_med_affinities(source: torch.Tensor, target: torch.Tensor, k: int):
@@ -86,7 +86,11 @@ def test_swap_gains_are_exact():
     ce = torch.randn(b, es.shape[1], et.shape[1], generator=generator, dtype=torch.float64)
     v = F.one_hot(torch.stack([torch.randperm(n, generator=generator) for _ in range(b)]), n).double()
     pairs = EdgePairs(es, et, b, n, torch.float64, v.device)
-    gains = swap_gains(v, unary + pairs.quadratic_gradient(v, ce), pair_table(pairs, ce), pairs.source_edges)
+    objective = PermutationObjective(unary, ce, pairs)
+    perm = v.argmax(-1)
+    torch.testing.assert_close(objective.score(perm), matching_objective(v, unary, ce, es, et))
+    torch.testing.assert_close(objective.gradient(perm), unary + pairs.quadratic_gradient(v, ce))
+    gains = objective.swap_gains(perm)
     before = matching_objective(v, unary, ce, es, et)
     for i, j in itertools.permutations(range(n), 2):
         perm = v.argmax(-1)
@@ -132,8 +136,8 @@ def random_start_reference(unary, ce, es, et, starts: int, seed: int) -> torch.T
     independent multi-start reference that shares only the move set with :func:`graph_matching`."""
     batch, n = unary.shape[:2]
     generator = torch.Generator().manual_seed(seed)
-    pairs = EdgePairs(es.repeat(starts, 1, 1), et.repeat(starts, 1, 1), batch * starts, n, unary.dtype, unary.device)
-    objective = PermutationObjective(unary.repeat(starts, 1, 1), ce.repeat(starts, 1, 1), pairs)
+    pairs = EdgePairs(es, et, batch, n, unary.dtype, unary.device)
+    objective = PermutationObjective(unary, ce, pairs, graph=torch.arange(batch).repeat(starts))
     perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(batch * starts)])
     perms = swap_local_search(perms, objective, max_swaps=10 * n * n, tolerance=1e-6)
     best = objective.score(perms).view(starts, batch).amax(dim=0)
