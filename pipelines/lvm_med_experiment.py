@@ -15,6 +15,7 @@ Variants (overrides of the config's ``init_args``):
                  the vertex path's at init)
 ``first-order``  ``second_order``, ``message_passing``, ``local_cost`` off (linear assignment of the
                  global cosine affinity)
+``*-t0.3``       the same at noise temperature 0.3 (``noise_scale``; 1 is the paper's Gumbel(0, 1))
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ VARIANTS: dict[str, dict] = {
     "edge-0.05": {"edge_gradient": 0.05},
     "first-order": {"second_order": False, "message_passing": False, "local_cost": False},
 }
+VARIANTS |= {f"{name}-t0.3": {**overrides, "noise_scale": 0.3} for name, overrides in list(VARIANTS.items())}
 
 
 def main(argv: list[str] | None = None) -> dict:
