@@ -340,8 +340,9 @@ def graph_matching(
     per graph: the linear assignments of the unary affinity plus ``restart_noise × std(unary) ×`` Gumbel
     noise, drawn from a generator seeded with ``seed``, so the solver is a deterministic function of its
     input (I-MLE's backward solve sees the same starts). The best matching found wins. Under the noise
-    LVM-Med trains with, IPFP alone stops far from the optimum (see ``benchmarks/bench_matching.py``);
-    the restarts close most of that gap for a few times IPFP's cost. ``restarts=0`` is the old solver.
+    LVM-Med trains with (n = 16, Gumbel(0, 1) on both affinities) IPFP alone stops a mean 4.6 % below the
+    best matching known; 8 restarts leave 1.9 %, 16 leave 0.6 %, for about 5× and 10× the time
+    (``benchmarks/bench_matching.py``). ``restarts=0`` is the solver before issue 15.
     """
     unary_b, edge_b, single = _as_batch(unary, edge_affinity)
     edges = _check_edges(edge_b, source_edges, target_edges)
