@@ -210,6 +210,7 @@ def test_imle_gradient_signs_on_two_by_two():
     v, _ = imle_matching(theta, solver=linear_matching, lam=80.0, noise=False)
     assert torch.equal(v[0], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
     hamming(v).backward()
+    assert theta.grad is not None
     # θ' = θ − 80(1 − 2I) makes the identity the MAP: grad = (v~ − I)/λ, negative on the diagonal
     torch.testing.assert_close(theta.grad[0], torch.tensor([[-1.0, 1.0], [1.0, -1.0]]) / 80)
 
@@ -219,8 +220,10 @@ def test_imle_edge_gradient_signs():
     unary = torch.tensor([[[0.0, 0.5], [0.5, 0.0]]], requires_grad=True)
     ce = torch.zeros(1, 2, 2, requires_grad=True)
     v, e = imle_matching(unary, ce, edges, edges, lam=80.0, noise=False)
+    assert e is not None
     torch.testing.assert_close(e[0], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # (0,1)↦(1,0) and (1,0)↦(0,1)
     hamming(v).backward()
+    assert ce.grad is not None
     assert (ce.grad[0].diagonal() < 0).all() and (ce.grad[0].fliplr().diagonal() > 0).all()
 
 
