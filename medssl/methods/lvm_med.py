@@ -52,7 +52,7 @@ class LVMMed(SSLMethod):
     affinities: 1 is the paper's I-MLE (both affinities differentiated), 0 (the default, a departure from
     the paper) makes the edges a stop-gradient prior that still shapes every solve, values in between
     scale the edge path (``scale_gradient``). At initialisation the edge path's encoder gradient is 7–8×
-    the vertex path's (cosine 0.6–0.8, three seeds, the toy model below). Measured with
+    the vertex path's (cosine 0.6–0.8, seeds 0–2, the toy model below; ``--gradient-ratio``). Measured with
     ``pipelines/lvm_med_experiment.py`` on real-pixel tiles at toy scale (ResNet-18 at width 0.25, 32 px,
     25 epochs of 6 steps, the model from ``configs/pretrain/lvm_med_tiles.yaml``), stain-shifted kNN
     after pretraining minus at init, mean ± std over seeds 0–4: ``edge_gradient`` 0: +0.041 ± 0.020 (5/5
