@@ -93,9 +93,10 @@ def imle_matching(
 
     ``unary [B, n, n]`` and ``edge_affinity [B, m_s, m_t]`` are the affinities (gradients flow to both);
     the edge lists are ``[B, m, 2]`` or ``[m, 2]``. ``noise=False`` is the "w/o Gumbel" ablation;
-    ``noise_temperature`` scales the Gumbel samples (the paper uses 1). ``solver`` is any function with
-    the signature of :func:`graph_matching`, e.g. :func:`linear_matching` for the "w/o second-order"
-    ablation. Returns ``v~ [B, n, n]`` and ``e~ [B, m_s, m_t]`` (``None`` without edges).
+    ``noise_temperature`` scales the Gumbel samples (the paper uses 1; ``LVMMed``'s ``noise_scale``): with
+    cosine affinities in [-1, 1], 1 lets the noise dominate the solve (see ``LVMMed``'s docstring).
+    ``solver`` is any function with the signature of :func:`graph_matching`, e.g. :func:`linear_matching`
+    for the "w/o second-order" ablation. Returns ``v~ [B, n, n]`` and ``e~ [B, m_s, m_t]`` (``None`` without edges).
     """
     has_edges = edge_affinity is not None
     if edge_affinity is None:

@@ -21,7 +21,7 @@ from medssl.matching import (
     linear_matching,
     matching_objective,
 )
-from medssl.matching.solvers import EdgePairs, pair_table, swap_gains
+from medssl.matching.solvers import EdgePairs, PermutationObjective, swap_local_search
 
 
 def lvm_med_affinities(source: torch.Tensor, target: torch.Tensor, k: int):
@@ -86,7 +86,11 @@ def test_swap_gains_are_exact():
     ce = torch.randn(b, es.shape[1], et.shape[1], generator=generator, dtype=torch.float64)
     v = F.one_hot(torch.stack([torch.randperm(n, generator=generator) for _ in range(b)]), n).double()
     pairs = EdgePairs(es, et, b, n, torch.float64, v.device)
-    gains = swap_gains(v, unary + pairs.quadratic_gradient(v, ce), pair_table(pairs, ce), pairs)
+    objective = PermutationObjective(unary, ce, pairs)
+    perm = v.argmax(-1)
+    torch.testing.assert_close(objective.score(perm), matching_objective(v, unary, ce, es, et))
+    torch.testing.assert_close(objective.gradient(perm), unary + pairs.quadratic_gradient(v, ce))
+    gains = objective.swap_gains(perm)
     before = matching_objective(v, unary, ce, es, et)
     for i, j in itertools.permutations(range(n), 2):
         perm = v.argmax(-1)
@@ -111,6 +115,61 @@ def test_second_order_close_to_brute_force(n):
     # gap under 1% and a worst case near 20% (n = 6); the linear-only matching's mean gap is 6–14%.
     assert (gap < 1e-5).float().mean() >= 0.75
     assert gap.mean() <= 0.02 and gap.max() <= 0.25
+
+
+def noisy_training_problems(batch: int, n: int, k: int, seed: int):
+    """Problems as LVM-Med trains on them early on: unrelated random unit vectors (cosines near 0) for
+    the two views, kNN edges, and Gumbel(0, 1) noise on both affinities (``noise_scale`` 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    source, target = torch.randn(batch, n, 128, generator=generator), torch.randn(batch, n, 128, generator=generator)
+    unary, ce, es, et = lvm_med_affinities(source, target, k)
+    return (
+        unary + gumbel_noise(unary.shape, generator),
+        ce + gumbel_noise(ce.shape, generator),
+        es,
+        et,
+    )
+
+
+def random_start_reference(unary, ce, es, et, starts: int, seed: int) -> torch.Tensor:
+    """Best objective of ``starts`` pairwise-exchange searches from random permutations, per problem: an
+    independent multi-start reference that shares only the move set with :func:`graph_matching`."""
+    batch, n = unary.shape[:2]
+    generator = torch.Generator().manual_seed(seed)
+    pairs = EdgePairs(es, et, batch, n, unary.dtype, unary.device)
+    objective = PermutationObjective(unary, ce, pairs, graph=torch.arange(batch).repeat(starts))
+    perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(batch * starts)])
+    perms = swap_local_search(perms, objective, max_swaps=10 * n * n, tolerance=1e-6)
+    best = objective.score(perms).view(starts, batch).amax(dim=0)
+    found = matching_objective(
+        F.one_hot(perms, n).to(unary.dtype),
+        unary.repeat(starts, 1, 1),
+        ce.repeat(starts, 1, 1),
+        es.repeat(starts, 1, 1),
+        et.repeat(starts, 1, 1),
+    )
+    torch.testing.assert_close(found.view(starts, batch).amax(dim=0), best)  # look-up scores = dense scores
+    return best
+
+
+def test_close_to_multistart_reference_under_training_noise():
+    """n = 16, k = 5, Gumbel(0, 1) on both affinities: the training setting, where IPFP alone stops far
+    from the optimum. Measured on two problem seeds against 64 random-start searches: restarts = 8 (the
+    default) mean gap 0.1–0.7 %, worst 5.9 %; the old solver (restarts = 0) mean 3.3–5.3 %, worst 13–14 %."""
+    unary, ce, es, et = noisy_training_problems(batch=16, n=16, k=5, seed=1)
+    reference = random_start_reference(unary, ce, es, et, starts=64, seed=0)
+    found = graph_matching(unary, ce, es, et)
+    assert is_permutation(found)
+    gap = (reference - matching_objective(found, unary, ce, es, et)) / reference.abs()
+    assert gap.mean() <= 0.015 and gap.max() <= 0.08, gap
+
+
+def test_restarts_are_deterministic_and_never_hurt():
+    unary, ce, es, et = noisy_training_problems(batch=6, n=12, k=5, seed=3)
+    first = graph_matching(unary, ce, es, et)
+    assert torch.equal(first, graph_matching(unary, ce, es, et))  # I-MLE's backward solve sees the same starts
+    plain = matching_objective(graph_matching(unary, ce, es, et, restarts=0), unary, ce, es, et)
+    assert (matching_objective(first, unary, ce, es, et) >= plain - 1e-5).all()
 
 
 def test_recovers_planted_matching():
@@ -151,6 +210,7 @@ def test_imle_gradient_signs_on_two_by_two():
     v, _ = imle_matching(theta, solver=linear_matching, lam=80.0, noise=False)
     assert torch.equal(v[0], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
     hamming(v).backward()
+    assert theta.grad is not None
     # θ' = θ − 80(1 − 2I) makes the identity the MAP: grad = (v~ − I)/λ, negative on the diagonal
     torch.testing.assert_close(theta.grad[0], torch.tensor([[-1.0, 1.0], [1.0, -1.0]]) / 80)
 
@@ -160,8 +220,10 @@ def test_imle_edge_gradient_signs():
     unary = torch.tensor([[[0.0, 0.5], [0.5, 0.0]]], requires_grad=True)
     ce = torch.zeros(1, 2, 2, requires_grad=True)
     v, e = imle_matching(unary, ce, edges, edges, lam=80.0, noise=False)
+    assert e is not None
     torch.testing.assert_close(e[0], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # (0,1)↦(1,0) and (1,0)↦(0,1)
     hamming(v).backward()
+    assert ce.grad is not None
     assert (ce.grad[0].diagonal() < 0).all() and (ce.grad[0].fliplr().diagonal() > 0).all()
 
 

@@ -89,7 +89,11 @@ def small(**switches) -> lvm.LVMMed:
 def test_second_order_switch_picks_the_solver(switches, solver, monkeypatch):
     used = []
     real = lvm.imle_matching
-    monkeypatch.setattr(lvm, "imle_matching", lambda *a, **k: used.append(k["solver"].__name__) or real(*a, **k))
+    monkeypatch.setattr(
+        lvm,
+        "imle_matching",
+        lambda *a, **k: used.append(getattr(k["solver"], "func", k["solver"]).__name__) or real(*a, **k),
+    )
     loss = small(**switches).training_step(batch_of_views(), 0)
     assert used == [solver] and loss.requires_grad
 
@@ -136,3 +140,15 @@ def test_edge_gradient_switch_decides_whether_edges_train_the_encoder(edge_gradi
     )
     small(edge_gradient=edge_gradient).training_step(batch_of_views(), 0)
     assert seen == [edge_gradient]
+
+
+def test_scaled_edge_gradient_keeps_the_value_and_scales_the_gradient():
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    for scale in (1.0, 0.05, 0.0):
+        y = lvm.scale_gradient(x, scale)
+        assert torch.equal(y, x)
+        if y.requires_grad:
+            (grad,) = torch.autograd.grad((3 * y).sum(), x)
+            torch.testing.assert_close(grad, torch.full_like(x, 3 * scale))
+        else:
+            assert scale == 0.0
