@@ -18,6 +18,7 @@ from medssl.methods.ins import INS
 from medssl.methods.simclr import SimCLR
 from medssl.nn.backbones import build_encoder
 from medssl.tasks.slide_inference import load_slide_model
+from tests.trainers import quiet_trainer
 
 BACKBONE = {"name": "resnet18", "spatial_dims": 2, "in_channels": 3, "width": 0.25}
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -162,18 +163,7 @@ def test_resuming_keeps_the_checkpoints_weights_not_the_start_file(split_cache, 
 
     def fit(model: SimCLR, ckpt_path=None) -> pl.Trainer:
         data = TileDataModule(str(split_cache), batch_size=8, num_workers=0, views="pair", view_size=32, val_split=None)
-        trainer = pl.Trainer(
-            max_epochs=1,
-            limit_train_batches=1,
-            limit_val_batches=0,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            default_root_dir=tmp_path / "run",
-        )
+        trainer = quiet_trainer(tmp_path / "run", max_epochs=1, limit_train_batches=1, limit_val_batches=0)
         trainer.fit(model, data, ckpt_path=ckpt_path)
         return trainer
 

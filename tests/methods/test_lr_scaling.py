@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import lightning.pytorch as pl
 import pytest
 
 from medssl.methods.schedules import scaled_lr
 from medssl.methods.simclr import SimCLR
+from tests.trainers import quiet_trainer
 
 BACKBONE = {"name": "resnet18", "spatial_dims": 2, "in_channels": 3, "width": 0.25}
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -52,19 +52,13 @@ def test_a_real_trainer_supplies_the_global_batch(split_cache, tmp_path):
 
     model = SimCLR(backbone=BACKBONE, proj_hidden_dim=16, proj_dim=8, lr=0.3, lr_scaling="linear", warmup_epochs=0)
     data = TileDataModule(str(split_cache), batch_size=8, num_workers=0, views="pair", view_size=32, val_split=None)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=0,
         accumulate_grad_batches=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
     )
     trainer.fit(model, data)
     (group, *_) = trainer.optimizers[0].param_groups

@@ -112,14 +112,16 @@ def test_ablations_remove_their_part(monkeypatch):
 
 
 def test_training_steps_teach_the_two_graphs_to_match():
-    """With everything on (second order, message passing, local cost, Gumbel noise), Adam steps on one
-    batch of real-pixel views raise the share of images matched to themselves. The literal GCN (no
-    residual) fails this: its 16-node graphs smooth out and the loss does not move."""
+    """With everything on (second order, message passing, local cost, Gumbel noise; the default
+    ``edge_gradient`` 0), Adam steps on one batch of real-pixel views raise the share of images matched
+    to themselves (Hamming 29 → about 10 after 50 steps; 30 steps are not enough without the edge
+    gradient, 29 → 17.6). The literal GCN (no residual) fails this: its 16-node graphs smooth out and
+    the loss barely moves (28 → 23.6)."""
     model = small()
     batch = batch_of_views(32)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
-    for step in range(30):
+    for step in range(50):
         loss = model.training_step(batch, step)
         optimizer.zero_grad()
         loss.backward()

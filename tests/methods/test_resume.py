@@ -9,6 +9,7 @@ import torch
 
 from medssl.data.datamodules import TileDataModule
 from medssl.methods.swav import SwAV
+from tests.trainers import quiet_trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -27,19 +28,7 @@ def _fit(cache, out, max_epochs: int, ckpt_path=None) -> tuple[SwAV, pl.Trainer]
         warmup_epochs=1,
     )
     data = TileDataModule(str(cache), batch_size=8, num_workers=0, views="pair", view_size=32, val_split=None)
-    trainer = pl.Trainer(
-        max_epochs=max_epochs,
-        limit_train_batches=3,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=out,
-        limit_val_batches=0,
-        deterministic=True,
-    )
+    trainer = quiet_trainer(out, max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=0, deterministic=True)
     trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, trainer
 

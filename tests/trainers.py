@@ -1,0 +1,22 @@
+"""A Lightning Trainer for tests: one CPU process, nothing printed or logged, the medssl sampler kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+def quiet_trainer(root: str | Path, **overrides) -> pl.Trainer:
+    """One CPU device, no logger, progress bar or model summary, ``use_distributed_sampler=False`` (as
+    ``medssl fit`` sets it for medssl DataModules); ``overrides`` are any other Trainer arguments."""
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=root,
+    )
+    return pl.Trainer(**{**options, **overrides})
