@@ -111,15 +111,16 @@ def soft_label_shares(soft_labels, cohort: dict) -> dict:
     from medssl.data.bags import InstanceDataset
     from medssl.data.truth import LesionMasks
 
-    data = InstanceDataset(cohort["cache"], splits=["train"], classes=["negative", cohort["positive_class"]])
+    data = InstanceDataset(cohort["cache"], splits=["train"])
+    positive_slide = data.tiles.slide_labels == data.tiles.classes.index(cohort["positive_class"])
     masks, cache = LesionMasks(cohort["masks"]), data.tiles.cache
     truth = np.concatenate(
         [
-            masks.instance_truth(cache.metadata(slide_id), cache.coords(slide_id), int(label))
-            for slide_id, label in zip(data.tiles.slide_ids, data.tiles.slide_labels)
+            masks.instance_truth(cache.metadata(slide_id), cache.coords(slide_id), int(is_positive))
+            for slide_id, is_positive in zip(data.tiles.slide_ids, positive_slide)
         ]
     )
-    positive = data.labels == 1
+    positive = positive_slide[data.slide_of]
     soft = soft_labels.detach().cpu().numpy()[: len(truth)]
     return {
         "positive_soft_label_share": float((soft[positive, 1] > 0.5).mean()),
