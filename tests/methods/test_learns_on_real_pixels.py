@@ -29,6 +29,7 @@ from medssl.eval import knn_predict
 from medssl.methods.lvm_med import LVMMed
 from medssl.methods.simclr import SimCLR
 from medssl.synthetic.textures import ihc_texture_tiles, stain_shift
+from tests.trainers import quiet_trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -86,16 +87,7 @@ def pretrain_and_score(
     pl.seed_everything(seed)
     model = make_model()
     before = shifted_knn_accuracy(model, train_tiles, train_labels, restained, held_out_labels)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=epochs, enable_checkpointing=False)
     loader = DataLoader(TwoViews(train_tiles, 32, geometric), batch_size=64, shuffle=True, drop_last=True)
     trainer.fit(model, loader)
     after = shifted_knn_accuracy(model, train_tiles, train_labels, restained, held_out_labels)
