@@ -58,6 +58,30 @@ def prepare_cohort(
     }
 
 
+def fit_arguments(model: str, cohort: dict, root: Path) -> list[str]:
+    """``medssl fit --config configs/mil/<model>.yaml`` on a cohort's embeddings (``cache``,
+    ``features``, ``positive_class``, ``in_dim``), no loader workers or progress bar, runs under ``root``."""
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / f"{model}.yaml"),
+        "--data.init_args.cache",
+        str(cohort["cache"]),
+        "--data.init_args.features",
+        str(cohort["features"]),
+        "--data.init_args.positive_class",
+        cohort["positive_class"],
+        "--data.init_args.num_workers",
+        "0",
+        "--model.init_args.in_dim",
+        str(cohort["in_dim"]),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+
+
 def fit_and_test(model: str, cohort: dict, out: Path, epochs: int, extra: list[str] | None = None) -> dict:
     """``medssl fit`` with ``configs/mil/<model>.yaml`` on the cohort, then test the final weights on the
     test split. Returns the test metrics and where the results and heatmaps are."""
@@ -65,27 +89,11 @@ def fit_and_test(model: str, cohort: dict, out: Path, epochs: int, extra: list[s
 
     cli = run_lightning(
         [
-            "fit",
-            "--config",
-            str(CONFIGS / f"{model}.yaml"),
-            "--data.init_args.cache",
-            str(cohort["cache"]),
-            "--data.init_args.features",
-            str(cohort["features"]),
+            *fit_arguments(model, cohort, out / "runs" / model),
             "--data.init_args.instance_masks",
             str(cohort["masks"]),
-            "--data.init_args.positive_class",
-            cohort["positive_class"],
-            "--data.init_args.num_workers",
-            "0",
-            "--model.init_args.in_dim",
-            str(cohort["in_dim"]),
             "--trainer.max_epochs",
             str(epochs),
-            "--trainer.default_root_dir",
-            str(out / "runs" / model),
-            "--trainer.enable_progress_bar",
-            "false",
             "--trainer.enable_model_summary",
             "false",
             "--trainer.num_sanity_val_steps",

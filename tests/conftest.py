@@ -118,4 +118,5 @@ def lesion_cohort(tmp_path_factory) -> dict:
         "features": folder / "embeddings",
         "masks": folder / "slides" / "masks",
         "in_dim": encoder.out_dim,
+        "positive_class": "positive",  # write_lesion_cohort's labels: positive / negative
     }

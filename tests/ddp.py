@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-MIL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mil"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+from mil_experiment import fit_arguments  # noqa: E402  (pipelines/ is a folder of scripts, not a package)
 
 
 def fit_on_two_cpu_processes(fit_args: list[str], timeout: float = 300) -> None:
@@ -32,26 +33,4 @@ def fit_on_two_cpu_processes(fit_args: list[str], timeout: float = 300) -> None:
 
 def fit_mil_on_two_cpu_processes(model: str, cohort: dict, root: Path, *extra: str) -> None:
     """``medssl fit --config configs/mil/<model>.yaml`` on the cohort's embeddings under 2-process DDP."""
-    fit_on_two_cpu_processes(
-        [
-            "fit",
-            "--config",
-            str(MIL_CONFIGS / f"{model}.yaml"),
-            "--data.init_args.cache",
-            str(cohort["cache"]),
-            "--data.init_args.features",
-            str(cohort["features"]),
-            "--data.init_args.positive_class",
-            "positive",
-            "--data.init_args.num_workers",
-            "0",
-            "--model.init_args.in_dim",
-            str(cohort["in_dim"]),
-            "--trainer.default_root_dir",
-            str(root),
-            "--trainer.enable_progress_bar",
-            "false",
-            *extra,
-        ],
-        timeout=180,
-    )
+    fit_on_two_cpu_processes([*fit_arguments(model, cohort, root), *extra], timeout=180)
