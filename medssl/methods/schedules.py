@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 
 def cosine_schedule(
@@ -29,17 +30,30 @@ def scaled_lr(lr: float, scaling: str, global_batch: int) -> float:
 
 
 def configure_optimizer(
-    module, optimizer: str, lr: float, weight_decay: float, warmup_epochs: float = 0.0, min_lr: float | None = None
+    module,
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    warmup_epochs: float = 0.0,
+    min_lr: float | None = None,
+    lr_scales: Mapping[int, float] | None = None,
 ) -> dict:
     """Lightning's ``configure_optimizers`` answer: AdamW or SGD (momentum 0.9), no weight decay on
-    biases and norms, a per-step linear warm-up then cosine to ``min_lr`` (``min_lr=None``: constant)."""
+    biases and norms, a per-step linear warm-up then cosine to ``min_lr`` (``min_lr=None``: constant).
+    ``lr_scales`` multiplies the rate of parameters (by ``id``; others 1.0), e.g. layer-wise decay; the
+    schedule scales every group alike. Frozen parameters (``requires_grad=False``) are left out."""
     import torch
 
-    decay, no_decay = [], []
+    scales = lr_scales or {}
+    grouped: dict[tuple[bool, float], list] = {}
     for name, parameter in module.named_parameters():
         if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = not (parameter.ndim <= 1 or name.endswith(".bias"))
+            grouped.setdefault((decays, scales.get(id(parameter), 1.0)), []).append(parameter)
+    groups = [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * scale}
+        for (decays, scale), params in sorted(grouped.items(), key=lambda item: (not item[0][0], -item[0][1]))
+    ]
     if optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
     elif optimizer == "adamw":
