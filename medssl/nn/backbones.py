@@ -52,9 +52,39 @@ class Encoder(nn.Module):
         grid = [s // self._config["patch_size"] for s in images.shape[2:]]
         return x[:, 0], x[:, 1:].transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
 
+    def stages(self) -> list[nn.Module]:
+        """The network's parameters in depth order, input first: a ResNet's stem and its four layers; a
+        ViT's patch embedding (with the class token), each transformer block and the final norm. The
+        unit of layer-wise learning-rate decay and of a U-Net's skip connections."""
+        from monai.networks.nets.resnet import ResNet
+        from monai.networks.nets.vit import ViT
+
+        net = self.network
+        if self.name in RESNETS and isinstance(net, ResNet):
+            return [nn.ModuleList([net.conv1, net.bn1]), net.layer1, net.layer2, net.layer3, net.layer4]
+        if self.name in VITS and isinstance(net, ViT):
+            return [_Stage(net.patch_embedding, net.cls_token), *net.blocks, net.norm]
+        raise TypeError(f"no stage order for encoder {self.name!r} ({type(net).__name__})")
+
     def config(self) -> dict:
         """What :func:`build_encoder` needs to rebuild this encoder (stored with exported weights)."""
         return dict(self._config)
+
+
+class _Stage(nn.Module):
+    """A module and loose parameters (a ViT's class token) grouped as one stage, without registering
+    them again (a plain list: the encoder's ``named_parameters`` stay as they are)."""
+
+    def __init__(self, module: nn.Module, *parameters: nn.Parameter):
+        super().__init__()
+        self._members = [module, *parameters]
+
+    def parameters(self, recurse: bool = True):  # noqa: ARG002  (nn.Module.parameters' signature)
+        for member in self._members:
+            if isinstance(member, nn.Parameter):
+                yield member
+            else:
+                yield from member.parameters()
 
 
 def build_encoder(

@@ -2,7 +2,7 @@
 fine-tuning mode, the check that encoder and data fit, and the optimiser with layer-wise decay.
 
 A task subclass builds its head(s) on ``self.encoder`` (``self.encoder.out_dim`` features, or
-:func:`~medssl.tasks.encoders.encoder_stages` for a decoder) and implements the steps; it calls
+:meth:`~medssl.nn.backbones.Encoder.stages` for a decoder) and implements the steps; it calls
 :meth:`inputs` on every image batch so the scaling and channel adaptation happen once, here.
 """
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from medssl.errors import InputError
 from medssl.export.encoders import build_from_source, encoder_source
-from medssl.nn.backbones import RESNETS, VITS, Encoder, build_encoder
+from medssl.nn.backbones import VITS, Encoder, build_encoder
 
 ChannelMode = Literal["none", "repeat", "conv1x1"]
 FinetuneMode = Literal["frozen", "full", "llrd"]
@@ -131,46 +131,13 @@ class ChannelAdapter(nn.Module):
         return images
 
 
-def encoder_stages(encoder: Encoder) -> list[nn.Module]:
-    """The encoder's parameters in depth order, input first: a ResNet's stem and its four layers; a ViT's
-    patch embedding (with the class token), each transformer block, and the final norm. The unit of
-    layer-wise learning-rate decay (and the skip connections of a U-Net)."""
-    from monai.networks.nets.resnet import ResNet
-    from monai.networks.nets.vit import ViT
-
-    net = encoder.network
-    if encoder.name in RESNETS and isinstance(net, ResNet):
-        stem = nn.ModuleList([net.conv1, net.bn1])
-        return [stem, net.layer1, net.layer2, net.layer3, net.layer4]
-    if encoder.name in VITS and isinstance(net, ViT):
-        embedding = _ParameterHolder(net.patch_embedding, net.cls_token)
-        return [embedding, *net.blocks, net.norm]
-    raise TypeError(f"no stage order for encoder {encoder.name!r} ({type(net).__name__})")
-
-
-class _ParameterHolder(nn.Module):
-    """Groups a module and loose parameters (a ViT's class token) as one stage, without re-registering
-    them in the encoder (a plain list, so ``named_parameters`` of the task is unchanged)."""
-
-    def __init__(self, module: nn.Module, *parameters: nn.Parameter):
-        super().__init__()
-        self._members = [module, *parameters]
-
-    def parameters(self, recurse: bool = True):  # noqa: ARG002  (matches nn.Module.parameters)
-        for member in self._members:
-            if isinstance(member, nn.Parameter):
-                yield member
-            else:
-                yield from member.parameters()
-
-
 def layer_decay_scales(encoder: Encoder, decay: float) -> dict[int, float]:
     """Learning-rate multipliers per encoder parameter (by ``id``) for layer-wise decay (BEiT, MAE
     fine-tuning): the deepest stage gets ``decay``, each shallower one another factor of ``decay``, so the
     stem learns slowest and the task's head (not listed: 1.0) fastest."""
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
-    stages = encoder_stages(encoder)
+    stages = encoder.stages()
     scales = {}
     for depth, stage in enumerate(stages):
         for parameter in stage.parameters():
