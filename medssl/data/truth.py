@@ -6,8 +6,9 @@ CAMELYON16-style annotations take once rasterised. A tile is positive when at le
 its footprint is lesion (0.25, the rule INS's authors used for CAMELYON16 patches). Negative slides
 without a mask are all negative; positive slides without one have unknown truth (NaN).
 
-Training code never reads this: only :class:`~medssl.data.bags.BagPieceDataset` uses it, when it is
-given one, for validation and test.
+MIL training never reads this: only :class:`~medssl.data.bags.BagPieceDataset` uses it, when it is
+given one, for validation and test. :func:`write_tile_labels` turns the masks into tile-level labels for
+supervised tile classification (fine-tuning, label efficiency).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl.cache import SlideCache
 from medssl.errors import InputError
 
 
@@ -69,3 +71,41 @@ def lesion_fraction(mask: np.ndarray, coords: np.ndarray, tile_level0: float, di
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
     inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     return inside / area
+
+
+def tile_label_rows(
+    cache: SlideCache,
+    masks: LesionMasks,
+    positive: str = "lesion",
+    negative: str = "normal",
+    negative_slide_label: str | None = None,
+) -> list[tuple[str, int, str]]:
+    """``(slide_id, tile, label)`` for every tile whose truth the masks give: tile-level labels for
+    tile classification from CAMELYON-style lesion annotations. Slides whose cache ``label`` is
+    ``negative_slide_label`` count as all negative without a mask; other slides without a mask are left out
+    (their truth is unknown)."""
+    rows = []
+    for slide_id in cache.ids:
+        meta = cache.metadata(slide_id)
+        is_negative = negative_slide_label is not None and str(meta.get("label")) == negative_slide_label
+        truth = masks.instance_truth(meta, cache.coords(slide_id), 0 if is_negative else 1)
+        rows.extend(
+            (slide_id, tile, positive if value else negative) for tile, value in enumerate(truth) if value == value
+        )
+    return rows
+
+
+def write_tile_labels(cache: str | os.PathLike, masks: str | os.PathLike, out: str | os.PathLike, **options) -> Path:
+    """:func:`tile_label_rows` as a CSV (``slide_id,tile,label``), written atomically."""
+    import csv
+
+    rows = tile_label_rows(SlideCache(cache), LesionMasks(masks), **options)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["slide_id", "tile", "label"])
+        writer.writerows(rows)
+    os.replace(partial, out)
+    return out
