@@ -1,0 +1,275 @@
+"""How much does pretraining buy at 1 % / 10 % / 100 % of the labels?
+
+For each task, on held-out test cases:
+
+- ``tiles``: tile classification (lesion / normal, tile labels from the lesion masks) on a tile cache of
+  real-pixel slides (IHC tissue with retina-texture lesions, ``write_lesion_cohort``); encoder: SimCLR
+  pretrained on the training slides' tiles (``configs/pretrain/simclr_tiles.yaml`` at demo scale), fine-tuned
+  by ``configs/finetune/classification/tiles.yaml``; metric: test AUROC over tiles.
+- ``slices``: 2D segmentation of grey and white matter on axial slices of a volume cache of brain MRIs
+  (nilearn's real MNI152 T1 and tissue maps under random deformations, ``brain_cohort``); encoder: SimCLR
+  pretrained on the training cases' slices (``configs/pretrain/simclr_slices.yaml``), fine-tuned by
+  ``configs/finetune/segmentation_2d/unet_slices.yaml``; metric: mean 3D Dice over the test cases.
+
+Each (fraction, seed) is run from the pretrained encoder and from a random initialisation of the same
+architecture (``random_init``), with the same training budget in optimiser steps (``--steps``; fewer labels
+means more epochs over them, not fewer updates), the same seeded subset of training *cases* (nested across
+fractions) and the final weights tested. Writes ``results.csv`` (one row per run), ``summary.csv``
+(mean ± std over seeds) and one ``<task>.png`` plot into ``--out``; finished runs are skipped on a re-run.
+
+    python pipelines/label_efficiency.py --out runs/label-efficiency --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+TASKS = {
+    "tiles": {
+        "pretrain": CONFIGS / "pretrain" / "simclr_tiles.yaml",
+        "finetune": CONFIGS / "finetune" / "classification" / "tiles.yaml",
+        "metric": "test/auroc",
+        "title": "tile classification (lesion vs normal)",
+    },
+    "slices": {
+        "pretrain": CONFIGS / "pretrain" / "simclr_slices.yaml",
+        "finetune": CONFIGS / "finetune" / "segmentation_2d" / "unet_slices.yaml",
+        "metric": "test/dice",
+        "title": "slice segmentation (grey / white matter)",
+    },
+}
+SMALL_RESNET = {"name": "resnet18", "spatial_dims": 2, "width": 0.5}
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+# -- data --------------------------------------------------------------------------------------------
+def tile_data(root: Path, n_slides: int) -> dict:
+    """A tile cache of a lesion cohort at 1 µm/px, 32-px tiles, and tile labels from its masks."""
+    from medssl.data.truth import write_tile_labels
+    from medssl.preprocess import TilingParams, tile_slides
+    from medssl.synthetic.slides import write_lesion_cohort
+
+    manifest = write_lesion_cohort(root / "slides", n_slides=n_slides, seed=0)
+    summary = tile_slides([manifest], root / "cache", TilingParams(target_mpp=1.0, tile_size=32), progress=False)
+    if summary.failed:
+        raise RuntimeError(f"tiling failed: {[r.reason for r in summary.failed]}")
+    labels = write_tile_labels(root / "cache", root / "slides" / "masks", root / "tile_labels.csv",
+                               negative_slide_label="negative")  # fmt: skip
+    return {"cache": root / "cache", "labels_csv": labels}
+
+
+def slice_data(root: Path, n_cases: int) -> dict:
+    """A volume cache of ``n_cases`` brain MRIs at 3 mm with grey/white-matter labels."""
+    from medssl.preprocess import VolumeParams, cache_volumes
+    from medssl.synthetic.volumes import brain_cohort
+
+    manifest = brain_cohort(root / "volumes", n=n_cases, spacing=3.0, seed=0)
+    summary = cache_volumes([manifest], root / "cache", VolumeParams(spacing=(3.0, 3.0, 3.0)), progress=False)
+    if summary.failed:
+        raise RuntimeError(f"caching failed: {[r.reason for r in summary.failed]}")
+    return {"cache": root / "cache"}
+
+
+# -- runs ----------------------------------------------------------------------------------------------
+def lightning(argv: list[str]):
+    from medssl.cli import run_lightning
+
+    return run_lightning(argv)
+
+
+def pretrain(task: str, data: dict, out: Path, epochs: int) -> Path:
+    """SimCLR on the training cases' images (no labels), demo scale; the last checkpoint."""
+    done = out / "pretrain.done"
+    if done.exists():
+        return Path(done.read_text().strip())
+    backbone = {**SMALL_RESNET, "in_channels": 3 if task == "tiles" else 1}
+    size = ["--data.init_args.view_size", "32"] if task == "tiles" else ["--data.init_args.spatial_size", "[64, 64]"]
+    cli = lightning(
+        [
+            "fit",
+            "--config",
+            str(TASKS[task]["pretrain"]),
+            "--data.init_args.cache",
+            str(data["cache"]),
+            "--data.init_args.batch_size",
+            "64",
+            "--data.init_args.num_workers",
+            "0",
+            *size,
+            "--data.init_args.val_split",
+            "null",
+            "--data.init_args.test_split",
+            "null",
+            "--model.init_args.backbone",
+            json.dumps(backbone),
+            "--model.init_args.proj_hidden_dim",
+            "512",
+            "--model.init_args.warmup_epochs",
+            "1",
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.logger",
+            "false",
+            *QUIET,
+        ]
+    )
+    checkpoint = Path(cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path)
+    done.write_text(str(checkpoint))
+    return checkpoint
+
+
+def finetune(task: str, data: dict, encoder: Path, init: str, fraction: float, seed: int, steps: int, out: Path) -> float:
+    """One fine-tuning run; the test metric of its final weights (cached in ``out/result.json``)."""
+    result = out / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())["value"]
+    config = TASKS[task]
+    data_args = ["--data.init_args.labels_csv", str(data["labels_csv"])] if task == "tiles" else []
+    if task == "slices":
+        data_args += ["--data.init_args.spatial_size", "[64, 64]"]
+    model_args = ["--model.init_args.encoder", str(encoder), "--model.init_args.backbone", "null"]
+    model_args += ["--model.init_args.random_init", str(init == "random").lower()]
+    cli = lightning(
+        [
+            "fit",
+            "--config",
+            str(config["finetune"]),
+            "--seed_everything",
+            str(seed),
+            "--data.init_args.cache",
+            str(data["cache"]),
+            "--data.init_args.label_fraction",
+            str(fraction),
+            "--data.init_args.fraction_seed" if task == "tiles" else "--data.init_args.seed",
+            str(seed),
+            "--data.init_args.batch_size",
+            "32",
+            "--data.init_args.num_workers",
+            "0",
+            *data_args,
+            *model_args,
+            "--model.init_args.warmup_epochs",
+            "0",
+            "--trainer.max_steps",
+            str(steps),
+            "--trainer.max_epochs",
+            "-1",
+            "--trainer.check_val_every_n_epoch",
+            "1000000",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.default_root_dir",
+            str(out),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            *QUIET,
+        ]
+    )
+    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    value = float(metrics[config["metric"]])
+    out.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps({"value": value, "metrics": {k: float(v) for k, v in metrics.items()}}))
+    return value
+
+
+# -- tables and plots -----------------------------------------------------------------------------------
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean ± sample std over seeds for each (task, init, fraction)."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["init"], row["fraction"]), []).append(row["value"])
+    return [
+        {
+            "task": task,
+            "init": init,
+            "fraction": fraction,
+            "metric": TASKS[task]["metric"],
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": len(values),
+        }
+        for (task, init, fraction), values in sorted(groups.items())
+    ]
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
+
+
+def plot(out: Path, task: str, summary: list[dict], fractions: list[float]) -> None:
+    from medssl.viz.charts import save_line_chart
+
+    series = {
+        init: [
+            next((r["mean"], r["std"]) for r in summary if r["task"] == task and r["init"] == init and r["fraction"] == f)
+            for f in fractions
+        ]
+        for init in ("pretrained", "random")
+    }
+    labels = [f"{f:.0%}" for f in fractions]
+    save_line_chart(out / f"{task}.png", series, labels, TASKS[task]["title"], TASKS[task]["metric"])
+
+
+def print_table(summary: list[dict], fractions: list[float]) -> None:
+    print(f"\n{'task':<8}{'init':<12}" + "".join(f"{f:>18.0%}" for f in fractions))
+    for task in sorted({r["task"] for r in summary}):
+        for init in ("pretrained", "random"):
+            cells = {r["fraction"]: r for r in summary if r["task"] == task and r["init"] == init}
+            print(
+                f"{task:<8}{init:<12}"
+                + "".join(f"{cells[f]['mean']:>11.3f} ± {cells[f]['std']:.3f}" for f in fractions if f in cells)
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/label-efficiency"))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=150, help="optimiser steps per fine-tuning run")
+    parser.add_argument("--pretrain-epochs", type=int, default=20)
+    parser.add_argument("--slides", type=int, default=24, help="slides in the tile task's cohort")
+    parser.add_argument("--cases", type=int, default=30, help="brain MRIs in the slice task's cohort")
+    args = parser.parse_args(argv)
+    rows = []
+    for task in args.tasks:
+        root = args.out / task
+        data = tile_data(root / "data", args.slides) if task == "tiles" else slice_data(root / "data", args.cases)
+        print(f"[{task}] pretraining SimCLR ({args.pretrain_epochs} epochs)", flush=True)
+        encoder = pretrain(task, data, root / "pretrain", args.pretrain_epochs)
+        for fraction in args.fractions:
+            for seed in args.seeds:
+                for init in ("pretrained", "random"):
+                    run = root / f"fraction-{fraction:g}" / f"seed-{seed}" / init
+                    value = finetune(task, data, encoder, init, fraction, seed, args.steps, run)
+                    rows.append({"task": task, "init": init, "fraction": fraction, "seed": seed, "value": value})
+                    print(f"[{task}] {init:<10} fraction {fraction:<5g} seed {seed}: {value:.3f}", flush=True)
+    summary = summarise(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "results.csv", rows)
+    write_csv(args.out / "summary.csv", summary)
+    for task in args.tasks:
+        plot(args.out, task, summary, args.fractions)
+    print_table(summary, args.fractions)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
