@@ -29,7 +29,7 @@ from medssl.synthetic.volumes import sphere, write_nifti
 from medssl.tasks import predict_volumes as predict_module
 from medssl.tasks.base import FinetuneTask
 from medssl.tasks.checkpoints import load_task_model
-from medssl.tasks.predict_volumes import predict_volumes
+from medssl.tasks.predict_volumes import dice_per_class, predict_volumes
 
 #: Array axis 0 runs posterior (−y, 1.5 mm), axis 1 left (−x, 1.2 mm), axis 2 superior (+z, 3 mm): a
 #: permuted, flipped, anisotropic grid ("PLS"), far from the RAS grid the cache stores.
@@ -118,6 +118,18 @@ def test_round_trip_through_resampling_overlaps_the_original_label(cohort, tmp_p
     assert dice(back.astype(bool), truth) >= 0.9
 
 
+def test_nearest_centre_rule_by_hand():
+    """Original 1 mm voxels over a 2 mm cached row of four: each takes the cached voxel whose footprint
+    holds its centre (ties go up), and the one beyond the row is background; a flipped axis reverses it."""
+    cached = np.array([[[1, 2, 3, 4]]], np.uint8)  # [Z, Y, X]
+    cached_xyz = np.diag([2.0, 1.0, 1.0, 1.0])
+    plain = np.eye(4)
+    assert to_original_grid(cached, cached_xyz, (8, 1, 1), plain)[:, 0, 0].tolist() == [1, 2, 2, 3, 3, 4, 4, 0]
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped[0, 3] = 7.0  # voxel 0 at x = 7 mm: the same row read backwards
+    assert to_original_grid(cached, cached_xyz, (8, 1, 1), flipped)[:, 0, 0].tolist() == [0, 4, 4, 3, 3, 2, 2, 1]
+
+
 class Threshold:
     """A stand-in segmenter: foreground where the normalised image is bright (the sphere). It records the
     shape of every volume it sees and fails on volumes of ``fail_shapes``."""
@@ -200,11 +212,20 @@ def test_a_kill_leaves_no_partial_file_and_an_unrecorded_case_is_redone(cohort, 
 
         return fake
 
+    def killed_while_saving(image, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"the first bytes of a NIfTI file")
+        raise KeyboardInterrupt
+
     predictor = Threshold()
-    monkeypatch.setattr(os, "replace", killed_at(".nii.gz"))  # killed while the prediction is being written
+    with monkeypatch.context() as patch:
+        patch.setattr(nib, "save", killed_while_saving)  # killed while the prediction is being written
+        with pytest.raises(KeyboardInterrupt):
+            predict_volumes(predictor, cache, out, volume_ids=["a"], progress=False)
+    assert not list(out.rglob("*.nii.gz")) and not list(out.rglob("*.json"))  # no partial file, no temporary
+    monkeypatch.setattr(os, "replace", killed_at(".nii.gz"))  # killed just before the rename
     with pytest.raises(KeyboardInterrupt):
         predict_volumes(predictor, cache, out, volume_ids=["a"], progress=False)
-    assert not list(out.rglob("*.nii.gz")) and not list(out.rglob("*.json"))  # no partial file, no temporary
+    assert not list(out.rglob("*.nii.gz")) and not list(out.rglob("*.json"))
     monkeypatch.setattr(os, "replace", killed_at(".json"))  # killed after the prediction, before its record
     with pytest.raises(KeyboardInterrupt):
         predict_volumes(predictor, cache, out, volume_ids=["a"], progress=False)
@@ -212,9 +233,17 @@ def test_a_kill_leaves_no_partial_file_and_an_unrecorded_case_is_redone(cohort, 
     monkeypatch.setattr(os, "replace", replace)
     summary = predict_volumes(predictor, cache, out, volume_ids=["a"], progress=False)
     assert summary.counts() == {"done": 1, "skipped": 0, "failed": 0}  # no record: not taken for complete
-    assert len(predictor.seen) == 3
+    assert len(predictor.seen) == 4
     summary = predict_volumes(predictor, cache, out, volume_ids=["a"], progress=False)
-    assert summary.counts()["skipped"] == 1 and len(predictor.seen) == 3
+    assert summary.counts()["skipped"] == 1 and len(predictor.seen) == 4
+
+
+def test_dice_per_class_by_hand():
+    prediction = np.array([[1, 1, 0, 2, 0]])
+    truth = np.array([[1, 0, 0, 0, 3]])
+    dice, counts = dice_per_class(prediction, truth)
+    assert dice == {"1": pytest.approx(2 / 3), "2": 0.0, "3": 0.0}
+    assert counts == {"1": [2, 1], "2": [1, 0], "3": [0, 1]}
 
 
 def test_selection_refuses_unknown_ids_and_empty_splits(cohort, tmp_path):
