@@ -6,6 +6,7 @@
 ``medssl fit|validate|test|predict --config CONFIG.yaml``  LightningCLI (pretraining, evaluation)
 ``medssl embed``          a trained encoder over a cache → Zarr embeddings aligned with tiles/slices
 ``medssl export``         a checkpoint's encoder → a weights file (MONAI) or a torch.export program
+``medssl segment``        a segmentation checkpoint over a volume cache → NIfTI predictions in the original geometry
 
 Exit status: 0 when everything succeeded, 1 when some inputs failed (the others finished and the
 manifest says why), 2 on a usage or configuration error before any work started.
@@ -352,6 +353,53 @@ def _run_heatmap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
+    p = _checkpoint_parser(
+        sub,
+        "segment",
+        "segment cached volumes and write the predictions over the original scans",
+        "Predict a label map for each volume of a volume cache with a segmentation checkpoint, and write it as "
+        "<out>/<volume_id>.nii.gz in the original file's geometry (the cache's crop, resampling and orientation "
+        "undone), with per-case Dice where the cache holds labels. Resumable: complete cases are skipped.",
+        "Lightning checkpoint of a medssl segmentation task",
+    )
+    p.add_argument("--cache", required=True, help="the volume cache (medssl cache-volumes) to predict")
+    p.add_argument("--out", required=True, help="folder for <volume_id>.nii.gz, cases/, metrics.csv, manifest.csv")
+    p.add_argument("--split", nargs="+", help="only volumes of these splits [default: all]")
+    p.add_argument("--volumes", nargs="+", help="only these volume ids")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--overwrite", action="store_true", help="redo cases that are already complete")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_segment)
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from medssl.tasks.predict_volumes import segment_from_checkpoint
+
+    summary = segment_from_checkpoint(
+        args.checkpoint,
+        args.cache,
+        args.out,
+        volume_ids=args.volumes,
+        splits=args.split,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    counts = summary.counts()
+    dice = ", ".join(f"class {label}: {value:.3f}" for label, value in summary.mean_dice().items())
+    print(
+        f"{counts['done']} predicted, {counts['skipped']} already complete, {counts['failed']} failed\n"
+        f"predictions: {summary.out}/<volume_id>.nii.gz (original geometry)\n"
+        f"metrics:     {summary.metrics or 'none (the cache has no labels for these volumes)'}"
+        + (f" (mean Dice {dice})" if dice else "")
+        + f"\nmanifest:    {summary.manifest}"
+    )
+    for result in summary.failed:
+        print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -361,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed_parser(sub)
     _add_export_parser(sub)
     _add_heatmap_parser(sub)
+    _add_segment_parser(sub)
     return parser
 
 

@@ -4,38 +4,22 @@ slides piece by piece, and write their heatmaps and scores (``medssl heatmap``).
 from __future__ import annotations
 
 import csv
-import importlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from medssl.cache import SlideCache
 from medssl.data.bags import BagPieceDataset, SlideBagDataset
-from medssl.errors import InputError
 from medssl.eval.slides import write_slides_csv
-from medssl.export.encoders import load_checkpoint
 from medssl.methods.base import SlideClassifier
+from medssl.tasks.checkpoints import load_medssl_model
 from medssl.viz.heatmaps import write_heatmap
 
 
 def load_slide_model(checkpoint: str | os.PathLike) -> SlideClassifier:
     """The slide model of a Lightning checkpoint written by medssl (read with ``weights_only=True``), in
-    eval mode. The class comes from the checkpoint's ``medssl_model`` entry and must be medssl's own."""
-    data = load_checkpoint(checkpoint)
-    name = str(data.get("medssl_model", ""))
-    if not name.startswith("medssl.") or "state_dict" not in data:
-        raise InputError(f"{checkpoint}: not a checkpoint of a medssl slide model (ABMIL, INS)")
-    module, _, qualname = name.rpartition(".")
-    cls = getattr(importlib.import_module(module), qualname)
-    if not (isinstance(cls, type) and issubclass(cls, SlideClassifier)):
-        raise InputError(f"{checkpoint}: {name} is not a slide model")
-    hparams = {k: v for k, v in data.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    if "init_checkpoint" in hparams:
-        hparams["init_checkpoint"] = None  # the checkpoint holds the trained weights; the start file may be gone
-    model = cls(**hparams)
-    model.on_load_checkpoint(data)
-    model.load_state_dict(data["state_dict"])
-    return model.eval()
+    eval mode; see :func:`~medssl.tasks.checkpoints.load_medssl_model`."""
+    return load_medssl_model(checkpoint, SlideClassifier, "a medssl slide model (ABMIL, INS)")
 
 
 def score_slides(
