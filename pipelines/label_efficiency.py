@@ -60,8 +60,8 @@ def tile_data(root: Path, n_slides: int) -> dict:
     summary = tile_slides([manifest], root / "cache", TilingParams(target_mpp=1.0, tile_size=32), progress=False)
     if summary.failed:
         raise RuntimeError(f"tiling failed: {[r.reason for r in summary.failed]}")
-    labels = write_tile_labels(root / "cache", root / "slides" / "masks", root / "tile_labels.csv",
-                               negative_slide_label="negative")  # fmt: skip
+    masks = root / "slides" / "masks"
+    labels = write_tile_labels(root / "cache", masks, root / "tile_labels.csv", negative_slide_label="negative")
     return {"cache": root / "cache", "labels_csv": labels}
 
 
@@ -122,12 +122,16 @@ def pretrain(task: str, data: dict, out: Path, epochs: int) -> Path:
             *QUIET,
         ]
     )
-    checkpoint = Path(cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path)
+    checkpoint = Path(
+        cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path
+    )
     done.write_text(str(checkpoint))
     return checkpoint
 
 
-def finetune(task: str, data: dict, encoder: Path, init: str, fraction: float, seed: int, steps: int, out: Path) -> float:
+def finetune(
+    task: str, data: dict, encoder: Path, init: str, fraction: float, seed: int, steps: int, out: Path
+) -> float:
     """One fine-tuning run; the test metric of its final weights (cached in ``out/result.json``)."""
     result = out / "result.json"
     if result.exists():
@@ -217,7 +221,9 @@ def plot(out: Path, task: str, summary: list[dict], fractions: list[float]) -> N
 
     series = {
         init: [
-            next((r["mean"], r["std"]) for r in summary if r["task"] == task and r["init"] == init and r["fraction"] == f)
+            next(
+                (r["mean"], r["std"]) for r in summary if r["task"] == task and r["init"] == init and r["fraction"] == f
+            )
             for f in fractions
         ]
         for init in ("pretrained", "random")
