@@ -120,9 +120,10 @@ def test_cases_never_straddle_splits_and_label_fractions_are_nested_and_stratifi
         dataset = data.datasets[split]
         assert dataset is not None
         for k in range(len(dataset)):
-            case = dataset.case_ids[int(dataset.items[k])]
-            assert seen.setdefault(case, split) == split
-    assert {"case-0", "case-1"} <= seen.keys() and data.datasets["test"] is None
+            slide = dataset.item_ids[int(dataset.items[k])]
+            case = f"case-{int(slide[1:]) % 8}"  # the cohort's truth: s8 and s9 join cases 0 and 1
+            assert dataset.case_ids[int(dataset.items[k])] == case and seen.setdefault(case, split) == split
+    assert len(seen) == 8 and data.datasets["test"] is None
     train = data.datasets["train"]
     assert train is not None and set(train.labels.tolist()) == {0, 1}
     cases = {f"c{k}": "ab"[k % 2] for k in range(40)}
