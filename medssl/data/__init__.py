@@ -13,12 +13,20 @@ if TYPE_CHECKING:
     from medssl.data.datamodules import (
         BagDataModule,
         CacheDataModule,
+        ClassificationDataModule,
         InstanceDataModule,
         TileDataModule,
         VolumeDataModule,
     )
 
-__all__ = ["BagDataModule", "CacheDataModule", "InstanceDataModule", "TileDataModule", "VolumeDataModule"]
+__all__ = [
+    "BagDataModule",
+    "CacheDataModule",
+    "ClassificationDataModule",
+    "InstanceDataModule",
+    "TileDataModule",
+    "VolumeDataModule",
+]
 
 
 def __getattr__(name: str):

@@ -8,13 +8,13 @@ and, for evaluation only, instance truth (1 positive, 0 negative, NaN unknown).
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_specificity
+
+from medssl.eval.results import write_csv_atomic, write_json_atomic
 
 SLIDE_COLUMNS = ("slide_id", "label", "probability", "instances")
 
@@ -59,20 +59,13 @@ def auroc_of_known(scores: torch.Tensor, truth: torch.Tensor) -> float | None:
 
 
 def write_slides_csv(path: Path, evaluated: Sequence[dict]) -> Path:
-    """``slides.csv``: slide_id, label, probability, instances (one row per scored slide), written to a
-    temporary name and renamed, so a reader never sees half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(SLIDE_COLUMNS)
-        for r in evaluated:
-            writer.writerow([r["slide_id"], r["label"], f"{r['probability']:.6f}", len(r["scores"])])
-    tmp.replace(path)
-    return path
+    """``slides.csv``: slide_id, label, probability, instances (one row per scored slide), written
+    atomically (:func:`~medssl.eval.results.write_csv_atomic`), so a reader never sees half a table."""
+    rows = ([r["slide_id"], r["label"], f"{r['probability']:.6f}", len(r["scores"])] for r in evaluated)
+    return write_csv_atomic(path, SLIDE_COLUMNS, rows)
 
 
 def write_results(folder: Path, evaluated: list[dict], metrics: dict, epoch: int) -> None:
-    """``slides.csv`` and ``metrics.json`` of one evaluation, written whole each time."""
+    """``slides.csv`` and ``metrics.json`` of one evaluation, each written whole and atomically."""
     write_slides_csv(folder / "slides.csv", evaluated)
-    (folder / "metrics.json").write_text(json.dumps({"epoch": epoch, **metrics}, indent=2) + "\n")
+    write_json_atomic(folder / "metrics.json", {"epoch": epoch, **metrics})

@@ -71,7 +71,7 @@ class FinetuneTask(MedsslModule):
             )
         self.adapter = ChannelAdapter(channel_adapter, self.data_channels, encoder_channels, self.encoder.spatial_dims)
         if finetune == "frozen":
-            self.encoder.requires_grad_(False)
+            self.encoder.requires_grad_(False).eval()
         rank_zero_info(
             f"{type(self).__name__}: {describe(self.encoder.config())} from {self.encoder_origin}, "
             f"{finetune} fine-tuning"
@@ -90,6 +90,13 @@ class FinetuneTask(MedsslModule):
         if self.frozen:
             self.encoder.eval()
         return self
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Lightning does not call ``train()`` at fit start (it keeps each submodule's mode and restores
+        it around validation), so a frozen encoder is put in eval mode before every step, whatever
+        mode it was left in. Subclasses that override this hook call it."""
+        if self.frozen:
+            self.encoder.eval()
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """A batch as the encoder takes it: scaled (:func:`~medssl.nn.inputs.to_float`), then the data's

@@ -19,7 +19,13 @@ from medssl.cli import run_lightning
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted([*(ROOT / "configs" / "pretrain").glob("*.yaml"), *(ROOT / "configs" / "mil").glob("*.yaml")])
+CONFIGS = sorted(
+    [
+        *(ROOT / "configs" / "pretrain").glob("*.yaml"),
+        *(ROOT / "configs" / "mil").glob("*.yaml"),
+        *(ROOT / "configs" / "finetune").glob("**/*.yaml"),
+    ]
+)
 FRAGMENT = yaml.safe_load((ROOT / "configs" / "trainer" / "default.yaml").read_text())["trainer"]
 BORING = "lightning.pytorch.demos.boring_classes"
 
@@ -31,7 +37,7 @@ def printed_config(config: Path, capsys) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[f"{c.parent.name}/{c.stem}" for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs").with_suffix("")) for c in CONFIGS])
 def test_config_composes_the_trainer_fragment_from_any_directory(config, capsys, monkeypatch, tmp_path):
     """The fragment is found relative to the config, not to the working directory; the config's own
     trainer.* keys are kept beside it (a nested `trainer:` block would silently drop the fragment)."""
@@ -50,7 +56,8 @@ def test_config_composes_the_trainer_fragment_from_any_directory(config, capsys,
 
 
 def test_configs_name_datamodules_by_the_short_path():
-    for name in ("TileDataModule", "VolumeDataModule", "BagDataModule", "InstanceDataModule", "CacheDataModule"):
+    names = ("TileDataModule", "VolumeDataModule", "BagDataModule", "InstanceDataModule", "ClassificationDataModule")
+    for name in (*names, "CacheDataModule"):
         cls = getattr(medssl.data, name)
         assert cls is getattr(medssl.data.datamodules, name) and cls.uses_medssl_sampler
     for config in CONFIGS:

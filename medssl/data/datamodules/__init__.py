@@ -15,12 +15,14 @@ them by their short path, e.g. ``medssl.data.TileDataModule``.
 
 from medssl.data.datamodules.bags import BagDataModule, InstanceDataModule
 from medssl.data.datamodules.base import CacheDataModule, default_workers
+from medssl.data.datamodules.classification import ClassificationDataModule
 from medssl.data.datamodules.tiles import TileDataModule
 from medssl.data.datamodules.volumes import VolumeDataModule
 
 __all__ = [
     "BagDataModule",
     "CacheDataModule",
+    "ClassificationDataModule",
     "InstanceDataModule",
     "TileDataModule",
     "VolumeDataModule",

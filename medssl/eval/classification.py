@@ -1,0 +1,65 @@
+"""Metrics of a classifier over a whole evaluation set, from its class probabilities.
+
+Computed once per set from every sample's probabilities (never averaged over batches or ranks), so
+AUROC ranks the whole set and the value does not depend on how the set was split into batches or
+processes. Classes absent from the set are left out of the macro averages (as scikit-learn's balanced
+accuracy does) and their one-vs-rest AUROC is None, rather than a silent 0 that drags the mean down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    multiclass_cohen_kappa,
+    multiclass_confusion_matrix,
+)
+
+
+def classification_metrics(
+    probabilities: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], ordinal: bool = False
+) -> dict[str, float | None]:
+    """``auroc`` (macro over one-vs-rest AUROCs), ``auroc_<class>``, ``balanced_accuracy`` (macro recall),
+    ``f1`` (macro), ``accuracy`` and, when ``ordinal`` (the classes are ordered grades), ``kappa``
+    (quadratic-weighted Cohen's kappa). ``probabilities`` ``[N, C]``, ``labels`` ``[N]`` class indices.
+    A metric that the set cannot define (one class only) is None."""
+    probabilities, labels = probabilities.float(), labels.long()
+    num_classes = len(classes)
+    if probabilities.ndim != 2 or probabilities.shape[1] != num_classes or len(labels) != len(probabilities):
+        raise ValueError(f"probabilities {tuple(probabilities.shape)} and labels {tuple(labels.shape)} for {classes}")
+    predictions = probabilities.argmax(1)
+    confusion = multiclass_confusion_matrix(predictions, labels, num_classes).double()  # [true, predicted]
+    metrics: dict[str, float | None] = {}
+    per_class = {}
+    for k, name in enumerate(classes):
+        positive = labels == k
+        both = bool(positive.any()) and not bool(positive.all())
+        per_class[name] = float(binary_auroc(probabilities[:, k], positive.long())) if both else None
+    defined = [v for v in per_class.values() if v is not None]
+    metrics["auroc"] = sum(defined) / len(defined) if defined else None
+    metrics.update({f"auroc_{name}": value for name, value in per_class.items()})
+    metrics.update(confusion_metrics(confusion))
+    if ordinal:
+        kappa = multiclass_cohen_kappa(predictions, labels, num_classes, weights="quadratic")
+        metrics["kappa"] = float(kappa) if torch.isfinite(kappa) else None
+    metrics["samples"] = float(len(labels))
+    return metrics
+
+
+def confusion_metrics(confusion: torch.Tensor) -> dict[str, float | None]:
+    """Balanced accuracy (mean recall over the classes that occur), macro F1 (over the classes that occur
+    or are predicted) and accuracy of a confusion matrix ``[true, predicted]``."""
+    confusion = confusion.double()
+    support, predicted, hits = confusion.sum(1), confusion.sum(0), confusion.diagonal()
+    total = float(confusion.sum())
+    occurs = support > 0
+    recall = hits[occurs] / support[occurs]
+    seen = occurs | (predicted > 0)
+    f1 = 2 * hits[seen] / (support[seen] + predicted[seen])
+    return {
+        "balanced_accuracy": float(recall.mean()) if occurs.any() else None,
+        "f1": float(f1.mean()) if seen.any() else None,
+        "accuracy": float(hits.sum()) / total if total else None,
+    }
