@@ -221,3 +221,19 @@ def test_two_process_ddp_reports_the_metrics_of_a_single_process_evaluation(text
         assert ddp[name] == pytest.approx(value, abs=1e-6), name
     val = cli.datamodule.datasets["val"]
     assert ddp["samples"] == len(val)  # every validation tile once, not a rank's half
+
+
+def test_cases_with_tile_level_labels_are_stratified_by_their_rarest_class():
+    """A lesion slide is mostly normal tiles; it must still count as a lesion case, so that a label
+    fraction or a split of the cases keeps lesion tiles (by the majority label it would not)."""
+    from medssl.data.datamodules.classification import Item, case_classes
+
+    def slide(name: str, lesions: int) -> Item:
+        labels = [(k, "lesion" if k < lesions else "normal") for k in range(100)]
+        return Item(name, name, 100, labelled=labels)
+
+    cases = {f"s{k}": [slide(f"s{k}", 10 if k % 2 else 0)] for k in range(8)}
+    classes = case_classes(cases)
+    assert classes == {f"s{k}": "lesion" if k % 2 else "normal" for k in range(8)}
+    kept = label_fraction(classes, 0.01, seed=0)
+    assert {classes[c] for c in kept} == {"lesion", "normal"}

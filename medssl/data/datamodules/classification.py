@@ -296,7 +296,7 @@ class ClassificationDataModule(CacheDataModule[LabelledSamples]):
 
     def _assign_splits(self, items: list[Item]) -> None:
         """Each labelled item's split: the cache's (refusing a case in two splits), else a stratified
-        seeded split of the cases by their most frequent label."""
+        seeded split of the cases stratified by :func:`case_classes`."""
         labelled = [item for item in items if item.labelled]
         cases: dict[str, list[Item]] = {}
         for item in labelled:
@@ -310,7 +310,7 @@ class ClassificationDataModule(CacheDataModule[LabelledSamples]):
             self.case_splits = {case: group[0].split for case, group in cases.items()}
             self.split_names = set(self.case_splits.values()) - {""}
             return
-        case_labels = {case: _majority(group) for case, group in cases.items()}
+        case_labels = case_classes(cases)
         self.case_splits = case_splits.stratified_case_split(case_labels, self.split_fractions, self.split_seed)
         self.split_names = set(self.split_fractions or {"train": 0.6, "val": 0.2, "test": 0.2})
         for item in labelled:
@@ -326,11 +326,7 @@ class ClassificationDataModule(CacheDataModule[LabelledSamples]):
         cases: dict[str, list[Item]] = {}
         for item in group:
             cases.setdefault(item.case_id, []).append(item)
-        kept = set(
-            case_splits.label_fraction(
-                {c: _majority(g) for c, g in cases.items()}, self.label_fraction, self.fraction_seed
-            )
-        )
+        kept = set(case_splits.label_fraction(case_classes(cases), self.label_fraction, self.fraction_seed))
         return [item for item in group if item.case_id in kept]
 
     # -- datasets and loaders --------------------------------------------------------------------
@@ -409,10 +405,16 @@ class ClassificationDataModule(CacheDataModule[LabelledSamples]):
         return torch.as_tensor(np.bincount(labels, minlength=len(self.classes)), dtype=torch.float64)
 
 
-def _majority(group: Sequence[Item]) -> str:
-    """The most frequent label of a case's samples (ties: the first name in sorted order)."""
-    counts = Counter()
-    for item in group:
-        for position, label in item.labelled:
-            counts[label] += item.size if position < 0 else 1
-    return min(counts, key=lambda label: (-counts[label], label))
+def case_classes(cases: Mapping[str, Sequence[Item]]) -> dict[str, str]:
+    """The class each case is stratified by: the rarest class (over all cases) among its samples. With
+    one label per case that is its label; with tile-level labels a slide holding any lesion tiles
+    counts as a lesion case, so every split and every label fraction gets cases with lesions (by the
+    majority, lesion slides would count as normal and a 1 % subset could hold no lesion tile at all)."""
+    per_case: dict[str, Counter] = {}
+    for case, group in cases.items():
+        counts = per_case.setdefault(case, Counter())
+        for item in group:
+            for position, label in item.labelled:
+                counts[label] += item.size if position < 0 else 1
+    overall = sum(per_case.values(), Counter())
+    return {case: min(counts, key=lambda label: (overall[label], label)) for case, counts in per_case.items() if counts}
