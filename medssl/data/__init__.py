@@ -14,11 +14,19 @@ if TYPE_CHECKING:
         BagDataModule,
         CacheDataModule,
         InstanceDataModule,
+        SegmentationDataModule,
         TileDataModule,
         VolumeDataModule,
     )
 
-__all__ = ["BagDataModule", "CacheDataModule", "InstanceDataModule", "TileDataModule", "VolumeDataModule"]
+__all__ = [
+    "BagDataModule",
+    "CacheDataModule",
+    "InstanceDataModule",
+    "SegmentationDataModule",
+    "TileDataModule",
+    "VolumeDataModule",
+]
 
 
 def __getattr__(name: str):

@@ -15,6 +15,7 @@ them by their short path, e.g. ``medssl.data.TileDataModule``.
 
 from medssl.data.datamodules.bags import BagDataModule, InstanceDataModule
 from medssl.data.datamodules.base import CacheDataModule, default_workers
+from medssl.data.datamodules.segmentation import SegmentationDataModule
 from medssl.data.datamodules.tiles import TileDataModule
 from medssl.data.datamodules.volumes import VolumeDataModule
 
@@ -22,6 +23,7 @@ __all__ = [
     "BagDataModule",
     "CacheDataModule",
     "InstanceDataModule",
+    "SegmentationDataModule",
     "TileDataModule",
     "VolumeDataModule",
     "default_workers",
