@@ -37,7 +37,9 @@ def case_metrics(
     """``{"dice": [...], "iou": [...], "hd95": [...]}``, one value per foreground class (1 … C-1), of a
     predicted label volume against the truth (same shape); ``spacing`` (mm per axis, in the volumes'
     axis order) scales HD95, which ``hd95=False`` skips (NaN)."""
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
+    from monai.metrics.hausdorff_distance import HausdorffDistanceMetric
+    from monai.metrics.meandice import DiceMetric
+    from monai.metrics.meaniou import MeanIoU
 
     if prediction.shape != truth.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and truth {tuple(truth.shape)} differ in shape")
@@ -50,11 +52,12 @@ def case_metrics(
         with warnings.catch_warnings():  # MONAI warns for each class missing from truth or prediction
             warnings.simplefilter("ignore")
             distances = metric(pred, true, spacing=None if spacing is None else [float(s) for s in spacing])
-        out["hd95"] = _values(distances)  # pyright: ignore[reportArgumentType]  (a tensor for tensor inputs)
+        out["hd95"] = _values(distances)
     return out
 
 
-def _values(metric: torch.Tensor) -> list[float]:
+def _values(metric) -> list[float]:
+    """A metric's ``[1, C-1]`` tensor (MONAI types its result loosely) as floats, NaN for non-finite."""
     values = [float(v) for v in metric.reshape(-1)]
     return [v if math.isfinite(v) else math.nan for v in values]
 
@@ -66,7 +69,8 @@ def nanmean(values: Sequence[float]) -> float:
 
 
 def case_row(volume_id: str, metrics: dict[str, list[float]], class_names: Sequence[str]) -> dict[str, float | str]:
-    """One ``cases.csv`` row: the volume (a case's scan), each metric per class (``dice_<class>``) and its mean over classes."""
+    """One ``cases.csv`` row: the volume (a case's scan), each metric per class (``dice_<class>``) and its
+    mean over classes."""
     row: dict[str, float | str] = {"volume_id": volume_id}
     for name in METRICS:
         row[name] = nanmean(metrics[name])

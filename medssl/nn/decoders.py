@@ -89,7 +89,7 @@ class ResNetUNet(nn.Module):
         self.with_input = stem_stride == 2  # strides 1 (input), 2, 4, ..., 32; else 1 (stem), 2, ..., 16
         self.stride = 32 if self.with_input else 16
         stages = [network.layer1, network.layer2, network.layer3, network.layer4]
-        channels = [int(network.bn1.num_features), *(_last_norm_channels(s) for s in stages)]
+        channels = [_last_norm_channels(network.bn1), *(_last_norm_channels(s) for s in stages)]
         if self.with_input:
             channels = [encoder.in_channels, *channels]
         if decoder_channels is None:
@@ -146,7 +146,7 @@ class _ViTTokens(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         vit = self.vit
         tokens = vit.patch_embedding(images)  # pyright: ignore[reportCallIssue]
-        x = torch.cat([vit.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # pyright: ignore[reportAttributeAccessIssue]
+        x = torch.cat([vit.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # pyright: ignore[reportCallIssue, reportAttributeAccessIssue]
         hidden = []
         for block in vit.blocks:  # pyright: ignore[reportGeneralTypeIssues]
             x = block(x)

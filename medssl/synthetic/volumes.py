@@ -220,7 +220,7 @@ def brain_cohort(
     mni_shape = np.array(stack.shape[2:])
     extent = mni_shape * np.abs(np.diag(mni_affine)[:3])
     shape = tuple(int(np.ceil(e / spacing)) for e in extent)
-    out_affine = grid_affine((spacing,) * 3, origin=mni_affine[:3, 3])
+    out_affine = grid_affine((spacing,) * 3, origin=[float(v) for v in mni_affine[:3, 3]])
     ijk = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), axis=-1)
     world = ijk @ out_affine[:3, :3].T.astype(np.float32) + out_affine[:3, 3].astype(np.float32)
     centre = mni_affine[:3, :3] @ (mni_shape / 2) + mni_affine[:3, 3]

@@ -63,9 +63,7 @@ class Segmenter(FinetuneTask):
             raise InputError(f"num_classes counts the background too: at least 2, got {num_classes}")
         names = list(class_names) if class_names else ["background", *(f"class{k}" for k in range(1, num_classes))]
         if len(names) != num_classes or len(set(names)) != num_classes:
-            raise InputError(
-                f"class_names {names} must name each of the {num_classes} classes once, background first"
-            )
+            raise InputError(f"class_names {names} must name each of the {num_classes} classes once, background first")
         self.num_classes, self.class_names = num_classes, names
         self.network = segmentation_network(self.encoder, num_classes, decoder_channels, feature_size)
         self.loss = DiceCELoss(softmax=True, to_onehot_y=True)
@@ -105,7 +103,7 @@ class Segmenter(FinetuneTask):
         check_labels = getattr(datamodule, "check_labels", None)
         if callable(check_labels):
             check_labels(self.num_classes)
-        patch = tuple(getattr(datamodule, "spatial_size", ()) or ())
+        patch: Sequence[int] = getattr(datamodule, "spatial_size", None) or ()
         if self.roi_size is None and self.spatial_dims == 3 and len(patch) == 3:
             self.roi_size = tuple(int(s) for s in patch)
 
@@ -215,4 +213,3 @@ def _write_results(folder: Path, rows: list[dict], summary: dict, epoch: int) ->
 
 def _cell(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
-
