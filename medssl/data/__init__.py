@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         CacheDataModule,
         ClassificationDataModule,
         InstanceDataModule,
+        SegmentationDataModule,
         TileDataModule,
         VolumeDataModule,
     )
@@ -24,6 +25,7 @@ __all__ = [
     "CacheDataModule",
     "ClassificationDataModule",
     "InstanceDataModule",
+    "SegmentationDataModule",
     "TileDataModule",
     "VolumeDataModule",
 ]

@@ -126,3 +126,122 @@ def write_dicom_series(
         ds.PixelData = pixels.tobytes()
         ds.save_as(folder / f"slice-{k:04d}.dcm", enforce_file_format=True)
     return folder
+
+
+# -- a cohort of "patients" from nilearn's real brain template --------------------------------------------
+BRAIN_CLASSES = ("background", "grey_matter", "white_matter")
+MNI152 = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def mni152_files() -> dict[str, Path]:
+    """nilearn's shipped 1 mm MNI152 2009 T1 and grey/white-matter maps (package data, no download)."""
+    import nilearn  # only to find its folder
+
+    folder = Path(nilearn.__file__).parent / "datasets" / "data"
+    files = {kind: folder / MNI152.format(kind) for kind in ("t1", "gm", "wm")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"nilearn's MNI152 files are missing ({missing}); reinstall nilearn")
+    return files
+
+
+def _mni152():
+    """The T1 and the grey- and white-matter maps at 1 mm, stacked ``float32 [1, 3, I, J, L]`` (a tensor;
+    each 0–1), and their affine."""
+    import nibabel as nib
+    import torch
+
+    arrays, affine = [], np.eye(4)
+    for path in mni152_files().values():
+        image = nib.load(path)
+        arrays.append(np.asarray(image.dataobj, dtype=np.float32) / 255.0)  # pyright: ignore[reportAttributeAccessIssue]
+        affine = np.asarray(image.affine)  # pyright: ignore[reportAttributeAccessIssue]
+    return torch.from_numpy(np.stack(arrays))[None], affine
+
+
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int], control: int, amplitude: float) -> np.ndarray:
+    """A smooth random field over ``shape``: Gaussian noise on a ``control``³ grid, trilinearly upsampled."""
+    import torch
+
+    coarse = torch.from_numpy(rng.normal(0.0, amplitude, size=(1, 1, control, control, control)))
+    fine = torch.nn.functional.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)
+    return fine[0, 0].numpy()
+
+
+def _sample(stack, voxels: np.ndarray) -> np.ndarray:
+    """Trilinear samples ``[K, *grid]`` of a ``[1, K, I, J, L]`` tensor at voxel coordinates ``[*grid, 3]``
+    (zero outside), with torch's ``grid_sample`` (far faster than SciPy's ``map_coordinates``)."""
+    import torch
+
+    size = np.array(stack.shape[2:], dtype=np.float64)
+    normalised = 2.0 * voxels / (size - 1) - 1.0  # align_corners=True: -1 and 1 are the first and last voxels
+    grid = torch.from_numpy(normalised[..., ::-1].astype(np.float32).copy())[None]  # grid_sample wants (l, j, i)
+    out = torch.nn.functional.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out[0].numpy()
+
+
+def brain_labels(grey: np.ndarray, white: np.ndarray) -> np.ndarray:
+    """0 background, 1 grey matter, 2 white matter: the tissue whose probability exceeds 0.5 (at most one
+    can; voxels where neither does, partial volume and CSF included, are background)."""
+    labels = np.zeros(grey.shape, dtype=np.uint8)
+    labels[grey > 0.5] = 1
+    labels[white > 0.5] = 2
+    return labels
+
+
+def brain_cohort(
+    folder: str | Path,
+    n: int = 6,
+    spacing: float = 3.0,
+    fractions: dict[str, float] | None = None,
+    seed: int = 0,
+    rotation_deg: float = 6.0,
+    scale: float = 0.06,
+    translation_mm: float = 6.0,
+    deformation_mm: float = 3.0,
+) -> Path:
+    """Write ``n`` brain MRI "patients" with tissue labels and a ``cache-volumes`` manifest; returns its path.
+
+    Each patient is nilearn's real 1 mm MNI152 T1 (:func:`mni152_files`) resampled onto a ``spacing`` mm
+    grid through a seeded random affine (rotation up to ``rotation_deg`` about each axis, scale
+    1 ± ``scale``, shift up to ``translation_mm``) and a smooth random deformation (about
+    ``deformation_mm`` mm), with a random gain, gamma, smooth bias field and noise. Labels
+    (:data:`BRAIN_CLASSES`; :func:`brain_labels`) come from the grey/white-matter maps under the same
+    mapping, so image and truth correspond exactly. Files: ``<id>.nii.gz``, ``<id>_seg.nii.gz`` and
+    ``cohort.csv`` (volume_id, image, label, modality MR, split, case_id); splits are dealt by case
+    (:func:`~medssl.data.splits.stratified_case_split`, default 0.6/0.2/0.2)."""
+    from scipy.spatial.transform import Rotation
+
+    from medssl.data.splits import stratified_case_split
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stack, mni_affine = _mni152()
+    mni_shape = np.array(stack.shape[2:])
+    extent = mni_shape * np.abs(np.diag(mni_affine)[:3])
+    shape = tuple(int(np.ceil(e / spacing)) for e in extent)
+    out_affine = grid_affine((spacing,) * 3, origin=[float(v) for v in mni_affine[:3, 3]])
+    ijk = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), axis=-1)
+    world = ijk @ out_affine[:3, :3].T.astype(np.float32) + out_affine[:3, 3].astype(np.float32)
+    centre = mni_affine[:3, :3] @ (mni_shape / 2) + mni_affine[:3, 3]
+    to_voxel = np.linalg.inv(mni_affine)
+    ids = [f"brain-{k:02d}" for k in range(n)]
+    split_of = stratified_case_split(dict.fromkeys(ids, "brain"), fractions, seed)
+    rows = ["volume_id,image,label,modality,split,case_id"]
+    for k, case in enumerate(ids):
+        rng = np.random.default_rng([seed, k])
+        matrix = Rotation.from_euler("xyz", rng.uniform(-rotation_deg, rotation_deg, 3), degrees=True).as_matrix()
+        matrix = matrix * rng.uniform(1 - scale, 1 + scale)
+        shift = rng.uniform(-translation_mm, translation_mm, 3)
+        source = (world - centre) @ matrix.T.astype(np.float32) + centre + shift
+        source = source + np.stack([_smooth_field(rng, shape, 5, deformation_mm) for _ in range(3)], axis=-1)
+        t1, grey, white = _sample(stack, source @ to_voxel[:3, :3].T + to_voxel[:3, 3])
+        t1 = np.clip(t1, 0.0, None) ** rng.uniform(0.8, 1.25)
+        bias = np.exp(_smooth_field(rng, shape, 3, 0.1))
+        image = 255.0 * rng.uniform(0.8, 1.2) * t1 * bias + rng.normal(0.0, 3.0, size=shape)
+        write_nifti(folder / f"{case}.nii.gz", image.astype(np.float32), out_affine)
+        write_nifti(folder / f"{case}_seg.nii.gz", brain_labels(grey, white), out_affine)
+        rows.append(f"{case},{case}.nii.gz,{case}_seg.nii.gz,MR,{split_of[case]},{case}")
+    manifest = folder / "cohort.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest

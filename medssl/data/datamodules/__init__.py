@@ -9,13 +9,16 @@ sample's random views are a function of (``seed``, epoch, sample) alone: the sam
 workers or GPUs, and after resuming from a checkpoint.
 
 One module per domain: :mod:`.tiles` (histology tiles), :mod:`.volumes` (CT/MR volumes) and
-:mod:`.bags` (slides as bags, and their instances); :mod:`.base` holds what they share. Configs name
+:mod:`.bags` (slides as bags, and their instances) for pretraining and MIL; :mod:`.classification`
+and :mod:`.segmentation` (labelled samples, split by case) for fine-tuning; :mod:`.base` holds what
+they share. Configs name
 them by their short path, e.g. ``medssl.data.TileDataModule``.
 """
 
 from medssl.data.datamodules.bags import BagDataModule, InstanceDataModule
 from medssl.data.datamodules.base import CacheDataModule, default_workers
 from medssl.data.datamodules.classification import ClassificationDataModule
+from medssl.data.datamodules.segmentation import SegmentationDataModule
 from medssl.data.datamodules.tiles import TileDataModule
 from medssl.data.datamodules.volumes import VolumeDataModule
 
@@ -24,6 +27,7 @@ __all__ = [
     "CacheDataModule",
     "ClassificationDataModule",
     "InstanceDataModule",
+    "SegmentationDataModule",
     "TileDataModule",
     "VolumeDataModule",
     "default_workers",
