@@ -153,7 +153,7 @@ def finetune(
             str(data["cache"]),
             "--data.init_args.label_fraction",
             str(fraction),
-            "--data.init_args.fraction_seed" if task == "tiles" else "--data.init_args.seed",
+            "--data.init_args.fraction_seed",
             str(seed),
             "--data.init_args.batch_size",
             "32",

@@ -17,8 +17,6 @@ writes ``<log dir>/results/<stage>/cases.csv`` (one row per volume) and ``metric
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 
 from medssl.errors import InputError
+from medssl.eval.results import write_csv_atomic, write_json_atomic
 from medssl.eval.segmentation import case_metrics, case_row, summarise
 from medssl.nn.decoders import ViTUNETR, segmentation_network
 from medssl.tasks.base import FinetuneTask, first_sample
@@ -194,21 +193,11 @@ class Segmenter(FinetuneTask):
 
 
 def _write_results(folder: Path, rows: list[dict], summary: dict, epoch: int) -> None:
-    """``cases.csv`` (one row per volume) and ``metrics.json`` (the means), each written to a temporary
-    name and renamed, so a reader never sees half a file. (Private: to be swapped for the shared writer
-    of :mod:`medssl.eval` once there is one.)"""
-    folder.mkdir(parents=True, exist_ok=True)
+    """``cases.csv`` (one row per volume) and ``metrics.json`` (the means; NaN as null), atomically."""
     columns = list(rows[0])
-    tmp = folder / "cases.csv.tmp"
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
-    tmp.replace(folder / "cases.csv")
+    write_csv_atomic(folder / "cases.csv", columns, ([_cell(row[k]) for k in columns] for row in rows))
     clean = {k: (v if math.isfinite(v) else None) for k, v in summary.items()}
-    tmp = folder / "metrics.json.tmp"
-    tmp.write_text(json.dumps({"epoch": epoch, **clean}, indent=2) + "\n")
-    tmp.replace(folder / "metrics.json")
+    write_json_atomic(folder / "metrics.json", {"epoch": epoch, **clean})
 
 
 def _cell(value) -> str:

@@ -57,8 +57,9 @@ class SegmentationDataModule(CacheDataModule[SegmentationDataset]):
     mm) and ``volume_id``. Every volume of the cache needs a label map.
 
     ``split_fractions`` (e.g. ``{train: 0.6, val: 0.2, test: 0.2}``) split a cache without a ``split``
-    column by case (``case_id``, else the volume id), seeded by ``seed``. ``label_fraction`` (0, 1] of
-    the training cases is kept (at least one)."""
+    column by case (``case_id``, else the volume id), seeded by ``split_seed``. ``label_fraction`` (0, 1]
+    of the training cases is kept (at least one), drawn with ``fraction_seed`` (the same arguments as
+    :class:`~medssl.data.datamodules.classification.ClassificationDataModule`'s)."""
 
     def __init__(
         self,
@@ -70,7 +71,9 @@ class SegmentationDataModule(CacheDataModule[SegmentationDataset]):
         seed: int = 0,
         patches_per_volume: int = 4,
         label_fraction: float = 1.0,
+        fraction_seed: int = 0,
         split_fractions: Mapping[str, float] | None = None,
+        split_seed: int = 0,
         train_split: str | None = "train",
         val_split: str | None = "val",
         test_split: str | None = "test",
@@ -86,6 +89,7 @@ class SegmentationDataModule(CacheDataModule[SegmentationDataset]):
         self.mode, self.spatial_size = mode, tuple(int(s) for s in spatial_size)
         self.patches_per_volume, self.label_fraction = patches_per_volume, label_fraction
         self.split_fractions = dict(split_fractions) if split_fractions else None
+        self.split_seed, self.fraction_seed = split_seed, fraction_seed
         self.volumes: dict[str, list[str]] = {}  # volume ids per stage, after setup
 
     # -- which volumes go where ------------------------------------------------------------------
@@ -111,7 +115,7 @@ class SegmentationDataModule(CacheDataModule[SegmentationDataset]):
                 f"{sorted(set(split_of.values()))}): set train_split or split_fractions"
             )
         if self.label_fraction < 1.0:
-            kept = set(fraction_of_cases(dict.fromkeys(train_cases, "all"), self.label_fraction, self.seed))
+            kept = set(fraction_of_cases(dict.fromkeys(train_cases, "all"), self.label_fraction, self.fraction_seed))
             self.volumes["train"] = [v for v in self.volumes["train"] if cases[v] in kept]
         self.datasets["train"] = self._train_dataset(self.volumes["train"])
         for name in ("val", "test"):
@@ -131,7 +135,7 @@ class SegmentationDataModule(CacheDataModule[SegmentationDataset]):
             )
         cases = {v: str(cache.metadata(v).get("case_id") or v) for v in cache.ids}
         fractions = self.split_fractions or {"train": 0.6, "val": 0.2, "test": 0.2}
-        by_case = stratified_case_split(dict.fromkeys(sorted(set(cases.values())), "all"), fractions, self.seed)
+        by_case = stratified_case_split(dict.fromkeys(sorted(set(cases.values())), "all"), fractions, self.split_seed)
         return {v: by_case[cases[v]] for v in cache.ids}
 
     def _train_dataset(self, volume_ids: list[str]) -> SegmentationDataset:
