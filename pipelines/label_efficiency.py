@@ -51,12 +51,14 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 # -- data --------------------------------------------------------------------------------------------
 def tile_data(root: Path, n_slides: int) -> dict:
-    """A tile cache of a lesion cohort at 1 µm/px, 32-px tiles, and tile labels from its masks."""
+    """A tile cache of a lesion cohort at 1 µm/px, 32-px tiles, and tile labels from its masks. Small
+    slides (2048 px at 0.25 µm/px, about 75 tiles each) and many of them: label fractions count cases,
+    and 10 % of the training slides is more than one per class only from 20 per class up."""
     from medssl.data.truth import write_tile_labels
     from medssl.preprocess import TilingParams, tile_slides
     from medssl.synthetic.slides import write_lesion_cohort
 
-    manifest = write_lesion_cohort(root / "slides", n_slides=n_slides, seed=0)
+    manifest = write_lesion_cohort(root / "slides", n_slides=n_slides, size=2048, seed=0)
     summary = tile_slides([manifest], root / "cache", TilingParams(target_mpp=1.0, tile_size=32), progress=False)
     if summary.failed:
         raise RuntimeError(f"tiling failed: {[r.reason for r in summary.failed]}")
@@ -249,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=150, help="optimiser steps per fine-tuning run")
+    parser.add_argument("--steps", type=int, default=200, help="optimiser steps per fine-tuning run")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
-    parser.add_argument("--slides", type=int, default=24, help="slides in the tile task's cohort")
+    parser.add_argument("--slides", type=int, default=80, help="slides in the tile task's cohort (half train)")
     parser.add_argument("--cases", type=int, default=30, help="brain MRIs in the slice task's cohort")
     args = parser.parse_args(argv)
     rows = []
