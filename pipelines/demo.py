@@ -2,7 +2,9 @@
 volume (shipped with nibabel) and a CT phantom, pretrain SimCLR briefly on the tiles (``medssl fit``),
 compare it with random initialisation (RankMe, kNN), write tile embeddings (``medssl embed``), then
 train ABMIL and INS on them from slide labels (lesion / clean) and score held-out slides: bag AUROC,
-instance AUROC against the lesion masks, and heatmaps (``medssl heatmap``).
+instance AUROC against the lesion masks, and heatmaps (``medssl heatmap``); finally fine-tune the
+pretrained encoder to classify tiles as lesion or normal (tile labels from the masks) beside a random
+initialisation of the same network, and test both on the held-out slides.
 
 Run through ``bash pipelines/demo.sh`` (which installs first) or, in an installed environment,
 ``python pipelines/demo.py --out demo-output``. Re-running resumes: finished slides are skipped.
@@ -23,10 +25,11 @@ from medssl.synthetic.volumes import ct_phantom, grid_affine, nibabel_data, writ
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "simclr_tiles.yaml"
 
 
-STEPS = 6
+STEPS = 7
+FINETUNE = CONFIG.parents[1] / "finetune" / "classification" / "tiles.yaml"
 
 
-def run(out: Path, n_slides: int, epochs: int, mil_epochs: int) -> int:
+def run(out: Path, n_slides: int, epochs: int, mil_epochs: int, finetune_steps: int) -> int:
     cohort = write_slide_inputs(out / "slides", n_slides)
     print(f"[2/{STEPS}] medssl tile --mpp 0.5 --tile-size 224")
     status = medssl_main(
@@ -56,6 +59,8 @@ def run(out: Path, n_slides: int, epochs: int, mil_epochs: int) -> int:
         "slide labels only)"
     )
     status |= slide_models(out, checkpoint, mil_epochs)
+    print(f"[7/{STEPS}] medssl fit --config configs/finetune/classification/tiles.yaml (lesion vs normal tiles)")
+    finetune(out, checkpoint, finetune_steps)
     print(f"\nQC pictures: {out / 'cache' / 'qc'} (tiles over thumbnails), {out / 'volume-cache' / 'qc'} (volumes)")
     print(f"Inspect the caches: medssl info {out / 'cache'}; medssl info {out / 'volume-cache'}")
     return status
@@ -180,6 +185,41 @@ def slide_models(out: Path, checkpoint: Path, epochs: int) -> int:
     return status
 
 
+def finetune(out: Path, checkpoint: Path, steps: int) -> None:
+    """Tile classification, lesion vs normal (tile labels from the lesion masks), fine-tuned from the SimCLR
+    encoder and from a random initialisation of it, with the same steps; test metrics on the test slides."""
+    from label_efficiency import fit_and_test
+
+    from medssl.data.truth import write_tile_labels
+
+    labels = write_tile_labels(
+        out / "cache", out / "slides" / "masks", out / "tile_labels.csv", negative_slide_label="clean"
+    )
+    rows = {
+        init: fit_and_test(
+            FINETUNE,
+            out / "cache",
+            checkpoint,
+            init,
+            steps,
+            out / "runs" / "finetune" / init,
+            extra=["--data.init_args.labels_csv", str(labels)],
+        )
+        for init in ("pretrained", "random")
+    }
+    print(f"\n{'test tiles, lesion vs normal':<30}{'AUROC':>8}{'balanced accuracy':>20}{'F1':>8}")
+    for init, name in (("random", "random init"), ("pretrained", "SimCLR pretrained")):
+        metrics = rows[init]
+        print(
+            f"{name:<30}{metrics['test/auroc']:>8.3f}{metrics['test/balanced_accuracy']:>20.3f}"
+            f"{metrics['test/f1']:>8.3f}"
+        )
+    print(
+        f"(full fine-tuning, {steps} steps of 32 tiles from the 4 training slides; pipelines/label_efficiency.py\n"
+        " compares the two over label fractions and seeds)\n"
+    )
+
+
 def write_volume_inputs(folder: Path) -> Path:
     """A CSV listing a real MRI shipped with nibabel and a generated CT phantom with its lung label."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slides", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs (each a few steps)")
     parser.add_argument("--mil-epochs", type=int, default=20, help="ABMIL and INS epochs")
+    parser.add_argument("--finetune-steps", type=int, default=40, help="tile classification fine-tuning steps")
     args = parser.parse_args(argv)
-    return run(args.out, args.slides, args.epochs, args.mil_epochs)
+    return run(args.out, args.slides, args.epochs, args.mil_epochs, args.finetune_steps)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import csv
 import json
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,35 +135,55 @@ def pretrain(task: str, data: dict, out: Path, epochs: int) -> Path:
 def finetune(
     task: str, data: dict, encoder: Path, init: str, fraction: float, seed: int, steps: int, out: Path
 ) -> float:
-    """One fine-tuning run; the test metric of its final weights (cached in ``out/result.json``)."""
+    """One run of the label-efficiency grid: the test metric of its final weights."""
+    extra = ["--data.init_args.labels_csv", str(data["labels_csv"])] if task == "tiles" else []
+    extra += ["--data.init_args.spatial_size", "[64, 64]"] if task == "slices" else []
+    config = TASKS[task]
+    metrics = fit_and_test(config["finetune"], data["cache"], encoder, init, steps, out, seed, fraction, extra)
+    return metrics[config["metric"]]
+
+
+def fit_and_test(
+    config: Path,
+    cache: Path,
+    encoder: Path,
+    init: str,
+    steps: int,
+    out: Path,
+    seed: int = 0,
+    fraction: float = 1.0,
+    extra: Sequence[str] = (),
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """``medssl fit`` of a fine-tuning config for ``steps`` optimiser steps from ``encoder`` (``init``:
+    ``pretrained``, or ``random``: its architecture re-initialised), then the test split's metrics of
+    the final weights. Cached in ``out/result.json``: a re-run returns them without training."""
     result = out / "result.json"
     if result.exists():
-        return json.loads(result.read_text())["value"]
-    config = TASKS[task]
-    data_args = ["--data.init_args.labels_csv", str(data["labels_csv"])] if task == "tiles" else []
-    if task == "slices":
-        data_args += ["--data.init_args.spatial_size", "[64, 64]"]
-    model_args = ["--model.init_args.encoder", str(encoder), "--model.init_args.backbone", "null"]
-    model_args += ["--model.init_args.random_init", str(init == "random").lower()]
+        return json.loads(result.read_text())["metrics"]
     cli = lightning(
         [
             "fit",
             "--config",
-            str(config["finetune"]),
+            str(config),
             "--seed_everything",
             str(seed),
             "--data.init_args.cache",
-            str(data["cache"]),
+            str(cache),
             "--data.init_args.label_fraction",
             str(fraction),
             "--data.init_args.fraction_seed",
             str(seed),
             "--data.init_args.batch_size",
-            "32",
+            str(batch_size),
             "--data.init_args.num_workers",
             "0",
-            *data_args,
-            *model_args,
+            "--model.init_args.encoder",
+            str(encoder),
+            "--model.init_args.backbone",
+            "null",
+            "--model.init_args.random_init",
+            str(init == "random").lower(),
             "--model.init_args.warmup_epochs",
             "0",
             "--trainer.max_steps",
@@ -180,13 +201,13 @@ def finetune(
             "--trainer.enable_checkpointing",
             "false",
             *QUIET,
+            *extra,
         ]
     )
-    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
-    value = float(metrics[config["metric"]])
+    metrics = {k: float(v) for k, v in cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0].items()}
     out.mkdir(parents=True, exist_ok=True)
-    result.write_text(json.dumps({"value": value, "metrics": {k: float(v) for k, v in metrics.items()}}))
-    return value
+    result.write_text(json.dumps({"metrics": metrics}))
+    return metrics
 
 
 # -- tables and plots -----------------------------------------------------------------------------------
