@@ -86,7 +86,7 @@ def classification_metrics(scores: torch.Tensor, targets: torch.Tensor, num_clas
     present = torch.bincount(targets, minlength=num_classes) > 0
     scores = scores.float()
     with warnings.catch_warnings():  # torchmetrics warns of classes absent from targets: they are left out below
-        warnings.filterwarnings("ignore", message="No positive samples in targets")
+        warnings.filterwarnings("ignore", message="No (positive|negative) samples in targets")
         recall = multiclass_recall(scores, targets, num_classes, average=None)
         f1 = multiclass_f1_score(scores, targets, num_classes, average=None)
         per_class = multiclass_auroc(scores, targets, num_classes, average=None, thresholds=None)
@@ -109,9 +109,11 @@ def select_l2(
     """The ``l2`` of ``grid`` whose probe has the best validation balanced accuracy (ties: the larger),
     and every value's score."""
     scores = {
-        l2: float(classification_metrics(linear_probe(train_x, train_y, val_x, num_classes, l2), val_y, num_classes)[
-            "balanced_accuracy"
-        ])
+        l2: float(
+            classification_metrics(linear_probe(train_x, train_y, val_x, num_classes, l2), val_y, num_classes)[
+                "balanced_accuracy"
+            ]
+        )
         for l2 in grid
     }
     best = max(sorted(scores, reverse=True), key=lambda l2: scores[l2])
