@@ -88,6 +88,8 @@ def test_shots_exactly_k_per_class_from_distinct_cases_nested_and_seeded():
             assert len({cases[i] for i in four.tolist() if labels[i] == label}) == 4
         assert set(one.tolist()) <= set(four.tolist()) <= set(six.tolist())
     assert torch.equal(draw_shots(labels, 4, 3, cases), draw_shots(labels, 4, 3, cases))
+    first_cases = {cases[int(draw_shots(labels, 1, seed, cases)[0])] for seed in range(10)}
+    assert len(first_cases) > 2  # the case a 1-shot draw comes from varies with the seed
     assert len({tuple(draw_shots(labels, 4, seed, cases).tolist()) for seed in range(10)}) > 5
     assert [o.tolist() for o in shot_order(labels, 0).values()] != [o.tolist() for o in shot_order(labels, 1).values()]
     with pytest.raises(ValueError, match="9-shot"):
