@@ -386,6 +386,7 @@ def _add_probe_parser(sub: argparse._SubParsersAction) -> None:
         "--l2", type=float, help="logistic-regression L2 [default: chosen on val when there is a test split, else 1e-3]"
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of the case-level split when the cache has none")
+    p.add_argument("--device", default="cpu", help="where the probes run: cpu, cuda, cuda:1, ...")
     p.set_defaults(func=_run_probe)
 
 
@@ -405,6 +406,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         probes=("linear", "knn") if args.probe == "both" else (args.probe,),
         l2=args.l2,
         split_seed=args.split_seed,
+        device=args.device,
     )
     print(format_table(results))
     print(f"results: {args.out}/results.json\nfew-shot: {args.out}/few_shot.csv")

@@ -109,15 +109,12 @@ def select_l2(
     """The ``l2`` of ``grid`` whose probe has the best validation balanced accuracy (ties: the larger),
     and every value's score."""
     scores = {
-        l2: float(
-            classification_metrics(linear_probe(train_x, train_y, val_x, num_classes, l2), val_y, num_classes)[
-                "balanced_accuracy"
-            ]
-        )
+        l2: classification_metrics(linear_probe(train_x, train_y, val_x, num_classes, l2), val_y, num_classes)
         for l2 in grid
     }
-    best = max(sorted(scores, reverse=True), key=lambda l2: scores[l2])
-    return best, scores
+    accuracy = {l2: float(metrics["balanced_accuracy"] or 0.0) for l2, metrics in scores.items()}
+    best = max(sorted(accuracy, reverse=True), key=lambda l2: accuracy[l2])
+    return best, accuracy
 
 
 def shot_order(labels: torch.Tensor, seed: int, cases: Sequence[str] | None = None) -> dict[int, np.ndarray]:
@@ -133,7 +130,7 @@ def shot_order(labels: torch.Tensor, seed: int, cases: Sequence[str] | None = No
             continue
         by_case: dict[str, list[int]] = {}
         for index in members[rng.permutation(len(members))]:
-            by_case.setdefault(cases[index], []).append(int(index))
+            by_case.setdefault(cases[int(index)], []).append(int(index))
         names = sorted(by_case)
         names = [names[i] for i in rng.permutation(len(names))]
         rounds = max(len(v) for v in by_case.values())

@@ -86,10 +86,12 @@ def probe_embeddings(
     probes: Sequence[str] = PROBES,
     l2: float | None = None,
     split_seed: int = 0,
+    device: str = "cpu",
 ) -> dict:
     """Probe the embedding folder ``features`` (of the tile or volume cache ``cache``), write
     ``results.json`` and ``few_shot.csv`` into ``out`` and return the results. ``l2=None`` chooses it on
-    the val split when there is a test split too (else :data:`~medssl.eval.probes.DEFAULT_L2`)."""
+    the val split when there is a test split too (else :data:`~medssl.eval.probes.DEFAULT_L2`). ``device``
+    (e.g. ``cuda``) runs the probes there: kNN's similarity matmul is what takes time on a CPU."""
     unknown = sorted(set(probes) - set(PROBES))
     if unknown or not probes:
         raise InputError(f"unknown probe(s) {unknown or list(probes)}; choose from {list(PROBES)}")
@@ -98,7 +100,7 @@ def probe_embeddings(
         "features": str(Path(features).resolve()),
         "cache": str(Path(cache).resolve()),
         "level": level,
-        **run_probes(data, classes, shots, folds, probes, l2, where=str(labels_csv or cache)),
+        **run_probes(data, classes, shots, folds, probes, l2, where=str(labels_csv or cache), device=device),
     }
     write_results(out, results)
     return results
@@ -116,7 +118,7 @@ def load_probe_set(
     if level not in ITEM_LEVELS + ROW_LEVELS:
         raise InputError(f"level must be one of {list(ITEM_LEVELS + ROW_LEVELS)}, got {level!r}")
     embeddings = EmbeddingCache(features)
-    kind = embeddings.params.get("items")
+    kind = str(embeddings.params.get("items"))
     reader = SlideCache(cache) if kind == "slides" else VolumeCache(cache)
     key = "slide_id" if kind == "slides" else "volume_id"
     meta = {item: reader.metadata(item) for item in reader.ids}
@@ -281,6 +283,7 @@ def run_probes(
     probes: Sequence[str] = PROBES,
     l2: float | None = None,
     where: str = "probe",
+    device: str = "cpu",
 ) -> dict:
     """Full-data probes on the evaluation split and few-shot, as the ``results.json`` dictionary."""
     present = [s for s in SPLITS if s in set(data.splits)]
@@ -295,13 +298,14 @@ def run_probes(
     if len(classes) < 2:
         raise InputError(f"{where}: probing needs two classes or more; found {classes}")
     index = {name: i for i, name in enumerate(classes)}
-    y = torch.tensor([index[name] for name in data.labels], dtype=torch.long)
+    x = data.x.to(device)
+    y = torch.tensor([index[name] for name in data.labels], dtype=torch.long, device=device)
     train, test = data.select("train"), data.select(evaluate)
-    tx, ty, qx, qy = data.x[train], y[train], data.x[test], y[test]
+    tx, ty, qx, qy = x[train], y[train], x[test], y[test]
     selection = None
     if l2 is None and evaluate == "test" and "val" in present:
         val = data.select("val")
-        l2, grid = select_l2(tx, ty, data.x[val], y[val], len(classes), L2_GRID)
+        l2, grid = select_l2(tx, ty, x[val], y[val], len(classes), L2_GRID)
         selection = {str(value): score for value, score in grid.items()}
     l2 = DEFAULT_L2 if l2 is None else l2
     full: dict[str, dict] = {}
