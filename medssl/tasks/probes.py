@@ -123,7 +123,7 @@ def load_probe_set(
     key = "slide_id" if kind == "slides" else "volume_id"
     meta = {item: reader.metadata(item) for item in reader.ids}
     item_labels, row_labels, csv_splits = _labels(meta, labels_csv, key, label_column, kind)
-    items = sorted(item_labels) if row_labels is None else sorted({item for item, _ in row_labels})
+    items = sorted(item_labels)
     if row_labels is not None and level in ITEM_LEVELS:
         raise InputError(
             f"{labels_csv}: per-{key[:-3]} labels need rows, but its {INDEX_COLUMN!r} column is per "
@@ -143,25 +143,10 @@ def load_probe_set(
                 f"{features}: {rows.shape[0]} embedding rows for {expected} {'tiles' if kind == 'slides' else 'slices'}"
                 f" of {item!r}; re-run medssl embed on {cache}"
             )
-        values = np.asarray(rows[:], dtype=np.float32)
-        if level in ITEM_LEVELS:
-            xs.append(values.mean(0, dtype=np.float64, keepdims=True).astype(np.float32))
-            labels.append(item_labels[item])
-            sample_items.append(item)
-            continue
-        if row_labels is None:
-            chosen, names = np.arange(len(values)), [item_labels[item]] * len(values)
-        else:
-            pairs = sorted((index, name) for (owner, index), name in row_labels.items() if owner == item)
-            bad = [index for index, _ in pairs if index >= len(values)]
-            if bad:
-                raise InputError(
-                    f"{labels_csv}: {key} {item!r} has {len(values)} rows; {INDEX_COLUMN} {bad[:5]} is out of range"
-                )
-            chosen, names = np.array([index for index, _ in pairs], dtype=np.int64), [name for _, name in pairs]
-        xs.append(values[chosen])
+        x, names = _samples(np.asarray(rows[:], dtype=np.float32), item, level, item_labels, row_labels, labels_csv)
+        xs.append(x)
         labels.extend(names)
-        sample_items.extend([item] * len(chosen))
+        sample_items.extend([item] * len(names))
     return ProbeSet(
         x=torch.from_numpy(np.concatenate(xs)),
         labels=labels,
@@ -172,9 +157,24 @@ def load_probe_set(
     )
 
 
+def _samples(
+    values: np.ndarray, item: str, level: str, item_labels, row_labels, labels_csv
+) -> tuple[np.ndarray, list[str]]:
+    """One item's samples and their class names: its mean row (item level), or its labelled rows."""
+    if level in ITEM_LEVELS:
+        return values.mean(0, dtype=np.float64, keepdims=True).astype(np.float32), [item_labels[item]]
+    if row_labels is None:
+        return values, [item_labels[item]] * len(values)
+    pairs = sorted(row_labels[item].items())
+    bad = [index for index, _ in pairs if index >= len(values)]
+    if bad:
+        raise InputError(f"{labels_csv}: {item!r} has {len(values)} rows; {INDEX_COLUMN} {bad[:5]} is out of range")
+    return values[np.array([index for index, _ in pairs], dtype=np.int64)], [name for _, name in pairs]
+
+
 def _labels(
     meta: Mapping[str, dict], labels_csv, key: str, label_column: str, kind: str
-) -> tuple[dict[str, str], dict[tuple[str, int], str] | None, dict[str, str] | None]:
+) -> tuple[dict[str, str], dict[str, dict[int, str]] | None, dict[str, str] | None]:
     """Item labels, per-row labels (CSV with an index column) and CSV splits, checked against the cache."""
     if labels_csv is None:
         item_labels = {item: str(m["label"]) for item, m in meta.items() if m.get("label") not in (None, "")}
@@ -195,10 +195,7 @@ def _labels(
     row_labels = None
     if INDEX_COLUMN in columns:
         row_labels = _read_row_labels(labels_csv, key, label_column)
-        listed = {item for item, _ in row_labels}
-        item_labels = {
-            item: Counter(v for (o, _), v in row_labels.items() if o == item).most_common(1)[0][0] for item in listed
-        }
+        item_labels = {item: Counter(rows.values()).most_common(1)[0][0] for item, rows in row_labels.items()}
     else:
         item_labels = read_label_csv(labels_csv, key, label_column)
     absent = sorted(set(item_labels) - set(meta))
@@ -214,9 +211,9 @@ def _columns(path) -> list[str]:
         return next(csv.reader(handle), [])
 
 
-def _read_row_labels(path, key: str, label_column: str) -> dict[tuple[str, int], str]:
-    """``{(item, index): label}`` from a CSV with ``key``, ``index`` and the label column."""
-    out: dict[tuple[str, int], str] = {}
+def _read_row_labels(path, key: str, label_column: str) -> dict[str, dict[int, str]]:
+    """``{item: {index: label}}`` from a CSV with ``key``, ``index`` and the label column."""
+    out: dict[str, dict[int, str]] = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if key not in (reader.fieldnames or []) or label_column not in (reader.fieldnames or []):
@@ -231,7 +228,10 @@ def _read_row_labels(path, key: str, label_column: str) -> dict[tuple[str, int],
                 ) from None
             if not item or not value or index < 0:
                 raise InputError(f"{path}, line {line}: empty {key!r} or {label_column!r}, or a negative index")
-            out[(item, index)] = value
+            rows = out.setdefault(item, {})
+            if rows.get(index, value) != value:
+                raise InputError(f"{path}, line {line}: {key} {item!r} row {index} has two labels")
+            rows[index] = value
     if not out:
         raise InputError(f"{path}: no labelled rows")
     return out
@@ -270,7 +270,7 @@ def _case_labels(items, cases, item_labels, row_labels) -> dict[str, str]:
     """One label per case for stratification: the most common among its samples."""
     counts: dict[str, Counter] = {}
     for item in items:
-        names = [v for (o, _), v in row_labels.items() if o == item] if row_labels else [item_labels[item]]
+        names = list(row_labels[item].values()) if row_labels else [item_labels[item]]
         counts.setdefault(cases[item], Counter()).update(names)
     return {case: counter.most_common(1)[0][0] for case, counter in counts.items()}
 
