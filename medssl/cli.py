@@ -7,6 +7,7 @@
 ``medssl embed``          a trained encoder over a cache → Zarr embeddings aligned with tiles/slices
 ``medssl export``         a checkpoint's encoder → a weights file (MONAI) or a torch.export program
 ``medssl segment``        a segmentation checkpoint over a volume cache → NIfTI predictions in the original geometry
+``medssl probe``          linear/kNN probes and few-shot on embeddings (results.json, few_shot.csv)
 
 Exit status: 0 when everything succeeded, 1 when some inputs failed (the others finished and the
 manifest says why), 2 on a usage or configuration error before any work started.
@@ -400,6 +401,66 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _add_probe_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="linear and kNN probes and few-shot on embeddings (medssl embed)",
+        description="Train logistic-regression and kNN probes on the train split of an embedding folder and "
+        "report balanced accuracy, macro AUROC and macro F1 on its test split (val when there is none), plus "
+        "few-shot: k labelled samples per class, one seeded draw per fold (seed = fold), mean ± std. Writes "
+        "results.json and few_shot.csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("features", help="embedding folder written by medssl embed")
+    p.add_argument("--cache", required=True, help="the tile or volume cache the embeddings were made from")
+    p.add_argument("--out", required=True, help="folder for results.json and few_shot.csv")
+    p.add_argument(
+        "--labels",
+        help="CSV with slide_id (or volume_id) and label columns; index for per-tile labels; "
+        "split to override the cache's splits [default: labels and splits from the cache]",
+    )
+    p.add_argument("--label-column", default="label", help="the CSV's class column")
+    p.add_argument(
+        "--level",
+        default="slide",
+        choices=("slide", "volume", "tile", "slice"),
+        help="one sample per slide/volume (mean of its embeddings) or per tile/slice",
+    )
+    p.add_argument("--classes", nargs="+", help="class names, in index order [default: the labels found]")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 10, 25], help="few-shot k per class")
+    p.add_argument("--folds", type=int, default=10, help="few-shot folds (fold f draws with seed f)")
+    p.add_argument("--probe", default="both", choices=("linear", "knn", "both"))
+    p.add_argument(
+        "--l2", type=float, help="logistic-regression L2 [default: chosen on val when there is a test split, else 1e-3]"
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the case-level split when the cache has none")
+    p.add_argument("--device", default="cpu", help="where the probes run: cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from medssl.tasks.probes import format_table, probe_embeddings
+
+    results = probe_embeddings(
+        args.features,
+        args.cache,
+        args.out,
+        labels_csv=args.labels,
+        level=args.level,
+        label_column=args.label_column,
+        classes=args.classes,
+        shots=args.shots,
+        folds=args.folds,
+        probes=("linear", "knn") if args.probe == "both" else (args.probe,),
+        l2=args.l2,
+        split_seed=args.split_seed,
+        device=args.device,
+    )
+    print(format_table(results))
+    print(f"results: {args.out}/results.json\nfew-shot: {args.out}/few_shot.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -410,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(sub)
     _add_heatmap_parser(sub)
     _add_segment_parser(sub)
+    _add_probe_parser(sub)
     return parser
 
 

@@ -8,23 +8,31 @@ import torch.nn.functional as F
 
 
 def fit_linear_probe(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float = 1e-3, iterations: int = 100
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    l2: float = 1e-3,
+    iterations: int = 100,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights ``[C, D]``, bias ``[C]`` and the standardisation (mean, std) minimising mean cross-entropy
-    + ``l2/2 · ||W||²`` on standardised features."""
+    + ``l2/2 · ||W||²`` on standardised features. ``dtype`` float64 reaches the optimum to ~1e-8 (what
+    tests compare with); float32 halves memory and time on large sets at the cost of ~1e-4 in the weights."""
     with torch.inference_mode(False), torch.enable_grad():  # monitors run inside Lightning's inference mode
-        x = features.detach().clone().double()
+        x = features.detach().to(dtype)
+        x = x.clone() if x.is_inference() else x
         labels = labels.detach().clone().long()
         mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
         x = (x - mean) / std
-        weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-        bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+        weight = torch.zeros(num_classes, x.shape[1], dtype=dtype, device=x.device, requires_grad=True)
+        bias = torch.zeros(num_classes, dtype=dtype, device=x.device, requires_grad=True)
+        tight = dtype == torch.float64
         optimizer = torch.optim.LBFGS(
             [weight, bias],
             max_iter=iterations,
             line_search_fn="strong_wolfe",
-            tolerance_grad=1e-9,
-            tolerance_change=1e-12,
+            tolerance_grad=1e-9 if tight else 1e-6,
+            tolerance_change=1e-12 if tight else 1e-9,
         )
 
         def objective() -> torch.Tensor:
@@ -35,6 +43,13 @@ def fit_linear_probe(
 
         optimizer.step(objective)
     return weight.detach(), bias.detach(), mean, std
+
+
+def linear_probe_logits(
+    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """Class logits ``[N, C]`` of a probe from :func:`fit_linear_probe` (standardised as in training)."""
+    return ((features.to(weight.dtype) - mean) / std) @ weight.T + bias
 
 
 def linear_probe_accuracy(
@@ -53,7 +68,6 @@ def linear_probe_accuracy(
         train, test = fold != k, fold == k
         if labels[train].unique().numel() < 2:
             return None
-        weight, bias, mean, std = fit_linear_probe(features[train], labels[train], num_classes, l2)
-        logits = ((features[test].double() - mean) / std) @ weight.T + bias
-        correct += int((logits.argmax(1) == labels[test]).sum())
+        probe = fit_linear_probe(features[train], labels[train], num_classes, l2)
+        correct += int((linear_probe_logits(features[test], *probe).argmax(1) == labels[test]).sum())
     return correct / len(labels)
