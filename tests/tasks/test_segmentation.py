@@ -4,15 +4,19 @@ errors, and a two-process DDP run whose metrics equal a single-process evaluatio
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from medssl.cache import VolumeCache
+from medssl.cli import main
 from medssl.data import SegmentationDataModule
 from medssl.errors import InputError
 from medssl.eval.segmentation import case_metrics
@@ -229,3 +233,17 @@ def test_the_3d_unet_config_fits_at_toy_size(brain_cache, tmp_path):
     assert 0.0 <= float(metrics["val/dice"]) <= 1.0
     assert isinstance(cli.model, Segmenter) and cli.model.roi_size == (32, 32, 32)
     assert np.isfinite(float(metrics["val/iou"]))
+
+    # the checkpoint through `medssl segment`: NIfTI on each original scan's grid, the validation Dice
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    out = tmp_path / "predictions"
+    assert main(["segment", str(checkpoint), "--cache", str(brain_cache), "--out", str(out), "--split", "val"]) == 0
+    cache = VolumeCache(brain_cache)
+    (validation,) = tmp_path.rglob("results/val/cases.csv")
+    for row in csv.DictReader(validation.open()):
+        original = cache.metadata(row["volume_id"])["original"]
+        written = nib.load(out / f"{row['volume_id']}.nii.gz")
+        assert written.shape == tuple(original["shape"]) and np.allclose(written.affine, original["affine"])
+        record = json.loads((out / "cases" / f"{row['volume_id']}.json").read_text())
+        for label, name in enumerate(BRAIN_CLASSES[1:], start=1):
+            assert record["dice"][str(label)] == pytest.approx(float(row[f"dice_{name}"]), abs=1e-5)
