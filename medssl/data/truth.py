@@ -20,6 +20,7 @@ import numpy as np
 
 from medssl.cache import SlideCache
 from medssl.errors import InputError
+from medssl.eval.results import write_csv_atomic
 
 
 class LesionMasks:
@@ -97,15 +98,5 @@ def tile_label_rows(
 
 def write_tile_labels(cache: str | os.PathLike, masks: str | os.PathLike, out: str | os.PathLike, **options) -> Path:
     """:func:`tile_label_rows` as a CSV (``slide_id,tile,label``), written atomically."""
-    import csv
-
     rows = tile_label_rows(SlideCache(cache), LesionMasks(masks), **options)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["slide_id", "tile", "label"])
-        writer.writerows(rows)
-    os.replace(partial, out)
-    return out
+    return write_csv_atomic(out, ["slide_id", "tile", "label"], rows)

@@ -12,29 +12,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _replace(path: Path, write) -> Path:
-    """Write through ``write(handle)`` to ``<path>.tmp`` (folders made as needed), then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        write(handle)
-    os.replace(tmp, path)
-    return path
+from medssl.files import atomic_path, write_text_atomic
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """``data`` as indented JSON at ``path``, written whole or not at all."""
-    return _replace(Path(path), lambda handle: handle.write(json.dumps(data, indent=2) + "\n"))
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_csv_atomic(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
     """A CSV with a ``columns`` header and one line per row, written whole or not at all."""
 
-    def write(handle) -> None:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         writer.writerows(rows)
-
-    return _replace(Path(path), write)
+    return Path(path)

@@ -30,6 +30,7 @@ import torch
 
 import medssl
 from medssl.errors import InputError
+from medssl.files import atomic_path
 from medssl.nn.backbones import Encoder, build_encoder
 
 ENCODER_FORMAT = "medssl.encoder"
@@ -277,17 +278,12 @@ def export_program(
     example = torch.rand(2, config["in_channels"], *size)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     program = torch.export.export(encoder, (example,), dynamic_shapes=({0: batch},))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    torch.export.save(program, partial)
-    os.replace(partial, out)
-    return out
+    with atomic_path(out) as temporary:
+        torch.export.save(program, temporary)
+    return Path(out)
 
 
 def _atomic_save(data: dict, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    torch.save(data, partial)
-    os.replace(partial, out)
+    with atomic_path(out) as temporary:
+        torch.save(data, temporary)
     return out

@@ -20,7 +20,6 @@ than with an interpolator, so that the rounding and the out-of-grid rule are exa
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medssl.errors import CacheError
+from medssl.files import atomic_path
 
 #: Original voxels mapped per step; bounds the coordinates held at once (~3 × 8 bytes × this).
 SLAB_VOXELS = 1 << 21
@@ -117,13 +117,6 @@ def write_nifti_atomically(path: str | os.PathLike, data: np.ndarray, affine: np
     image = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
     image.set_qform(affine, code="scanner")
     image.set_sform(affine, code="scanner")
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         nib.save(image, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path

@@ -21,11 +21,9 @@ in the manifest with its reason while the others finish.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,8 @@ import torch
 
 from medssl.cache import VolumeCache
 from medssl.errors import InputError, MedsslError
+from medssl.eval.results import write_csv_atomic
+from medssl.files import write_text_atomic
 from medssl.jobs import DONE, SKIPPED, Job, Result, RunSummary, SourceFingerprint, run_jobs
 from medssl.preprocess.volume_geometry import (
     cached_affine,
@@ -175,7 +175,7 @@ class CaseWorker:
             "voxels": counts,
             "made_from": made_from,
         }
-        write_text_atomically(case_record_path(self.out, volume_id), json.dumps(record, indent=1))  # last: complete
+        write_text_atomic(case_record_path(self.out, volume_id), json.dumps(record, indent=1))  # last: complete
         progress(record["slices"])
         return Result(volume_id, str(job.path), DONE, "", record["slices"], 0.0, {"prediction": str(prediction_path)})
 
@@ -235,20 +235,6 @@ def read_case_record(out: Path, volume_id: str) -> dict | None:
         return None
 
 
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write ``text`` under a temporary name beside ``path``, then rename: never a partial file at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_metrics(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
     """``metrics.csv``: one row per case and class (:data:`METRIC_COLUMNS`), written atomically."""
     rows = []
@@ -256,13 +242,7 @@ def write_metrics(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
         for label, dice in (record.get("dice") or {}).items():
             predicted, actual = record["voxels"][label]
             rows.append([record["volume_id"], record.get("split") or "", label, f"{dice:.6f}", predicted, actual])
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(METRIC_COLUMNS)
-        writer.writerows(rows)
-    os.replace(temporary, path)
-    return path
+    return write_csv_atomic(path, METRIC_COLUMNS, rows)
 
 
 # -- from a checkpoint ----------------------------------------------------------------------------

@@ -52,6 +52,8 @@ from medssl.eval.probes import (
     get_probe,
     select_l2,
 )
+from medssl.eval.results import write_csv_atomic
+from medssl.files import write_text_atomic
 
 ITEM_LEVELS, ROW_LEVELS = ("slide", "volume"), ("tile", "slice")
 SPLITS = ("train", "val", "test")
@@ -341,7 +343,7 @@ def write_results(out: str | os.PathLike, results: dict) -> Path:
     """``results.json`` and ``few_shot.csv`` into ``out``, each through a temporary file."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     header = ["probe", "shots", "folds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["note"]
     rows = []
     for probe, per_k in results["few_shot"]["results"].items():
@@ -351,27 +353,12 @@ def write_results(out: str | os.PathLike, results: dict) -> Path:
                 continue
             values = [_cell(result[s][m]) for m in METRICS for s in ("mean", "std")]
             rows.append([probe, k, len(result["folds"])] + values + [""])
-    _atomic_csv(out / "few_shot.csv", header, rows)
+    write_csv_atomic(out / "few_shot.csv", header, rows)
     return out
 
 
 def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def format_table(results: dict) -> str:

@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from medssl.files import atomic_path
+
 
 def tile_overlay(
     thumbnail: np.ndarray,
@@ -38,12 +40,9 @@ def tile_overlay(
 
 def save_png_atomically(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write a PNG through a temporary file so a killed run never leaves half a picture."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}.png")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
+    return Path(path)
 
 
 def volume_montage(
