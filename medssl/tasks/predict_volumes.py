@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ import torch
 from medssl.cache import VolumeCache
 from medssl.errors import InputError, MedsslError
 from medssl.eval.results import write_csv_atomic
+from medssl.eval.segmentation import case_metrics
 from medssl.files import write_text_atomic
 from medssl.jobs import DONE, SKIPPED, Job, Result, RunSummary, SourceFingerprint, run_jobs
 from medssl.preprocess.volume_geometry import (
@@ -47,7 +49,7 @@ from medssl.preprocess.volume_geometry import (
 from medssl.tasks.checkpoints import load_task_model
 
 PREDICTION_SUFFIX = ".nii.gz"
-METRIC_COLUMNS = ("volume_id", "split", "class", "dice", "predicted_voxels", "truth_voxels")
+METRIC_COLUMNS = ("volume_id", "split", "class", "dice", "iou", "hd95", "predicted_voxels", "truth_voxels")
 
 
 class VolumePredictor(Protocol):
@@ -157,9 +159,11 @@ class CaseWorker:
         image = torch.from_numpy(np.asarray(self.cache.image(volume_id), dtype=np.float32))[None]
         prediction = self.predict(image, where)
         truth = self.cache.label(volume_id)
-        dice = counts = None
+        scores: dict[str, Any] = {}
         if truth is not None:
-            dice, counts = dice_per_class(prediction, np.asarray(truth))
+            classes = getattr(self.predictor, "num_classes", None)
+            spacing = attrs["spacing"][::-1]  # x, y, z mm → the array's z, y, x
+            scores = scores_per_class(prediction, np.asarray(truth), classes, spacing)
         labels = prediction.astype(label_dtype(prediction), copy=False)
         on_original = to_original_grid(labels, affine, original_shape, original_affine)
         write_nifti_atomically(prediction_path, on_original, original_affine)
@@ -171,8 +175,10 @@ class CaseWorker:
             "original_shape": list(original_shape),
             "cached_shape": list(prediction.shape),
             "slices": int(prediction.shape[0]),
-            "dice": dice,
-            "voxels": counts,
+            "dice": scores.get("dice"),
+            "iou": scores.get("iou"),
+            "hd95": scores.get("hd95"),
+            "voxels": scores.get("voxels"),
             "made_from": made_from,
         }
         write_text_atomic(case_record_path(self.out, volume_id), json.dumps(record, indent=1))  # last: complete
@@ -200,20 +206,25 @@ class CaseWorker:
         return labels
 
 
-def dice_per_class(prediction: np.ndarray, truth: np.ndarray) -> tuple[dict[str, float], dict[str, list[int]]]:
-    """Dice ``2|P ∩ T| / (|P| + |T|)`` of every foreground class in the prediction or the truth (a class
-    only predicted scores 0; one in neither is left out), and ``[predicted, truth]`` voxel counts. Keys
-    are class values as strings (JSON object keys)."""
+def scores_per_class(
+    prediction: np.ndarray, truth: np.ndarray, num_classes: int | None = None, spacing=None
+) -> dict[str, dict[str, Any]]:
+    """Dice, IoU and HD95 (mm, from ``spacing`` per array axis) of each foreground class, scored as
+    validation scores them (:func:`~medssl.eval.segmentation.case_metrics`: a class absent from the truth
+    has none, so it is left out), and ``[predicted, truth]`` voxel counts of every class in either
+    (a class predicted where the truth has none shows as ``[n, 0]``). Keys are class values as strings
+    (JSON object keys). ``num_classes`` defaults to the largest label + 1."""
     if prediction.shape != truth.shape:
         raise PredictionError(f"prediction shape {prediction.shape} differs from the label's {truth.shape}")
-    classes = sorted((set(np.unique(prediction).tolist()) | set(np.unique(truth).tolist())) - {0})
-    dice, counts = {}, {}
-    for label in classes:
-        p, t = prediction == label, truth == label
-        predicted, actual, both = int(p.sum()), int(t.sum()), int((p & t).sum())
-        dice[str(label)] = 2.0 * both / (predicted + actual)
-        counts[str(label)] = [predicted, actual]
-    return dice, counts
+    prediction, truth = prediction.astype(np.int64, copy=False), truth.astype(np.int64, copy=False)
+    count = num_classes or int(max(prediction.max(initial=0), truth.max(initial=0))) + 1
+    metrics = case_metrics(torch.from_numpy(prediction), torch.from_numpy(truth), count, spacing)
+    out: dict[str, dict[str, Any]] = {
+        name: {str(c): v for c, v in enumerate(values, start=1) if math.isfinite(v)} for name, values in metrics.items()
+    }
+    predicted, actual = np.bincount(prediction.ravel(), minlength=count), np.bincount(truth.ravel(), minlength=count)
+    out["voxels"] = {str(c): [int(predicted[c]), int(actual[c])] for c in range(1, count) if predicted[c] or actual[c]}
+    return out
 
 
 def attrs_digest(attrs: Mapping[str, Any]) -> str:
@@ -239,9 +250,10 @@ def write_metrics(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
     """``metrics.csv``: one row per case and class (:data:`METRIC_COLUMNS`), written atomically."""
     rows = []
     for record in records:
-        for label, dice in (record.get("dice") or {}).items():
-            predicted, actual = record["voxels"][label]
-            rows.append([record["volume_id"], record.get("split") or "", label, f"{dice:.6f}", predicted, actual])
+        for label, (predicted, actual) in (record.get("voxels") or {}).items():
+            scores = [record.get(name, {}).get(label) for name in ("dice", "iou", "hd95")]
+            cells = ["" if value is None else f"{value:.6f}" for value in scores]
+            rows.append([record["volume_id"], record.get("split") or "", label, *cells, predicted, actual])
     return write_csv_atomic(path, METRIC_COLUMNS, rows)
 
 

@@ -29,7 +29,7 @@ from medssl.synthetic.volumes import sphere, write_nifti
 from medssl.tasks import predict_volumes as predict_module
 from medssl.tasks.base import FinetuneTask
 from medssl.tasks.checkpoints import load_task_model
-from medssl.tasks.predict_volumes import dice_per_class, predict_volumes
+from medssl.tasks.predict_volumes import predict_volumes, scores_per_class
 
 #: Array axis 0 runs posterior (−y, 1.5 mm), axis 1 left (−x, 1.2 mm), axis 2 superior (+z, 3 mm): a
 #: permuted, flipped, anisotropic grid ("PLS"), far from the RAS grid the cache stores.
@@ -238,12 +238,17 @@ def test_a_kill_leaves_no_partial_file_and_an_unrecorded_case_is_redone(cohort, 
     assert summary.counts()["skipped"] == 1 and len(predictor.seen) == 4
 
 
-def test_dice_per_class_by_hand():
-    prediction = np.array([[1, 1, 0, 2, 0]])
-    truth = np.array([[1, 0, 0, 0, 3]])
-    dice, counts = dice_per_class(prediction, truth)
-    assert dice == {"1": pytest.approx(2 / 3), "2": 0.0, "3": 0.0}
-    assert counts == {"1": [2, 1], "2": [1, 0], "3": [0, 1]}
+def test_scores_per_class_by_hand():
+    """As validation scores a case: a class the truth lacks has no score (its false positives show in
+    the voxel counts); a class the prediction misses scores 0."""
+    prediction = np.array([[[1, 1, 0, 2, 0]]])
+    truth = np.array([[[1, 0, 0, 0, 3]]])
+    scores = scores_per_class(prediction, truth, num_classes=4, spacing=(1.0, 1.0, 2.0))
+    assert scores["dice"] == {"1": pytest.approx(2 / 3), "3": 0.0}
+    assert scores["iou"] == {"1": pytest.approx(1 / 2), "3": 0.0}
+    # predicted voxels lie 0 and 2 mm (one step along the 2 mm axis) from the truth: 95th percentile 1.9
+    assert scores["hd95"] == {"1": pytest.approx(1.9)}
+    assert scores["voxels"] == {"1": [2, 1], "2": [1, 0], "3": [0, 1]}
 
 
 def test_selection_refuses_unknown_ids_and_empty_splits(cohort, tmp_path):
