@@ -22,7 +22,7 @@ from medssl.preprocess import TilingParams, tile_slides
 from medssl.synthetic.slides import Ellipse, SlideLayout, write_slide
 from medssl.tasks.classification import Classifier
 from tests.ddp import fit_on_two_cpu_processes
-from tests.trainers import quiet_trainer
+from tests.trainers import quiet_trainer, toy_arguments
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -185,28 +185,16 @@ def test_two_process_ddp_reports_the_metrics_of_a_single_process_evaluation(text
     encoder = build_encoder(**RESNET)
     export_encoder(encoder, tmp_path / "encoder.pt")
     config = ROOT / "configs" / "finetune" / "classification" / "tiles.yaml"
-    toy = [
-        "--config",
-        str(config),
+    toy = toy_arguments(
+        config,
+        texture_cohort,
         "--model.init_args.encoder",
         str(tmp_path / "encoder.pt"),
-        "--data.init_args.cache",
-        str(texture_cohort),
         "--data.init_args.split_fractions",
         json.dumps(HALVES),
         "--data.init_args.batch_size",
         "8",
-        "--data.init_args.num_workers",
-        "0",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.num_sanity_val_steps",
-        "0",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+    )
     fit_on_two_cpu_processes(["fit", *toy, "--trainer.default_root_dir", str(tmp_path / "ddp")], timeout=240)
     (checkpoint,) = (tmp_path / "ddp").rglob("*.ckpt")
     (results,) = (tmp_path / "ddp").rglob("results/val/metrics.json")

@@ -26,7 +26,7 @@ from medssl.preprocess import VolumeParams, cache_volumes
 from medssl.synthetic.volumes import BRAIN_CLASSES, brain_cohort
 from medssl.tasks.segmentation import Segmenter
 from tests.ddp import fit_on_two_cpu_processes
-from tests.trainers import quiet_trainer
+from tests.trainers import quiet_trainer, toy_arguments
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -163,31 +163,9 @@ def test_data_errors_name_the_volume(brain_cache, volume_cache):
 
 # -- configs, DDP ----------------------------------------------------------------------------------------
 def toy(config: str, cache: Path, out: Path, *extra: str) -> list[str]:
-    """``medssl fit`` of a finetune config at toy size: narrow network, 2 steps, 1 epoch."""
-    return [
-        "fit",
-        "--config",
-        str(CONFIGS / config),
-        "--data.init_args.cache",
-        str(cache),
-        "--data.init_args.num_workers",
-        "0",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.limit_train_batches",
-        "2",
-        "--trainer.num_sanity_val_steps",
-        "0",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "1",
-        "--trainer.default_root_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    """``medssl fit`` of a finetune config at toy size, on one CPU process writing under ``out``."""
+    device = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.default_root_dir", str(out)]
+    return ["fit", *toy_arguments(CONFIGS / config, cache, *device, *extra)]
 
 
 @pytest.mark.slow
