@@ -14,7 +14,7 @@ For each task, on held-out test cases:
 Each (fraction, seed) is run from the pretrained encoder and from a random initialisation of the same
 architecture (``random_init``), with the same training budget in optimiser steps (``--steps``; fewer labels
 means more epochs over them, not fewer updates), the same seeded subset of training *cases* (nested across
-fractions) and the final weights tested. Writes ``results.csv`` (one row per run), ``summary.csv``
+fractions) and the final weights tested. Writes ``results.csv`` (one row per run and metric), ``summary.csv``
 (mean ± std over seeds) and one ``<task>.png`` plot into ``--out``; finished runs are skipped on a re-run.
 
     python pipelines/label_efficiency.py --out runs/label-efficiency --seeds 0 1 2
@@ -23,12 +23,13 @@ fractions) and the final weights tested. Writes ``results.csv`` (one row per run
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from medssl.eval.results import write_csv_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -36,13 +37,13 @@ TASKS = {
     "tiles": {
         "pretrain": CONFIGS / "pretrain" / "simclr_tiles.yaml",
         "finetune": CONFIGS / "finetune" / "classification" / "tiles.yaml",
-        "metric": "test/auroc",
+        "metrics": ["test/auroc", "test/balanced_accuracy"],
         "title": "tile classification (lesion vs normal)",
     },
     "slices": {
         "pretrain": CONFIGS / "pretrain" / "simclr_slices.yaml",
         "finetune": CONFIGS / "finetune" / "segmentation_2d" / "unet_slices.yaml",
-        "metric": "test/dice",
+        "metrics": ["test/dice", "test/dice_grey_matter", "test/dice_white_matter", "test/hd95"],
         "title": "slice segmentation (grey / white matter)",
     },
 }
@@ -134,13 +135,13 @@ def pretrain(task: str, data: dict, out: Path, epochs: int) -> Path:
 
 def finetune(
     task: str, data: dict, encoder: Path, init: str, fraction: float, seed: int, steps: int, out: Path
-) -> float:
-    """One run of the label-efficiency grid: the test metric of its final weights."""
+) -> dict[str, float]:
+    """One run of the label-efficiency grid: the task's test metrics of its final weights."""
     extra = ["--data.init_args.labels_csv", str(data["labels_csv"])] if task == "tiles" else []
     extra += ["--data.init_args.spatial_size", "[64, 64]"] if task == "slices" else []
     config = TASKS[task]
     metrics = fit_and_test(config["finetune"], data["cache"], encoder, init, steps, out, seed, fraction, extra)
-    return metrics[config["metric"]]
+    return {name: metrics[name] for name in config["metrics"]}
 
 
 def fit_and_test(
@@ -212,58 +213,56 @@ def fit_and_test(
 
 # -- tables and plots -----------------------------------------------------------------------------------
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean ± sample std over seeds for each (task, init, fraction)."""
+    """Mean ± sample std over seeds for each (task, metric, init, fraction)."""
     groups: dict[tuple, list[float]] = {}
     for row in rows:
-        groups.setdefault((row["task"], row["init"], row["fraction"]), []).append(row["value"])
+        groups.setdefault((row["task"], row["metric"], row["init"], row["fraction"]), []).append(row["value"])
     return [
         {
             "task": task,
+            "metric": metric,
             "init": init,
             "fraction": fraction,
-            "metric": TASKS[task]["metric"],
             "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "seeds": len(values),
         }
-        for (task, init, fraction), values in sorted(groups.items())
+        for (task, metric, init, fraction), values in sorted(groups.items())
     ]
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(path)
+def cell(summary: list[dict], task: str, metric: str, init: str, fraction: float) -> dict:
+    return next(
+        r for r in summary if (r["task"], r["metric"], r["init"], r["fraction"]) == (task, metric, init, fraction)
+    )
 
 
 def plot(out: Path, task: str, summary: list[dict], fractions: list[float]) -> None:
+    """The task's first metric against the label fraction, pretrained and random, ± std over seeds."""
     from medssl.viz.charts import save_line_chart
 
+    metric = TASKS[task]["metrics"][0]
     series = {
         init: [
-            next(
-                (r["mean"], r["std"]) for r in summary if r["task"] == task and r["init"] == init and r["fraction"] == f
-            )
+            (cell(summary, task, metric, init, f)["mean"], cell(summary, task, metric, init, f)["std"])
             for f in fractions
         ]
         for init in ("pretrained", "random")
     }
     labels = [f"{f:.0%}" for f in fractions]
-    save_line_chart(out / f"{task}.png", series, labels, TASKS[task]["title"], TASKS[task]["metric"])
+    save_line_chart(out / f"{task}.png", series, labels, TASKS[task]["title"], metric)
 
 
-def print_table(summary: list[dict], fractions: list[float]) -> None:
-    print(f"\n{'task':<8}{'init':<12}" + "".join(f"{f:>18.0%}" for f in fractions))
-    for task in sorted({r["task"] for r in summary}):
-        for init in ("pretrained", "random"):
-            cells = {r["fraction"]: r for r in summary if r["task"] == task and r["init"] == init}
-            print(
-                f"{task:<8}{init:<12}"
-                + "".join(f"{cells[f]['mean']:>11.3f} ± {cells[f]['std']:.3f}" for f in fractions if f in cells)
-            )
+def print_table(summary: list[dict], tasks: list[str], fractions: list[float]) -> None:
+    """A Markdown table: one row per task, metric and initialisation; mean ± std per fraction."""
+    print("\n| task | metric | init | " + " | ".join(f"{f:.0%} of training cases" for f in fractions) + " |")
+    print("|---|---|---|" + "---|" * len(fractions))
+    for task in tasks:
+        for metric in TASKS[task]["metrics"]:
+            for init in ("pretrained", "random"):
+                cells = [cell(summary, task, metric, init, f) for f in fractions]
+                values = " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells)
+                print(f"| {task} | {metric} | {init} | {values} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,16 +286,20 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 for init in ("pretrained", "random"):
                     run = root / f"fraction-{fraction:g}" / f"seed-{seed}" / init
-                    value = finetune(task, data, encoder, init, fraction, seed, args.steps, run)
-                    rows.append({"task": task, "init": init, "fraction": fraction, "seed": seed, "value": value})
-                    print(f"[{task}] {init:<10} fraction {fraction:<5g} seed {seed}: {value:.3f}", flush=True)
+                    metrics = finetune(task, data, encoder, init, fraction, seed, args.steps, run)
+                    rows += [
+                        {"task": task, "metric": m, "init": init, "fraction": fraction, "seed": seed, "value": v}
+                        for m, v in metrics.items()
+                    ]
+                    shown = ", ".join(f"{m} {v:.3f}" for m, v in metrics.items())
+                    print(f"[{task}] {init:<10} fraction {fraction:<5g} seed {seed}: {shown}", flush=True)
     summary = summarise(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / "results.csv", rows)
-    write_csv(args.out / "summary.csv", summary)
+    write_csv_atomic(args.out / "results.csv", list(rows[0]), [list(r.values()) for r in rows])
+    write_csv_atomic(args.out / "summary.csv", list(summary[0]), [list(r.values()) for r in summary])
     for task in args.tasks:
         plot(args.out, task, summary, args.fractions)
-    print_table(summary, args.fractions)
+    print_table(summary, args.tasks, args.fractions)
     return 0
 
 
