@@ -14,8 +14,9 @@ For each task, on held-out test cases:
 Each (fraction, seed) is run from the pretrained encoder and from a random initialisation of the same
 architecture (``random_init``), with the same training budget in optimiser steps (``--steps``; fewer labels
 means more epochs over them, not fewer updates), the same seeded subset of training *cases* (nested across
-fractions) and the final weights tested. Writes ``results.csv`` (one row per run and metric), ``summary.csv``
-(mean ± std over seeds) and one ``<task>.png`` plot into ``--out``; finished runs are skipped on a re-run.
+fractions) and the final weights tested. Writes, per task, ``<out>/<task>/results.csv`` (one row per run
+and metric), ``summary.csv`` (mean ± std over seeds) and ``<task>.png``; finished runs are skipped on a
+re-run (whatever ``--steps`` it is given: use a new ``--out`` for another budget).
 
     python pipelines/label_efficiency.py --out runs/label-efficiency --seeds 0 1 2
 """
@@ -134,13 +135,13 @@ def pretrain(task: str, data: dict, out: Path, epochs: int) -> Path:
 
 
 def finetune(
-    task: str, data: dict, encoder: Path, init: str, fraction: float, seed: int, steps: int, out: Path
+    task: str, data: dict, encoder: Path, init: str, fraction: float, seed: int, steps: int, batch: int, out: Path
 ) -> dict[str, float]:
     """One run of the label-efficiency grid: the task's test metrics of its final weights."""
     extra = ["--data.init_args.labels_csv", str(data["labels_csv"])] if task == "tiles" else []
     extra += ["--data.init_args.spatial_size", "[64, 64]"] if task == "slices" else []
     config = TASKS[task]
-    metrics = fit_and_test(config["finetune"], data["cache"], encoder, init, steps, out, seed, fraction, extra)
+    metrics = fit_and_test(config["finetune"], data["cache"], encoder, init, steps, out, seed, fraction, extra, batch)
     return {name: metrics[name] for name in config["metrics"]}
 
 
@@ -272,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200, help="optimiser steps per fine-tuning run")
+    parser.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch size")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--slides", type=int, default=80, help="slides in the tile task's cohort (half train)")
     parser.add_argument("--cases", type=int, default=30, help="brain MRIs in the slice task's cohort")
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 for init in ("pretrained", "random"):
                     run = root / f"fraction-{fraction:g}" / f"seed-{seed}" / init
-                    metrics = finetune(task, data, encoder, init, fraction, seed, args.steps, run)
+                    metrics = finetune(task, data, encoder, init, fraction, seed, args.steps, args.batch_size, run)
                     rows += [
                         {"task": task, "metric": m, "init": init, "fraction": fraction, "seed": seed, "value": v}
                         for m, v in metrics.items()
@@ -294,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
                     shown = ", ".join(f"{m} {v:.3f}" for m, v in metrics.items())
                     print(f"[{task}] {init:<10} fraction {fraction:<5g} seed {seed}: {shown}", flush=True)
     summary = summarise(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(args.out / "results.csv", list(rows[0]), [list(r.values()) for r in rows])
-    write_csv_atomic(args.out / "summary.csv", list(summary[0]), [list(r.values()) for r in summary])
-    for task in args.tasks:
-        plot(args.out, task, summary, args.fractions)
+    for task in args.tasks:  # per task: a task's runs may use their own --steps and --batch-size
+        mine = [r for r in rows if r["task"] == task]
+        write_csv_atomic(args.out / task / "results.csv", list(mine[0]), [list(r.values()) for r in mine])
+        ours = [r for r in summary if r["task"] == task]
+        write_csv_atomic(args.out / task / "summary.csv", list(ours[0]), [list(r.values()) for r in ours])
+        plot(args.out / task, task, summary, args.fractions)
     print_table(summary, args.tasks, args.fractions)
     return 0
 
