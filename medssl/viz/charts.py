@@ -3,6 +3,7 @@ few x positions, one line per series, with a ± spread bar at each point — the
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,10 +42,11 @@ def line_chart(
         return top + (high - v) / (high - low) * (height - top - bottom)
 
     draw.rectangle((left, top, width - right, height - bottom), outline="black")
+    digits = max(2, math.ceil(-math.log10((high - low) / 4)) + 1)  # ticks that differ when printed
     for k in range(5):
         v = low + (high - low) * k / 4
         draw.line((left - 4, y_at(v), left, y_at(v)), fill="black")
-        draw.text((8, y_at(v) - 6), f"{v:.2f}", fill="black")
+        draw.text((4, y_at(v) - 6), f"{v:.{digits}f}", fill="black")
     for k, label in enumerate(x_labels):
         draw.text((x_at(k) - 3 * len(label), height - bottom + 8), label, fill="black")
     draw.text((left, 12), title, fill="black")
@@ -57,7 +59,7 @@ def line_chart(
         for (x, y), (m, s) in zip(xy, points):
             draw.line((x, y_at(m - s), x, y_at(m + s)), fill=colour, width=1)
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-        draw.text((width - right - 150, top + 8 + 14 * index), f"- {name}", fill=colour)
+        draw.text((width - right - 150, height - bottom - 14 * (len(series) - index) - 6), f"- {name}", fill=colour)
     return image
 
 
