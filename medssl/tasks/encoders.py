@@ -116,6 +116,11 @@ class ChannelAdapter(nn.Module):
         if mode not in ("none", "repeat", "conv1x1"):
             raise ValueError(f"channel_adapter must be 'none', 'repeat' or 'conv1x1', got {mode!r}")
         self.mode, self.in_channels, self.out_channels = mode, in_channels, out_channels
+        if mode == "repeat" and out_channels % in_channels:
+            raise InputError(
+                f"channel_adapter repeat cannot turn {in_channels} data channels into the encoder's "
+                f"{out_channels} (not a multiple); use conv1x1"
+            )
         self.conv: nn.Module | None = None
         if mode == "conv1x1":
             conv = (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(in_channels, out_channels, 1)

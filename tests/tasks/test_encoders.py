@@ -74,6 +74,8 @@ def test_repeat_and_conv1x1_adapters_give_the_same_features_at_the_start():
     grey = torch.rand(4, 1, 32, 32)
     torch.testing.assert_close(conv.features(grey), repeat.features(grey), atol=1e-5, rtol=1e-5)
     assert sum(p.numel() for p in conv.adapter.parameters()) == 3 + 3  # a learned 1×1: weights and biases
+    with pytest.raises(InputError, match="2 data channels into the encoder's 3"):
+        Classifier(num_classes=2, backbone=RESNET, in_channels=2, channel_adapter="repeat")
 
 
 def test_frozen_encoder_and_its_batchnorm_statistics_do_not_move_while_the_head_learns(tmp_path):
