@@ -38,7 +38,8 @@ def configure_optimizer(
     min_lr: float | None = None,
     lr_scales: Mapping[int, float] | None = None,
 ) -> dict:
-    """Lightning's ``configure_optimizers`` answer: AdamW or SGD (momentum 0.9), no weight decay on
+    """Lightning's ``configure_optimizers`` answer: AdamW, SGD (momentum 0.9) or LARS (SGD with a
+    layer-wise trust ratio on the weights, :class:`~medssl.methods.lars.LARS`), no weight decay on
     biases and norms, a per-step linear warm-up then cosine to ``min_lr`` (``min_lr=None``: constant).
     ``lr_scales`` multiplies the rate of parameters (by ``id``; others 1.0), e.g. layer-wise decay; the
     schedule scales every group alike. Frozen parameters (``requires_grad=False``) are left out."""
@@ -51,15 +52,19 @@ def configure_optimizer(
             decays = not (parameter.ndim <= 1 or name.endswith(".bias"))
             grouped.setdefault((decays, scales.get(id(parameter), 1.0)), []).append(parameter)
     groups = [
-        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * scale}
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": lr * scale, "lars": decays}
         for (decays, scale), params in sorted(grouped.items(), key=lambda item: (not item[0][0], -item[0][1]))
     ]
     if optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    elif optimizer == "lars":
+        from medssl.methods.lars import LARS
+
+        opt = LARS(groups, lr=lr)
     elif optimizer == "adamw":
         opt = torch.optim.AdamW(groups, lr=lr)
     else:
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+        raise ValueError(f"optimizer must be 'adamw', 'sgd' or 'lars', got {optimizer!r}")
     trainer = module.trainer
     total = max(1, int(trainer.estimated_stepping_batches))
     per_epoch = max(1, total // max(1, trainer.max_epochs or 1))

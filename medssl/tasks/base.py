@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from medssl.data.datamodules.base import stage_dataset
 from medssl.errors import InputError
 from medssl.methods.base import MedsslModule
 from medssl.methods.schedules import configure_optimizer
@@ -141,11 +142,7 @@ class FinetuneTask(MedsslModule):
 def first_sample(datamodule: Any, stage: str) -> dict | None:
     """One sample of the dataset a DataModule serves for a Lightning stage (``fit`` → train), or None
     when it has none or does not keep per-stage ``datasets`` (then nothing is checked)."""
-    datasets = getattr(datamodule, "datasets", None)
-    if not isinstance(datasets, dict):
-        return None
-    split = {"fit": "train", "validate": "val", "test": "test", "predict": "test"}.get(stage, stage)
-    dataset = datasets.get(split)
+    dataset = stage_dataset(datamodule, stage)
     if dataset is None or len(dataset) == 0:
         return None
     sample = dataset[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -15,6 +15,15 @@ from torch.utils.data import DataLoader, Dataset
 from medssl.data.transforms import seed_worker
 
 DatasetT = TypeVar("DatasetT", bound=Dataset)
+
+
+def stage_dataset(datamodule: Any, stage: str) -> Any:
+    """The dataset a DataModule serves for a Lightning stage (``fit`` → train), or None when it has none
+    or does not keep per-stage ``datasets`` (a :class:`CacheDataModule` does)."""
+    datasets = getattr(datamodule, "datasets", None)
+    if not isinstance(datasets, dict):
+        return None
+    return datasets.get({"fit": "train", "validate": "val", "test": "test", "predict": "test"}.get(stage, stage))
 
 
 def default_workers() -> int:
