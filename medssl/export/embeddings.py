@@ -4,6 +4,7 @@ Layout of an embedding folder (``--out DIR``)::
 
     DIR/cache.zarr/embeddings/<item_id>/features  float [N, D]  row i = tile i of the slide (or axial slice i)
                                         coords    int64 [N, 2]  tiles only: level-0 (x, y), as in the tile cache
+                                        volume    float [1, D]  volume encoders only: the volume embedding
     DIR/encoder.pt                      the encoder that made them (see medssl.export.encoders)
     DIR/manifest.csv                    one row per slide/volume (status, reason, count, seconds)
 
@@ -137,11 +138,17 @@ class _Embedder(CacheItemWorker):
             chunks=(max(1, min(source["count"], self.batch_size)), self.encoder.out_dim),
             config=config,
         )
-        start = 0
-        for images in self._batches(job.item_id):
-            features[start : start + len(images)] = self._embed(images)
-            start += len(images)
-            progress(len(images))
+        if self.encoder.name == "slice_stack":  # slices attend to each other: the whole volume at once
+            tokens, volume = self._embed_volume(job.item_id)
+            features[:] = tokens
+            group.create_array("volume", data=volume[None])
+            progress(source["count"])
+        else:
+            start = 0
+            for images in self._batches(job.item_id):
+                features[start : start + len(images)] = self._embed(images)
+                start += len(images)
+                progress(len(images))
         if isinstance(self.reader, SlideCache):
             group.create_array("coords", data=self.reader.coords(job.item_id))
         item_attrs = {
@@ -167,6 +174,17 @@ class _Embedder(CacheItemWorker):
             image = self.reader.image(item_id)
             for z in range(0, image.shape[0], self.batch_size):
                 yield torch.from_numpy(np.asarray(image[z : z + self.batch_size], dtype=np.float32))[:, None]
+
+    @torch.inference_mode()
+    def _embed_volume(self, item_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """A volume encoder's (joint 2D/3D) slice tokens ``[Z, D]`` and volume embedding ``[D]`` of a whole
+        volume, its slices through the 2D encoder ``batch_size`` at a time."""
+        if not isinstance(self.reader, VolumeCache):
+            raise InputError(f"{self.reader.path}: a volume encoder embeds volume caches, not tile caches")
+        image = np.asarray(self.reader.image(item_id), dtype=np.float32)
+        volume = torch.from_numpy(image)[None, None].to(self.device)
+        tokens, z = self.encoder.network.tokens_and_volume(volume, chunk=self.batch_size)  # pyright: ignore[reportCallIssue]
+        return tokens[0].float().cpu().numpy().astype(self.dtype), z[0].float().cpu().numpy().astype(self.dtype)
 
     @torch.inference_mode()
     def _embed(self, images: torch.Tensor) -> np.ndarray:

@@ -273,7 +273,12 @@ def export_program(
     PyTorch. ``spatial_size`` is the example input's size (default: the encoder's ``img_size``)."""
     encoder = load_encoder(source, name)
     config = encoder.config()
-    size = spatial_size or config["img_size"]
+    size = spatial_size or config.get("img_size")
+    if size is None:
+        raise InputError(
+            f"{source}: a {config['name']} encoder has no fixed input size; "
+            "give an example size (medssl export --size D H W)"
+        )
     size = (size,) * config["spatial_dims"] if isinstance(size, int) else tuple(size)
     example = torch.rand(2, config["in_channels"], *size)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)

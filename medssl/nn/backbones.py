@@ -96,6 +96,10 @@ def build_encoder(
     num_layers: int | None = None,
     stem_stride: int = 2,
     width: float = 1.0,
+    slice_encoder: dict | None = None,
+    d_model: int = 640,
+    transformer: dict | None = None,
+    pooling: str = "multiscale",
 ) -> Encoder:
     """A MONAI ResNet (``resnet18|34|50``, global-average-pooled features) or ViT (``vit_tiny|small|base``,
     the class token) for ``spatial_dims`` 2 or 3 and ``in_channels`` (1 for CT/MR, 3 for histology).
@@ -103,7 +107,16 @@ def build_encoder(
     convolution stride: 2 as in the ResNets the SSL papers use (MONAI's own default, 1, costs 4× the
     compute at the same input size); a MONAI network rebuilt from exported weights needs
     ``conv1_t_stride`` set to it. ``width`` scales a ResNet's channels (MONAI's ``widen_factor``; 0.25 for
-    tests and small cohorts on CPU)."""
+    tests and small cohorts on CPU).
+
+    ``name="slice_stack"`` builds the joint 2D/3D volume encoder
+    (:func:`~medssl.nn.volume_encoder.build_slice_stack`) around the 2D encoder ``slice_encoder`` (its
+    ``build_encoder`` arguments) with ``d_model``, ``transformer`` and ``pooling``."""
+    if name == "slice_stack":
+        from medssl.nn.volume_encoder import build_slice_stack
+
+        inner = build_encoder(**(slice_encoder or {"spatial_dims": 2, "in_channels": in_channels}))
+        return build_slice_stack(inner, d_model, transformer, pooling)
     from monai.networks import nets
     from monai.networks.nets.vit import ViT  # the package's __init__ does not re-export it to type checkers
 

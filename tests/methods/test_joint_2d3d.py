@@ -1,0 +1,130 @@
+"""Joint 2D/3D intra-inter contrastive clustering: which losses a run optimises and what it trains, the
+shared f_intra inside the volume encoder, masking, frozen f_intra in the mask stage, and the encoder
+contract (f_intra as a plain 2D encoder, f_intra + f_inter as the volume encoder)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medssl.methods.joint_2d3d import JointIntraInter, loss_weights
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer.*", "ignore:.*self.log.*")
+
+SMALL = dict(
+    backbone={"name": "resnet18", "spatial_dims": 2, "in_channels": 1, "width": 0.25},
+    d_model=32,
+    transformer={"layers": 1, "ffn_dim": 48, "heads": 4, "dropout": 0.0},
+    proj_hidden_dim=32,
+    intra_proj_dim=16,
+    intra_prototypes=8,
+    inter_prototypes=4,
+    inter_clustering="swav",
+)
+
+
+def small(**kwargs) -> JointIntraInter:
+    torch.manual_seed(0)
+    return JointIntraInter(**{**SMALL, **kwargs})
+
+
+def batch(b: int = 2, n: int = 6, size: int = 32) -> dict:
+    torch.manual_seed(1)
+    return {"views": [torch.rand(b, 1, n, size, size) for _ in range(2)], "index": torch.arange(b)}
+
+
+def test_modes_choose_the_losses():
+    assert loss_weights("joint", None, 1.0, 0.5, 2.0) == {"intra": 1.0, "inter": 0.5, "mask": 2.0}
+    assert loss_weights("joint", None, 1.0, 0.0, 1.0) == {"intra": 1.0, "mask": 1.0}
+    assert loss_weights("staged", "mask", 1.0, 1.0, 1.0) == {"mask": 1.0}
+    for bad in (("staged", None), ("joint", "intra"), ("both", None)):
+        with pytest.raises(ValueError):
+            loss_weights(*bad, 1.0, 1.0, 1.0)
+
+
+def grads_of(model: JointIntraInter) -> dict[str, bool]:
+    parts = {
+        "f_intra": model.encoder,
+        "projection": model.stack.projection,
+        "f_inter": model.f_inter,
+        "mask": model.mask_head,
+        "intra_head": model.intra_projector,
+    }
+    return {
+        name: any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()) for name, m in parts.items()
+    }
+
+
+def test_joint_training_reaches_every_part_and_logs_each_loss(monkeypatch):
+    model = small(freeze_prototypes_steps=0)
+    logged = {}
+    monkeypatch.setattr(model, "log", lambda name, value, **kw: logged.__setitem__(name, float(value.detach())))
+    loss = model.training_step(batch(), 0)
+    loss.backward()
+    assert set(logged) == {"train/intra", "train/inter", "train/mask", "train/loss"}
+    assert logged["train/loss"] == pytest.approx(logged["train/intra"] + logged["train/inter"] + logged["train/mask"])
+    assert all(grads_of(model).values()), grads_of(model)
+
+
+@pytest.mark.parametrize(
+    "stage, trained",
+    [
+        ("intra", {"f_intra", "projection", "intra_head"}),
+        ("mask", {"projection", "f_inter", "mask"}),
+        ("inter", {"f_intra", "projection", "f_inter"}),
+    ],
+)
+def test_each_stage_trains_only_its_parts(stage, trained):
+    model = small(mode="staged", stage=stage, freeze_prototypes_steps=0)
+    model.training_step(batch(), 0).backward()
+    assert {name for name, has in grads_of(model).items() if has} == trained
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_mask_stage_keeps_f_intra_and_its_batchnorm_statistics_fixed():
+    model = small(mode="staged", stage="mask")
+    model.train()
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    model.on_train_batch_start(batch(), 0)
+    model.training_step(batch(), 0).backward()
+    assert not model.encoder.training
+    assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+
+
+def test_volume_encoder_shares_f_intra_and_gives_unit_volume_embeddings():
+    model = small().eval()
+    assert model.stack.slice_encoder is model.encoder
+    volumes = batch()["views"][0]
+    z = model.volume_encoder(volumes)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(2))
+    tokens = model.f_inter(model.slice_embeddings(volumes))
+    torch.testing.assert_close(z, torch.nn.functional.normalize(tokens.mean(1), dim=1))
+    records = model.encoder_records()
+    assert set(records) == {"encoder", "volume_encoder"}
+    assert records["volume_encoder"]["config"]["name"] == "slice_stack"
+    assert records["encoder"]["config"]["spatial_dims"] == 2
+
+
+def test_intra_loss_pairs_slice_k_with_slice_k():
+    """Identical views give codes that match slice for slice; shuffling one view's slices breaks the pairing
+    and raises the loss."""
+    model = small(freeze_prototypes_steps=0).eval()
+    x = model.slice_embeddings(batch()["views"][0])
+    aligned = model.intra_loss([x, x], torch.arange(2))
+    shuffled = model.intra_loss(
+        [x, x[:, torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(0))]], torch.arange(2)
+    )
+    assert float(shuffled) > float(aligned)
+
+
+def test_masked_prediction_sees_the_mask_token_at_hidden_slices(monkeypatch):
+    model = small(mode="staged", stage="mask", mask_ratio=0.5)
+    seen = []
+    real = model.stack.transformer.forward
+    monkeypatch.setattr(model.stack.transformer, "forward", lambda t: seen.append(t.detach()) or real(t))
+    x = model.slice_embeddings(batch()["views"][0]).detach()
+    model.mask_loss([x])
+    hidden = (seen[0] == model.mask_token.detach()).all(dim=-1)
+    assert hidden.sum(1).tolist() == [3, 3]
+    torch.testing.assert_close(seen[0][~hidden], x[~hidden])
