@@ -5,7 +5,8 @@ axes keep the cache's order ``(z, y, x)``; every sample carries ``spacing`` as `
 anisotropy-aware code can use it. Images are float32 ``[1, ...]``; with ``labels=True`` (every
 selected volume must have one) the label map comes as int64 ``[1, ...]`` under ``"label"``.
 Keys may be ``(index, epoch)`` pairs, which fix a sample's random draws (patch position, views)
-from ``seed`` (:mod:`medssl.data.seeding`).
+from ``seed`` (:mod:`medssl.data.seeding`). Every sample carries its dataset index as ``"index"``
+(an int), which methods with a per-sample memory bank need.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class _VolumeDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         with seeded(self.transform, self.seed, epoch, index):
-            return self._item(index)
+            sample = self._item(index)
+        sample["index"] = index  # for methods with a per-sample memory bank (DeepCluster-v2)
+        return sample
 
     def __len__(self) -> int:
         raise NotImplementedError

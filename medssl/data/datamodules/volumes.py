@@ -15,11 +15,17 @@ VolumeDataset = VolumeSliceDataset | VolumePatchDataset | VolumeStackDataset
 
 
 class VolumeDataModule(CacheDataModule[VolumeDataset]):
-    """Radiology volumes as 2D slices, 3D patches or whole slice stacks (``mode``), resized or
-    cropped to ``spatial_size`` (2 entries for slices, 3 for patches; ignored for stacks), with
-    ``views`` radiology views per sample for SSL (0 = the sample itself with its label map, for
-    segmentation; every volume then needs a label). ``geometric`` slices come as a pair of views with
-    their crop/flip geometry (LVM-Med)."""
+    """Radiology volumes as 2D slices, 3D patches or slice stacks (``mode``), resized or cropped to
+    ``spatial_size`` (2 entries for slices, 3 for patches and stacks), with ``views`` radiology views
+    per sample for SSL (0 = the sample itself with its label map, for segmentation; every volume then
+    needs a label). ``geometric`` slices come as a pair of views with their crop/flip geometry (LVM-Med).
+
+    Stacks (the joint 2D/3D method): training reads ``stack_depth`` consecutive slices (None = the whole
+    volume; bounds memory), cuts one random ``spatial_size`` (D, H, W) window and makes ``views`` views of
+    it, each with a disjoint random subset of ``transforms_per_view`` transforms from ``view_transforms``
+    (None = all of :data:`~medssl.data.volume_views.VOLUME_VIEW_TRANSFORMS`); see
+    :class:`~medssl.data.volume_views.VolumeViewsd`. Evaluation stacks are padded or centre-cropped to
+    ``spatial_size`` so they batch."""
 
     def __init__(
         self,
@@ -32,6 +38,8 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         seed: int = 0,
         patches_per_volume: int = 4,
         stack_depth: int | None = None,
+        transforms_per_view: int = 2,
+        view_transforms: Sequence[str] | None = None,
         geometric: bool = False,
         train_split: str | None = "train",
         val_split: str | None = "val",
@@ -42,9 +50,15 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
             raise ValueError(f"mode must be 'slices', 'patches' or 'stacks', got {mode!r}")
         self.mode, self.spatial_size, self.views = mode, tuple(spatial_size), views
         self.patches_per_volume, self.stack_depth = patches_per_volume, stack_depth
+        if mode == "stacks" and len(self.spatial_size) != 3:
+            raise ValueError(f"stacks need a 3-entry spatial_size (D, H, W), got {list(spatial_size)}")
+        self.transforms_per_view = transforms_per_view
+        self.view_transforms = None if view_transforms is None else list(view_transforms)
         if geometric and (mode != "slices" or views != 2):
             raise ValueError("geometric views are pairs of 2D slices: use mode='slices' and views=2")
         self.geometric = geometric
+        if mode == "stacks" and views:
+            self._transform(train=True)  # a bad transform list fails here, not at setup
 
     def _dataset(self, splits, transform) -> VolumeDataset:
         common = dict(splits=splits or None, transform=transform, labels=self.views == 0, seed=self.seed)
@@ -57,16 +71,17 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
 
     def _transform(self, train: bool):
-        if self.mode == "stacks":
-            return None
         if train and self.geometric:
             return GeometricViewsd.pair(radiology_geometric_view(self.spatial_size))
+        if train and self.views and self.mode == "stacks":
+            from medssl.data.volume_views import VolumeViewsd
+
+            return VolumeViewsd(self.spatial_size, self.transforms_per_view, self.view_transforms, views=self.views)
         if train and self.views:
             return MultiViewd([radiology_view(self.spatial_size, keys=("image",))] * self.views)
         from monai.transforms.croppad.dictionary import ResizeWithPadOrCropd
 
-        keys = ["image", "label"] if self.mode != "stacks" else ["image"]
-        return ResizeWithPadOrCropd(keys, self.spatial_size, allow_missing_keys=True)
+        return ResizeWithPadOrCropd(["image", "label"], self.spatial_size, allow_missing_keys=True)
 
     def setup(self, stage: str | None = None) -> None:
         from medssl.cache import VolumeCache
