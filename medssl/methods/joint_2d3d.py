@@ -31,6 +31,7 @@ from torch import nn
 
 from medssl.data.datamodules.base import stage_dataset
 from medssl.errors import InputError
+from medssl.eval import rankme
 from medssl.export.encoders import load_checkpoint, load_encoder_weights
 from medssl.losses import sinkhorn_knopp, swapped_prediction
 from medssl.losses.deepcluster import ClusterMemory
@@ -112,6 +113,7 @@ class JointIntraInter(SSLMethod):
         self.intra_prototypes = PrototypeHead(intra_proj_dim, intra_prototypes) if intra_clustering == "swav" else None
         self.inter_prototypes = PrototypeHead(d_model, inter_prototypes) if inter_clustering == "swav" else None
         self.memories = nn.ModuleDict()  # DeepCluster banks, sized from the training set in setup()
+        self._val_volumes: list[torch.Tensor] = []
         self._freeze_what_is_not_trained()
 
     # -- the two networks ------------------------------------------------------------------------
@@ -327,21 +329,20 @@ class JointIntraInter(SSLMethod):
 
     # -- monitors ------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Volumes (``[B, C, N, H, W]``) are monitored by Z; 2D images by f_intra, as other methods."""
+        """Volumes (``[B, C, N, H, W]``): f_intra's features of every slice feed the usual monitors (as
+        for the other methods on slices) and Z feeds ``val/volume_rankme``; 2D images as other methods."""
         images = batch["image"]
         if images.ndim != 5:
             return super().validation_step(batch, batch_idx)
-        features = self.volume_encoder(self.scale(images))
-        self._val_features.append(features.detach().float().cpu())
-        labels = batch.get("class")
-        if labels is None or labels.ndim != 1:
-            labels = torch.full((len(features),), -1, dtype=torch.long)
-        self._val_labels.append(labels.detach().cpu())
+        volumes = self.scale(images)
+        slices = volumes.permute(0, 2, 1, 3, 4).flatten(0, 1)
+        super().validation_step({"image": slices}, batch_idx)
+        self._val_volumes.append(self.volume_encoder(volumes).detach().float().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_features and torch.cat(self._val_features).shape[0] < 2:
-            self._val_features, self._val_labels = [], []
-            return
+        volumes, self._val_volumes = self._val_volumes, []
+        if volumes and sum(len(z) for z in volumes) >= 2:
+            self.log("val/volume_rankme", rankme(torch.cat(volumes)), sync_dist=True)
         super().on_validation_epoch_end()
 
 

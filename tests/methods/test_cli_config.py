@@ -51,7 +51,11 @@ def test_config_composes_the_trainer_fragment_from_any_directory(config, capsys,
     assert printed[0] == printed[1]
     trainer = printed[0]["trainer"]
     assert {k: trainer[k] for k in FRAGMENT} == FRAGMENT
+    callbacks = own.pop("callbacks", [])  # printed with every default filled in: compare what the config says
     assert {k: trainer[k] for k in own} == own
+    for mine, shown in zip(callbacks, trainer.get("callbacks") or [], strict=True):
+        assert shown["class_path"] == mine["class_path"]
+        assert {k: shown["init_args"][k] for k in mine.get("init_args", {})} == mine.get("init_args", {})
     assert printed[0]["data"]["class_path"] == "medssl.data." + printed[0]["data"]["class_path"].rsplit(".", 1)[1]
 
 

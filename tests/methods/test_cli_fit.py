@@ -14,6 +14,16 @@ from tests.ddp import fit_on_two_cpu_processes
 CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "pretrain").rglob("*.yaml"))  # configs/mil: the MIL tests
 
 
+JOINT_TINY = [
+    *("--model.init_args.d_model", "16", "--model.init_args.proj_hidden_dim", "16"),
+    *("--model.init_args.intra_proj_dim", "8", "--model.init_args.intra_prototypes", "8"),
+    *("--model.init_args.inter_prototypes", "4", "--model.init_args.inter_clusters", "[1]"),
+    *("--model.init_args.transformer", '{"layers": 1, "ffn_dim": 24, "heads": 2}'),
+    *("--model.init_args.warmup_epochs", "0"),  # one step: a warm-up would make it a step of lr 0
+    *("--model.init_args.init_checkpoint", "null"),  # the staged configs chain: tests/methods/test_joint_2d3d_fit.py
+]
+
+
 def is_volume_config(config: Path) -> bool:
     return "VolumeDataModule" in config.read_text()
 
@@ -26,6 +36,9 @@ def tiny(config: Path, cache: Path, out: Path, *extra: str) -> list[str]:
     model = ["--model.init_args.n_prototypes", "16"] if "SwAV" in text else []
     if "LVMMed" in text:  # graphs of 4 images fit a batch of 8
         model = ["--model.init_args.graph_size", "4", "--model.init_args.knn", "2"]
+    width, batch = 1.0, 8
+    if "JointIntraInter" in text:  # stacks of 8 slices of the one training volume, a small f_inter
+        width, batch, size, model = 0.25, 1, ["--data.init_args.spatial_size", "[8, 32, 32]"], JOINT_TINY
     return [
         "fit",
         "--config",
@@ -35,11 +48,11 @@ def tiny(config: Path, cache: Path, out: Path, *extra: str) -> list[str]:
         "--data.init_args.num_workers",
         "0",
         "--data.init_args.batch_size",
-        "8",
+        str(batch),
         *size,
         *model,
         "--model.init_args.backbone",
-        f'{{"name": "resnet18", "spatial_dims": 2, "in_channels": {channels}}}',
+        f'{{"name": "resnet18", "spatial_dims": 2, "in_channels": {channels}, "width": {width}}}',
         "--trainer.max_epochs",
         "1",
         "--trainer.limit_train_batches",
@@ -57,7 +70,8 @@ def tiny(config: Path, cache: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_config_fits_briefly_and_monitors(config, split_cache, volume_cache, tmp_path):
+def test_every_config_fits_briefly_and_monitors(config, split_cache, volume_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs that chain (joint 2D/3D stages) save checkpoints under ./runs
     volumes = is_volume_config(config)
     cli = run_lightning(tiny(config, volume_cache if volumes else split_cache, tmp_path))
     metrics = cli.trainer.callback_metrics
