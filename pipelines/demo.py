@@ -4,7 +4,8 @@ compare it with random initialisation (RankMe, kNN), write tile embeddings (``me
 train ABMIL and INS on them from slide labels (lesion / clean) and score held-out slides: bag AUROC,
 instance AUROC against the lesion masks, and heatmaps (``medssl heatmap``); finally fine-tune the
 pretrained encoder to classify tiles as lesion or normal (tile labels from the masks) beside a random
-initialisation of the same network, and test both on the held-out slides.
+initialisation of the same network, and test both on the held-out slides; last, pretrain the joint 2D/3D
+method briefly on the two cached volumes and write their volume embeddings (``medssl embed``).
 
 Run through ``bash pipelines/demo.sh`` (which installs first) or, in an installed environment,
 ``python pipelines/demo.py --out demo-output``. Re-running resumes: finished slides are skipped.
@@ -25,11 +26,12 @@ from medssl.synthetic.volumes import ct_phantom, grid_affine, nibabel_data, writ
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "simclr_tiles.yaml"
 
 
-STEPS = 7
+STEPS = 8
 FINETUNE = CONFIG.parents[1] / "finetune" / "classification" / "tiles.yaml"
+JOINT = CONFIG.parent / "joint_2d3d.yaml"
 
 
-def run(out: Path, n_slides: int, epochs: int, mil_epochs: int, finetune_steps: int) -> int:
+def run(out: Path, n_slides: int, epochs: int, mil_epochs: int, finetune_steps: int, joint_epochs: int) -> int:
     cohort = write_slide_inputs(out / "slides", n_slides)
     print(f"[2/{STEPS}] medssl tile --mpp 0.5 --tile-size 224")
     status = medssl_main(
@@ -61,6 +63,8 @@ def run(out: Path, n_slides: int, epochs: int, mil_epochs: int, finetune_steps: 
     status |= slide_models(out, checkpoint, mil_epochs)
     print(f"[7/{STEPS}] medssl fit --config configs/finetune/classification/tiles.yaml (lesion vs normal tiles)")
     finetune(out, checkpoint, finetune_steps)
+    print(f"[8/{STEPS}] medssl fit --config configs/pretrain/joint_2d3d.yaml (joint 2D/3D on the 2 volumes)")
+    status |= joint_2d3d(out, joint_epochs)
     print(f"\nQC pictures: {out / 'cache' / 'qc'} (tiles over thumbnails), {out / 'volume-cache' / 'qc'} (volumes)")
     print(f"Inspect the caches: medssl info {out / 'cache'}; medssl info {out / 'volume-cache'}")
     return status
@@ -220,6 +224,89 @@ def finetune(out: Path, checkpoint: Path, steps: int) -> None:
     )
 
 
+def joint_2d3d(out: Path, epochs: int) -> int:
+    """The joint 2D/3D method at demo size (stacks of 16 slices of 64², a narrow ResNet-18 f_intra, a
+    2-layer f_inter, DeepCluster with 2 clusters per head for 2 volumes), then ``medssl embed`` of the
+    volume encoder: one token per axial slice and the volume embedding Z per volume."""
+    import csv
+
+    import zarr
+
+    from medssl.cli import run_lightning
+
+    root = out / "runs" / "joint-2d3d"
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(JOINT),
+            "--data.init_args.cache",
+            str(out / "volume-cache"),
+            "--data.init_args.spatial_size",
+            "[16, 64, 64]",
+            "--data.init_args.batch_size",
+            "2",
+            "--data.init_args.num_workers",
+            "0",
+            "--model.init_args.backbone",
+            '{"name": "resnet18", "spatial_dims": 2, "in_channels": 1, "width": 0.5}',
+            "--model.init_args.d_model",
+            "128",
+            "--model.init_args.transformer",
+            '{"layers": 2, "ffn_dim": 256, "heads": 4}',
+            "--model.init_args.proj_hidden_dim",
+            "256",
+            "--model.init_args.intra_prototypes",
+            "64",
+            "--model.init_args.inter_clusters",
+            "[2, 2, 2]",
+            "--model.init_args.optimizer",
+            "adamw",
+            "--model.init_args.lr",
+            "1e-3",
+            "--model.init_args.weight_decay",
+            "1e-4",
+            "--model.init_args.warmup_epochs",
+            "2",
+            "--model.init_args.freeze_prototypes_steps",
+            "5",
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
+    logged = max(root.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime, default=None)  # this run's CSV log
+    if logged is not None:
+        rows = [r for r in csv.DictReader(logged.open()) if r.get("train/loss")]
+        first, last = rows[0], rows[-1]
+        names = [n for n in ("train/intra", "train/inter", "train/mask", "train/loss") if first.get(n)]
+        print(f"\n{'joint 2D/3D, step':<22}" + "".join(f"{n.split('/')[1]:>10}" for n in names))
+        for row in (first, last):
+            print(f"{row['step']:<22}" + "".join(f"{float(row[n]):>10.3f}" for n in names))
+    checkpoint = Path(cli.trainer.checkpoint_callback.best_model_path)
+    embeddings = out / "volume-embeddings"
+    status = medssl_main(
+        ["embed", str(checkpoint), "--cache", str(out / "volume-cache"), "--out", str(embeddings)]
+        + ["--encoder", "volume_encoder", "--quiet", "--overwrite"]
+    )
+    group = zarr.open_group(str(embeddings / "cache.zarr"), mode="r")["embeddings"]
+    for volume_id in sorted(group.group_keys()):
+        tokens, z = group[volume_id]["features"], group[volume_id]["volume"]
+        print(f"{volume_id:<22}slice tokens {tuple(tokens.shape)}, volume embedding Z {tuple(z.shape)}")
+    print(
+        f"(the demo's two volumes only show the path: {epochs} steps of L_intra + L_inter + L_mask, then the\n"
+        " volume encoder over whole volumes; pipelines/joint_2d3d_experiment.py measures what it learns)\n"
+    )
+    return status
+
+
 def write_volume_inputs(folder: Path) -> Path:
     """A CSV listing a real MRI shipped with nibabel and a generated CT phantom with its lung label."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs (each a few steps)")
     parser.add_argument("--mil-epochs", type=int, default=20, help="ABMIL and INS epochs")
     parser.add_argument("--finetune-steps", type=int, default=40, help="tile classification fine-tuning steps")
+    parser.add_argument("--joint-epochs", type=int, default=15, help="joint 2D/3D epochs (one step each)")
     args = parser.parse_args(argv)
-    return run(args.out, args.slides, args.epochs, args.mil_epochs, args.finetune_steps)
+    return run(args.out, args.slides, args.epochs, args.mil_epochs, args.finetune_steps, args.joint_epochs)
 
 
 if __name__ == "__main__":
