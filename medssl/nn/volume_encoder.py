@@ -59,12 +59,14 @@ class SliceStack(nn.Module):
         slices at a time (None: all in one batch)."""
         b, c, d, h, w = volumes.shape
         slices = volumes.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w)
-        step = chunk or len(slices)
-        pooled = [
-            pooled_slice_features(self.slice_encoder, slices[i : i + step], self.pooling)
-            for i in range(0, len(slices), step)
-        ]
-        return self.projection(torch.cat(pooled)).reshape(b, d, -1)
+        if chunk is None:  # one batch, no loop over sizes (torch.export keeps the batch dynamic)
+            pooled = pooled_slice_features(self.slice_encoder, slices, self.pooling)
+        else:
+            parts = range(0, len(slices), chunk)
+            pooled = torch.cat(
+                [pooled_slice_features(self.slice_encoder, slices[i : i + chunk], self.pooling) for i in parts]
+            )
+        return self.projection(pooled).reshape(b, d, -1)
 
     def tokens_and_volume(self, volumes: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """f_inter's slice tokens ``[B, D, d_model]`` and Z ``[B, d_model]`` (what ``medssl embed`` writes)."""

@@ -98,3 +98,14 @@ def test_embed_writes_slice_tokens_and_the_volume_embedding_and_export_rebuilds_
     plain = resnet18(spatial_dims=2, n_input_channels=1, feed_forward=False, conv1_t_stride=2, widen_factor=0.25)
     saved = torch.load(export_encoder(checkpoint, tmp_path / "f_intra.pt"), weights_only=True)
     plain.load_state_dict(saved["state_dict"])
+
+
+def test_the_volume_encoder_exports_as_a_program_for_any_batch(staged, tmp_path):
+    from medssl.export import export_program
+
+    checkpoint = staged["root"] / "runs" / "joint-2d3d-staged" / "3-inter" / "last.ckpt"
+    program = torch.export.load(export_program(checkpoint, tmp_path / "v.pt2", (8, 32, 32), name="volume_encoder"))
+    volumes = torch.rand(3, 1, 8, 32, 32)
+    with torch.no_grad():
+        expected = load_encoder(checkpoint, "volume_encoder")(volumes)
+    torch.testing.assert_close(program.module()(volumes), expected, atol=1e-5, rtol=1e-4)
