@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         ClassificationDataModule,
         InstanceDataModule,
         SegmentationDataModule,
+        StacksAndImagesDataModule,
         TileDataModule,
         VolumeDataModule,
     )
@@ -26,6 +27,7 @@ __all__ = [
     "ClassificationDataModule",
     "InstanceDataModule",
     "SegmentationDataModule",
+    "StacksAndImagesDataModule",
     "TileDataModule",
     "VolumeDataModule",
 ]

@@ -38,7 +38,7 @@ from medssl.losses.deepcluster import ClusterMemory
 from medssl.losses.masked_prediction import masked_embedding_mse, random_token_mask
 from medssl.methods.base import SSLMethod
 from medssl.nn.heads import ProjectionHead, PrototypeHead
-from medssl.nn.volume_encoder import SliceStack, build_slice_stack
+from medssl.nn.volume_encoder import SliceStack, build_slice_stack, pooled_slice_features
 
 Loss = Literal["intra", "inter", "mask"]
 STAGES: tuple[Loss, ...] = ("intra", "mask", "inter")  # the released code's order
@@ -142,11 +142,19 @@ class JointIntraInter(SSLMethod):
 
     # -- training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """A stacks batch, or ``{"volumes": stacks, "images": two-view 2D images}``
+        (:class:`~medssl.data.StacksAndImagesDataModule`), the images joining L_intra."""
+        images = batch.get("images")
+        batch = batch.get("volumes", batch)
         views, index = batch["views"][:2], batch["index"]
         tokens = [self.slice_embeddings(v) for v in views]  # separate passes: BatchNorm sees one view at a time
         losses: dict[str, torch.Tensor] = {}
         if "intra" in self.weights:
             losses["intra"] = self.intra_loss(tokens, index)
+            if images is not None:
+                image_loss = self.image_loss(images["views"][:2])
+                self.log("train/intra_images", image_loss)
+                losses["intra"] = (losses["intra"] + image_loss) / 2
         if "inter" in self.weights:
             volumes = [SliceStack.volume_embedding(self.f_inter(x)) for x in tokens]
             losses["inter"] = self.inter_loss(volumes, index)
@@ -166,6 +174,19 @@ class JointIntraInter(SSLMethod):
             slices = (index[:, None] * n + torch.arange(n, device=index.device)).flatten()
             return self._deepcluster("intra", slices, projections)
         return self._swav(self.intra_prototypes, projections)
+
+    def image_loss(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """L_intra on 2D images (two views ``[B, C, H, W]`` each): f_intra's slice embedding of each, then
+        the slices' SwAV head, so images and slices share one clustering."""
+        if self.intra_prototypes is None:
+            raise InputError("2D images join L_intra with intra_clustering: swav (a DeepCluster bank holds slices)")
+        stack = self.stack
+        embeddings = [
+            stack.projection(pooled_slice_features(stack.slice_encoder, self.scale(v), stack.pooling)) for v in views
+        ]
+        return self._swav(
+            self.intra_prototypes, [nn.functional.normalize(self.intra_projector(x), dim=1) for x in embeddings]
+        )
 
     def inter_loss(self, volumes: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
         """Cluster agreement of the two views' volume embeddings Z."""
@@ -273,6 +294,7 @@ class JointIntraInter(SSLMethod):
         """One pass over this rank's training data storing each sample's embeddings (DeepCluster-v2's
         ``init_memory``), in eval mode so BatchNorm statistics stay untouched."""
         datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule = getattr(datamodule, "volumes", datamodule)  # StacksAndImagesDataModule: its stacks
         loader = datamodule.train_dataloader() if datamodule is not None else self.trainer.train_dataloader
         if loader is None:
             raise RuntimeError("DeepCluster-v2 needs the training loader to fill its memory bank")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import zarr
 
 from medssl.cli import run_lightning
@@ -109,3 +110,30 @@ def test_the_volume_encoder_exports_as_a_program_for_any_batch(staged, tmp_path)
     with torch.no_grad():
         expected = load_encoder(checkpoint, "volume_encoder")(volumes)
     torch.testing.assert_close(program.module()(volumes), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_2d_images_from_another_datamodule_join_l_intra(volume_cache, tmp_path, monkeypatch):
+    """StacksAndImagesDataModule: stacks for all three losses plus two-view 2D slices for L_intra."""
+    from tests.methods.test_cli_fit import JOINT_TINY
+
+    monkeypatch.chdir(tmp_path)
+    stacks = {"cache": str(volume_cache), "mode": "stacks", "spatial_size": [8, 32, 32], "batch_size": 1}
+    images = {"cache": str(volume_cache), "mode": "slices", "spatial_size": [32, 32], "batch_size": 4}
+    data = {
+        "class_path": "medssl.data.StacksAndImagesDataModule",
+        "init_args": {
+            name: {"class_path": "medssl.data.VolumeDataModule", "init_args": {**args, "num_workers": 0}}
+            for name, args in (("volumes", stacks), ("images", images))
+        },
+    }
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"data": data}))
+    backbone = '{"name": "resnet18", "spatial_dims": 2, "in_channels": 1, "width": 0.25}'
+    cli = run_lightning(
+        ["fit", "--config", str(CONFIGS / "joint_2d3d.yaml"), "--config", str(tmp_path / "data.yaml")]
+        + [*JOINT_TINY, "--model.init_args.backbone", backbone, "--trainer.max_epochs", "1"]
+        + ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0", "--trainer.logger", "false"]
+        + ["--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    )
+    metrics = cli.trainer.callback_metrics
+    assert {"train/intra_images", "train/intra", "train/inter", "train/mask"} <= set(metrics)
+    assert cli.trainer.global_step == 2 and cli.trainer._accelerator_connector.use_distributed_sampler is False

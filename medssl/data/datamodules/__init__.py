@@ -19,6 +19,7 @@ from medssl.data.datamodules.bags import BagDataModule, InstanceDataModule
 from medssl.data.datamodules.base import CacheDataModule, default_workers
 from medssl.data.datamodules.classification import ClassificationDataModule
 from medssl.data.datamodules.segmentation import SegmentationDataModule
+from medssl.data.datamodules.stacks_and_images import StacksAndImagesDataModule
 from medssl.data.datamodules.tiles import TileDataModule
 from medssl.data.datamodules.volumes import VolumeDataModule
 
@@ -28,6 +29,7 @@ __all__ = [
     "ClassificationDataModule",
     "InstanceDataModule",
     "SegmentationDataModule",
+    "StacksAndImagesDataModule",
     "TileDataModule",
     "VolumeDataModule",
     "default_workers",
