@@ -128,3 +128,26 @@ def test_masked_prediction_sees_the_mask_token_at_hidden_slices(monkeypatch):
     hidden = (seen[0] == model.mask_token.detach()).all(dim=-1)
     assert hidden.sum(1).tolist() == [3, 3]
     torch.testing.assert_close(seen[0][~hidden], x[~hidden])
+
+
+def test_deepcluster_for_slices_and_volumes_learns_from_last_epochs_bank():
+    """Both losses on DeepCluster-v2: the first pass only fills the banks (no pseudo-labels yet: zero
+    loss), clustering at the epoch start gives every slice and volume a label, and the loss is then the
+    cross-entropy to them."""
+    model = small(
+        intra_clustering="deepcluster", intra_clusters=[3], inter_clustering="deepcluster", inter_clusters=[2]
+    )
+    model._build_memories(volumes=2, slices=6)
+    assert model.memory("intra").bank.shape == (2, 12, 16) and model.memory("inter").bank.shape == (2, 2, 32)
+    tokens = [model.slice_embeddings(v) for v in batch()["views"]]
+    first = model.intra_loss(tokens, torch.arange(2))
+    first_volumes = model.inter_loss([model.stack.volume_embedding(model.f_inter(x)) for x in tokens], torch.arange(2))
+    assert float(first.detach()) == float(first_volumes.detach()) == 0.0
+    assert bool(model.memory("intra").filled.all()) and bool(model.memory("inter").filled.all())
+    for kind in ("intra", "inter"):
+        model.memory(kind).cluster(seed=0)
+    tokens = [model.slice_embeddings(v) for v in batch()["views"]]
+    assert float(model.intra_loss(tokens, torch.arange(2)).detach()) > 0
+    volumes = [model.stack.volume_embedding(model.f_inter(x)) for x in tokens]
+    assert float(model.inter_loss(volumes, torch.arange(2)).detach()) > 0
+    assert not any("memories" in name for name, _ in model.named_parameters())  # prototypes are frozen buffers
