@@ -253,10 +253,12 @@ def measure_step(args: argparse.Namespace, axis: str) -> dict:
         log(f"  {axis}: repeat {r + 1}/{args.repeats} ...")
         runs.append({**part_times(model, batch, device), **step_times(model, optimizer, batch, device)})
     medians = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    spread = {name: (min(run[name] for run in runs), max(run[name] for run in runs)) for name in runs[0]}
     stack = model.stack
     return {
         "axis": axis,
         "seconds": medians,
+        "spread": spread,
         "peak_mib": peak,
         "delta_mib": peak - before,
         "threads": torch.get_num_threads(),
@@ -294,14 +296,15 @@ def run_child(axis: str, argv: list[str]) -> dict:
 
 
 def step_table(result: dict) -> str:
-    seconds = result["seconds"]
+    seconds, spread = result["seconds"], result["spread"]
     step = seconds["step"]
     parts = sum(seconds[name] for name in PARTS if not name.startswith(" "))
-    rows = [(name, seconds[name]) for name in PARTS] + [("sum of parts (fwd + bwd)", parts)]
-    rows += [(f"step: {name}", seconds[name]) for name in STEP[:-1]] + [("step: total", step)]
-    lines = [f"{'part (forward + backward)':<28}{'ms':>10}{'% of step':>11}", "-" * 49]
-    for name, value in rows:
-        lines.append(f"{name:<28}{1e3 * value:>10.0f}{100 * value / step:>10.1f}%")
+    rows = [(name, seconds[name], spread[name]) for name in PARTS] + [("sum of parts (fwd + bwd)", parts, None)]
+    rows += [(f"step: {'total' if name == 'step' else name}", seconds[name], spread[name]) for name in STEP]
+    lines = [f"{'part (forward + backward)':<28}{'ms':>10}{'min–max ms':>17}{'% of step':>11}", "-" * 66]
+    for name, value, extremes in rows:
+        span = "" if extremes is None else f"{1e3 * extremes[0]:.0f}–{1e3 * extremes[1]:.0f}"
+        lines.append(f"{name:<28}{1e3 * value:>10.0f}{span:>17}{100 * value / step:>10.1f}%")
     return "\n".join(lines)
 
 
