@@ -422,7 +422,7 @@ def reading(rows: list[dict], summary: list[dict], fractions: list[float], args)
     for words, items in (
         ("Pretrained beats its own random initialisation in every seed on", helps),
         ("It loses to it in every seed on", hurts),
-        ("Seeds disagree on", mixed),
+        ("No consistent sign across seeds on", mixed),
         ("The random network is already at the ceiling (≥ 0.95) on", ceiling),
     ):
         if items:
