@@ -180,6 +180,54 @@ def _sample(stack, voxels: np.ndarray) -> np.ndarray:
     return out[0].numpy()
 
 
+def _grid_over(stack, affine: np.ndarray, spacing: float) -> tuple[tuple[int, ...], np.ndarray]:
+    """The shape and affine (RAS, from the lowest corner) of a ``spacing`` mm grid covering a
+    ``[1, K, I, J, L]`` tensor on an axis-aligned ``affine`` (axes may be flipped)."""
+    size = np.array(stack.shape[2:])
+    extent = size * np.abs(np.diag(affine)[:3])
+    corners = np.stack([affine[:3, 3], affine[:3, :3] @ (size - 1) + affine[:3, 3]])
+    shape = tuple(int(np.ceil(e / spacing)) for e in extent)
+    return shape, grid_affine((spacing,) * 3, origin=[float(v) for v in corners.min(axis=0)])
+
+
+def random_warp(
+    stack,
+    affine: np.ndarray,
+    shape: Sequence[int],
+    out_affine: np.ndarray,
+    rng: np.random.Generator,
+    rotation_deg: float,
+    scale: float,
+    translation_mm: float,
+    deformation_mm: float,
+) -> np.ndarray:
+    """``[K, *shape]``: a ``[1, K, I, J, L]`` tensor on ``affine`` sampled on the ``out_affine`` grid through
+    a seeded random similarity about the volume's centre (rotation up to ``rotation_deg`` about each axis,
+    scale 1 ± ``scale``, shift up to ``translation_mm``) and a smooth random deformation (about
+    ``deformation_mm``): one "patient" of a template, every channel under the same mapping."""
+    from scipy.spatial.transform import Rotation
+
+    ijk = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), axis=-1)
+    world = ijk @ out_affine[:3, :3].T.astype(np.float32) + out_affine[:3, 3].astype(np.float32)
+    centre = affine[:3, :3] @ (np.array(stack.shape[2:]) / 2) + affine[:3, 3]
+    matrix = Rotation.from_euler("xyz", rng.uniform(-rotation_deg, rotation_deg, 3), degrees=True).as_matrix()
+    matrix = matrix * rng.uniform(1 - scale, 1 + scale)
+    shift = rng.uniform(-translation_mm, translation_mm, 3)
+    source = (world - centre) @ matrix.T.astype(np.float32) + centre + shift
+    source = source + np.stack([_smooth_field(rng, shape, 5, deformation_mm) for _ in range(3)], axis=-1)
+    to_voxel = np.linalg.inv(affine)
+    return _sample(stack, source @ to_voxel[:3, :3].T + to_voxel[:3, 3])
+
+
+def _mr_scanner(rng: np.random.Generator, image: np.ndarray, full_scale: float, noise: float) -> np.ndarray:
+    """Another MR scanner's look of a 0–1 ``image``: random gamma, a smooth bias field, a gain around
+    ``full_scale`` and Gaussian noise of ``noise``; float32."""
+    image = np.clip(image, 0.0, None) ** rng.uniform(0.8, 1.25)
+    bias = np.exp(_smooth_field(rng, image.shape, 3, 0.1))
+    image = full_scale * rng.uniform(0.8, 1.2) * image * bias + rng.normal(0.0, noise, size=image.shape)
+    return image.astype(np.float32)
+
+
 def brain_labels(grey: np.ndarray, white: np.ndarray) -> np.ndarray:
     """0 background, 1 grey matter, 2 white matter: the tissue whose probability exceeds 0.5 (at most one
     can; voxels where neither does, partial volume and CSF included, are background)."""
@@ -210,38 +258,91 @@ def brain_cohort(
     mapping, so image and truth correspond exactly. Files: ``<id>.nii.gz``, ``<id>_seg.nii.gz`` and
     ``cohort.csv`` (volume_id, image, label, modality MR, split, case_id); splits are dealt by case
     (:func:`~medssl.data.splits.stratified_case_split`, default 0.6/0.2/0.2)."""
-    from scipy.spatial.transform import Rotation
-
     from medssl.data.splits import stratified_case_split
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stack, mni_affine = _mni152()
-    mni_shape = np.array(stack.shape[2:])
-    extent = mni_shape * np.abs(np.diag(mni_affine)[:3])
-    shape = tuple(int(np.ceil(e / spacing)) for e in extent)
-    out_affine = grid_affine((spacing,) * 3, origin=[float(v) for v in mni_affine[:3, 3]])
-    ijk = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), axis=-1)
-    world = ijk @ out_affine[:3, :3].T.astype(np.float32) + out_affine[:3, 3].astype(np.float32)
-    centre = mni_affine[:3, :3] @ (mni_shape / 2) + mni_affine[:3, 3]
-    to_voxel = np.linalg.inv(mni_affine)
+    shape, out_affine = _grid_over(stack, mni_affine, spacing)
+    warp = dict(rotation_deg=rotation_deg, scale=scale, translation_mm=translation_mm, deformation_mm=deformation_mm)
     ids = [f"brain-{k:02d}" for k in range(n)]
     split_of = stratified_case_split(dict.fromkeys(ids, "brain"), fractions, seed)
     rows = ["volume_id,image,label,modality,split,case_id"]
     for k, case in enumerate(ids):
         rng = np.random.default_rng([seed, k])
-        matrix = Rotation.from_euler("xyz", rng.uniform(-rotation_deg, rotation_deg, 3), degrees=True).as_matrix()
-        matrix = matrix * rng.uniform(1 - scale, 1 + scale)
-        shift = rng.uniform(-translation_mm, translation_mm, 3)
-        source = (world - centre) @ matrix.T.astype(np.float32) + centre + shift
-        source = source + np.stack([_smooth_field(rng, shape, 5, deformation_mm) for _ in range(3)], axis=-1)
-        t1, grey, white = _sample(stack, source @ to_voxel[:3, :3].T + to_voxel[:3, 3])
-        t1 = np.clip(t1, 0.0, None) ** rng.uniform(0.8, 1.25)
-        bias = np.exp(_smooth_field(rng, shape, 3, 0.1))
-        image = 255.0 * rng.uniform(0.8, 1.2) * t1 * bias + rng.normal(0.0, 3.0, size=shape)
-        write_nifti(folder / f"{case}.nii.gz", image.astype(np.float32), out_affine)
+        t1, grey, white = random_warp(stack, mni_affine, shape, out_affine, rng, **warp)
+        image = _mr_scanner(rng, t1, 255.0, 3.0)
+        write_nifti(folder / f"{case}.nii.gz", image, out_affine)
         write_nifti(folder / f"{case}_seg.nii.gz", brain_labels(grey, white), out_affine)
         rows.append(f"{case},{case}.nii.gz,{case}_seg.nii.gz,MR,{split_of[case]},{case}")
     manifest = folder / "cohort.csv"
     manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+# -- a mixed cohort: brain MRI, another MRI, CT ----------------------------------------------------------
+SOURCES = ("brain", "mri", "ct")  #: volume ids are ``<source>-<k>``
+
+
+def _nibabel_mri():
+    """nibabel's real anatomical MRI (2 mm, LAS) scaled to 0–1 at its 99.5th percentile, ``[1, 1, I, J, L]``
+    tensor, and its affine."""
+    import nibabel as nib
+    import torch
+
+    image = nib.load(nibabel_data("anatomical.nii"))
+    data = np.asarray(image.dataobj, dtype=np.float32)  # pyright: ignore[reportAttributeAccessIssue]
+    data = np.clip(data / np.percentile(data, 99.5), 0.0, 1.0)
+    return torch.from_numpy(data)[None, None], np.asarray(image.affine)  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def _ct_template():
+    """:func:`ct_phantom` at 2.5 mm (400 × 320 × 200 mm), shifted to HU + 1000 so that sampling outside
+    it (zero) is air: ``[1, 1, I, J, L]`` tensor and its affine."""
+    import torch
+
+    volume = ct_phantom((160, 128, 80), seed=0) + 1000.0
+    return torch.from_numpy(volume)[None, None], grid_affine((2.5, 2.5, 2.5), origin=(-200.0, -160.0, -100.0))
+
+
+def volume_cohort(
+    folder: str | Path, n: int = 12, spacing: float = 3.0, fractions: dict[str, float] | None = None, seed: int = 0
+) -> Path:
+    """Write ``n`` "patients" of each of :data:`SOURCES` and one ``cache-volumes`` manifest of them all;
+    returns its path (``folder/cohort.csv``; the brain part alone, with its labels, is
+    ``folder/brain/cohort.csv``).
+
+    ``brain``: :func:`brain_cohort` (nilearn's 1 mm MNI152 T1, grey/white-matter labels). ``mri``: nibabel's
+    real anatomical MRI (a small 2 mm field of view), ``ct``: :func:`ct_phantom` in HU; both under the same
+    kind of random similarity and smooth deformation (:func:`random_warp`, default strengths) and a random
+    scanner look (MR: gamma, bias field, gain, noise; CT: gain, offset and noise in HU), on a ``spacing``
+    grid. Splits are dealt by case within each source (default train 0.6, val 0.2, test 0.2)."""
+    from medssl.data.splits import stratified_case_split
+
+    folder = Path(folder)
+    brain = brain_cohort(folder / "brain", n=n, spacing=spacing, fractions=fractions, seed=seed)
+    rows = []
+    for line in brain.read_text().splitlines()[1:]:  # its files, relative to the combined manifest
+        case, image, label, *rest = line.split(",")
+        rows.append(",".join([case, f"brain/{image}", f"brain/{label}", *rest]))
+    warp = dict(rotation_deg=6.0, scale=0.06, translation_mm=6.0, deformation_mm=3.0)
+    for source, template, modality in (("mri", _nibabel_mri, "MR"), ("ct", _ct_template, "CT")):
+        stack, affine = template()
+        shape, out_affine = _grid_over(stack, affine, spacing)
+        ids = [f"{source}-{k:02d}" for k in range(n)]
+        split_of = stratified_case_split(dict.fromkeys(ids, source), fractions, seed)
+        for k, case in enumerate(ids):
+            rng = np.random.default_rng([seed, k, len(source)])
+            (warped,) = random_warp(stack, affine, shape, out_affine, rng, **warp)
+            if modality == "MR":
+                image = _mr_scanner(rng, warped, 1000.0, 10.0)
+            else:
+                noise = rng.normal(0.0, rng.uniform(5.0, 20.0), size=warped.shape)
+                image = (warped * rng.uniform(0.95, 1.05) - 1000.0 + rng.uniform(-20.0, 20.0) + noise).astype(
+                    np.float32
+                )
+            write_nifti(folder / f"{case}.nii.gz", image, out_affine)
+            rows.append(f"{case},{case}.nii.gz,,{modality},{split_of[case]},{case}")
+    manifest = folder / "cohort.csv"
+    manifest.write_text("\n".join(["volume_id,image,label,modality,split,case_id", *rows]) + "\n")
     return manifest
