@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -92,19 +91,15 @@ def rss_mib() -> float:
 
 
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import monai
+    """One line on the host (bench_training's record of it), with the torch thread count."""
+    from bench_training import machine as host  # a sibling script: benchmarks/ is on sys.path when run
 
-    gpu = f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""
+    info = host(device.type)
+    gpu = f", {info['gpu']}" if "gpu" in info else ""
     return (
-        f"machine: {cpu}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {torch.get_num_threads()} "
-        f"torch threads, load average {os.getloadavg()[0]:.2f}, python {platform.python_version()}, torch "
-        f"{torch.__version__}, monai {monai.__version__}, device {device}{gpu}"
+        f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {torch.get_num_threads()} "
+        f"torch threads, load average {info['load_average_1min']:.2f}, python {info['python']}, torch "
+        f"{info['torch']}, monai {info['monai']}, device {device}{gpu}"
     )
 
 

@@ -1,13 +1,46 @@
-"""Run ``medssl fit`` on two CPU processes (DDP over gloo), as a user would from the command line."""
+"""Two CPU processes joined by gloo: a function run on both (:func:`on_two_processes`), or ``medssl fit``
+under DDP as a user would run it from the command line (:func:`fit_on_two_cpu_processes`)."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
 from mil_experiment import fit_arguments  # noqa: E402  (pipelines/ is a folder of scripts, not a package)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _joined(rank: int, worker: Callable[..., Any], port: int, out: dict, args: tuple) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        out[rank] = worker(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_two_processes(worker: Callable[..., Any], *args: Any) -> dict[int, Any]:
+    """``worker(rank, *args)`` on two spawned CPU processes in one gloo process group (a module-level
+    function, so it pickles); what each returned, by rank."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_joined, args=(worker, free_port(), out, args), nprocs=2, join=True)
+        return dict(out)
 
 
 def fit_on_two_cpu_processes(fit_args: list[str], timeout: float = 300) -> None:

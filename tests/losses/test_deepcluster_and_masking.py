@@ -4,18 +4,16 @@ computations; the bank's merge across two processes equals one process holding e
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from medssl.losses.deepcluster import ClusterMemory, deepcluster_cross_entropy
 from medssl.losses.masked_prediction import masked_embedding_mse, random_token_mask
 from medssl.methods.lars import LARS
+from tests.ddp import on_two_processes
 
 
 def three_blobs(n_per: int = 6, dim: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,9 +98,7 @@ def _fill(memory: ClusterMemory, rank_id: int | None) -> None:
             memory.store(index, [v[index] for v in source])
 
 
-def _worker(rank_id: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank_id, world_size=2)
+def _worker(rank_id: int) -> tuple:
     memory = ClusterMemory(SIZE, DIM, clusters=[3, 4], views=2)
     _fill(memory, rank_id)
     memory.synchronise()
@@ -113,14 +109,7 @@ def _worker(rank_id: int, port: int, out: dict) -> None:
     loss.backward()
     grad = z.grad.clone()
     dist.all_reduce(grad)
-    out[rank_id] = (memory.bank.clone(), memory.assignments.clone(), grad / 2)
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return memory.bank.clone(), memory.assignments.clone(), grad / 2
 
 
 def test_two_processes_merge_to_the_single_process_bank_clusters_loss_and_gradient():
@@ -133,10 +122,7 @@ def test_two_processes_merge_to_the_single_process_bank_clusters_loss_and_gradie
     expected = data[0].clone()
     expected[[4, 5, 0, 1]] = newer[0][[4, 5, 0, 1]]
     torch.testing.assert_close(single.bank[0], F.normalize(expected, dim=1))
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-        ranks = dict(out)
+    ranks = on_two_processes(_worker)
     for rank_id in range(2):
         bank, assignments, grad = ranks[rank_id]
         torch.testing.assert_close(bank, single.bank)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from medssl.losses import barlow_twins, info_nce, sinkhorn_knopp, swapped_prediction
+from tests.ddp import on_two_processes
 
 N, D = 8, 6
 
@@ -30,9 +27,7 @@ def losses(layer, x1, x2):
     }
 
 
-def _worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _worker(rank: int) -> dict:
     x1, x2, layer = global_batch()
     half = slice(rank * N // 2, (rank + 1) * N // 2)
     result = {}
@@ -44,14 +39,7 @@ def _worker(rank: int, port: int, out: dict) -> None:
         reduced = value.detach().clone()
         dist.all_reduce(reduced)
         result[name] = (float(reduced) / 2, grad / 2)
-    out[rank] = result
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return result
 
 
 def test_two_process_losses_and_gradients_equal_single_process():
@@ -61,10 +49,7 @@ def test_two_process_losses_and_gradients_equal_single_process():
         layer.zero_grad()
         value.backward(retain_graph=True)
         single[name] = (float(value.detach()), layer.weight.grad.clone())
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-        ranks = dict(out)
+    ranks = on_two_processes(_worker)
     for name, (value, grad) in single.items():
         for rank in range(2):
             got_value, got_grad = ranks[rank][name]

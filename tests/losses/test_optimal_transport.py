@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import ot
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from medssl.losses import sinkhorn, sinkhorn_knopp
 from medssl.nn.distributed import all_reduce_max, all_reduce_sum
+from tests.ddp import on_two_processes
 
 
 def previous_sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
@@ -182,24 +178,15 @@ def split_problem():
     return cost, a / a.sum(), b
 
 
-def _worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _worker(rank: int) -> tuple:
     cost, a, b = split_problem()
     rows = slice(0, 3) if rank == 0 else slice(3, N)  # unequal shards
     kwargs = dict(epsilon=0.05, reduce_sum=all_reduce_sum, reduce_max=all_reduce_max)
-    out[rank] = (
+    return (
         sinkhorn(cost[rows], a[rows], b, iterations=3, **kwargs),
         sinkhorn(cost[rows], a[rows], b, iterations=5000, tolerance=1e-9, **kwargs),
         sinkhorn(cost[rows], iterations=4, **kwargs),
     )
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_rows_split_across_two_processes_equal_one_process():
@@ -209,9 +196,6 @@ def test_rows_split_across_two_processes_equal_one_process():
         sinkhorn(cost, a, b, 0.05, iterations=5000, tolerance=1e-9),
         sinkhorn(cost, epsilon=0.05, iterations=4),
     )
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-        ranks = dict(out)
+    ranks = on_two_processes(_worker)
     for got, want in zip(zip(ranks[0], ranks[1], strict=True), expected, strict=True):
         torch.testing.assert_close(torch.cat(got), want, rtol=1e-10, atol=1e-13)

@@ -5,15 +5,12 @@ exists for, not what this test is about."""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from medssl.methods.joint_2d3d import JointIntraInter
+from tests.ddp import on_two_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer.*", "ignore:.*self.log.*")
 B, N = 4, 4
@@ -53,9 +50,7 @@ def run(model: JointIntraInter, batch: dict) -> tuple[float, torch.Tensor, torch
     return float(loss.detach()), grads, memory.assignments.clone()
 
 
-def _worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _worker(rank: int) -> tuple:
     torch.set_num_threads(1)
     model, batch = model_and_batch()
     half = slice(rank * B // 2, (rank + 1) * B // 2)
@@ -63,23 +58,13 @@ def _worker(rank: int, port: int, out: dict) -> None:
     reduced = torch.tensor([loss])
     dist.all_reduce(reduced)
     dist.all_reduce(grads)  # what DDP does with parameter gradients: sum, then / world size
-    out[rank] = (float(reduced) / 2, grads / 2, assignments)
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return float(reduced) / 2, grads / 2, assignments
 
 
 def test_two_processes_equal_one_process_on_the_global_batch():
     loss, grads, assignments = run(*model_and_batch())
     assert (assignments >= 0).all()  # every volume has a pseudo-label in every head
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-        ranks = dict(out)
+    ranks = on_two_processes(_worker)
     for rank in range(2):
         got_loss, got_grads, got_assignments = ranks[rank]
         assert torch.equal(got_assignments, assignments)
