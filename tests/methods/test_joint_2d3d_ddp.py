@@ -11,25 +11,14 @@ import torch.distributed as dist
 
 from medssl.methods.joint_2d3d import JointIntraInter
 from tests.ddp import on_two_processes
+from tests.methods.test_joint_2d3d import small
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer.*", "ignore:.*self.log.*")
 B, N = 4, 4
 
 
 def model_and_batch() -> tuple[JointIntraInter, dict]:
-    torch.manual_seed(0)
-    model = JointIntraInter(
-        backbone={"name": "resnet18", "spatial_dims": 2, "in_channels": 1, "width": 0.25},
-        d_model=16,
-        transformer={"layers": 1, "ffn_dim": 24, "heads": 2, "dropout": 0.0},
-        proj_hidden_dim=16,
-        intra_proj_dim=8,
-        intra_prototypes=6,
-        inter_clustering="deepcluster",
-        inter_clusters=[2, 3],
-        w_mask=0.0,
-        freeze_prototypes_steps=0,
-    ).eval()
+    model = small(inter_clustering="deepcluster", inter_clusters=[2, 3], w_mask=0.0, freeze_prototypes_steps=0).eval()
     model._build_memories(volumes=B, slices=N)
     generator = torch.Generator().manual_seed(1)
     batch = {"views": [torch.rand(B, 1, N, 16, 16, generator=generator) for _ in range(2)], "index": torch.arange(B)}
