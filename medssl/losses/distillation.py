@@ -50,6 +50,20 @@ class DINOLoss(nn.Module):
         self.update_center(teacher)
         return total / terms
 
+    @full_precision
+    def same_view(
+        self, student: torch.Tensor, teacher: torch.Tensor, teacher_temperature: float = 0.04
+    ) -> torch.Tensor:
+        """The token term of iBOT and Alice: each student token ``[..., N, K]`` predicts the sharpened,
+        centred teacher token at the same place of the same view, averaged over tokens; the centre is
+        the EMA of the teacher's mean token (use one instance per kind of output: tokens and the global
+        output keep separate centres)."""
+        log_student = torch.log_softmax(student / self.student_temperature, dim=-1)
+        target = torch.softmax((teacher.detach() - self.center) / teacher_temperature, dim=-1)
+        loss = (-(target * log_student).sum(dim=-1)).mean()
+        self.update_center(teacher.reshape(-1, teacher.shape[-1]))
+        return loss
+
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:
         batch_sum = all_reduce_sum(teacher.detach().sum(dim=0, keepdim=True))

@@ -8,7 +8,7 @@ import torch
 
 
 class LARS(torch.optim.SGD):
-    """SGD (momentum 0.9) with LARS's layer-wise trust ratio on the groups marked ``lars=True`` (the
+    """SGD (momentum 0.9) with LARS's layer-wise trust ratio on the groups marked ``decays=True`` (the
     weights; :func:`~medssl.methods.schedules.configure_optimizer` leaves biases and norms out, as the
     LARS papers advise, while the reference code adapted them too). Per tensor ``p`` with gradient ``g``
     and the group's weight decay ``λ``::
@@ -27,7 +27,7 @@ class LARS(torch.optim.SGD):
         decays = []
         for group in self.param_groups:
             decays.append(group["weight_decay"])
-            if not group.get("lars", False):
+            if not group.get("decays", False):
                 continue
             decay = group["weight_decay"]
             for p in group["params"]:

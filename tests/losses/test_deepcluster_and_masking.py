@@ -159,7 +159,7 @@ def test_lars_step_matches_the_trust_ratio_by_hand_and_leaves_unmarked_groups_pl
     bias = torch.nn.Parameter(torch.tensor([1.0]))
     weight.grad, bias.grad = torch.tensor([0.6, 0.8]), torch.tensor([0.5])  # grad norm 1
     optimiser = LARS(
-        [{"params": [weight], "weight_decay": 0.1, "lars": True}, {"params": [bias], "weight_decay": 0.0}],
+        [{"params": [weight], "weight_decay": 0.1, "decays": True}, {"params": [bias], "weight_decay": 0.0}],
         lr=2.0,
         trust_coefficient=0.01,
     )
