@@ -78,7 +78,12 @@ def configure_optimizer(
     total = max(1, int(trainer.estimated_stepping_batches))
     per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
     warmup = int(warmup_epochs * per_epoch)
-    final = 1.0 if min_lr is None else min_lr / lr
+    final = 1.0 if min_lr is None else min(1.0, min_lr / lr) if lr > 0 else 1.0
+    if min_lr is not None and min_lr > lr:  # e.g. a linearly scaled lr below an unscaled min_lr (Alice's README)
+        import warnings
+
+        message = f"min_lr {min_lr:g} is above the peak lr {lr:g}: the schedule holds lr instead of rising to it"
+        warnings.warn(message, stacklevel=2)
     factor = lambda step: cosine_schedule(step, total, 1.0, final, warmup, 0.0)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

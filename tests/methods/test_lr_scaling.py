@@ -63,3 +63,13 @@ def test_a_real_trainer_supplies_the_global_batch(split_cache, tmp_path):
     trainer.fit(model, data)
     (group, *_) = trainer.optimizers[0].param_groups
     assert group["initial_lr"] == pytest.approx(0.3 * 8 * 2 / 256)
+
+
+def test_a_scaled_lr_below_min_lr_never_rises_to_it():
+    """Alice's README: lr 5e-5 × 8 × 8 / 256 = 1.25e-5 under min_lr 1e-4 would make the cosine climb."""
+    model = SimCLR(backbone=BACKBONE, proj_hidden_dim=16, proj_dim=8, lr=5e-5, lr_scaling="linear", min_lr=1e-4)
+    with pytest.warns(UserWarning, match="min_lr"):
+        _base_lr(model, batch_size=8, devices=8)
+    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factors = [scheduler.lr_lambdas[0](step) for step in range(0, 11)]
+    assert max(factors) <= 1.0 and factors[-1] == pytest.approx(1.0)  # held at the peak, never above
