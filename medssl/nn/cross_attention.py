@@ -11,8 +11,8 @@ class CrossAttentionAlignment(nn.Module):
 
     ``x = LN(q + MHA(q, ctx, ctx))`` then ``LN(x + FFN(x))`` with a GELU FFN ``D → ratio·D → D``. There is no
     self-attention, so each query's output depends on the context but never on the other queries, and no
-    positional term, so the context is a set. Alice uses it to express a view's decoder tokens (or the
-    teacher's) in terms of the student's encoder tokens before the token-level distillation loss.
+    positional term, so the context is a set. Alice lets the student's encoder-token logits (queries) attend to
+    the student's or the teacher's decoder-token logits (context) before the token-level distillation loss.
     ``context_mask [B, Nk]`` (True = real token) lets padded context sets align like unpadded ones.
     """
 
