@@ -51,7 +51,7 @@ def _sizes(size: int | Sequence[int]) -> tuple[int, int, int]:
     sizes = (int(size),) * 3 if isinstance(size, int) else tuple(int(s) for s in size)
     if len(sizes) != 3 or min(sizes) < 1:
         raise ValueError(f"crop_size must be one or three positive sizes (D, H, W), got {size}")
-    return sizes  # type: ignore[return-value]  # length checked above
+    return sizes[0], sizes[1], sizes[2]
 
 
 def crop_padded(volume: Volume, start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
@@ -112,8 +112,8 @@ class CorrespondenceSampler(Protocol):
 class SameVolumeSampler:
     """Two overlapping crops of one volume, each independently flipped (each axis with ``flip_prob``)
     and rotated by ``rot90`` in the axial ``H × W`` plane (``k`` uniform in 0..3; 0 or 2 when the crop
-    is not square in-plane). No resampling, so every integer voxel maps to an integer voxel and the
-    correspondences are exact.
+    is not square in-plane). No resampling, so every voxel maps to a whole voxel and the correspondences
+    are exact (the points are whole voxel indices).
 
     Crop A is centred on a random voxel (inside the body box when ``threshold`` is set, the box of
     :func:`body_box`); crop B's centre is within ``max_shift`` voxels of A's along every axis (at most
@@ -181,7 +181,7 @@ class SameVolumeSampler:
             out[f"view_{name}"] = self._view(volume_a, start.tolist(), flips, rot)
             view_size = torch.tensor(out[f"view_{name}"].shape[1:], dtype=torch.float64)
             points = original_to_view(normalised[None], g[None])[0] * view_size - 0.5
-            out[f"points_{name}"] = points.float()
+            out[f"points_{name}"] = points.round().float()  # whole voxels, up to the float32 record's rounding
             out[f"geometry_{name}"] = g.float()
         return out
 
