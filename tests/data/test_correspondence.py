@@ -157,3 +157,27 @@ def test_body_coordinate_pairs_are_reproducible_and_need_two_volumes():
     assert not torch.equal(first["points_a"], other["points_a"])
     with pytest.raises(ValueError, match="volume_b"):
         sampler.pair(volume_a, None, np.random.default_rng(0))
+
+
+def test_body_coordinates_degrade_gracefully_under_a_smooth_non_linear_warp():
+    """B(q) = A((q - SHIFT) / SCALE + u(q)) with a smooth random displacement u of up to 3.6 voxels,
+    which a per-axis box map cannot undo. Measured over 50 draws: median 1.2, max 2.8 voxels of B."""
+    volume_a = body_phantom()
+    rng = np.random.default_rng(0)
+    u = np.stack([ndimage.zoom(rng.normal(0, 1.0, (5, 5, 5)), np.array(SHAPE_B) / 5, order=1) for _ in range(3)])
+    u = u[:, : SHAPE_B[0], : SHAPE_B[1], : SHAPE_B[2]]
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in SHAPE_B], indexing="ij"))
+    source = (grid - SHIFT[:, None, None, None]) / SCALE[:, None, None, None] + u
+    volume_b = ndimage.map_coordinates(volume_a, source, order=1).astype(np.float32)
+
+    def truth(p: np.ndarray) -> np.ndarray:
+        """The q with (q - SHIFT) / SCALE + u(q) = p, by fixed-point iteration (a contraction here)."""
+        q = SCALE * p + SHIFT
+        for _ in range(30):
+            at_q = [np.asarray(ndimage.map_coordinates(u[i], q.T, order=1, mode="nearest")) for i in range(3)]
+            shift = np.stack(at_q, axis=-1)
+            q = SCALE * (p - shift) + SHIFT
+        return q
+
+    errors = np.linalg.norm(mapping_errors(BodyCoordinateSampler(16, 32, 0.5), volume_a, volume_b, truth), axis=1)
+    assert np.median(errors) < 1.5 and errors.max() < 3.5, (np.median(errors), errors.max())
