@@ -151,3 +151,27 @@ def test_deepcluster_for_slices_and_volumes_learns_from_last_epochs_bank():
     volumes = [model.stack.volume_embedding(model.f_inter(x)) for x in tokens]
     assert float(model.inter_loss(volumes, torch.arange(2)).detach()) > 0
     assert not any("memories" in name for name, _ in model.named_parameters())  # prototypes are frozen buffers
+
+
+def test_joint_training_lowers_the_loss_on_real_volume_views(volume_cache):
+    """The README's first learning claim, guarded: on augmented views of a real cached volume, 24 AdamW
+    steps of the joint objective lower it. (Its downstream comparisons with random init are within the
+    seed spread at toy scale, so no test asserts them: pipelines/joint_2d3d_experiment.py reports them.)"""
+    from medssl.data import VolumeDataModule
+
+    data = VolumeDataModule(str(volume_cache), mode="stacks", spatial_size=(8, 32, 32), batch_size=1, num_workers=0)
+    data.setup("fit")
+    model = small(freeze_prototypes_steps=0)
+    model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]  (no trainer to log to)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader, losses = data.train_dataloader(), []
+    for epoch in range(24):
+        loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]  (medssl's BlockShuffleSampler)
+        for batch in loader:
+            loss = model.training_step(batch, epoch)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.3, (first, last)
