@@ -250,10 +250,15 @@ class JointIntraInter(SSLMethod):
 
     def _build_memories(self, volumes: int, slices: int) -> None:
         h = self.hparams
-        for kind, clusters in self._deepcluster_kinds():
-            if kind not in self.memories:
-                size, dim = (volumes * slices, h.intra_proj_dim) if kind == "intra" else (volumes, h.d_model)
-                self.memories[kind] = ClusterMemory(size, dim, clusters, views=2, iterations=h.kmeans_iterations)
+        for kind, _ in self._deepcluster_kinds():
+            size, dim = (volumes * slices, h.intra_proj_dim) if kind == "intra" else (volumes, h.d_model)
+            self._add_memory(kind, size, dim)
+
+    def _add_memory(self, kind: str, size: int, dim: int) -> None:
+        """A bank of ``size`` rows of ``dim`` for the ``kind`` loss, unless it has one."""
+        if kind not in self.memories:
+            clusters = dict(self._deepcluster_kinds())[kind]
+            self.memories[kind] = ClusterMemory(size, dim, clusters, views=2, iterations=self.hparams.kmeans_iterations)
 
     def setup(self, stage: str) -> None:
         """Size the DeepCluster banks from the training set: one row per volume (inter), per slice of a
@@ -269,12 +274,10 @@ class JointIntraInter(SSLMethod):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Banks exist before the weights load (a model rebuilt from a checkpoint has had no setup)."""
         state = checkpoint.get("state_dict", {})
-        h = self.hparams
-        for kind, clusters in self._deepcluster_kinds():
-            key = f"memories.{kind}.bank"
-            if key in state and kind not in self.memories:
-                size, dim = state[key].shape[1:]
-                self.memories[kind] = ClusterMemory(size, dim, clusters, views=2, iterations=h.kmeans_iterations)
+        for kind, _ in self._deepcluster_kinds():
+            bank = state.get(f"memories.{kind}.bank")
+            if bank is not None:
+                self._add_memory(kind, int(bank.shape[1]), int(bank.shape[2]))
 
     def on_train_epoch_start(self) -> None:
         """DeepCluster-v2: fill the banks once before the first epoch, then at every epoch start merge
