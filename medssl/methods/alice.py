@@ -93,6 +93,22 @@ class Alice(MedsslModule):
         """``encoder``: the teacher's encoder-decoder (the EMA, as DINO exports), ``student`` its student."""
         return {"encoder": self.teacher, "student": self.student}
 
+    # -- monitors --------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_features: list[torch.Tensor] = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """The teacher's decoder tokens of whole (centre-cropped) volumes: RankMe of the dense features."""
+        tokens = self.teacher(self.scale(batch["image"]))["decoder_tokens"]
+        self._val_features.append(tokens.flatten(0, 1).detach().float().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        from medssl.eval import rankme
+
+        features = torch.cat(self._val_features) if self._val_features else torch.zeros(0)
+        if len(features) >= 2:
+            self.log("val/rankme", rankme(features), sync_dist=True)
+
     # -- schedules ------------------------------------------------------------------------------------
     def teacher_temperature(self) -> float:
         h = self.hparams
