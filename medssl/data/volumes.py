@@ -167,3 +167,34 @@ class VolumeStackDataset(_VolumeDataset):
             return self._sample(index, (slice(None),), z0=0)
         z0 = int(torch.randint(0, z_total - self.depth + 1, ()))
         return self._sample(index, (slice(z0, z0 + self.depth),), z0=z0)
+
+
+class VolumePairDataset(_VolumeDataset):
+    """Pairs of 3D crops showing the same anatomy (Alice), one pair per volume per epoch, from a
+    :class:`~medssl.data.correspondence.CorrespondenceSampler`: ``views`` (two ``[1, D, H, W]`` crops) and
+    ``points_a`` / ``points_b`` (``[K, 3]`` corresponding voxel positions in each crop). A sampler across
+    patients gets a partner volume drawn from the others, seeded like everything else."""
+
+    def __init__(self, *args, sampler, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.volume_ids)
+
+    def blocks(self) -> list[tuple[int, int]]:
+        return [(k, k + 1) for k in range(len(self.volume_ids))]
+
+    def _item(self, index: int) -> dict:
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))  # from the seeded torch stream
+        others = [k for k in range(len(self.volume_ids)) if k != index]
+        partner = int(rng.choice(others)) if others else index
+        image = self.cache.image(self.volume_ids[index])
+        pair = self.sampler.pair(image, self.cache.image(self.volume_ids[partner]), rng)
+        return {
+            "views": [pair["view_a"], pair["view_b"]],
+            "points_a": torch.as_tensor(pair["points_a"], dtype=torch.float32),
+            "points_b": torch.as_tensor(pair["points_b"], dtype=torch.float32),
+            "volume_id": self.volume_ids[index],
+            "partner_id": self.volume_ids[partner],
+        }

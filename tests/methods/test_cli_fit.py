@@ -24,6 +24,13 @@ JOINT_TINY = [
 ]
 
 
+ALICE_TINY = [
+    *("--model.init_args.out_dim", "16", "--model.init_args.patch_out_dim", "16"),
+    *("--model.init_args.head_hidden_dim", "32", "--model.init_args.bottleneck_dim", "8"),
+    *("--model.init_args.casa_heads", "2", "--model.init_args.mask_block", "8", "--model.init_args.warmup_epochs", "0"),
+]
+
+
 def is_volume_config(config: Path) -> bool:
     return "VolumeDataModule" in config.read_text()
 
@@ -37,6 +44,16 @@ def tiny(config: Path, cache: Path, out: Path, *extra: str) -> list[str]:
     if "LVMMed" in text:  # graphs of 4 images fit a batch of 8
         model = ["--model.init_args.graph_size", "4", "--model.init_args.knn", "2"]
     width, batch = 1.0, 8
+    if "Alice" in text:  # the one training volume, crops of 32x32x64, a one-block-per-stage SwinUNETR
+        size = ["--data.init_args.spatial_size", "[32, 32, 64]"]
+        swin = '{"in_channels": 1, "feature_size": 12, "depths": [1, 1, 1, 1], "window_size": 4}'
+        model = [*ALICE_TINY, "--model.init_args.backbone", swin]
+        return ["fit", "--config", str(config), "--data.init_args.cache", str(cache)] + [
+            *("--data.init_args.num_workers", "0", "--data.init_args.batch_size", "1", *size, *model),
+            *("--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu"),
+            *("--trainer.devices", "1", "--trainer.default_root_dir", str(out)),
+            *("--trainer.enable_progress_bar", "false", *extra),
+        ]
     if "JointIntraInter" in text:  # stacks of 8 slices of the one training volume, a small f_inter
         width, batch, size, model = 0.25, 1, ["--data.init_args.spatial_size", "[8, 32, 32]"], JOINT_TINY
     return [

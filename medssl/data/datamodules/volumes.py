@@ -8,10 +8,10 @@ from medssl.data.datamodules.base import CacheDataModule
 from medssl.data.geometric_views import GeometricViewsd, radiology_geometric_view
 from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, radiology_view
-from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
+from medssl.data.volumes import VolumePairDataset, VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 
 # the dataset of each stage, by mode
-VolumeDataset = VolumeSliceDataset | VolumePatchDataset | VolumeStackDataset
+VolumeDataset = VolumeSliceDataset | VolumePatchDataset | VolumeStackDataset | VolumePairDataset
 
 
 class VolumeDataModule(CacheDataModule[VolumeDataset]):
@@ -25,7 +25,12 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
     it, each with a disjoint random subset of ``transforms_per_view`` transforms from ``view_transforms``
     (None = all of :data:`~medssl.data.volume_views.VOLUME_VIEW_TRANSFORMS`); see
     :class:`~medssl.data.volume_views.VolumeViewsd`. Evaluation stacks are padded or centre-cropped to
-    ``spatial_size`` so they batch."""
+    ``spatial_size`` so they batch.
+
+    Pairs (Alice): training yields two ``spatial_size`` crops per volume showing the same anatomy and
+    their corresponding points, from the ``correspondence`` sampler (``same_volume``: two overlapping
+    crops of one volume; ``body_coordinates``: the same relative body position in another patient; see
+    :mod:`medssl.data.correspondence`); evaluation serves whole volumes as centre-cropped stacks."""
 
     def __init__(
         self,
@@ -41,17 +46,21 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         transforms_per_view: int = 2,
         view_transforms: Sequence[str] | None = None,
         geometric: bool = False,
+        correspondence: str = "same_volume",
         train_split: str | None = "train",
         val_split: str | None = "val",
         test_split: str | None = "test",
     ):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
-        if mode not in ("slices", "patches", "stacks"):
-            raise ValueError(f"mode must be 'slices', 'patches' or 'stacks', got {mode!r}")
+        if mode not in ("slices", "patches", "stacks", "pairs"):
+            raise ValueError(f"mode must be 'slices', 'patches', 'stacks' or 'pairs', got {mode!r}")
+        if correspondence not in ("same_volume", "body_coordinates"):
+            raise ValueError(f"correspondence must be 'same_volume' or 'body_coordinates', got {correspondence!r}")
+        self.correspondence = correspondence
         self.mode, self.spatial_size, self.views = mode, tuple(spatial_size), views
         self.patches_per_volume, self.stack_depth = patches_per_volume, stack_depth
-        if mode == "stacks" and len(self.spatial_size) != 3:
-            raise ValueError(f"stacks need a 3-entry spatial_size (D, H, W), got {list(spatial_size)}")
+        if mode in ("stacks", "pairs") and len(self.spatial_size) != 3:
+            raise ValueError(f"{mode} need a 3-entry spatial_size (D, H, W), got {list(spatial_size)}")
         self.transforms_per_view = transforms_per_view
         self.view_transforms = None if view_transforms is None else list(view_transforms)
         if geometric and (mode != "slices" or views != 2):
@@ -68,9 +77,16 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
             return VolumePatchDataset(
                 self.cache, patch_size=self.spatial_size, patches_per_volume=self.patches_per_volume, **common
             )
+        if self.mode == "pairs" and transform is None:  # training: corresponding crops
+            from medssl.data.correspondence import BodyCoordinateSampler, SameVolumeSampler
+
+            kind = SameVolumeSampler if self.correspondence == "same_volume" else BodyCoordinateSampler
+            return VolumePairDataset(self.cache, sampler=kind(crop_size=self.spatial_size), **common)
         return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
 
     def _transform(self, train: bool):
+        if train and self.mode == "pairs":
+            return None  # the correspondence sampler crops and augments
         if train and self.geometric:
             return GeometricViewsd.pair(radiology_geometric_view(self.spatial_size))
         if train and self.views and self.mode == "stacks":
