@@ -2,7 +2,7 @@
 
 Two views (crops whose anatomy corresponds, from :mod:`medssl.data.correspondence`) go through a student
 that sees them block-masked and an EMA teacher that sees them clean; both are a 3D encoder-decoder read
-at three depths (:class:`~medssl.nn.dense_backbones.DenseSwinBackbone`) with an iBOT-style head
+at three depths (:class:`~medssl.nn.dense_backbones.SwinEncoder`) with an iBOT-style head
 (:class:`~medssl.nn.heads.TokenDistillationHead`).
 
 - **L_cls**: DINO across views on the global outputs (the teacher's view ``q`` teaches the student's
@@ -13,8 +13,7 @@ at three depths (:class:`~medssl.nn.dense_backbones.DenseSwinBackbone`) with an 
 - **L_rec**: the student reconstructs the clean input; MSE on the masked voxels (``reconstruction:
   all`` averages over every voxel, as the released code).
 
-``L = λ_cls·L_cls + λ_patch·L_patch + λ_rec·L_rec``, λ = (1, 1, 10). Work in progress (issue 18): the
-data wiring, export for the 3D segmentation task, configs and the experiments are not here yet.
+``L = λ_cls·L_cls + λ_patch·L_patch + λ_rec·L_rec``, λ = (1, 1, 10).
 """
 
 from __future__ import annotations
@@ -30,14 +29,16 @@ from medssl.losses.masked_prediction import masked_embedding_mse
 from medssl.losses.masking import axial_block_mask
 from medssl.methods.base import MedsslModule
 from medssl.methods.schedules import cosine_schedule, set_weight_decay
+from medssl.nn.backbones import build_encoder
 from medssl.nn.cross_attention import CrossAttentionAlignment
-from medssl.nn.dense_backbones import DenseSwinBackbone
+from medssl.nn.dense_backbones import SwinEncoder
 from medssl.nn.heads import TokenDistillationHead
 from medssl.nn.momentum import ema_update
 
 
 class Alice(MedsslModule):
-    """``backbone``: :class:`DenseSwinBackbone` arguments. Head: ``out_dim`` / ``patch_out_dim`` (512),
+    """``backbone``: the :func:`~medssl.nn.backbones.build_encoder` arguments of a ``swin_unetr`` (the
+    name may be left out). Head: ``out_dim`` / ``patch_out_dim`` (512),
     ``head_hidden_dim``, ``bottleneck_dim``; CASA ``casa_heads``. Masking: ``mask_ratio`` of
     ``mask_block``² axial blocks. Temperatures: student ``student_temperature``; teacher from
     ``warmup_teacher_temperature`` to ``teacher_temperature`` over ``warmup_teacher_epochs``. Teacher
@@ -73,7 +74,11 @@ class Alice(MedsslModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.student = DenseSwinBackbone(**(backbone or {}))
+        config = {"name": "swin_unetr", "spatial_dims": 3, "in_channels": 1, **(backbone or {})}
+        student = build_encoder(**config)
+        if not isinstance(student, SwinEncoder):
+            raise ValueError(f"Alice needs a dense encoder-decoder: backbone name 'swin_unetr', got {config['name']!r}")
+        self.student: SwinEncoder = student
         self.head = TokenDistillationHead(
             self.student.encoder_dim,
             self.student.decoder_dim,
@@ -84,13 +89,14 @@ class Alice(MedsslModule):
             bottleneck_dim,
         )
         self.casa = CrossAttentionAlignment(patch_out_dim, heads=casa_heads)
-        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.teacher: SwinEncoder = copy.deepcopy(self.student).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.cls_loss = DINOLoss(out_dim, student_temperature, center_momentum)
         self.patch_loss = DINOLoss(patch_out_dim, student_temperature, center_momentum)
 
     def encoders(self) -> dict[str, nn.Module]:
-        """``encoder``: the teacher's encoder-decoder (the EMA, as DINO exports), ``student`` its student."""
+        """``encoder``: the teacher's SwinUNETR (the EMA, as DINO exports), ``student`` the student's;
+        either loads into the 3D segmentation task and ``medssl embed --dense``."""
         return {"encoder": self.teacher, "student": self.student}
 
     # -- monitors --------------------------------------------------------------------------------------------
@@ -99,7 +105,7 @@ class Alice(MedsslModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """The teacher's decoder tokens of whole (centre-cropped) volumes: RankMe of the dense features."""
-        tokens = self.teacher(self.scale(batch["image"]))["decoder_tokens"]
+        tokens = self.teacher.dense(self.scale(batch["image"]))["decoder_tokens"]
         self._val_features.append(tokens.flatten(0, 1).detach().float().cpu())
 
     def on_validation_epoch_end(self) -> None:
@@ -127,9 +133,9 @@ class Alice(MedsslModule):
         h = self.hparams
         views = [self.scale(v) for v in batch["views"][:2]]
         masks = [axial_block_mask(len(v), v.shape[2:], h.mask_block, h.mask_ratio).to(v.device) for v in views]
-        student = [self.student(v * ~m[:, None]) for v, m in zip(views, masks)]
+        student = [self.student.dense(v * ~m[:, None]) for v, m in zip(views, masks)]
         with torch.no_grad():
-            teacher = [self.teacher(v) for v in views]
+            teacher = [self.teacher.dense(v) for v in views]
         s_heads = [self.head(o["global"], o["encoder_tokens"], o["decoder_tokens"]) for o in student]
         with torch.no_grad():
             t_heads = [self.teacher_head(o["global"], o["encoder_tokens"], o["decoder_tokens"]) for o in teacher]

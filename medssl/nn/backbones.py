@@ -100,6 +100,11 @@ def build_encoder(
     d_model: int = 640,
     transformer: dict | None = None,
     pooling: str = "multiscale",
+    feature_size: int = 48,
+    depths: Sequence[int] = (2, 2, 2, 2),
+    num_heads: Sequence[int] = (3, 6, 12, 24),
+    window_size: int = 7,
+    use_checkpoint: bool = False,
 ) -> Encoder:
     """A MONAI ResNet (``resnet18|34|50``, global-average-pooled features) or ViT (``vit_tiny|small|base``,
     the class token) for ``spatial_dims`` 2 or 3 and ``in_channels`` (1 for CT/MR, 3 for histology).
@@ -111,7 +116,17 @@ def build_encoder(
 
     ``name="slice_stack"`` builds the joint 2D/3D volume encoder
     (:func:`~medssl.nn.volume_encoder.build_slice_stack`) around the 2D encoder ``slice_encoder`` (its
-    ``build_encoder`` arguments) with ``d_model``, ``transformer`` and ``pooling``."""
+    ``build_encoder`` arguments) with ``d_model``, ``transformer`` and ``pooling``.
+
+    ``name="swin_unetr"`` builds MONAI's SwinUNETR as a 3D encoder with dense outputs (Alice's backbone,
+    :func:`~medssl.nn.dense_backbones.build_swin_encoder`) from ``feature_size``, ``depths``,
+    ``num_heads``, ``window_size`` and ``use_checkpoint``."""
+    if name == "swin_unetr":
+        from medssl.nn.dense_backbones import build_swin_encoder
+
+        if spatial_dims != 3:
+            raise ValueError(f"swin_unetr is a 3D network; spatial_dims must be 3, got {spatial_dims}")
+        return build_swin_encoder(in_channels, feature_size, depths, num_heads, window_size, use_checkpoint)
     if name == "slice_stack":
         from medssl.nn.volume_encoder import build_slice_stack
 
@@ -158,5 +173,6 @@ def build_encoder(
         network.classification_head = nn.Identity()  # pyright: ignore[reportAttributeAccessIssue]
         out_dim = hidden
     else:
-        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(RESNETS) + sorted(VITS)}")
+        names = [*sorted(RESNETS), *sorted(VITS), "slice_stack", "swin_unetr"]
+        raise ValueError(f"unknown backbone {name!r}; choose from {names}")
     return Encoder(network, out_dim, config)

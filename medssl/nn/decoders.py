@@ -1,6 +1,7 @@
-"""Segmentation networks on a medssl encoder, 2D or 3D: a U-Net on a ResNet, a UNETR on a ViT.
+"""Segmentation networks on a medssl encoder, 2D or 3D: a U-Net on a ResNet, a UNETR on a ViT, a
+SwinUNETR on a SwinUNETR encoder.
 
-Both *share* the encoder's modules rather than copying its weights, so whatever fine-tuning does to
+All *share* the encoder's modules rather than copying its weights, so whatever fine-tuning does to
 them is what ``encoders()`` exports, a frozen encoder stays frozen, and layer-wise learning-rate decay
 sees the very parameters that run.
 
@@ -13,6 +14,8 @@ sees the very parameters that run.
   hidden states of the encoder's own ViT, the class token dropped from every state. MONAI's ``UNETR``
   builds a 12-layer ViT of its own and reads hidden states 3, 6 and 9; here the taps sit at a quarter,
   half and three quarters of the encoder's depth (the same 3, 6, 9 for 12 layers), so shortened ViTs work.
+- :class:`SwinSegmentation`: a :class:`~medssl.nn.dense_backbones.SwinEncoder` is a whole SwinUNETR
+  already (Alice pretrains its decoder too); only the output convolution is new.
 
 Input size: the U-Net takes any size; inside, the input is zero-padded at the end of each axis up to a
 multiple of the encoder's total stride (32 with the default stride-2 stem, 16 with a stride-1 stem) and
@@ -26,24 +29,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medssl.errors import InputError
 from medssl.nn.backbones import RESNETS, VITS, Encoder
+from medssl.nn.dense_backbones import SwinEncoder
+from medssl.nn.inputs import pad_to_multiple
 
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # FlexibleUNet's
 
 
 def segmentation_network(
     encoder: Encoder, num_classes: int, decoder_channels: Sequence[int] | None = None, feature_size: int = 16
-) -> ResNetUNet | ViTUNETR:
-    """The segmentation network for ``encoder``: a U-Net on a ResNet, a UNETR on a ViT."""
+) -> ResNetUNet | ViTUNETR | SwinSegmentation:
+    """The segmentation network for ``encoder``: a U-Net on a ResNet, a UNETR on a ViT, SwinUNETR on
+    a SwinUNETR encoder (Alice's)."""
+    if isinstance(encoder, SwinEncoder):
+        return SwinSegmentation(encoder, num_classes)
     if encoder.name in RESNETS:
         return ResNetUNet(encoder, num_classes, decoder_channels)
     if encoder.name in VITS:
         return ViTUNETR(encoder, num_classes, feature_size)
-    raise InputError(f"no segmentation decoder for encoder {encoder.name!r}; use a ResNet or a ViT")
+    raise InputError(f"no segmentation decoder for encoder {encoder.name!r}; use a ResNet, a ViT or swin_unetr")
 
 
 def _last_norm_channels(module: nn.Module) -> int:
@@ -52,14 +59,6 @@ def _last_norm_channels(module: nn.Module) -> int:
     if not norms:
         raise TypeError(f"no normalisation layer in {type(module).__name__} to read its channels from")
     return int(norms[-1].num_features)
-
-
-def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad ``[B, C, *spatial]`` at the end of each spatial axis up to a multiple of ``multiple``."""
-    pad = [(-size) % multiple for size in images.shape[2:]]
-    if not any(pad):
-        return images
-    return F.pad(images, [w for amount in reversed(pad) for w in (0, amount)])
 
 
 class ResNetUNet(nn.Module):
@@ -210,3 +209,20 @@ class ViTUNETR(nn.Module):
         x = u.decoder4(x, enc3)
         x = u.decoder3(x, enc2)
         return u.out(u.decoder2(x, enc1))
+
+
+class SwinSegmentation(nn.Module):
+    """MONAI's SwinUNETR for segmentation on a :class:`~medssl.nn.dense_backbones.SwinEncoder`: the
+    encoder's own network (shared, so fine-tuning trains what ``encoders()`` exports) with a new output
+    convolution to ``num_classes`` in place of the pretraining's reconstruction head. Any input size
+    (padded to a multiple of 32 inside, the logits cropped back)."""
+
+    def __init__(self, encoder: SwinEncoder, num_classes: int):
+        super().__init__()
+        from monai.networks.blocks.dynunet_block import UnetOutBlock
+
+        self.encoder = encoder
+        self.head = UnetOutBlock(spatial_dims=3, in_channels=encoder.feature_size, out_channels=num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.decoder_maps(images)[-1])
