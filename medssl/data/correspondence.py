@@ -67,7 +67,7 @@ def crop_padded(volume: Volume, start: Sequence[int], size: Sequence[int]) -> to
         src.append(slice(lo, hi))
         dst.append(slice(lo - s, hi - s))
     region = spatial[tuple(src)]
-    region = region if isinstance(region, torch.Tensor) else torch.from_numpy(np.asarray(region))
+    region = region if isinstance(region, torch.Tensor) else torch.from_numpy(np.array(region))  # read-only maps
     out[(0, *dst)] = region.float()
     return out
 

@@ -66,3 +66,25 @@ def test_reconstruction_counts_masked_voxels_or_all():
     assert float(model.reconstruction_loss(predicted, clean, mask)) == pytest.approx(9.0)
     model.hparams.reconstruction = "all"
     assert float(model.reconstruction_loss(predicted, clean, mask)) == pytest.approx(5.0)
+
+
+def test_the_teacher_exports_and_fine_tunes_as_a_swinunetr_segmenter(tmp_path, capsys):
+    """``medssl export`` of an Alice checkpoint gives the teacher's SwinUNETR; the 3D segmentation task
+    loads every one of its weights and adds only the output convolution."""
+    import lightning.pytorch as pl
+
+    from medssl.cli import main
+    from medssl.tasks.segmentation import Segmenter
+
+    model = tiny()
+    with torch.no_grad():  # the student moves away: the export must be the teacher (the EMA)
+        for parameter in model.student.parameters():
+            parameter.add_(1.0)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "alice.ckpt")
+    assert main(["export", str(tmp_path / "alice.ckpt"), "--out", str(tmp_path / "encoder.pt")]) == 0
+    segmenter = Segmenter(num_classes=3, encoder=str(tmp_path / "encoder.pt"), backbone=None)
+    teacher, loaded = model.teacher.network.state_dict(), segmenter.encoder.network.state_dict()
+    assert teacher.keys() == loaded.keys() and all(torch.equal(teacher[k], loaded[k]) for k in teacher)
+    assert segmenter(torch.rand(1, 1, 32, 32, 64)).shape == (1, 3, 32, 32, 64)

@@ -1,5 +1,5 @@
 """Two CPU processes give Alice's loss, gradients and DINO centres of one process on the global batch
-(the centres are all-reduced), in float64. Masking is off (its draws differ with the batch split) and L_rec averages
+(the centres are all-reduced). Masking is off (its draws differ with the batch split) and L_rec averages
 every voxel; SwinUNETR's norms are per sample, so the split changes nothing else."""
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ def batch() -> dict:
 
 
 def run(views: list[torch.Tensor]):
-    """In float64: in float32 SwinUNETR's transposed-convolution gradients of a batch of 2 and of two
-    batches of 1 differ by ~3e-3 of their scale (summation order), in float64 by ~4e-13."""
-    model = tiny(mask_ratio=0.0, reconstruction="all").double()
-    model.scale = lambda images: images  # keep float64 (the input convention casts to float32)
-    loss = model.training_step({"views": [v.double() for v in views]}, 0)
+    model = tiny(mask_ratio=0.0, reconstruction="all")
+    loss = model.training_step({"views": views}, 0)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     return float(loss.detach()), grads, model.cls_loss.center.clone(), model.patch_loss.center.clone()
@@ -43,6 +40,8 @@ def test_two_processes_equal_one_process_on_the_global_batch():
     loss, grads, *centres = run(batch()["views"])
     for rank, (got_loss, got_grads, got_centres) in on_two_processes(_worker).items():
         assert got_loss == pytest.approx(loss, rel=1e-5), rank
-        torch.testing.assert_close(got_grads, grads, atol=1e-6, rtol=1e-4)
+        # float32: SwinUNETR's transposed-convolution gradients of a batch of 2 and of two batches of 1
+        # differ by ~3e-5 of their norm from the summation order alone (~4e-13 in float64, 2x slower)
+        assert float((got_grads - grads).norm() / grads.norm()) < 1e-3, rank
         for got, want in zip(got_centres, centres):
             torch.testing.assert_close(got, want)
