@@ -231,7 +231,8 @@ def _describe(config: dict) -> str:
     if config["name"] == "slice_stack":
         return f"slice_stack (a 3D volume encoder around a {_describe(config['slice_encoder'])})"
     if config["name"] == "swin_unetr":
-        return f"swin_unetr (3D SwinUNETR, {config['in_channels']} input channels, feature size {config['feature_size']})"
+        channels, size = config["in_channels"], config["feature_size"]
+        return f"swin_unetr (3D SwinUNETR, {channels} input channels, feature size {size})"
     return (
         f"{config['name']} ({config['spatial_dims']}D, {config['in_channels']} input channels, "
         f"width {config.get('width', 1.0)})"
