@@ -5,7 +5,8 @@ train ABMIL and INS on them from slide labels (lesion / clean) and score held-ou
 instance AUROC against the lesion masks, and heatmaps (``medssl heatmap``); finally fine-tune the
 pretrained encoder to classify tiles as lesion or normal (tile labels from the masks) beside a random
 initialisation of the same network, and test both on the held-out slides; last, pretrain the joint 2D/3D
-method briefly on the two cached volumes and write their volume embeddings (``medssl embed``).
+method briefly on the two cached volumes and write their volume embeddings (``medssl embed``), and
+pretrain Alice briefly on them and export its SwinUNETR (``medssl export``).
 
 Run through ``bash pipelines/demo.sh`` (which installs first) or, in an installed environment,
 ``python pipelines/demo.py --out demo-output``. Re-running resumes: finished slides are skipped.
@@ -26,12 +27,15 @@ from medssl.synthetic.volumes import ct_phantom, grid_affine, nibabel_data, writ
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "simclr_tiles.yaml"
 
 
-STEPS = 8
+STEPS = 9
 FINETUNE = CONFIG.parents[1] / "finetune" / "classification" / "tiles.yaml"
 JOINT = CONFIG.parent / "joint_2d3d.yaml"
+ALICE = CONFIG.parent / "alice.yaml"
 
 
-def run(out: Path, n_slides: int, epochs: int, mil_epochs: int, finetune_steps: int, joint_epochs: int) -> int:
+def run(
+    out: Path, n_slides: int, epochs: int, mil_epochs: int, finetune_steps: int, joint_epochs: int, alice_epochs: int
+) -> int:
     cohort = write_slide_inputs(out / "slides", n_slides)
     print(f"[2/{STEPS}] medssl tile --mpp 0.5 --tile-size 224")
     status = medssl_main(
@@ -65,6 +69,8 @@ def run(out: Path, n_slides: int, epochs: int, mil_epochs: int, finetune_steps: 
     finetune(out, checkpoint, finetune_steps)
     print(f"[8/{STEPS}] medssl fit --config configs/pretrain/joint_2d3d.yaml (joint 2D/3D on the 2 volumes)")
     status |= joint_2d3d(out, joint_epochs)
+    print(f"[9/{STEPS}] medssl fit --config configs/pretrain/alice.yaml (Alice on the 2 volumes) and medssl export")
+    status |= alice(out, alice_epochs)
     print(f"\nQC pictures: {out / 'cache' / 'qc'} (tiles over thumbnails), {out / 'volume-cache' / 'qc'} (volumes)")
     print(f"Inspect the caches: medssl info {out / 'cache'}; medssl info {out / 'volume-cache'}")
     return status
@@ -228,8 +234,6 @@ def joint_2d3d(out: Path, epochs: int) -> int:
     """The joint 2D/3D method at demo size (stacks of 16 slices of 64², a narrow ResNet-18 f_intra, a
     2-layer f_inter, DeepCluster with 2 clusters per head for 2 volumes), then ``medssl embed`` of the
     volume encoder: one token per axial slice and the volume embedding Z per volume."""
-    import csv
-
     import zarr
 
     from medssl.cli import run_lightning
@@ -282,14 +286,7 @@ def joint_2d3d(out: Path, epochs: int) -> int:
             "false",
         ]
     )
-    logged = max(root.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime, default=None)  # this run's CSV log
-    if logged is not None:
-        rows = [r for r in csv.DictReader(logged.open()) if r.get("train/loss")]
-        first, last = rows[0], rows[-1]
-        names = [n for n in ("train/intra", "train/inter", "train/mask", "train/loss") if first.get(n)]
-        print(f"\n{'joint 2D/3D, step':<22}" + "".join(f"{n.split('/')[1]:>10}" for n in names))
-        for row in (first, last):
-            print(f"{row['step']:<22}" + "".join(f"{float(row[n]):>10.3f}" for n in names))
+    print_first_and_last_losses(root, "joint 2D/3D", ("intra", "inter", "mask", "loss"))
     checkpoint = Path(cli.trainer.checkpoint_callback.best_model_path)
     embeddings = out / "volume-embeddings"
     status = medssl_main(
@@ -303,6 +300,54 @@ def joint_2d3d(out: Path, epochs: int) -> int:
     print(
         f"(the demo's two volumes only show the path: {epochs} steps of L_intra + L_inter + L_mask, then the\n"
         " volume encoder over whole volumes; pipelines/joint_2d3d_experiment.py measures what it learns)\n"
+    )
+    return status
+
+
+def print_first_and_last_losses(root: Path, title: str, names: tuple[str, ...]) -> None:
+    """The first and last logged ``train/<name>`` values of the newest run under ``root`` (its CSV log)."""
+    import csv
+
+    logged = max(root.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime, default=None)
+    if logged is None:
+        return
+    rows = [r for r in csv.DictReader(logged.open()) if r.get("train/loss")]
+    first, last = rows[0], rows[-1]
+    names = tuple(n for n in names if first.get(f"train/{n}"))
+    print(f"\n{title + ', step':<22}" + "".join(f"{n:>10}" for n in names))
+    for row in (first, last):
+        print(f"{row['step']:<22}" + "".join(f"{float(row[f'train/{n}']):>10.3f}" for n in names))
+
+
+def alice(out: Path, epochs: int) -> int:
+    """Alice at demo size (a SwinUNETR of feature size 12 with one block per stage, crops of 32×64×64
+    from the two cached volumes, same-volume correspondences), then ``medssl export`` of the teacher:
+    the encoder file the 3D segmentation task (configs/finetune/segmentation_3d/swin_unetr_patches.yaml)
+    fine-tunes."""
+    from medssl.cli import run_lightning
+
+    root = out / "runs" / "alice"
+    swin = '{"in_channels": 1, "feature_size": 12, "depths": [1, 1, 1, 1], "window_size": 4}'
+    cli = run_lightning(
+        [
+            *("fit", "--config", str(ALICE), "--data.init_args.cache", str(out / "volume-cache")),
+            *("--data.init_args.spatial_size", "[32, 64, 64]", "--data.init_args.batch_size", "2"),
+            *("--data.init_args.num_workers", "0", "--model.init_args.backbone", swin),
+            *("--model.init_args.out_dim", "128", "--model.init_args.patch_out_dim", "128"),
+            *("--model.init_args.head_hidden_dim", "256", "--model.init_args.bottleneck_dim", "64"),
+            *("--model.init_args.casa_heads", "4", "--model.init_args.warmup_epochs", "2"),
+            *("--model.init_args.warmup_teacher_epochs", "2", "--model.init_args.lr", "1e-3"),
+            *("--trainer.max_epochs", str(epochs), "--trainer.log_every_n_steps", "1"),
+            *("--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"),
+            *("--trainer.enable_model_summary", "false"),
+        ]
+    )
+    print_first_and_last_losses(root, "Alice", ("cls", "patch", "rec", "loss"))
+    checkpoint = Path(cli.trainer.checkpoint_callback.best_model_path)
+    status = medssl_main(["export", str(checkpoint), "--out", str(out / "alice-encoder.pt")])
+    print(
+        f"(the demo's two volumes only show the path: {epochs} steps of L_cls + L_patch + 10·L_rec on pairs of\n"
+        " overlapping crops; pipelines/alice_experiment.py measures whether the dense features match anatomy)\n"
     )
     return status
 
@@ -333,8 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mil-epochs", type=int, default=20, help="ABMIL and INS epochs")
     parser.add_argument("--finetune-steps", type=int, default=40, help="tile classification fine-tuning steps")
     parser.add_argument("--joint-epochs", type=int, default=15, help="joint 2D/3D epochs (one step each)")
+    parser.add_argument("--alice-epochs", type=int, default=8, help="Alice epochs (one step each)")
     args = parser.parse_args(argv)
-    return run(args.out, args.slides, args.epochs, args.mil_epochs, args.finetune_steps, args.joint_epochs)
+    return run(
+        args.out, args.slides, args.epochs, args.mil_epochs, args.finetune_steps, args.joint_epochs, args.alice_epochs
+    )
 
 
 if __name__ == "__main__":
