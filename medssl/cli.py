@@ -249,7 +249,15 @@ def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default="encoder", help="which of the checkpoint's encoders (its model's encoders())")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored feature type")
+    p.add_argument(
+        "--dtype", choices=("float32", "float16"), help="stored feature type (default: float32; float16 with --dense)"
+    )
+    p.add_argument(
+        "--dense",
+        action="store_true",
+        help="volume caches, encoders with dense maps (swin_unetr, e.g. Alice): store each volume's coarse "
+        "(stride 16) and fine (stride 4) L2-normalised maps instead of per-slice features (docs/alice.md)",
+    )
     p.add_argument("--threads", type=int, default=2, help="tile reading threads")
     p.add_argument("--shard", help="i/n: embed only shard i of n items (one GPU each)")
     p.add_argument("--overwrite", action="store_true", help="replace embeddings made by another encoder")
@@ -273,6 +281,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         encoder_name=args.encoder,
+        dense=args.dense,
     )
     counts = summary.counts()
     print(

@@ -9,12 +9,13 @@
 
 from medssl.cache import codecs as codecs  # registers the JPEG codec with Zarr
 from medssl.cache.raw import TileReader
-from medssl.cache.readers import CacheReader, EmbeddingCache, SlideCache, VolumeCache
+from medssl.cache.readers import CacheReader, DenseMap, EmbeddingCache, SlideCache, VolumeCache
 from medssl.cache.store import SCHEMA_VERSION, store_path, stored_kinds, stored_params
 
 __all__ = [
     "SCHEMA_VERSION",
     "CacheReader",
+    "DenseMap",
     "EmbeddingCache",
     "SlideCache",
     "TileReader",

@@ -7,8 +7,10 @@ known here and in :mod:`medssl.cache.store` alone.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import zarr
@@ -182,9 +184,35 @@ class VolumeCache(CacheReader):
         return cached
 
 
+DENSE_LEVELS = ("coarse", "fine")  #: the dense embedding maps of a volume (``medssl embed --dense``)
+DENSE_NORMALISATIONS = ("l2", "none")  #: unit-length vectors, or raw ones a reader normalises
+
+
+@dataclass(frozen=True)
+class DenseMap:
+    """One level of a volume's dense embedding (``medssl embed --dense``; layout in docs/cache.md).
+
+    ``array`` is ``[C, ceil(Z/sz), ceil(Y/sy), ceil(X/sx)]`` (lazy); cell ``(i, j, k)`` summarises the
+    volume voxels ``[i·sz, (i+1)·sz) × ...`` of the ``[Z, Y, X]`` volume, so its centre is the voxel
+    position ``(i + 0.5)·s − 0.5`` per axis. ``normalised``: the vectors are unit length already."""
+
+    array: zarr.Array
+    stride: tuple[int, int, int]
+    normalised: bool
+
+
+def _dense_stride(value, where: str) -> tuple[int, int, int]:
+    strides = [value] * 3 if isinstance(value, int) else list(value) if isinstance(value, list | tuple) else []
+    if len(strides) != 3 or not all(isinstance(s, int) and s >= 1 for s in strides):
+        raise CacheError(f"{where}: attrs 'stride' must be a positive int or 3 of them (z, y, x), got {value!r}")
+    return strides[0], strides[1], strides[2]
+
+
 class EmbeddingCache(CacheReader):
     """Features written by ``medssl embed``: one ``[N, D]`` array per slide (row i = tile i of the tile
-    cache) or volume (row i = axial slice i), with the tiles' level-0 ``coords``.
+    cache) or volume (row i = axial slice i), with the tiles' level-0 ``coords``; or, from
+    ``medssl embed --dense`` (or an external model's arrays in the same layout), each volume's ``coarse``
+    and ``fine`` dense maps (:meth:`dense`).
 
     >>> embeddings = EmbeddingCache("embeddings/")             # doctest: +SKIP
     >>> embeddings.features("slide-1")[:16], embeddings.params["encoder"]   # doctest: +SKIP
@@ -204,12 +232,48 @@ class EmbeddingCache(CacheReader):
         """Level-0 (x, y) of each row's tile (slides only)."""
         return np.asarray(_child_array(self.group(item_id), "coords")[:])
 
-    def require(self, item_ids: Sequence[str]) -> "EmbeddingCache":
+    def require(self, item_ids: Sequence[str], noun: str = "slide", command: str = "medssl embed") -> "EmbeddingCache":
         """Refuse, naming them, when some of ``item_ids`` have no complete embeddings."""
         missing = [item_id for item_id in item_ids if item_id not in self]
         if missing:
             raise CacheError(
-                f"{self.path.parent}: no embeddings for {len(missing)} slide(s) "
-                f"({', '.join(missing[:5])}); run or resume medssl embed on this cache"
+                f"{self.path.parent}: no embeddings for {len(missing)} {noun}(s) "
+                f"({', '.join(missing[:5])}); run or resume {command} on this cache"
             )
         return self
+
+    def volume_shape(self, volume_id: str) -> tuple[int, int, int]:
+        """The ``[Z, Y, X]`` shape of the cached volume a dense embedding was made from (attrs ``shape``)."""
+        shape = self.metadata(volume_id).get("shape")
+        if not isinstance(shape, list | tuple) or len(shape) != 3:
+            raise CacheError(
+                f"{self.path}/{self.kind}/{volume_id}: attrs 'shape' must be the volume's [Z, Y, X], got {shape!r}"
+            )
+        return int(shape[0]), int(shape[1]), int(shape[2])
+
+    def dense(self, volume_id: str) -> dict[str, DenseMap]:
+        """The ``coarse`` and ``fine`` dense maps of one volume, checked against the documented layout
+        (each a ``[C, *grid]`` array whose grid is ``ceil(shape / stride)``)."""
+        group, where = self.group(volume_id), f"{self.path}/{self.kind}/{volume_id}"
+        absent = [name for name in DENSE_LEVELS if name not in group]
+        if absent:
+            raise CacheError(
+                f"{where}: no dense embeddings ({', '.join(absent)} missing); write them with medssl embed --dense"
+            )
+        shape = self.volume_shape(volume_id)
+        maps = {}
+        for name in DENSE_LEVELS:
+            array = _child_array(group, name)
+            stride = _dense_stride(array.attrs.get("stride"), f"{where}/{name}")
+            normalisation = array.attrs.get("normalisation")
+            if normalisation not in DENSE_NORMALISATIONS:
+                allowed = " or ".join(DENSE_NORMALISATIONS)
+                raise CacheError(f"{where}/{name}: attrs 'normalisation' must be {allowed}, got {normalisation!r}")
+            grid = tuple(math.ceil(n / s) for n, s in zip(shape, stride, strict=True))
+            if array.ndim != 4 or tuple(array.shape[1:]) != grid:
+                raise CacheError(
+                    f"{where}/{name}: shape {tuple(array.shape)}, expected [C, {', '.join(map(str, grid))}] "
+                    f"(ceil of the volume's {list(shape)} / stride {list(stride)})"
+                )
+            maps[name] = DenseMap(array, stride, normalisation == "l2")
+        return maps

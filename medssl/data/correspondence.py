@@ -19,6 +19,12 @@ a seed; datasets seed it per sample with ``np.random.default_rng(sample_seed(see
   patients, Alice's cross-patient positive pair without its offline SAM embeddings. The map between the
   boxes is a per-axis scale and shift, i.e. already the cheapest affine registration; it is exact for
   bodies that differ by such a map and approximate otherwise (see the tests for measured errors).
+- :class:`EmbeddingSampler`: Alice's own pairs: a query voxel of one patient matched to the voxel of
+  another whose stored dense embedding (``medssl embed --dense``, fine + coarse, cosine) is most
+  similar, accepted above a score with bounded retries, otherwise a :class:`SameVolumeSampler` pair.
+
+Samplers that look volumes up (the embedding sampler) get the two volumes' cache ids as ``ids``;
+the others ignore it.
 
 Volumes are ``[D, H, W]`` or ``[1, D, H, W]`` arrays or tensors (NumPy memory maps of the volume cache
 included: only the crops are read, plus one thresholded pass for a body box). The cache stores no body
@@ -27,15 +33,21 @@ mask, so bodies are found by an intensity threshold.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from medssl.cache import DenseMap, EmbeddingCache
+from medssl.errors import CacheError
 from medssl.geometry import make_geometry, original_to_view
 
 Volume = np.ndarray | torch.Tensor
+VolumeIds = tuple[str, str] | None  #: the cache ids of (volume_a, volume_b), for samplers that look volumes up
 
 
 def _spatial(volume: Volume) -> Volume:
@@ -103,10 +115,26 @@ def body_box(volume: Volume, threshold: float | None = None) -> tuple[np.ndarray
     return np.asarray(lows, dtype=np.float64), np.asarray(highs, dtype=np.float64)
 
 
+def body_point(
+    volume: Volume, threshold: float, box: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, tries: int
+) -> np.ndarray:
+    """A voxel above ``threshold``, uniform in the body ``box`` (:func:`body_box`), redrawn up to ``tries``
+    times (the last draw if none is): Alice's query point."""
+    spatial = _spatial(volume)
+    point = np.zeros(3, dtype=np.int64)
+    for _ in range(max(1, tries)):
+        point = np.array([rng.integers(int(lo), int(hi) + 1) for lo, hi in zip(*box, strict=True)])
+        if float(spatial[tuple(int(v) for v in point)]) > threshold:
+            break
+    return point.astype(np.float64)
+
+
 class CorrespondenceSampler(Protocol):
     """Makes two crops showing the same anatomy and ``K`` corresponding points (module docstring)."""
 
-    def pair(self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator) -> dict: ...
+    def pair(
+        self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
+    ) -> dict: ...
 
 
 class SameVolumeSampler:
@@ -155,7 +183,9 @@ class SameVolumeSampler:
             view = view.flip(axes)
         return torch.rot90(view, rot, dims=(-2, -1)).contiguous()
 
-    def pair(self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator) -> dict:
+    def pair(
+        self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
+    ) -> dict:
         shape = tuple(int(n) for n in _spatial(volume_a).shape)
         size = np.asarray(self.crop_size)
         if self.threshold is None:
@@ -208,26 +238,16 @@ class BodyCoordinateSampler:
     ):
         self.crop_size, self.points, self.threshold, self.tries = _sizes(crop_size), int(points), threshold, int(tries)
 
-    def _body_point(
-        self, volume: Volume, threshold: float, low: np.ndarray, high: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
-        """A voxel above ``threshold``, uniform in the body box (the last try if none is)."""
-        spatial = _spatial(volume)
-        point = np.zeros(3, dtype=np.int64)
-        for _ in range(self.tries):
-            point = np.array([rng.integers(int(lo), int(hi) + 1) for lo, hi in zip(low, high, strict=True)])
-            if float(spatial[tuple(int(v) for v in point)]) > threshold:
-                break
-        return point.astype(np.float64)
-
-    def pair(self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator) -> dict:
+    def pair(
+        self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
+    ) -> dict:
         if volume_b is None:
             raise ValueError("BodyCoordinateSampler pairs two volumes: pass volume_b")
         threshold_a = body_threshold(volume_a, self.threshold)
         low_a, high_a = body_box(volume_a, threshold_a)
         low_b, high_b = body_box(volume_b, self.threshold)
         scale = (high_b - low_b) / np.maximum(high_a - low_a, 1.0)
-        point_a = self._body_point(volume_a, threshold_a, low_a, high_a, rng)
+        point_a = body_point(volume_a, threshold_a, (low_a, high_a), rng, self.tries)
         point_b = low_b + (point_a - low_a) * scale
         size = np.asarray(self.crop_size)
         start_a = np.rint(point_a).astype(np.int64) - size // 2
@@ -246,4 +266,204 @@ class BodyCoordinateSampler:
             "start_a": torch.from_numpy(start_a),
             "start_b": torch.from_numpy(start_b),
             "scale": torch.from_numpy(scale).float(),
+        }
+
+
+# -- matching by stored dense embeddings -----------------------------------------------------------
+@dataclass(frozen=True)
+class DenseEmbedding:
+    """One volume's dense embedding in memory: unit-length ``fine`` and ``coarse`` maps ``[C, *grid]``
+    (float32) and their strides ``[3]`` (voxels per cell along z, y, x). Cell ``i`` of a map at stride
+    ``s`` covers voxels ``[i·s, (i+1)·s)``; its centre is voxel ``(i + 0.5)·s − 0.5``."""
+
+    fine: torch.Tensor
+    coarse: torch.Tensor
+    fine_stride: np.ndarray
+    coarse_stride: np.ndarray
+
+    @classmethod
+    def from_maps(cls, maps: dict[str, DenseMap]) -> DenseEmbedding:
+        """Read a store's ``coarse``/``fine`` maps (:meth:`~medssl.cache.EmbeddingCache.dense`) whole,
+        normalising the vectors of maps stored raw (``normalisation: "none"``)."""
+        loaded = {}
+        for name, level in maps.items():
+            array = torch.from_numpy(np.asarray(level.array[...], dtype=np.float32))
+            loaded[name] = array if level.normalised else torch.nn.functional.normalize(array, dim=0)
+        return cls(
+            loaded["fine"],
+            loaded["coarse"],
+            np.asarray(maps["fine"].stride, dtype=np.float64),
+            np.asarray(maps["coarse"].stride, dtype=np.float64),
+        )
+
+    def vectors_at(self, point: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``fine`` and ``coarse`` vectors of the cells holding voxel ``point`` (z, y, x)."""
+        return self.fine[(slice(None), *_cell(point, self.fine_stride, self.fine.shape[1:]))], self.coarse[
+            (slice(None), *_cell(point, self.coarse_stride, self.coarse.shape[1:]))
+        ]
+
+
+def _cell(point: np.ndarray, stride: np.ndarray, grid: Sequence[int]) -> tuple[int, int, int]:
+    index = np.clip(np.floor(np.asarray(point, dtype=np.float64) / stride), 0, np.asarray(grid) - 1).astype(int)
+    return int(index[0]), int(index[1]), int(index[2])
+
+
+def cell_centres(size: int, stride: float) -> np.ndarray:
+    """The voxel positions ``(i + 0.5)·stride − 0.5`` of the ``size`` cells along one axis."""
+    return (np.arange(size, dtype=np.float64) + 0.5) * stride - 0.5
+
+
+def _linear_weights(positions: np.ndarray, size: int) -> torch.Tensor:
+    """``[len(positions), size]``: linear interpolation weights at continuous indices (clamped to the ends)."""
+    clamped = np.clip(positions, 0.0, size - 1.0)
+    low = np.minimum(np.floor(clamped).astype(int), size - 1)
+    high = np.minimum(low + 1, size - 1)
+    frac = clamped - low
+    weights = np.zeros((len(positions), size))
+    rows = np.arange(len(positions))
+    np.add.at(weights, (rows, low), 1.0 - frac)
+    np.add.at(weights, (rows, high), frac)
+    return torch.from_numpy(weights).float()
+
+
+def similarity(fine_q: torch.Tensor, coarse_q: torch.Tensor, target: DenseEmbedding) -> torch.Tensor:
+    """SAM's score of a query over the whole ``target`` on its fine grid, ``[Df, Hf, Wf]`` in [-1, 1]:
+    ``(cos(fine_q, fine) + cos(coarse_q, coarse ↑)) / 2``, where ↑ is trilinear interpolation of the
+    coarse cosine map at the fine cells' centres. Interpolating the cosine map equals taking the dot
+    product with linearly interpolated coarse vectors (the dot product is linear) and needs no
+    ``[Cc, *fine grid]`` array; only the vectors' renormalisation after interpolation is skipped."""
+    fine_sim = torch.einsum("c,cdhw->dhw", fine_q, target.fine)
+    coarse_sim = torch.einsum("c,cdhw->dhw", coarse_q, target.coarse)
+    weights = [
+        _linear_weights((cell_centres(n_fine, s_fine) + 0.5) / s_coarse - 0.5, n_coarse)
+        for n_fine, s_fine, n_coarse, s_coarse in zip(
+            target.fine.shape[1:], target.fine_stride, target.coarse.shape[1:], target.coarse_stride, strict=True
+        )
+    ]
+    upsampled = torch.einsum("ad,be,cf,def->abc", *weights, coarse_sim)
+    return (fine_sim + upsampled) / 2
+
+
+def match_point(source: DenseEmbedding, target: DenseEmbedding, point: np.ndarray) -> tuple[np.ndarray, float]:
+    """The voxel of ``target`` whose embedding best matches voxel ``point`` of ``source`` (the centre of
+    the best fine cell, ``[3]`` float) and its :func:`similarity` score."""
+    scores = similarity(*source.vectors_at(point), target)
+    flat = int(torch.argmax(scores))
+    index = np.unravel_index(flat, tuple(scores.shape))
+    centre = (np.asarray(index, dtype=np.float64) + 0.5) * target.fine_stride - 0.5
+    return centre, float(scores.reshape(-1)[flat])
+
+
+class EmbeddingSampler:
+    """Crops of two patients centred on voxels whose stored dense embeddings match (Alice's SAM pairs).
+
+    The embeddings are a store of ``medssl embed --dense`` (or an external model's arrays in its layout;
+    :mod:`medssl.export.embeddings`) holding both volumes under their cache ids, passed to
+    :meth:`pair` as ``ids``. A query voxel ``p_a`` is drawn in A's body (as
+    :class:`BodyCoordinateSampler` draws it) and matched over all of B (:func:`match_point`); the
+    first query scoring above ``min_score`` within ``tries`` draws is kept, else the pair falls back to
+    ``fallback`` (a :class:`SameVolumeSampler` on A by default), as Alice falls back when SAM finds nothing.
+
+    A matched pair: crops of ``crop_size`` centred on ``p_a`` and on ``p_b`` (rounded to whole voxels;
+    ``p_b``, a fine cell's centre, moves by at most half a voxel), no flips or rotations. Its ``points``
+    are uniform over the crop voxels inside both volumes, and ``points_b == points_a``: crop voxel ``q``
+    of A is paired with crop voxel ``q`` of B, i.e. the translation ``p ↦ p − p_a + p_b``. That is the
+    assumption the pair itself makes (the crops are treated as showing the same anatomy as wholes);
+    matching each point by its embedding too would cost a search per point and be only as good as the
+    embeddings, which are what the pair is meant to improve; the error of this map grows with the
+    distance from the centre where the patients differ by more than a shift (see the tests).
+
+    Every pair has ``matched`` (bool), ``score`` (the kept query's score, or the best one when none was
+    kept) and ``tries`` (queries drawn). A matched pair also has ``start_a``/``start_b`` (int ``[3]``,
+    the crops' first voxels) and ``point_a``/``point_b`` (``[3]``, the matched voxels); a fallback pair
+    has the fallback sampler's keys. Draws: the queries (each a :func:`body_point`), then the points or
+    the fallback's draws.
+
+    The store is opened lazily in each process (DataLoader workers pickle the sampler, not the store);
+    each pair reads both volumes' maps whole.
+    """
+
+    def __init__(
+        self,
+        embeddings: str | os.PathLike,
+        crop_size: int | Sequence[int] = 64,
+        points: int = 64,
+        min_score: float = 0.7,
+        tries: int = 100,
+        threshold: float | None = None,
+        fallback: CorrespondenceSampler | None = None,
+    ):
+        if tries < 1:
+            raise ValueError(f"tries must be at least 1, got {tries}")
+        self.path = Path(embeddings)
+        self.crop_size, self.points, self.threshold = _sizes(crop_size), int(points), threshold
+        self.min_score, self.tries = float(min_score), int(tries)
+        self.fallback = fallback or SameVolumeSampler(crop_size=crop_size, points=points, threshold=threshold)
+        self._store: EmbeddingCache | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}
+
+    @property
+    def store(self) -> EmbeddingCache:
+        if self._store is None:
+            self._store = EmbeddingCache(self.path)
+        return self._store
+
+    def require(self, volume_ids: Sequence[str]) -> EmbeddingSampler:
+        """Refuse, naming the store and the volumes, unless every one of ``volume_ids`` has dense maps."""
+        self.store.require(volume_ids, noun="volume", command="medssl embed --dense")
+        for volume_id in volume_ids:
+            self.store.dense(volume_id)
+        return self
+
+    def embedding(self, volume_id: str, volume: Volume) -> DenseEmbedding:
+        """The dense embedding of ``volume_id``, checked to be made from a volume of ``volume``'s shape."""
+        stored, shape = self.store.volume_shape(volume_id), tuple(int(n) for n in _spatial(volume).shape)
+        if stored != shape:
+            raise CacheError(
+                f"{self.path}: the embeddings of {volume_id!r} were made from a volume of shape {list(stored)}, "
+                f"the cache's is {list(shape)}; re-run medssl embed --dense on this cache"
+            )
+        return DenseEmbedding.from_maps(self.store.dense(volume_id))
+
+    def pair(
+        self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
+    ) -> dict:
+        if volume_b is None or ids is None:
+            raise ValueError("EmbeddingSampler pairs two volumes of its store: pass volume_b and ids=(id_a, id_b)")
+        source, target = self.embedding(ids[0], volume_a), self.embedding(ids[1], volume_b)
+        threshold = body_threshold(volume_a, self.threshold)
+        box = body_box(volume_a, threshold)
+        best = -np.inf
+        for attempt in range(1, self.tries + 1):
+            point_a = body_point(volume_a, threshold, box, rng, self.tries)
+            point_b, score = match_point(source, target, point_a)
+            best = max(best, score)
+            if score > self.min_score:
+                out = self._crops(volume_a, volume_b, point_a, point_b, rng)
+                return {**out, "matched": True, "score": score, "tries": attempt}
+        out = self.fallback.pair(volume_a, None, rng, ids=ids)
+        return {**out, "matched": False, "score": float(best), "tries": self.tries}
+
+    def _crops(
+        self, volume_a: Volume, volume_b: Volume, point_a: np.ndarray, point_b: np.ndarray, rng: np.random.Generator
+    ) -> dict:
+        size = np.asarray(self.crop_size)
+        start_a = np.rint(point_a).astype(np.int64) - size // 2
+        start_b = np.rint(point_b).astype(np.int64) - size // 2
+        shape_a, shape_b = np.asarray(_spatial(volume_a).shape), np.asarray(_spatial(volume_b).shape)
+        # crop voxels inside both volumes: non-empty, it holds the crops' centres
+        lo = np.maximum.reduce([np.zeros(3, dtype=np.int64), -start_a, -start_b])
+        hi = np.minimum.reduce([size, shape_a - start_a, shape_b - start_b])
+        points = np.stack([rng.integers(a, b, size=self.points) for a, b in zip(lo, hi, strict=True)], axis=-1)
+        return {
+            "view_a": crop_padded(volume_a, start_a.tolist(), self.crop_size),
+            "view_b": crop_padded(volume_b, start_b.tolist(), self.crop_size),
+            "points_a": torch.from_numpy(points).float(),
+            "points_b": torch.from_numpy(points).float(),
+            "start_a": torch.from_numpy(start_a),
+            "start_b": torch.from_numpy(start_b),
+            "point_a": torch.from_numpy(point_a).float(),
+            "point_b": torch.from_numpy(point_b).float(),
         }

@@ -173,7 +173,9 @@ class VolumePairDataset(_VolumeDataset):
     """Pairs of 3D crops showing the same anatomy (Alice), one pair per volume per epoch, from a
     :class:`~medssl.data.correspondence.CorrespondenceSampler`: ``views`` (two ``[1, D, H, W]`` crops) and
     ``points_a`` / ``points_b`` (``[K, 3]`` corresponding voxel positions in each crop). A sampler across
-    patients gets a partner volume drawn from the others, seeded like everything else."""
+    patients gets a partner volume drawn from the others, seeded like everything else, and every sampler
+    the two volumes' cache ids (``ids``). A sampler's ``matched`` and ``score`` (the embedding sampler's
+    record of whether its match was kept) are passed on."""
 
     def __init__(self, *args, sampler, **kwargs):
         super().__init__(*args, **kwargs)
@@ -190,11 +192,13 @@ class VolumePairDataset(_VolumeDataset):
         others = [k for k in range(len(self.volume_ids)) if k != index]
         partner = int(rng.choice(others)) if others else index
         image = self.cache.image(self.volume_ids[index])
-        pair = self.sampler.pair(image, self.cache.image(self.volume_ids[partner]), rng)
+        ids = (self.volume_ids[index], self.volume_ids[partner])
+        pair = self.sampler.pair(image, self.cache.image(ids[1]), rng, ids=ids)
         return {
             "views": [pair["view_a"], pair["view_b"]],
             "points_a": torch.as_tensor(pair["points_a"], dtype=torch.float32),
             "points_b": torch.as_tensor(pair["points_b"], dtype=torch.float32),
-            "volume_id": self.volume_ids[index],
-            "partner_id": self.volume_ids[partner],
+            "volume_id": ids[0],
+            "partner_id": ids[1],
+            **{key: pair[key] for key in ("matched", "score") if key in pair},
         }

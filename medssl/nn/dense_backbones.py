@@ -37,6 +37,10 @@ class SwinEncoder(Encoder):
     """A MONAI ``SwinUNETR`` (``network``; its ``out`` convolution maps back to the input's channels, the
     target of a reconstruction loss). ``forward``: the bottleneck's average ``[B, 16·feature_size]``."""
 
+    #: the stride (voxels per cell, every axis) of each map :meth:`dense_maps` returns; what an encoder
+    #: needs besides ``dense_maps`` for ``medssl embed --dense``
+    dense_strides: dict[str, int] = DENSE_LEVELS
+
     def __init__(self, network: nn.Module, config: dict):
         super().__init__(network, 16 * int(config["feature_size"]), config)
         feature_size = int(config["feature_size"])

@@ -10,6 +10,7 @@ from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, radiology_view
 from medssl.data.volumes import VolumePairDataset, VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 
+CORRESPONDENCES = ("same_volume", "body_coordinates", "embeddings")  # the pair samplers of mode="pairs"
 # the dataset of each stage, by mode
 VolumeDataset = VolumeSliceDataset | VolumePatchDataset | VolumeStackDataset | VolumePairDataset
 
@@ -29,7 +30,9 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
 
     Pairs (Alice): training yields two ``spatial_size`` crops per volume showing the same anatomy and
     their corresponding points, from the ``correspondence`` sampler (``same_volume``: two overlapping
-    crops of one volume; ``body_coordinates``: the same relative body position in another patient; see
+    crops of one volume; ``body_coordinates``: the same relative body position in another patient;
+    ``embeddings``: the voxel of another patient whose stored dense embedding matches, from the store
+    ``embeddings`` (a ``medssl embed --dense`` folder holding every volume); see
     :mod:`medssl.data.correspondence`); evaluation serves whole volumes as centre-cropped stacks."""
 
     def __init__(
@@ -47,6 +50,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         view_transforms: Sequence[str] | None = None,
         geometric: bool = False,
         correspondence: str = "same_volume",
+        embeddings: str | None = None,
         train_split: str | None = "train",
         val_split: str | None = "val",
         test_split: str | None = "test",
@@ -54,9 +58,13 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
         if mode not in ("slices", "patches", "stacks", "pairs"):
             raise ValueError(f"mode must be 'slices', 'patches', 'stacks' or 'pairs', got {mode!r}")
-        if correspondence not in ("same_volume", "body_coordinates"):
-            raise ValueError(f"correspondence must be 'same_volume' or 'body_coordinates', got {correspondence!r}")
-        self.correspondence = correspondence
+        if correspondence not in CORRESPONDENCES:
+            raise ValueError(f"correspondence must be one of {', '.join(CORRESPONDENCES)}, got {correspondence!r}")
+        if (correspondence == "embeddings") != (embeddings is not None):
+            raise ValueError(
+                "correspondence 'embeddings' needs embeddings: <a medssl embed --dense folder>, and only it takes one"
+            )
+        self.correspondence, self.embeddings = correspondence, embeddings
         self.mode, self.spatial_size, self.views = mode, tuple(spatial_size), views
         self.patches_per_volume, self.stack_depth = patches_per_volume, stack_depth
         if mode in ("stacks", "pairs") and len(self.spatial_size) != 3:
@@ -78,11 +86,20 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
                 self.cache, patch_size=self.spatial_size, patches_per_volume=self.patches_per_volume, **common
             )
         if self.mode == "pairs" and transform is None:  # training: corresponding crops
-            from medssl.data.correspondence import BodyCoordinateSampler, SameVolumeSampler
-
-            kind = SameVolumeSampler if self.correspondence == "same_volume" else BodyCoordinateSampler
-            return VolumePairDataset(self.cache, sampler=kind(crop_size=self.spatial_size), **common)
+            return self._pairs(common)
         return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
+
+    def _pairs(self, common: dict) -> VolumePairDataset:
+        from medssl.data.correspondence import BodyCoordinateSampler, EmbeddingSampler, SameVolumeSampler
+
+        if self.correspondence == "embeddings":
+            assert self.embeddings is not None  # __init__ requires it
+            sampler = EmbeddingSampler(self.embeddings, crop_size=self.spatial_size)
+            dataset = VolumePairDataset(self.cache, sampler=sampler, **common)
+            sampler.require(dataset.volume_ids)  # a store without some volume fails here, naming them
+            return dataset
+        kind = SameVolumeSampler if self.correspondence == "same_volume" else BodyCoordinateSampler
+        return VolumePairDataset(self.cache, sampler=kind(crop_size=self.spatial_size), **common)
 
     def _transform(self, train: bool):
         if train and self.mode == "pairs":
