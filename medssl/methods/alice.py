@@ -160,6 +160,8 @@ class Alice(MedsslModule):
         for name, value in (("cls", l_cls), ("patch", l_patch), ("rec", l_rec)):
             self.log(f"train/{name}", value)
         self.log("train/loss", loss, prog_bar=True)
+        if "matched" in batch:  # the embedding sampler: how many pairs found a match above its score
+            self.log("train/matched_fraction", torch.as_tensor(batch["matched"]).float().mean())
         return loss
 
     def reconstruction_loss(self, predicted: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
