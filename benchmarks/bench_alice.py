@@ -31,7 +31,7 @@ Rows, per setting (feature size × crop × batch), all in milliseconds:
   student's runs (exact up to that ordering, which is autograd's on one device).
 - ``same_volume`` / ``body_coord``: the correspondence mining of one batch, ``sampler.pair`` once per
   sample (the samplers the data module builds: ``crop_size`` only), on ``float32`` memory-mapped
-  volumes of ``--volume`` voxels (a 160×256×256 default: a body cached at ~1.5–2 mm) with a synthetic body
+  volumes of ``--volume`` voxels (default 160×256×256, an abdomen-sized cached volume) with a synthetic body
   (an elliptic cylinder of soft tissue in air, 0.9× scaled for the partner patient). Always on the CPU,
   where a DataLoader worker does it. Files are in the page cache after the warm-up pair, as a volume
   cache read every epoch is.
