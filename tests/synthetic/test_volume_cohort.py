@@ -68,16 +68,15 @@ def test_cohort_source_mm_gives_the_written_brains_their_labels(tmp_path):
     """The recomputed field of a written patient, applied to the MNI152 tissue maps (sampled here by
     SciPy, not by the cohort's code), gives the label file the cohort wrote for it (labels carry no
     scanner noise); another patient's field does not."""
-    import nibabel as nib
     from scipy.ndimage import map_coordinates
 
     from medssl.synthetic.volumes import brain_cohort, brain_labels, cohort_source_mm, mni152_files
 
     brain_cohort(tmp_path, n=2, spacing=8.0, fractions={"train": 0.5, "test": 0.5}, seed=0)
     files = mni152_files()
-    maps = {kind: nib.load(files[kind]) for kind in ("gm", "wm")}
+    maps = {kind: Nifti1Image.from_filename(files[kind]) for kind in ("gm", "wm")}
     to_voxel = np.linalg.inv(maps["gm"].affine)
-    written = {case: nib.load(tmp_path / f"{case}_seg.nii.gz") for case in ("brain-00", "brain-01")}
+    written = {case: Nifti1Image.from_filename(tmp_path / f"{case}_seg.nii.gz") for case in ("brain-00", "brain-01")}
     agreement = {}
     for case in written:
         field, affine = cohort_source_mm(case, spacing=8.0, seed=0)
