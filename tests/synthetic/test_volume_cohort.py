@@ -75,12 +75,12 @@ def test_cohort_source_mm_gives_the_written_brains_their_labels(tmp_path):
     brain_cohort(tmp_path, n=2, spacing=8.0, fractions={"train": 0.5, "test": 0.5}, seed=0)
     files = mni152_files()
     maps = {kind: Nifti1Image.from_filename(files[kind]) for kind in ("gm", "wm")}
-    to_voxel = np.linalg.inv(maps["gm"].affine)
+    to_voxel = np.linalg.inv(np.asarray(maps["gm"].affine))
     written = {case: Nifti1Image.from_filename(tmp_path / f"{case}_seg.nii.gz") for case in ("brain-00", "brain-01")}
     agreement = {}
     for case in written:
         field, affine = cohort_source_mm(case, spacing=8.0, seed=0)
-        np.testing.assert_allclose(affine, written[case].affine, atol=1e-5)
+        np.testing.assert_allclose(affine, np.asarray(written[case].affine), atol=1e-5)
         voxels = (field @ to_voxel[:3, :3].T + to_voxel[:3, 3]).transpose(3, 0, 1, 2)
         grey, white = (map_coordinates(np.asarray(m.dataobj) / 255.0, voxels, order=1) for m in maps.values())
         labels = brain_labels(grey, white)
