@@ -55,7 +55,7 @@ SPLITS = {"train": 0.5, "test": 0.5}
 SOURCES = ("brain", "mri", "ct")
 NETWORK_LEVELS = {"fine": 4, "coarse": 16}  # SwinEncoder.dense_maps, by stride
 INTENSITY_LEVELS = {"fine": 1, "coarse": 4}
-INITS = ("pretrained", "random", "intensity", "same_position", "best_possible")
+INITS = ("pretrained", "student", "random", "intensity", "same_position", "best_possible")
 BACKBONE = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [3, 6, 12, 24], "window_size": 4}
 
 
@@ -238,12 +238,19 @@ def weight_change(trained, start) -> float:
 
 # -- dense features and landmark errors ------------------------------------------------------------------
 def network_maps(encoder, image) -> dict:
-    """The encoder's ``fine`` and ``coarse`` maps ``[C, d, h, w]`` of a whole volume ``[Z, Y, X]``."""
+    """The encoder's ``fine`` and ``coarse`` maps ``[C, d, h, w]`` of a whole volume ``[Z, Y, X]``. Axes
+    shorter than 64 are zero-padded to 64 first (as the training crops are padded): SwinUNETR's
+    bottleneck, at stride 32, must hold more than one voxel for its instance norms."""
     import torch
+    import torch.nn.functional as F
 
+    padding = [p for side in reversed(image.shape) for p in (0, max(0, 64 - side))]
     with torch.inference_mode():
-        maps = encoder.eval().dense_maps(image[None, None])
-    return {level: maps[level][0].float() for level in NETWORK_LEVELS}
+        maps = encoder.eval().dense_maps(F.pad(image, padding)[None, None])
+    return {
+        level: maps[level][(0, slice(None), *(slice(0, math.ceil(side / stride)) for side in image.shape))].float()
+        for level, stride in NETWORK_LEVELS.items()
+    }
 
 
 def intensity_maps(image) -> dict:
@@ -325,21 +332,23 @@ def baselines(volumes: dict, landmarks: dict, out: Path) -> dict[str, dict[str, 
 
 # -- one seed ------------------------------------------------------------------------------------------
 def evaluate(data: dict, checkpoint: Path, out: Path, seed: int, volumes: dict, landmarks: dict, args) -> list[dict]:
-    """Loss curve, weight change and landmark errors of the pretrained teacher and of its untrained twin
-    (cached in ``out/landmarks.json``)."""
+    """Loss curve, weight changes and landmark errors of the pretrained teacher (the exported encoder),
+    of the student (what the gradient trains; the EMA teacher trails it, by much in a short run) and of
+    their untrained twin (cached in ``out/landmarks.json``)."""
     result = out / "landmarks.json"
     if result.exists():
         return json.loads(result.read_text())
     from medssl.export import load_encoder
 
     start = untrained_model(data, out / "untrained", seed, args)
-    trained = load_encoder(checkpoint, "encoder")
+    trained, student = load_encoder(checkpoint, "encoder"), load_encoder(checkpoint, "student")
     curve = {f"pretrain/{name}": value for name, value in loss_curve(out).items()}
     curve["pretrain/weight_change"] = weight_change(trained, start.teacher)
+    curve["pretrain/student_weight_change"] = weight_change(student, start.student)
     seconds = out / "pretrain_seconds.txt"
     curve["pretrain/minutes"] = float(seconds.read_text()) / 60 if seconds.exists() else math.nan
     rows = scored(curve, "pretrained", seed)
-    for init, encoder in (("pretrained", trained), ("random", start.teacher)):
+    for init, encoder in (("pretrained", trained), ("student", student), ("random", start.teacher)):
         rows += scored(landmark_scores(volumes, landmarks, encoder), init, seed, "landmarks")
     result.write_text(json.dumps(rows))
     return rows
@@ -371,8 +380,11 @@ def landmark_metrics() -> list[tuple[str, str]]:
 def print_table(summary: list[dict]) -> None:
     """Markdown: landmark errors per source, mean ± std over seeds per initialisation; then the pretraining."""
     index = {(r["task"], r["metric"], r["init"]): r for r in summary}
-    print("\n| landmark error | pretrained | random init | intensity patches | same scanner position | best voxel |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| landmark error | pretrained (teacher) | pretrained (student) | random init | intensity patches "
+        "| same scanner position | best voxel |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for metric, text in landmark_metrics():
         cells = []
         for init in INITS:
@@ -404,8 +416,9 @@ def reading(rows: list[dict], summary: list[dict], args) -> str:
         f"{p.get('minutes', nan):.0f} min per seed) took train/loss from {p.get('loss_first', nan):.2f} (first "
         f"tenth of the steps) to {p.get('loss_last', nan):.2f} (last tenth); L_rec {p.get('rec_first', nan):.3f} → "
         f"{p.get('rec_last', nan):.3f}, L_cls {p.get('cls_first', nan):.2f} → {p.get('cls_last', nan):.2f}, "
-        f"L_patch {p.get('patch_first', nan):.3f} → {p.get('patch_last', nan):.3f}; the SwinUNETR's weights moved "
-        f"{p.get('weight_change', nan):.1%} of their norm."
+        f"L_patch {p.get('patch_first', nan):.3f} → {p.get('patch_last', nan):.3f}; the teacher's SwinUNETR "
+        f"weights moved {p.get('weight_change', nan):.1%} of their norm, the student's "
+        f"{p.get('student_weight_change', nan):.1%}."
     ]
     better, worse, mixed = [], [], []
     for source in (*SOURCES, "all"):
