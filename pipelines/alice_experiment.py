@@ -397,17 +397,36 @@ def print_table(summary: list[dict]) -> None:
             print(f"| {metric} | {r['mean']:.3f} ± {r['std']:.3f} |")
 
 
-def paired(rows: list[dict], metric: str) -> list[float]:
-    """Pretrained − random landmark error, seed by seed (negative: pretraining helps)."""
+def paired(rows: list[dict], metric: str, init: str = "pretrained") -> list[float]:
+    """``init`` − random landmark error, seed by seed (negative: pretraining helps)."""
     by = {(r["init"], r["seed"]): r["value"] for r in rows if (r["task"], r["metric"]) == ("landmarks", metric)}
-    return [
-        by[("pretrained", s)] - by[("random", s)] for (init, s) in by if init == "pretrained" and ("random", s) in by
-    ]
+    return [by[(init, s)] - by[("random", s)] for (i, s) in by if i == init and ("random", s) in by]
+
+
+def verdicts(rows: list[dict], mean: dict, init: str) -> list[str]:
+    """Per source: does ``init`` match closer than random init in every seed, farther in every seed, or neither."""
+    found: dict[str, list[str]] = {"closer": [], "farther": [], "mixed": []}
+    for source in (*SOURCES, "all"):
+        diffs = paired(rows, f"{source}/mean_mm", init)
+        if not diffs:
+            continue
+        text = (
+            f"{source} ({mean[('landmarks', f'{source}/mean_mm', init)]:.1f} vs "
+            f"{mean[('landmarks', f'{source}/mean_mm', 'random')]:.1f} mm)"
+        )
+        kind = "closer" if all(d < 0 for d in diffs) else "farther" if all(d > 0 for d in diffs) else "mixed"
+        found[kind].append(text)
+    words = {
+        "closer": "closer in every seed on",
+        "farther": "farther in every seed on",
+        "mixed": "no consistent sign on",
+    }
+    return [f"{words[kind]} {'; '.join(items)}" for kind, items in found.items() if items]
 
 
 def reading(rows: list[dict], summary: list[dict], args) -> str:
-    """Plain words: what the loss did, and per source whether pretraining lowers the mean error below
-    its own random initialisation in every seed, raises it in every seed, or neither."""
+    """Plain words: what the loss did, and per source whether the pretrained teacher (and the student)
+    match landmarks closer than their random initialisation in every seed, farther in every seed, or neither."""
     mean = {(r["task"], r["metric"], r["init"]): r["mean"] for r in summary}
     p = {m: mean[(t, m, i)] for (t, m, i) in mean if t == "pretrain"}
     nan = math.nan
@@ -420,29 +439,16 @@ def reading(rows: list[dict], summary: list[dict], args) -> str:
         f"weights moved {p.get('weight_change', nan):.1%} of their norm, the student's "
         f"{p.get('student_weight_change', nan):.1%}."
     ]
-    better, worse, mixed = [], [], []
-    for source in (*SOURCES, "all"):
-        diffs = paired(rows, f"{source}/mean_mm")
-        if not diffs:
-            continue
-        text = (
-            f"{source} ({mean[('landmarks', f'{source}/mean_mm', 'pretrained')]:.1f} vs "
-            f"{mean[('landmarks', f'{source}/mean_mm', 'random')]:.1f} mm)"
-        )
-        (better if all(d < 0 for d in diffs) else worse if all(d > 0 for d in diffs) else mixed).append(text)
-    for words, items in (
-        ("Pretrained matches landmarks closer than its random initialisation in every seed on", better),
-        ("Farther in every seed on", worse),
-        ("No consistent sign across seeds on", mixed),
-    ):
-        if items:
-            parts.append(f"{words}: {'; '.join(items)}.")
+    for init, name in (("pretrained", "The pretrained teacher (the exported encoder)"), ("student", "The student")):
+        found = verdicts(rows, mean, init)
+        if found:
+            parts.append(f"{name} vs random init, mean error: {'; '.join(found)}.")
     parts.append(
-        f"(Mean errors, pretrained vs random; with {len(args.seeds)} seeds 'every seed' alone has a sign-test p "
-        f"of {0.5 ** len(args.seeds):.3f}.) Compare both with the same-scanner-position column (the error of "
-        "not matching at all: the patients differ by a few degrees, millimetres and per cent) and with the "
-        "intensity-patch column (raw voxels). The CT phantom is the same in every axial slice, so along z "
-        "only the ends of the field of view can tell slices apart, for every method."
+        f"(With {len(args.seeds)} seeds 'every seed' alone has a sign-test p of {0.5 ** len(args.seeds):.3f}.) "
+        "Compare with the same-scanner-position column (the error of not matching at all: the patients differ "
+        "by a few degrees, millimetres and per cent) and with the intensity-patch column (raw voxels). The CT "
+        "phantom is the same in every axial slice, so along z only the ends of the field of view can tell "
+        "slices apart, for every method."
     )
     return " ".join(parts)
 
