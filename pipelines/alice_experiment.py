@@ -27,9 +27,12 @@ all: how far apart the patients are), and ``best_possible`` (the best voxel of B
 
 Writes ``<out>/results.csv`` (one row per seed, init and metric), ``summary.csv`` (mean ± std over seeds),
 prints a Markdown table and a reading of it. Finished pieces are skipped on a re-run (the pretraining per
-seed and correspondence, the baselines once).
+seed and correspondence, the baselines once). ``--diagnose`` adds, per seed, the errors with the fine or the
+coarse level alone and RankMe of each level's features (are they collapsed?).
 
     OMP_NUM_THREADS=1 python pipelines/alice_experiment.py --out runs/alice-experiment --seeds 0 1 2
+    # then, reusing everything: per-level errors and RankMe of the features
+    OMP_NUM_THREADS=1 python pipelines/alice_experiment.py --out runs/alice-experiment --seeds 0 1 2 --diagnose
 """
 
 from __future__ import annotations
@@ -354,6 +357,39 @@ def evaluate(data: dict, checkpoint: Path, out: Path, seed: int, volumes: dict, 
     return rows
 
 
+def diagnose(checkpoint: Path, out: Path, seed: int, data: dict, volumes: dict, landmarks: dict, args) -> list[dict]:
+    """Why (not): landmark errors with the fine or the coarse level alone, and RankMe of each level's
+    features over held-out body voxels (are they collapsed?), for the teacher, the student and random
+    init (cached in ``out/diagnosis.json``)."""
+    result = out / "diagnosis.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    import torch
+
+    from medssl.eval import rankme
+    from medssl.export import load_encoder
+
+    start = untrained_model(data, out / "untrained", seed, args)
+    encoders = {
+        "pretrained": load_encoder(checkpoint, "encoder"),
+        "student": load_encoder(checkpoint, "student"),
+        "random": start.teacher,
+    }
+    rows = []
+    for init, encoder in encoders.items():
+        maps = {v: network_maps(encoder, volumes[v]["image"]) for v in volumes}
+        scores = {}
+        for level, stride in NETWORK_LEVELS.items():
+            errors = errors_by_source(volumes, landmarks, matcher(volumes, maps, {level: stride}))
+            scores |= {f"{name}_{level}_only": value for name, value in errors.items() if "mean" in name}
+            features = torch.cat([m[level].flatten(1).T for m in maps.values()])
+            sample = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:8192]]
+            scores[f"rankme_{level}_of_{features.shape[1]}"] = rankme(sample)
+        rows += scored(scores, init, seed, "diagnosis")
+    result.write_text(json.dumps(rows))
+    return rows
+
+
 def row(task: str, metric: str, init: str, seed: int, value: float) -> dict:
     """One result in label_efficiency's row layout (so its ``summarise`` applies)."""
     return {"task": task, "metric": metric, "init": init, "fraction": 1.0, "seed": seed, "value": value}
@@ -391,6 +427,13 @@ def print_table(summary: list[dict]) -> None:
             r = index.get(("landmarks", metric, init))
             cells.append("—" if r is None else f"{r['mean']:.1f} ± {r['std']:.1f}")
         print(f"| {text} | " + " | ".join(cells) + " |")
+    diagnosis = sorted({metric for (task, metric, _) in index if task == "diagnosis"})
+    if diagnosis:
+        print("\n| diagnosis | pretrained (teacher) | pretrained (student) | random init |\n|---|---|---|---|")
+        for metric in diagnosis:
+            cells = [index.get(("diagnosis", metric, init)) for init in ("pretrained", "student", "random")]
+            shown = ["—" if r is None else f"{r['mean']:.1f} ± {r['std']:.1f}" for r in cells]
+            print(f"| {metric} | " + " | ".join(shown) + " |")
     print("\n| pretraining | mean ± std over seeds |\n|---|---|")
     for (task, metric, _), r in sorted(index.items()):
         if task == "pretrain":
@@ -463,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--correspondence", default="same_volume", choices=["same_volume", "body_coordinates"])
     parser.add_argument("--landmarks", type=int, default=100, help="landmarks per held-out pair")
+    parser.add_argument("--diagnose", action="store_true", help="per-level errors and RankMe of the features")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     data = cohort_data(args.out / "data", args.cases)
@@ -489,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = pretrain(data, out / "pretrain", seed, args)
         found = evaluate(data, checkpoint, out / "pretrain", seed, volumes, landmarks, args)
         rows += found
+        if args.diagnose:
+            rows += diagnose(checkpoint, out / "pretrain", seed, data, volumes, landmarks, args)
         shown = ", ".join(
             f"{r['init']} {r['metric']} {r['value']:.2f}" for r in found if r["metric"].startswith("all/")
         )
