@@ -7,6 +7,7 @@ label, at any spacing and orientation, and a CT-sized phantom in Hounsfield unit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -190,6 +191,34 @@ def _grid_over(stack, affine: np.ndarray, spacing: float) -> tuple[tuple[int, ..
     return shape, grid_affine((spacing,) * 3, origin=[float(v) for v in corners.min(axis=0)])
 
 
+def warp_source_mm(
+    affine: np.ndarray,
+    template_shape: Sequence[int],
+    shape: Sequence[int],
+    out_affine: np.ndarray,
+    rng: np.random.Generator,
+    rotation_deg: float,
+    scale: float,
+    translation_mm: float,
+    deformation_mm: float,
+) -> np.ndarray:
+    """``[*shape, 3]`` float64: the template position (world mm of ``affine``'s grid, ``template_shape``
+    voxels) that each voxel of the ``out_affine`` grid shows under :func:`random_warp`'s mapping with the
+    same ``rng`` state and strengths. Two patients' voxels show the same anatomy where these agree: the
+    known correspondences a landmark-matching score is measured against."""
+    from scipy.spatial.transform import Rotation
+
+    ijk = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), axis=-1)
+    world = ijk @ out_affine[:3, :3].T.astype(np.float32) + out_affine[:3, 3].astype(np.float32)
+    centre = affine[:3, :3] @ (np.array(template_shape) / 2) + affine[:3, 3]
+    matrix = Rotation.from_euler("xyz", rng.uniform(-rotation_deg, rotation_deg, 3), degrees=True).as_matrix()
+    matrix = matrix * rng.uniform(1 - scale, 1 + scale)
+    shift = rng.uniform(-translation_mm, translation_mm, 3)
+    source = (world - centre) @ matrix.T.astype(np.float32) + centre + shift
+    source = source + np.stack([_smooth_field(rng, shape, 5, deformation_mm) for _ in range(3)], axis=-1)
+    return source
+
+
 def random_warp(
     stack,
     affine: np.ndarray,
@@ -204,17 +233,10 @@ def random_warp(
     """``[K, *shape]``: a ``[1, K, I, J, L]`` tensor on ``affine`` sampled on the ``out_affine`` grid through
     a seeded random similarity about the volume's centre (rotation up to ``rotation_deg`` about each axis,
     scale 1 ± ``scale``, shift up to ``translation_mm``) and a smooth random deformation (about
-    ``deformation_mm``): one "patient" of a template, every channel under the same mapping."""
-    from scipy.spatial.transform import Rotation
-
-    ijk = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), axis=-1)
-    world = ijk @ out_affine[:3, :3].T.astype(np.float32) + out_affine[:3, 3].astype(np.float32)
-    centre = affine[:3, :3] @ (np.array(stack.shape[2:]) / 2) + affine[:3, 3]
-    matrix = Rotation.from_euler("xyz", rng.uniform(-rotation_deg, rotation_deg, 3), degrees=True).as_matrix()
-    matrix = matrix * rng.uniform(1 - scale, 1 + scale)
-    shift = rng.uniform(-translation_mm, translation_mm, 3)
-    source = (world - centre) @ matrix.T.astype(np.float32) + centre + shift
-    source = source + np.stack([_smooth_field(rng, shape, 5, deformation_mm) for _ in range(3)], axis=-1)
+    ``deformation_mm``): one "patient" of a template, every channel under the same mapping
+    (:func:`warp_source_mm` gives the mapping itself)."""
+    warp = dict(rotation_deg=rotation_deg, scale=scale, translation_mm=translation_mm, deformation_mm=deformation_mm)
+    source = warp_source_mm(affine, stack.shape[2:], shape, out_affine, rng, **warp)
     to_voxel = np.linalg.inv(affine)
     return _sample(stack, source @ to_voxel[:3, :3].T + to_voxel[:3, 3])
 
@@ -269,7 +291,7 @@ def brain_cohort(
     split_of = stratified_case_split(dict.fromkeys(ids, "brain"), fractions, seed)
     rows = ["volume_id,image,label,modality,split,case_id"]
     for k, case in enumerate(ids):
-        rng = np.random.default_rng([seed, k])
+        rng = _case_rng("brain", k, seed)
         t1, grey, white = random_warp(stack, mni_affine, shape, out_affine, rng, **warp)
         image = _mr_scanner(rng, t1, 255.0, 3.0)
         write_nifti(folder / f"{case}.nii.gz", image, out_affine)
@@ -282,6 +304,13 @@ def brain_cohort(
 
 # -- a mixed cohort: brain MRI, another MRI, CT ----------------------------------------------------------
 SOURCES = ("brain", "mri", "ct")  #: volume ids are ``<source>-<k>``
+#: :func:`random_warp`'s strengths for every patient of :func:`volume_cohort` (brain_cohort's defaults)
+COHORT_WARP = dict(rotation_deg=6.0, scale=0.06, translation_mm=6.0, deformation_mm=3.0)
+
+
+def _case_rng(source: str, k: int, seed: int) -> np.random.Generator:
+    """The generator of patient ``k`` of ``source``: its warp draws come first, then its scanner look."""
+    return np.random.default_rng([seed, k] if source == "brain" else [seed, k, len(source)])
 
 
 def _nibabel_mri():
@@ -325,14 +354,14 @@ def volume_cohort(
     for line in brain.read_text().splitlines()[1:]:  # its files, relative to the combined manifest
         case, image, label, *rest = line.split(",")
         rows.append(",".join([case, f"brain/{image}", f"brain/{label}", *rest]))
-    warp = dict(rotation_deg=6.0, scale=0.06, translation_mm=6.0, deformation_mm=3.0)
+    warp = COHORT_WARP
     for source, template, modality in (("mri", _nibabel_mri, "MR"), ("ct", _ct_template, "CT")):
         stack, affine = template()
         shape, out_affine = _grid_over(stack, affine, spacing)
         ids = [f"{source}-{k:02d}" for k in range(n)]
         split_of = stratified_case_split(dict.fromkeys(ids, source), fractions, seed)
         for k, case in enumerate(ids):
-            rng = np.random.default_rng([seed, k, len(source)])
+            rng = _case_rng(source, k, seed)
             (warped,) = random_warp(stack, affine, shape, out_affine, rng, **warp)
             if modality == "MR":
                 image = _mr_scanner(rng, warped, 1000.0, 10.0)
@@ -346,3 +375,25 @@ def volume_cohort(
     manifest = folder / "cohort.csv"
     manifest.write_text("\n".join(["volume_id,image,label,modality,split,case_id", *rows]) + "\n")
     return manifest
+
+
+@functools.cache
+def _cohort_grid(source: str, spacing: float) -> tuple[tuple[int, ...], np.ndarray, tuple[int, ...], np.ndarray]:
+    """``source``'s template shape and affine, and its patients' grid at ``spacing`` (loaded once: the MNI152
+    maps take a second)."""
+    stack, affine = {"brain": _mni152, "mri": _nibabel_mri, "ct": _ct_template}[source]()
+    shape, out_affine = _grid_over(stack, affine, spacing)
+    return tuple(int(n) for n in stack.shape[2:]), affine, shape, out_affine
+
+
+def cohort_source_mm(volume_id: str, spacing: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions [I, J, K, 3] float64, affine)``: the template position (mm) that each voxel of patient
+    ``volume_id`` (``<source>-<k>``) of ``volume_cohort(..., spacing=spacing, seed=seed)`` shows, on
+    the grid of its NIfTI file (``affine``). Recomputed from the patient's seed, so nothing is stored
+    with the cohort; landmarks of two patients of one source correspond where their positions agree."""
+    source, k = volume_id.rsplit("-", 1)
+    if source not in SOURCES:
+        raise ValueError(f"{volume_id!r} is not a volume_cohort id (<source>-<k>, source one of {SOURCES})")
+    template_shape, affine, shape, out_affine = _cohort_grid(source, float(spacing))
+    rng = _case_rng(source, int(k), seed)
+    return warp_source_mm(affine, template_shape, shape, out_affine, rng, **COHORT_WARP), out_affine.copy()

@@ -1,0 +1,108 @@
+"""Landmark matching with dense features: for a landmark voxel of volume A, the most similar voxel of
+volume B, and how far (mm) it lies from the landmark's true counterpart. SAM (Yan et al. 2022) and Alice
+test dense anatomical embeddings this way; it needs no labels, only known correspondences.
+
+Feature maps are ``[C, d, h, w]`` at an integer ``stride`` of the volume's voxel grid ``[Z, Y, X]``:
+voxel ``v`` sits at map coordinate ``(v + 0.5) / stride - 0.5``, the convention of
+``F.interpolate(..., align_corners=False)``, so stride 1 is a map on the voxels themselves. A
+landmark's similarity to a voxel of B is the cosine similarity of their features averaged over the
+levels (e.g. ``fine`` and ``coarse``), each level's similarity map upsampled trilinearly to B's voxels:
+SAM's coarse-and-fine matching.
+
+Correspondences are given as ``positions`` ``[Z, Y, X, 3]`` per volume: the anatomical position (mm
+in a common frame, e.g. a template's) of each voxel. The error of a match is the distance between the
+positions of the landmark and of the matched voxel; ``best_possible_mm`` is the error of the best
+voxel of B (B's grid cannot do better), which also flags landmarks B does not show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def features_at_voxels(feature_map: torch.Tensor, stride: int, voxels: torch.Tensor) -> torch.Tensor:
+    """``[L, C]``: ``feature_map`` ``[C, d, h, w]`` trilinearly interpolated at ``voxels`` ``[L, 3]``
+    (``z, y, x`` of the volume; clamped to the map's edge, as ``F.interpolate`` does)."""
+    size = torch.tensor(feature_map.shape[1:], dtype=torch.float64)
+    on_map = (voxels.double() + 0.5) / stride - 0.5
+    normalised = (2 * on_map + 1) / size - 1  # align_corners=False
+    grid = normalised.flip(-1).to(feature_map.dtype)[None, :, None, None]  # grid_sample wants (x, y, z)
+    sampled = F.grid_sample(feature_map[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled[0, :, :, 0, 0].T
+
+
+def similarity_to_voxels(queries: torch.Tensor, feature_map: torch.Tensor, stride: int, shape: Sequence[int]):
+    """``[L, *shape]``: cosine similarity of each query ``[L, C]`` with ``feature_map`` ``[C, d, h, w]``,
+    computed on the map and upsampled trilinearly to the ``shape`` voxel grid."""
+    return _on_voxels(_cosine(queries, F.normalize(feature_map, dim=0)), stride, shape)
+
+
+def _cosine(queries: torch.Tensor, unit_map: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("lc,cdhw->ldhw", F.normalize(queries, dim=1), unit_map)
+
+
+def _on_voxels(similarity: torch.Tensor, stride: int, shape: Sequence[int]) -> torch.Tensor:
+    """``similarity`` ``[L, d, h, w]`` at ``stride`` upsampled to the voxels and cropped to ``shape``."""
+    if stride != 1:
+        similarity = F.interpolate(similarity[None], scale_factor=stride, mode="trilinear", align_corners=False)[0]
+    if any(have < want for have, want in zip(similarity.shape[1:], shape, strict=True)):
+        raise ValueError(f"a similarity map {tuple(similarity.shape[1:])} does not cover the voxels {tuple(shape)}")
+    return similarity[:, : shape[0], : shape[1], : shape[2]]
+
+
+def match_landmarks(
+    maps_a: Mapping[str, torch.Tensor],
+    maps_b: Mapping[str, torch.Tensor],
+    strides: Mapping[str, int],
+    landmarks: torch.Tensor,
+    shape_b: Sequence[int],
+    chunk: int = 16,
+) -> torch.Tensor:
+    """``[L, 3]`` long: for each landmark voxel ``[L, 3]`` of A, the voxel of B (``shape_b``) whose
+    similarity, averaged over the levels named in ``strides``, is highest. Chunked over landmarks so
+    only ``chunk`` similarity volumes are held at once."""
+    queries = {level: features_at_voxels(maps_a[level].float(), s, landmarks) for level, s in strides.items()}
+    unit_b = {level: F.normalize(maps_b[level].float(), dim=0) for level in strides}
+    matches = []
+    for start in range(0, len(landmarks), chunk):
+        total = torch.zeros(len(landmarks[start : start + chunk]), *shape_b)
+        for level, stride in strides.items():
+            total += _on_voxels(_cosine(queries[level][start : start + chunk], unit_b[level]), stride, shape_b)
+        best = total.flatten(1).argmax(dim=1)  # the mean over levels has the same argmax as the sum
+        matches.append(torch.stack(torch.unravel_index(best, tuple(shape_b)), dim=-1))
+    return torch.cat(matches) if matches else torch.zeros(0, 3, dtype=torch.long)
+
+
+def _at(positions: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
+    voxels = voxels.long()
+    return positions[voxels[:, 0], voxels[:, 1], voxels[:, 2]].double()
+
+
+def landmark_errors_mm(
+    landmarks: torch.Tensor, matches: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor
+) -> torch.Tensor:
+    """``[L]``: distance (mm) between the anatomical positions of each landmark of A and its match in B."""
+    return (_at(positions_b, matches) - _at(positions_a, landmarks)).norm(dim=-1)
+
+
+def best_possible_mm(
+    landmarks: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
+    """``[L]``: the smallest error any voxel of B could give each landmark of A (about half a voxel
+    diagonal where B shows it; large where the landmark lies outside B's field of view)."""
+    targets = _at(positions_a, landmarks)
+    grid = positions_b.reshape(-1, 3).double()
+    return torch.cat([torch.cdist(t, grid).min(dim=1).values for t in targets.split(chunk)])
+
+
+def intensity_patches(image: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """``[size³, Z, Y, X]``: each voxel's ``size³`` neighbourhood of ``image`` ``[Z, Y, X]`` (edges repeated),
+    centred over its channels, so that cosine similarity of two voxels is the normalised cross-correlation
+    of their patches: the no-learning baseline of dense matching."""
+    kernels = torch.eye(size**3, dtype=image.dtype).reshape(size**3, 1, size, size, size)
+    padded = F.pad(image[None, None], (size // 2,) * 6, mode="replicate")
+    patches = F.conv3d(padded, kernels)[0]
+    return patches - patches.mean(dim=0, keepdim=True)
