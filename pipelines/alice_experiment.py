@@ -30,6 +30,10 @@ prints a Markdown table and a reading of it. Finished pieces are skipped on a re
 seed and correspondence, the baselines once). ``--diagnose`` adds, per seed, the errors with the fine or the
 coarse level alone and RankMe of each level's features (are they collapsed?).
 
+``--lr`` and ``--momentum`` (the teacher EMA's start) other than the defaults name a variant: its seed folders
+and its ``results``/``summary`` CSVs carry the values (``same_volume-lr0.0001-m0.99-seed-0``), so it reuses
+the data and the baselines but not the default runs' pretraining.
+
     OMP_NUM_THREADS=1 python pipelines/alice_experiment.py --out runs/alice-experiment --seeds 0 1 2
     # then, reusing everything: per-level errors and RankMe of the features
     OMP_NUM_THREADS=1 python pipelines/alice_experiment.py --out runs/alice-experiment --seeds 0 1 2 --diagnose
@@ -60,6 +64,7 @@ NETWORK_LEVELS = {"fine": 4, "coarse": 16}  # SwinEncoder.dense_maps, by stride
 INTENSITY_LEVELS = {"fine": 1, "coarse": 4}
 INITS = ("pretrained", "student", "random", "intensity", "same_position", "best_possible")
 BACKBONE = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [3, 6, 12, 24], "window_size": 4}
+DEFAULT_LR, DEFAULT_MOMENTUM = 5e-4, 0.996
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -176,6 +181,7 @@ def pretrain_arguments(data: dict, out: Path, seed: int, args) -> list[str]:
         *("--model.init_args.out_dim", "256", "--model.init_args.patch_out_dim", "256"),
         *("--model.init_args.head_hidden_dim", "512", "--model.init_args.bottleneck_dim", "128"),
         *("--model.init_args.lr", str(args.lr), "--model.init_args.warmup_epochs", str(args.warmup_epochs)),
+        *("--model.init_args.momentum", str(args.momentum)),
         *("--model.init_args.warmup_teacher_epochs", str(args.warmup_epochs)),
         *("--trainer.max_epochs", str(args.epochs), "--trainer.log_every_n_steps", "1"),
         *("--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.default_root_dir", str(out)),
@@ -496,6 +502,13 @@ def reading(rows: list[dict], summary: list[dict], args) -> str:
     return " ".join(parts)
 
 
+def variant(args) -> str:
+    """Suffix naming a run's non-default optimisation (``""`` for the defaults, so their cached runs keep
+    their names): a variant must not reuse another's cached pretraining, landmarks or results."""
+    changed = {"lr": (args.lr, DEFAULT_LR), "m": (args.momentum, DEFAULT_MOMENTUM)}
+    return "".join(f"-{name}{value:g}" for name, (value, default) in changed.items() if value != default)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/alice-experiment"))
@@ -503,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=8, help="patients per source (half train, half test)")
     parser.add_argument("--epochs", type=int, default=25, help="pretraining epochs (one pair per training volume)")
     parser.add_argument("--warmup-epochs", type=int, default=3, help="LR and teacher-temperature warm-up")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
+    parser.add_argument("--momentum", type=float, default=DEFAULT_MOMENTUM, help="teacher EMA start (cosine to 1)")
     parser.add_argument("--correspondence", default="same_volume", choices=["same_volume", "body_coordinates"])
     parser.add_argument("--landmarks", type=int, default=100, help="landmarks per held-out pair")
     parser.add_argument("--diagnose", action="store_true", help="per-level errors and RankMe of the features")
@@ -528,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     for seed in args.seeds:
-        out = args.out / f"{args.correspondence}-seed-{seed}"
+        out = args.out / f"{args.correspondence}{variant(args)}-seed-{seed}"
         print(f"[seed {seed}] pretraining Alice ({args.epochs} epochs, {args.correspondence})", flush=True)
         checkpoint = pretrain(data, out / "pretrain", seed, args)
         found = evaluate(data, checkpoint, out / "pretrain", seed, volumes, landmarks, args)
@@ -540,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"[seed {seed}] {shown}", flush=True)
     summary = le.summarise(rows)
-    write_csv_atomic(args.out / "results.csv", list(rows[0]), [list(r.values()) for r in rows])
-    write_csv_atomic(args.out / "summary.csv", list(summary[0]), [list(r.values()) for r in summary])
+    write_csv_atomic(args.out / f"results{variant(args)}.csv", list(rows[0]), [list(r.values()) for r in rows])
+    write_csv_atomic(args.out / f"summary{variant(args)}.csv", list(summary[0]), [list(r.values()) for r in summary])
     print_table(summary)
     print("\n" + reading(rows, summary, args))
     print(f"\n(total {(time.perf_counter() - started) / 60:.1f} min)")
