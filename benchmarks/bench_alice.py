@@ -70,12 +70,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
 import torch
-from bench_training import log, machine, rss_mib, sync  # a sibling script: benchmarks/ is on sys.path when run
+
+# a sibling script: benchmarks/ is on sys.path when run
+from bench_training import log, machine, method_optimizer, rss_mib, sync
 
 from medssl.data.correspondence import BodyCoordinateSampler, SameVolumeSampler
 from medssl.methods.alice import Alice
@@ -132,17 +133,6 @@ def mining_times(paths: list[str], crop: int, batch: int, repeats: int) -> tuple
 # -- the model ---------------------------------------------------------------------------------------------
 def build_model(feature_size: int, checkpoint: bool) -> Alice:
     return Alice(backbone={"feature_size": feature_size, "use_checkpoint": checkpoint}, freeze_last_layer_epochs=0)
-
-
-def adamw(model: Alice) -> torch.optim.Optimizer:
-    """The method's own optimiser. ``configure_optimizers`` sizes the schedule from the trainer; a
-    stand-in with its two figures is attached for the call only, so ``self.log`` stays a no-op."""
-    stand_in = SimpleNamespace(estimated_stepping_batches=1000, max_epochs=100)
-    setattr(model, "_trainer", stand_in)  # noqa: B010  (the attribute is typed Trainer; the stand-in is not one)
-    try:
-        return model.configure_optimizers()["optimizer"]
-    finally:
-        setattr(model, "_trainer", None)  # noqa: B010
 
 
 # -- timing ------------------------------------------------------------------------------------------------
@@ -226,7 +216,7 @@ def measure(args: argparse.Namespace, setting: dict) -> dict:
     crop, batch_size = setting["crop"], setting["batch"]
     mining, views = mining_times(args.volume_files, crop, batch_size, args.repeats)
     model = build_model(setting["feature_size"], setting["checkpoint"]).to(device).train()
-    optimizer = adamw(model)
+    optimizer = method_optimizer(model)
     batch = {"views": [v.to(device) for v in views]}
 
     sync(device.type)

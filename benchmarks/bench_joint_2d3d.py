@@ -62,7 +62,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -121,18 +120,6 @@ def clustered_memory(size: int, dim: int, clusters: list[int], iterations: int, 
         index = torch.arange(start, min(start + 1024, size))
         memory.store(index.to(device), [torch.randn(len(index), dim, generator=generator).to(device) for _ in range(2)])
     return memory
-
-
-def lars(model: JointIntraInter) -> torch.optim.Optimizer:
-    """The method's own optimiser (LARS, its parameter groups). ``configure_optimizers`` sizes the schedule
-    from the trainer; a stand-in with its two figures is attached for the call only, so ``self.log`` stays a
-    no-op in the step."""
-    stand_in = SimpleNamespace(estimated_stepping_batches=1000, max_epochs=100)
-    setattr(model, "_trainer", stand_in)  # noqa: B010  (the attribute is typed Trainer; the stand-in is not one)
-    try:
-        return model.configure_optimizers()["optimizer"]
-    finally:
-        setattr(model, "_trainer", None)  # noqa: B010
 
 
 def random_batch(args: argparse.Namespace, device: torch.device) -> dict:
@@ -228,7 +215,9 @@ def measure_step(args: argparse.Namespace, axis: str) -> dict:
     h = model.hparams
     model.memories["inter"] = clustered_memory(args.bank, h.d_model, list(args.clusters), h.kmeans_iterations, device)
     model.memory("inter").cluster(seed=0)
-    optimizer = lars(model)
+    from bench_training import method_optimizer  # a sibling script: benchmarks/ is on sys.path when run
+
+    optimizer = method_optimizer(model)  # LARS and its parameter groups
     batch = random_batch(args, device)
 
     sync(device)

@@ -121,6 +121,20 @@ def losses(method: str, implementation: str, model: torch.nn.Module) -> tuple[Ca
     return step_loss, loss
 
 
+def method_optimizer(model) -> torch.optim.Optimizer:
+    """A method's own optimiser outside a Trainer. ``configure_optimizers`` sizes the schedule from the
+    trainer; a stand-in with its two figures is attached for the call only, so ``self.log`` stays a
+    no-op in the step."""
+    from types import SimpleNamespace
+
+    stand_in = SimpleNamespace(estimated_stepping_batches=1000, max_epochs=100)
+    setattr(model, "_trainer", stand_in)  # noqa: B010  (the attribute is typed Trainer; the stand-in is not one)
+    try:
+        return model.configure_optimizers()["optimizer"]
+    finally:
+        setattr(model, "_trainer", None)  # noqa: B010
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
