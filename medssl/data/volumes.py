@@ -173,13 +173,17 @@ class VolumePairDataset(_VolumeDataset):
     """Pairs of 3D crops showing the same anatomy (Alice), one pair per volume per epoch, from a
     :class:`~medssl.data.correspondence.CorrespondenceSampler`: ``views`` (two ``[1, D, H, W]`` crops) and
     ``points_a`` / ``points_b`` (``[K, 3]`` corresponding voxel positions in each crop). A sampler across
-    patients gets a partner volume drawn from the others, seeded like everything else, and every sampler
+    patients gets a partner volume drawn from the others, seeded like everything else, among those with
+    the same ``partners_by`` cache record (``modality`` by default: a brain MRI is not paired with a CT;
+    None: any other volume; a volume alone in its group takes any other), and every sampler
     the two volumes' cache ids (``ids``). A sampler's ``matched`` and ``score`` (the embedding sampler's
     record of whether its match was kept) are passed on."""
 
-    def __init__(self, *args, sampler, **kwargs):
+    def __init__(self, *args, sampler, partners_by: str | None = "modality", **kwargs):
         super().__init__(*args, **kwargs)
         self.sampler = sampler
+        groups = [self.cache.metadata(v).get(partners_by) if partners_by else None for v in self.volume_ids]
+        self.partners = partner_candidates(groups)
 
     def __len__(self) -> int:
         return len(self.volume_ids)
@@ -189,7 +193,7 @@ class VolumePairDataset(_VolumeDataset):
 
     def _item(self, index: int) -> dict:
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))  # from the seeded torch stream
-        others = [k for k in range(len(self.volume_ids)) if k != index]
+        others = self.partners[index]
         partner = int(rng.choice(others)) if others else index
         image = self.cache.image(self.volume_ids[index])
         ids = (self.volume_ids[index], self.volume_ids[partner])
@@ -202,3 +206,11 @@ class VolumePairDataset(_VolumeDataset):
             "partner_id": ids[1],
             **{key: pair[key] for key in ("matched", "score") if key in pair},
         }
+
+
+def partner_candidates(groups: Sequence) -> list[list[int]]:
+    """For item ``k``, the other items of its group (``groups[k]``), or every other item when it is
+    alone in its group: where a cross-patient pair may find its partner."""
+    everyone = range(len(groups))
+    same = [[j for j in everyone if j != k and groups[j] == groups[k]] for k in everyone]
+    return [mates or [j for j in everyone if j != k] for k, mates in enumerate(same)]
