@@ -76,7 +76,7 @@ import numpy as np
 import torch
 
 # a sibling script: benchmarks/ is on sys.path when run
-from bench_training import log, machine, method_optimizer, rss_mib, sync
+from bench_training import log, machine_line, method_optimizer, rss_mib, sync
 
 from medssl.data.correspondence import BodyCoordinateSampler, SameVolumeSampler
 from medssl.methods.alice import Alice
@@ -372,13 +372,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         args.volume_files = [str(p) for p in write_volumes(Path(folder), tuple(args.volume))]
         rows = run_all(args)
-    info = machine(args.device)
-    gpu = f", {info['gpu']}" if "gpu" in info else ""
-    print(
-        f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), load average (1 min) "
-        f"{load:.2f} at the start and {os.getloadavg()[0]:.2f} at the end, python {info['python']}, torch "
-        f"{info['torch']}, monai {info['monai']}, device {args.device}{gpu}"
-    )
+    loads = f"load average (1 min) {load:.2f} at the start and {os.getloadavg()[0]:.2f} at the end"
+    print(machine_line(args.device, loads))
     measured = [r for r in rows if "seconds" in r]
     threads = measured[0]["threads"] if measured else torch.get_num_threads()
     parameters = {r["feature_size"]: r["parameters_m"] for r in measured}

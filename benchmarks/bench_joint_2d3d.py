@@ -91,15 +91,10 @@ def rss_mib() -> float:
 
 def machine(device: torch.device) -> str:
     """One line on the host (bench_training's record of it), with the torch thread count."""
-    from bench_training import machine as host  # a sibling script: benchmarks/ is on sys.path when run
+    from bench_training import machine_line  # a sibling script: benchmarks/ is on sys.path when run
 
-    info = host(device.type)
-    gpu = f", {info['gpu']}" if "gpu" in info else ""
-    return (
-        f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {torch.get_num_threads()} "
-        f"torch threads, load average {info['load_average_1min']:.2f}, python {info['python']}, torch "
-        f"{info['torch']}, monai {info['monai']}, device {device}{gpu}"
-    )
+    load = f"load average {os.getloadavg()[0]:.2f}"
+    return machine_line(device.type, f"{torch.get_num_threads()} torch threads, {load}")
 
 
 # -- the model and its inputs ------------------------------------------------------------------------------------

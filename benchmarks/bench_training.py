@@ -121,6 +121,17 @@ def losses(method: str, implementation: str, model: torch.nn.Module) -> tuple[Ca
     return step_loss, loss
 
 
+def machine_line(device: str, middle: str) -> str:
+    """``machine: <cpu>, <n> cores (<m> usable), <middle>, python …, torch …, monai …, device <device>``:
+    the one-line host record the step benchmarks print (``middle``: their threads and load)."""
+    info = machine(device)
+    gpu = f", {info['gpu']}" if "gpu" in info else ""
+    return (
+        f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {middle}, python "
+        f"{info['python']}, torch {info['torch']}, monai {info['monai']}, device {device}{gpu}"
+    )
+
+
 def method_optimizer(model) -> torch.optim.Optimizer:
     """A method's own optimiser outside a Trainer. ``configure_optimizers`` sizes the schedule from the
     trainer; a stand-in with its two figures is attached for the call only, so ``self.log`` stays a
