@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         InstanceDataModule,
         SegmentationDataModule,
         StacksAndImagesDataModule,
+        StainSetDataModule,
         TileDataModule,
         VolumeDataModule,
     )
@@ -28,6 +29,7 @@ __all__ = [
     "InstanceDataModule",
     "SegmentationDataModule",
     "StacksAndImagesDataModule",
+    "StainSetDataModule",
     "TileDataModule",
     "VolumeDataModule",
 ]

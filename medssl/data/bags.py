@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from medssl.cache import EmbeddingCache, SlideCache
 from medssl.data.datasets import TileDataset
 from medssl.data.seeding import Key, sample_seed, split_key
-from medssl.errors import CacheError
+from medssl.errors import CacheError, InputError
 
 BAG_KEYS = ("instances", "coords", "label", "slide_id", "stain")
 
@@ -216,32 +216,91 @@ def collate_bags(samples: Sequence[dict]) -> dict:
 
 
 class StainSetDataset(Dataset):
-    """One item per case (the ``case_id`` CSV column): the bags of its slides in different stains, for
-    multistain alignment. Cases with fewer than ``min_stains`` distinct stains are left out."""
+    """One item per case (the ``case_id`` CSV column): its slides in a fixed order of stains, each as
+    ``tokens`` patch features resampled to a fixed count, for multistain alignment (MADELEINE)::
+
+        {"tokens": float32 [M, T, D], "present": bool [M], "stains": [M names], "case_id": str, "label": int}
+
+    ``stains`` fixes the order (default: every stain found, ``reference_stain`` first, then sorted); a
+    stain the case lacks is all zeros with ``present`` False, for the model to mask, never to use.
+    Resampling per slide: ``tokens`` rows drawn without replacement when the slide has that many, with
+    replacement otherwise (a small slide's patches repeat), as a function of (``seed``, epoch, case) with
+    ``(index, epoch)`` keys, so runs replay exactly. Only cases with ``reference_stain`` and at least
+    ``min_stains`` stains are kept. Patch features come from ``medssl embed`` (``features``)."""
 
     def __init__(
         self,
         cache: str | os.PathLike | SlideCache,
-        features: str | os.PathLike | None = None,
-        stains: Iterable[str] | None = None,
+        features: str | os.PathLike,
+        stains: Sequence[str] | None = None,
+        reference_stain: str = "HE",
+        tokens: int = 2048,
         min_stains: int = 2,
-        max_instances: int | None = None,
+        seed: int = 0,
         **filters,
     ):
-        self.bags = SlideBagDataset(cache, features=features, max_instances=max_instances, stains=stains, **filters)
+        if tokens < 1:
+            raise ValueError(f"tokens must be positive, got {tokens}")
+        self.bags = SlideBagDataset(cache, features=features, stains=stains, **filters)
         by_case: dict[str, dict[str, int]] = defaultdict(dict)
         for position, slide_id in enumerate(self.bags.slide_ids):
             meta = self.bags.tiles.cache.metadata(slide_id)
-            if meta.get("case_id"):
-                by_case[str(meta["case_id"])].setdefault(str(meta.get("stain", "")), position)
-        self.cases = sorted(case for case, found in by_case.items() if len(found) >= min_stains)
-        self._members = {case: dict(sorted(by_case[case].items())) for case in self.cases}
+            case, stain = str(meta.get("case_id") or ""), str(meta.get("stain") or "")
+            if case and stain:
+                if stain in by_case[case]:
+                    raise InputError(
+                        f"{self.bags.tiles.cache.path}: case {case!r} has two {stain} slides "
+                        f"({self.bags.slide_ids[by_case[case][stain]]}, {slide_id}); keep one per stain"
+                    )
+                by_case[case][stain] = position
+        found = sorted({stain for members in by_case.values() for stain in members} - {reference_stain})
+        self.stains = [reference_stain, *found] if stains is None else list(stains)
+        if reference_stain not in self.stains:
+            raise InputError(f"stains {self.stains} must include the reference stain {reference_stain!r}")
+        self.reference_stain, self.tokens, self.seed = reference_stain, tokens, seed
+        self.cases = sorted(
+            case
+            for case, members in by_case.items()
+            if reference_stain in members and len(set(members) & set(self.stains)) >= min_stains
+        )
+        self._members = {case: by_case[case] for case in self.cases}
+        features = self.bags.features
+        self.dim = int(features.features(self.bags.slide_ids[0]).shape[1]) if features and self.bags.slide_ids else 0
 
     def __len__(self) -> int:
         return len(self.cases)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: Key) -> dict:
+        index, epoch = split_key(key)
         case = self.cases[index]
         members = self._members[case]
-        bags = [self.bags[position] for position in members.values()]
-        return {"case_id": case, "stains": list(members), "bags": bags, "label": bags[0]["label"]}
+        rng = np.random.default_rng(sample_seed(self.seed, epoch or 0, index))
+        tokens = torch.zeros(len(self.stains), self.tokens, self.dim)
+        present = torch.zeros(len(self.stains), dtype=torch.bool)
+        for slot, stain in enumerate(self.stains):
+            if stain in members:
+                position = members[stain]
+                count = self.bags.size(position)
+                rows = rng.choice(count, self.tokens, replace=count < self.tokens)
+                unique, inverse = np.unique(rows, return_inverse=True)
+                tokens[slot] = self.bags.bag(position, unique)["instances"][torch.from_numpy(inverse)]
+                present[slot] = True
+        return {
+            "tokens": tokens,
+            "present": present,
+            "stains": list(self.stains),
+            "case_id": case,
+            "label": int(self.bags.tiles.slide_labels[members[self.reference_stain]]),
+        }
+
+
+def collate_stain_sets(samples: Sequence[dict]) -> dict:
+    """Stack cases: ``tokens [B, M, T, D]``, ``present [B, M]``, ``label [B]``; ``case_id`` a list and
+    ``stains`` the one shared order."""
+    return {
+        "tokens": torch.stack([s["tokens"] for s in samples]),
+        "present": torch.stack([s["present"] for s in samples]),
+        "label": torch.tensor([s["label"] for s in samples]),
+        "case_id": [s["case_id"] for s in samples],
+        "stains": list(samples[0]["stains"]),
+    }

@@ -1,7 +1,7 @@
 """Self-supervised losses, one file per family; each works unchanged on one device and under DDP."""
 
 from medssl.losses.clustering import sinkhorn_knopp, spherical_kmeans, swapped_prediction
-from medssl.losses.contrastive import info_nce, supervised_contrastive
+from medssl.losses.contrastive import info_nce, supervised_contrastive, symmetric_info_nce
 from medssl.losses.distillation import DINOLoss
 from medssl.losses.graph_matching import edge_affinity, global_affinity, hamming, local_affinity
 from medssl.losses.optimal_transport import sinkhorn
@@ -20,4 +20,5 @@ __all__ = [
     "spherical_kmeans",
     "supervised_contrastive",
     "swapped_prediction",
+    "symmetric_info_nce",
 ]

@@ -1,5 +1,6 @@
 """Contrastive losses: InfoNCE / NT-Xent (SimCLR, Chen et al. 2020), its decoupled form (DCL, Yeh et
-al. 2022), and supervised contrastive learning with an arbitrary positive mask (Khosla et al. 2020)."""
+al. 2022), the symmetric cross-modal InfoNCE of paired embeddings (CLIP, Radford et al. 2021; MADELEINE's
+slide alignment) and supervised contrastive learning with an arbitrary positive mask (Khosla et al. 2020)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,21 @@ def info_nce(
     if decoupled:
         logits[rows, positive_index] = float("-inf")
     return (torch.logsumexp(logits, dim=1) - positive).mean()
+
+
+@full_precision
+def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """``½ CE(A Bᵀ / τ, I) + ½ CE(B Aᵀ / τ, I)`` over L2-normalised rows of ``a, b [n, d]``, row ``i`` of
+    each describing the same thing in two modalities (an H&E slide and its IHC slide): each row of one side
+    must pick its partner among all rows of the other side. Only cross-modal pairs are compared, unlike
+    :func:`info_nce`, whose negatives include the anchor's own modality. The caller gathers rows across
+    ranks when it wants the global batch as negatives."""
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"need two [n, d] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    logits = a @ b.T / temperature
+    targets = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
 @full_precision

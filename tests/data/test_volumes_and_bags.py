@@ -9,7 +9,7 @@ import zarr
 from torch.utils.data import DataLoader
 
 from medssl.cache import SlideCache, VolumeCache, store
-from medssl.data.bags import BAG_KEYS, SlideBagDataset, StainSetDataset, collate_bags
+from medssl.data.bags import BAG_KEYS, SlideBagDataset, StainSetDataset, collate_bags, collate_stain_sets
 from medssl.data.datamodules import BagDataModule, TileDataModule, VolumeDataModule
 from medssl.data.transforms import MultiViewd, radiology_view, seed_worker
 from medssl.data.volumes import VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
@@ -73,14 +73,24 @@ def test_bags_hold_slide_labels_only(cohort_cache, tmp_path):
     assert not torch.equal(a, bags[0]["coords"])  # a fresh subset each epoch
 
 
-def test_bags_of_features_and_padded_collation(cohort_cache, tmp_path):
-    cache = SlideCache(cohort_cache)
-    features = store.open_for_writing(tmp_path / "features", "embeddings", {"encoder": "test"})  # medssl embed's way
-    for slide_id in cache.ids:
+def write_row_features(cache_path, out, dim: int = 4) -> np.ndarray:
+    """Features as ``medssl embed`` lays them out, row ``i`` of slide ``k`` (cache order) all ``1000 k + i``,
+    so a row read back says where it came from."""
+    cache = SlideCache(cache_path)
+    features = store.open_for_writing(out, "embeddings", {"encoder": "test"})
+    for k, slide_id in enumerate(cache.ids):
         n = cache.num_tiles(slide_id)
         with store.staged_item(features, "embeddings", slide_id) as group:
-            group.create_array("features", data=np.arange(n * 4, dtype=np.float32).reshape(n, 4))
+            rows = np.repeat(1000 * k + np.arange(n, dtype=np.float32)[:, None], dim, axis=1)
+            group.create_array("features", data=rows)
             store.commit_item(features, "embeddings", slide_id, {"num_rows": n})
+    return np.array([cache.num_tiles(s) for s in cache.ids])
+
+
+def test_bags_of_features_and_padded_collation(cohort_cache, tmp_path):
+    cache = SlideCache(cohort_cache)
+    write_row_features(cohort_cache, tmp_path / "features")
+    features = zarr.open_group(tmp_path / "features" / "cache.zarr", mode="r")
     bags = SlideBagDataset(cohort_cache, features=tmp_path / "features")
     bag = bags[0]
     np.testing.assert_array_equal(bag["instances"].numpy(), features[f"embeddings/{bags.slide_ids[0]}/features"][:])
@@ -97,12 +107,32 @@ def test_bags_of_features_and_padded_collation(cohort_cache, tmp_path):
         SlideBagDataset(cohort_cache, features=tmp_path / "nowhere")
 
 
-def test_stain_sets_group_slides_of_a_case(cohort_cache):
-    sets = StainSetDataset(cohort_cache, max_instances=3)
-    assert sets.cases == ["case-1"]  # case-2 has a single stain
-    item = sets[0]
-    assert item["stains"] == ["HE", "IHC"] and [b["slide_id"] for b in item["bags"]] == ["c1-he", "c1-ihc"]
-    assert StainSetDataset(cohort_cache, min_stains=1).cases == ["case-1", "case-2"]
+@pytest.mark.parametrize("tokens", [5, 4000])
+def test_stain_sets_resample_each_stain_and_mark_missing_ones(cohort_cache, tmp_path, tokens):
+    counts = write_row_features(cohort_cache, tmp_path / "features")
+    ids = SlideCache(cohort_cache).ids  # c1-he, c1-ihc, c2-he
+    sets = StainSetDataset(cohort_cache, tmp_path / "features", tokens=tokens)
+    assert sets.stains == ["HE", "IHC"] and sets.cases == ["case-1"]  # case-2 has H&E alone
+    item = sets[(0, 3)]
+    assert item["tokens"].shape == (2, tokens, 4) and item["present"].tolist() == [True, True]
+    assert item["label"] == 1 and item["case_id"] == "case-1"  # tumor (classes: normal, tumor)
+    for slot, slide_id in enumerate(["c1-he", "c1-ihc"]):
+        k = ids.index(slide_id)
+        rows = item["tokens"][slot, :, 0].numpy() - 1000 * k  # each token is one of this slide's own rows
+        assert ((rows >= 0) & (rows < counts[k]) & (rows == rows.round())).all()
+        distinct = len(np.unique(rows))
+        assert distinct == (tokens if tokens <= counts[k] else counts[k])  # without replacement when enough
+    assert torch.equal(sets[(0, 3)]["tokens"], item["tokens"])  # a function of (seed, epoch, case)
+    assert not torch.equal(sets[(0, 4)]["tokens"], item["tokens"])
+    one_stain = StainSetDataset(cohort_cache, tmp_path / "features", stains=["HE", "IHC"], min_stains=1, tokens=tokens)
+    assert one_stain.cases == ["case-1", "case-2"]
+    lone = one_stain[1]
+    assert lone["present"].tolist() == [True, False] and (lone["tokens"][1] == 0).all()
+    batch = collate_stain_sets([item, lone])
+    assert batch["tokens"].shape == (2, 2, tokens, 4) and batch["present"].tolist() == [[True, True], [True, False]]
+    assert batch["stains"] == ["HE", "IHC"] and batch["case_id"] == ["case-1", "case-2"]
+    with pytest.raises(MedsslError, match="reference stain"):
+        StainSetDataset(cohort_cache, tmp_path / "features", stains=["IHC"])
 
 
 def test_tile_datamodule_splits_views_and_epochs(cohort_cache):

@@ -15,7 +15,7 @@ they share. Configs name
 them by their short path, e.g. ``medssl.data.TileDataModule``.
 """
 
-from medssl.data.datamodules.bags import BagDataModule, InstanceDataModule
+from medssl.data.datamodules.bags import BagDataModule, InstanceDataModule, StainSetDataModule
 from medssl.data.datamodules.base import CacheDataModule, default_workers
 from medssl.data.datamodules.classification import ClassificationDataModule
 from medssl.data.datamodules.segmentation import SegmentationDataModule
@@ -30,6 +30,7 @@ __all__ = [
     "InstanceDataModule",
     "SegmentationDataModule",
     "StacksAndImagesDataModule",
+    "StainSetDataModule",
     "TileDataModule",
     "VolumeDataModule",
     "default_workers",

@@ -1,12 +1,20 @@
 """Slides as bags of instances (embeddings or tile pixels) for slide-level learning from slide labels:
 whole bags (:class:`BagDataModule`, attention MIL) or single instances (:class:`InstanceDataModule`,
-instance classifiers) for training, whole bags in bounded pieces for evaluation."""
+instance classifiers) for training, whole bags in bounded pieces for evaluation; and cases as sets of
+stained slides (:class:`StainSetDataModule`, multistain pretraining)."""
 
 from __future__ import annotations
 
 from torch.utils.data import DataLoader
 
-from medssl.data.bags import BagPieceDataset, InstanceDataset, SlideBagDataset, collate_bags
+from medssl.data.bags import (
+    BagPieceDataset,
+    InstanceDataset,
+    SlideBagDataset,
+    StainSetDataset,
+    collate_bags,
+    collate_stain_sets,
+)
 from medssl.data.datamodules.base import CacheDataModule
 from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.transforms import MultiViewd, histology_view
@@ -151,3 +159,61 @@ class InstanceDataModule(BagDataModule):
             raise TypeError(f"{type(self).__name__} trains on an InstanceDataset, not a {type(dataset).__name__}")
         sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
         return self._loader(dataset, train=True, sampler=sampler)
+
+
+class StainSetDataModule(CacheDataModule[StainSetDataset]):
+    """Cases as sets of stained slides (:class:`~medssl.data.bags.StainSetDataset`) for multistain
+    pretraining such as MADELEINE: per case, each stain's patch features (``features``, from
+    ``medssl embed``) resampled to ``tokens`` rows, missing stains marked absent. Splits come from the
+    cache's ``split`` column, which ``medssl tile`` takes from the cohort CSV; give every slide of a case
+    the same split (the synthetic cohorts do), so no case straddles two. Training keeps a short last
+    batch: contrastive alignment wants every case, and a cohort may be smaller than one batch (65 cases
+    in the paper). Validation cases are served in order, for the validation loss."""
+
+    def __init__(
+        self,
+        cache: str,
+        features: str,
+        stains: list[str] | None = None,
+        reference_stain: str = "HE",
+        tokens: int = 2048,
+        min_stains: int = 2,
+        batch_size: int = 65,
+        num_workers: int | None = None,
+        seed: int = 0,
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+    ):
+        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
+        self.features, self.stains, self.reference_stain = features, stains, reference_stain
+        self.tokens, self.min_stains = tokens, min_stains
+
+    def setup(self, stage: str | None = None) -> None:
+        everything = self._dataset(None)
+        self.stains = everything.stains  # one order for every split, the stains of the whole cohort
+        cache = everything.bags.tiles.cache
+        available = sorted({str(cache.metadata(s).get("split", "")) for s in everything.bags.slide_ids} - {""})
+        for name in ("train", "val", "test"):
+            split = self._split(name, available)
+            self.datasets[name] = None if split is None else self._dataset(split or None)
+
+    def _dataset(self, splits: list[str] | None) -> StainSetDataset:
+        return StainSetDataset(
+            self.cache,
+            self.features,
+            stains=self.stains,
+            reference_stain=self.reference_stain,
+            tokens=self.tokens,
+            min_stains=self.min_stains,
+            seed=self.seed,
+            splits=splits,
+        )
+
+    def train_dataloader(self):
+        dataset = self._stage_dataset("train")
+        sampler = BlockShuffleSampler([(i, i + 1) for i in range(len(dataset))], seed=self.seed, with_epoch=True)
+        return self._loader(dataset, train=True, sampler=sampler, collate_fn=collate_stain_sets, drop_last=False)
+
+    def _eval_loader(self, dataset):
+        return self._loader(dataset, train=False, collate_fn=collate_stain_sets)

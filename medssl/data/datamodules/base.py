@@ -103,4 +103,5 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
         )
-        return DataLoader(dataset, batch_size=self.batch_size, drop_last=train, **options, **kwargs)
+        options = {"drop_last": train, **options, **kwargs}  # a subclass may keep a short last batch
+        return DataLoader(dataset, batch_size=self.batch_size, **options)
