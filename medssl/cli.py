@@ -5,6 +5,7 @@
 ``medssl info``           summarise a cache
 ``medssl fit|validate|test|predict --config CONFIG.yaml``  LightningCLI (pretraining, evaluation)
 ``medssl embed``          a trained encoder over a cache → Zarr embeddings aligned with tiles/slices
+``medssl embed-slides``   a MADELEINE slide encoder over patch features → one embedding per slide
 ``medssl export``         a checkpoint's encoder → a weights file (MONAI) or a torch.export program
 ``medssl segment``        a segmentation checkpoint over a volume cache → NIfTI predictions in the original geometry
 ``medssl probe``          linear/kNN probes and few-shot on embeddings (results.json, few_shot.csv)
@@ -293,6 +294,51 @@ def _run_embed(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _add_embed_slides_parser(sub: argparse._SubParsersAction) -> None:
+    p = _checkpoint_parser(
+        sub,
+        "embed-slides",
+        "one embedding per slide from a trained slide encoder (MADELEINE)",
+        "Pool every patch feature of each slide (medssl embed) with the slide encoder of a MADELEINE checkpoint "
+        "into one slide embedding, one resumable Zarr item per slide; medssl probe --level slide reads them.",
+        "Lightning checkpoint of a MADELEINE run (e.g. its rankme-best.ckpt)",
+    )
+    p.add_argument("--cache", required=True, help="tile cache folder (slide metadata: stain, label, split, case_id)")
+    p.add_argument("--features", required=True, help="patch features of that cache (medssl embed --out)")
+    p.add_argument("--out", required=True, help="slide-embedding folder (holds cache.zarr, manifest.csv)")
+    p.add_argument("--stain", action="append", help="embed slides of this stain (repeatable) [default: H&E only]")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--shard", help="i/n: embed only shard i of n slides")
+    p.add_argument("--overwrite", action="store_true", help="replace slide embeddings made by another checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_embed_slides)
+
+
+def _run_embed_slides(args: argparse.Namespace) -> int:
+    from medssl.jobs import parse_shard
+    from medssl.tasks.slide_embeddings import embed_slides
+
+    summary = embed_slides(
+        args.checkpoint,
+        args.cache,
+        args.features,
+        args.out,
+        stains=args.stain,
+        device=args.device,
+        shard=parse_shard(args.shard),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    counts = summary.counts()
+    print(
+        f"{counts['done']} slides embedded ({summary.dim}-d), {counts['skipped']} already complete, "
+        f"{counts['failed']} failed\nslide embeddings: {summary.out / 'cache.zarr'}\nmanifest: {summary.manifest}"
+    )
+    for result in summary.failed:
+        print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
         sub,
@@ -438,7 +484,13 @@ def _add_probe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", nargs="+", help="class names, in index order [default: the labels found]")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 10, 25], help="few-shot k per class")
     p.add_argument("--folds", type=int, default=10, help="few-shot folds (fold f draws with seed f)")
-    p.add_argument("--probe", default="both", choices=("linear", "knn", "both"))
+    p.add_argument(
+        "--probe",
+        default="both",
+        choices=("linear", "knn", "both", "logistic"),
+        help="both: linear and knn; logistic: scikit-learn's LogisticRegression(C=1) on raw features",
+    )
+    p.add_argument("--stain", action="append", help="probe only slides of this stain (repeatable), e.g. HE")
     p.add_argument(
         "--l2", type=float, help="logistic-regression L2 [default: chosen on val when there is a test split, else 1e-3]"
     )
@@ -461,6 +513,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         shots=args.shots,
         folds=args.folds,
         probes=("linear", "knn") if args.probe == "both" else (args.probe,),
+        stains=args.stain,
         l2=args.l2,
         split_seed=args.split_seed,
         device=args.device,
@@ -477,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_volumes_parser(sub)
     _add_info_parser(sub)
     _add_embed_parser(sub)
+    _add_embed_slides_parser(sub)
     _add_export_parser(sub)
     _add_heatmap_parser(sub)
     _add_segment_parser(sub)

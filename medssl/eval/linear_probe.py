@@ -14,15 +14,20 @@ def fit_linear_probe(
     l2: float = 1e-3,
     iterations: int = 100,
     dtype: torch.dtype = torch.float64,
+    standardize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights ``[C, D]``, bias ``[C]`` and the standardisation (mean, std) minimising mean cross-entropy
-    + ``l2/2 · ||W||²`` on standardised features. ``dtype`` float64 reaches the optimum to ~1e-8 (what
-    tests compare with); float32 halves memory and time on large sets at the cost of ~1e-4 in the weights."""
+    + ``l2/2 · ||W||²`` on standardised features (``standardize=False``: raw features, mean 0 and std 1
+    returned). ``dtype`` float64 reaches the optimum to ~1e-8 (what tests compare with); float32 halves
+    memory and time on large sets at the cost of ~1e-4 in the weights."""
     with torch.inference_mode(False), torch.enable_grad():  # monitors run inside Lightning's inference mode
         x = features.detach().to(dtype)
         x = x.clone() if x.is_inference() else x
         labels = labels.detach().clone().long()
-        mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
+        if standardize:
+            mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
+        else:
+            mean, std = torch.zeros_like(x[0]), torch.ones_like(x[0])
         x = (x - mean) / std
         weight = torch.zeros(num_classes, x.shape[1], dtype=dtype, device=x.device, requires_grad=True)
         bias = torch.zeros(num_classes, dtype=dtype, device=x.device, requires_grad=True)

@@ -11,6 +11,11 @@ Choices, stated once:
   :data:`L2_GRID` by balanced accuracy on a validation split when one is given (ties go to the larger,
   smoother value), fixed otherwise (default :data:`DEFAULT_L2`; few-shot always uses a fixed value, as
   1–25 samples per class leave nothing to validate on).
+- **Logistic regression as scikit-learn fits it** (``logistic``, the probe of MADELEINE and of most
+  slide-embedding papers): ``LogisticRegression(C=1)`` on *raw* features, i.e. the same L-BFGS fit with no
+  standardisation and ``l2 = 2 / (C·n)`` for two classes (``1 / (C·n)`` for more), which is where
+  scikit-learn's ``½||w||² + C Σ log-loss`` has its optimum (a softmax over two classes splits ``w`` into
+  ``±w/2``, halving the penalty). Tested against scikit-learn.
 - **kNN**: :func:`~medssl.eval.knn.knn_predict` (cosine similarity, the ``k = 20`` nearest vote with
   ``exp(similarity / 0.07)``, as DINO evaluates), votes normalised to sum to one per query, so the
   scores rank for AUROC.
@@ -22,7 +27,8 @@ Choices, stated once:
   the order visits the class's cases in random order, one random sample per case, before any case gives
   a second: k samples come from k distinct cases whenever the class has that many cases, because
   samples of one patient are not independent shots. A ``k`` above some class's training count is
-  skipped with the reason (never silently fewer shots).
+  skipped with the reason (never silently fewer shots). :func:`few_shot` tests every fold on one fixed
+  test set; :func:`few_shot_rest` (the slide-embedding papers' way) on every sample not drawn.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_L2 = 1e-3
 KNN_K, KNN_TEMPERATURE = 20, 0.07
 METRICS = ("balanced_accuracy", "auroc", "f1")
-PROBES = ("linear", "knn")
+PROBES = ("linear", "knn")  #: the probes run by default
+AVAILABLE_PROBES = (*PROBES, "logistic")
+SKLEARN_C = 1.0
 
 #: ``probe(train_x, train_y, test_x, num_classes) -> scores [Q, C]`` (rows sum to one)
 Probe = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -53,6 +61,16 @@ def linear_probe(
     """Class probabilities ``[Q, C]`` of ``test_x`` from logistic regression fitted on the training set."""
     probe = fit_linear_probe(train_x, train_y, num_classes, l2, dtype=torch.float32)
     return linear_probe_logits(test_x, *probe).softmax(1)
+
+
+def logistic_probe(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int, c: float = SKLEARN_C
+) -> torch.Tensor:
+    """Class probabilities ``[Q, C]`` of scikit-learn's ``LogisticRegression(C=c)`` fitted on raw features
+    (module notes), in float64."""
+    l2 = (2.0 if num_classes == 2 else 1.0) / (c * len(train_x))
+    probe = fit_linear_probe(train_x, train_y, num_classes, l2, iterations=500, standardize=False)
+    return linear_probe_logits(test_x, *probe).softmax(1).to(test_x.dtype)
 
 
 def knn_probe(
@@ -76,7 +94,9 @@ def get_probe(probe: str | Probe, l2: float = DEFAULT_L2) -> Probe:
         return lambda tx, ty, qx, c: linear_probe(tx, ty, qx, c, l2)
     if probe == "knn":
         return knn_probe
-    raise ValueError(f"unknown probe {probe!r}; choose from {PROBES}")
+    if probe == "logistic":
+        return logistic_probe
+    raise ValueError(f"unknown probe {probe!r}; choose from {AVAILABLE_PROBES}")
 
 
 def classification_metrics(scores: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float | None]:
@@ -172,19 +192,56 @@ def few_shot(
     training samples. ``cases`` (one id per training sample) spreads the shots over distinct cases."""
     num_classes = int(max(int(train_y.max()), int(test_y.max())) + 1) if num_classes is None else num_classes
     fit = get_probe(probe, l2)
-    counts = torch.bincount(train_y.long(), minlength=num_classes)
-    orders = [shot_order(train_y, fold, cases) for fold in range(folds)]
+
+    def evaluate(chosen: torch.Tensor) -> dict[str, float | None]:
+        return classification_metrics(fit(train_x[chosen], train_y[chosen], test_x, num_classes), test_y, num_classes)
+
+    return _per_shot(train_y, shots, folds, cases, num_classes, evaluate)
+
+
+def few_shot_rest(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    shots: Sequence[int] = (1, 10, 25),
+    folds: int = 10,
+    probe: str | Probe = "logistic",
+    cases: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    l2: float = DEFAULT_L2,
+) -> dict[int, dict]:
+    """The slide-embedding papers' protocol (MADELEINE's): per fold ``f`` (seed ``f``), ``k`` samples per
+    class drawn from all of ``x`` train the probe, and **every other sample** is the test set, so a
+    larger ``k`` also means a smaller test set. With ``cases``, samples that share a case with a training
+    sample are left out of that fold's test set too. Same result layout as :func:`few_shot`."""
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    fit = get_probe(probe, l2)
+    case_of = np.asarray(cases if cases is not None else [str(i) for i in range(len(y))])
+
+    def evaluate(chosen: torch.Tensor) -> dict[str, float | None]:
+        rest = torch.from_numpy(~np.isin(case_of, case_of[chosen.cpu().numpy()])).to(x.device)
+        return classification_metrics(fit(x[chosen], y[chosen], x[rest], num_classes), y[rest], num_classes)
+
+    return _per_shot(y, shots, folds, cases, num_classes, evaluate)
+
+
+def _per_shot(
+    labels: torch.Tensor,
+    shots: Sequence[int],
+    folds: int,
+    cases: Sequence[str] | None,
+    num_classes: int,
+    evaluate: Callable[[torch.Tensor], dict[str, float | None]],
+) -> dict[int, dict]:
+    """``evaluate(chosen)`` on each fold's ``k``-shot draw from ``labels`` for every ``k``, summarised."""
+    counts = torch.bincount(labels.long().cpu(), minlength=num_classes)
+    orders = [shot_order(labels, fold, cases) for fold in range(folds)]
     results: dict[int, dict] = {}
     for k in shots:
         short = [c for c in range(num_classes) if int(counts[c]) < k]
         if short:
             results[k] = {"skipped": f"classes {short} have fewer than {k} training samples ({counts.tolist()})"}
             continue
-        per_fold = []
-        for order in orders:
-            chosen = _take(order, k)
-            scores = fit(train_x[chosen], train_y[chosen], test_x, num_classes)
-            per_fold.append(classification_metrics(scores, test_y, num_classes))
+        per_fold = [evaluate(_take(order, k).to(labels.device)) for order in orders]
         results[k] = {"mean": _summary(per_fold, np.mean), "std": _summary(per_fold, _std), "folds": per_fold}
     return results
 

@@ -147,7 +147,8 @@ class Madeleine(MedsslModule):
             terms["info_nce"] = terms["info_nce"] + symmetric_info_nce(
                 all_slides[both, ref], all_slides[both, k], h.temperature
             )
-            terms["got"] = terms["got"] + self._got(encoded.tokens, row_of, present, ref, k, share)
+            if h.got_weight > 0:  # 0 turns the local alignment off (and saves its cost)
+                terms["got"] = terms["got"] + self._got(encoded.tokens, row_of, present, ref, k, share)
             if halves is not None:
                 terms["intra"] = terms["intra"] + self._intra(halves, row_of, present, both, ref, k, share)
         terms["loss"] = terms["info_nce"] + h.got_weight * terms["got"] + h.intra_weight * terms["intra"]

@@ -41,12 +41,14 @@ from medssl.cache import EmbeddingCache, SlideCache, VolumeCache
 from medssl.data.splits import check_classes, read_label_csv, stratified_case_split
 from medssl.errors import CacheError, InputError
 from medssl.eval.probes import (
+    AVAILABLE_PROBES,
     DEFAULT_L2,
     KNN_K,
     KNN_TEMPERATURE,
     L2_GRID,
     METRICS,
     PROBES,
+    SKLEARN_C,
     classification_metrics,
     few_shot,
     get_probe,
@@ -89,15 +91,17 @@ def probe_embeddings(
     l2: float | None = None,
     split_seed: int = 0,
     device: str = "cpu",
+    stains: Sequence[str] | None = None,
 ) -> dict:
     """Probe the embedding folder ``features`` (of the tile or volume cache ``cache``), write
     ``results.json`` and ``few_shot.csv`` into ``out`` and return the results. ``l2=None`` chooses it on
     the val split when there is a test split too (else :data:`~medssl.eval.probes.DEFAULT_L2`). ``device``
-    (e.g. ``cuda``) runs the probes there: kNN's similarity matmul is what takes time on a CPU."""
-    unknown = sorted(set(probes) - set(PROBES))
+    (e.g. ``cuda``) runs the probes there: kNN's similarity matmul is what takes time on a CPU. ``stains``
+    keeps the slides of those stains only (e.g. ``["HE"]`` in a multistain cohort)."""
+    unknown = sorted(set(probes) - set(AVAILABLE_PROBES))
     if unknown or not probes:
-        raise InputError(f"unknown probe(s) {unknown or list(probes)}; choose from {list(PROBES)}")
-    data = load_probe_set(features, cache, labels_csv, level, label_column, split_seed)
+        raise InputError(f"unknown probe(s) {unknown or list(probes)}; choose from {list(AVAILABLE_PROBES)}")
+    data = load_probe_set(features, cache, labels_csv, level, label_column, split_seed, stains)
     results = {
         "features": str(Path(features).resolve()),
         "cache": str(Path(cache).resolve()),
@@ -115,6 +119,7 @@ def load_probe_set(
     level: str = "slide",
     label_column: str = "label",
     split_seed: int = 0,
+    stains: Sequence[str] | None = None,
 ) -> ProbeSet:
     """Features, labels, cases and splits of every labelled sample (see the module notes)."""
     if level not in ITEM_LEVELS + ROW_LEVELS:
@@ -124,6 +129,15 @@ def load_probe_set(
     reader = SlideCache(cache) if kind == "slides" else VolumeCache(cache)
     key = "slide_id" if kind == "slides" else "volume_id"
     meta = {item: reader.metadata(item) for item in reader.ids}
+    if stains is not None:
+        meta = {item: m for item, m in meta.items() if str(m.get("stain") or "") in set(stains)}
+        if not meta:
+            raise InputError(f"{cache}: no slide has a stain among {list(stains)}")
+    per_slide = embeddings.params.get("level") == "slide"  # medssl embed-slides: one row per slide
+    if per_slide:
+        if level not in ITEM_LEVELS:
+            raise InputError(f"{features}: holds one embedding per slide; probe it with --level slide")
+        meta = {item: m for item, m in meta.items() if item in embeddings}
     item_labels, row_labels, csv_splits = _labels(meta, labels_csv, key, label_column, kind)
     items = sorted(item_labels)
     if row_labels is not None and level in ITEM_LEVELS:
@@ -139,7 +153,9 @@ def load_probe_set(
     sample_items: list[str] = []
     for item in items:
         rows = embeddings.features(item)
-        expected = reader.num_tiles(item) if isinstance(reader, SlideCache) else reader.shape(item)[0]
+        expected = (
+            1 if per_slide else reader.num_tiles(item) if isinstance(reader, SlideCache) else reader.shape(item)[0]
+        )
         if rows.shape[0] != expected or expected == 0:
             raise CacheError(
                 f"{features}: {rows.shape[0]} embedding rows for {expected} {'tiles' if kind == 'slides' else 'slices'}"
@@ -313,11 +329,11 @@ def run_probes(
     full: dict[str, dict] = {}
     for name in probes:
         scores = get_probe(name, l2)(tx, ty, qx, len(classes))
-        settings = (
-            {"l2": l2, "l2_val_balanced_accuracy": selection}
-            if name == "linear"
-            else {"k": KNN_K, "temperature": KNN_TEMPERATURE}
-        )
+        settings = {
+            "linear": {"l2": l2, "l2_val_balanced_accuracy": selection},
+            "knn": {"k": KNN_K, "temperature": KNN_TEMPERATURE},
+            "logistic": {"C": SKLEARN_C, "standardized": False},
+        }[name]
         full[name] = {**settings, "metrics": classification_metrics(scores, qy, len(classes))}
     train_cases = [data.cases[i] for i in train]
     shot_results = {

@@ -11,8 +11,10 @@ from medssl.eval.probes import (
     classification_metrics,
     draw_shots,
     few_shot,
+    few_shot_rest,
     knn_probe,
     linear_probe,
+    logistic_probe,
     select_l2,
     shot_order,
 )
@@ -117,3 +119,37 @@ def test_few_shot_protocol():
     assert linear[10]["mean"]["balanced_accuracy"] > linear[1]["mean"]["balanced_accuracy"] - 0.05
     knn = few_shot(train_x, train_y, test_x, test_y, shots=(10,), folds=2, probe="knn")
     assert knn[10]["mean"]["balanced_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_logistic_probe_is_sklearns_logistic_regression_with_c_1(classes):
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, qx, _ = _blobs(12, classes, 5, spread=1.5, seed=classes, sets=2)
+    x, qx = x * 3 + 2, qx * 3 + 2  # raw, unstandardised features: the probe must not rescale them
+    theirs = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x.double().numpy(), y.numpy())
+    ours = logistic_probe(x.double(), y, qx.double(), classes)
+    np.testing.assert_allclose(ours.numpy(), theirs.predict_proba(qx.double().numpy()), atol=1e-5)
+
+
+def test_few_shot_rest_tests_on_every_sample_not_drawn_and_never_on_a_drawn_case():
+    x, y = _blobs(10, 2, 4, spread=3.0, seed=5)
+    cases = [f"case-{i // 2}" for i in range(len(y))]  # pairs of samples share a case (and a class)
+    seen: list[tuple[set, set]] = []
+
+    def recording(train_x, train_y, test_x, num_classes):
+        rows = {tuple(r.tolist()) for r in train_x}
+        tested = {tuple(r.tolist()) for r in test_x}
+        seen.append((rows, tested))
+        return torch.full((len(test_x), num_classes), 1.0 / num_classes)
+
+    results = few_shot_rest(x, y, shots=(1, 3), folds=2, probe=recording, cases=cases)
+    assert set(results) == {1, 3} and len(seen) == 4
+    index = {tuple(r.tolist()): i for i, r in enumerate(x)}
+    for (train, tested), k in zip(seen, [1, 1, 3, 3]):
+        drawn_cases = {cases[index[r]] for r in train}
+        assert len(train) == 2 * k and not drawn_cases & {cases[index[r]] for r in tested}
+        assert len(tested) == len(y) - 2 * len(drawn_cases)  # everything else: both samples of each drawn case out
+    real = few_shot_rest(x, y, shots=(1, 3), folds=3, probe="logistic", cases=cases)
+    assert real[3]["mean"]["auroc"] > 0.9 and len(real[3]["folds"]) == 3
+    assert "skipped" in few_shot_rest(x, y, shots=(11,), folds=2)[11]
