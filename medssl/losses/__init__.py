@@ -4,7 +4,13 @@ from medssl.losses.clustering import sinkhorn_knopp, spherical_kmeans, swapped_p
 from medssl.losses.contrastive import info_nce, supervised_contrastive, symmetric_info_nce
 from medssl.losses.distillation import DINOLoss
 from medssl.losses.graph_matching import edge_affinity, global_affinity, hamming, local_affinity
-from medssl.losses.optimal_transport import sinkhorn
+from medssl.losses.optimal_transport import (
+    graph_optimal_transport,
+    gromov_wasserstein,
+    ipot,
+    sample_tokens,
+    sinkhorn,
+)
 from medssl.losses.redundancy import barlow_twins
 
 __all__ = [
@@ -12,9 +18,13 @@ __all__ = [
     "barlow_twins",
     "edge_affinity",
     "global_affinity",
+    "graph_optimal_transport",
+    "gromov_wasserstein",
     "hamming",
     "info_nce",
+    "ipot",
     "local_affinity",
+    "sample_tokens",
     "sinkhorn",
     "sinkhorn_knopp",
     "spherical_kmeans",
