@@ -264,8 +264,8 @@ class StainSetDataset(Dataset):
             if reference_stain in members and len(set(members) & set(self.stains)) >= min_stains
         )
         self._members = {case: by_case[case] for case in self.cases}
-        features = self.bags.features
-        self.dim = int(features.features(self.bags.slide_ids[0]).shape[1]) if features and self.bags.slide_ids else 0
+        patches = self.bags.features
+        self.dim = int(patches.features(self.bags.slide_ids[0]).shape[1]) if patches and self.bags.slide_ids else 0
 
     def __len__(self) -> int:
         return len(self.cases)

@@ -147,3 +147,23 @@ def test_losses_run_in_float32_under_autocast():
         assert value.dtype == torch.float32
         # only the bf16 rounding of the inputs remains, not bf16 arithmetic inside the loss
         assert float(value) == pytest.approx(float(reference[name]), rel=2e-2), name
+
+
+def test_symmetric_info_nce_by_hand():
+    from medssl.losses import symmetric_info_nce
+
+    a = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # rows normalise to e1, e2
+    b = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # e1 and (e1 + e2)/√2
+    s = 1 / math.sqrt(2)
+    logits = torch.tensor([[1.0, s], [0.0, s]]) / 0.5  # cos(a_i, b_j) / τ
+    forward = -(torch.log_softmax(logits, 1).diagonal()).mean()  # each a picks its b
+    backward = -(torch.log_softmax(logits.T, 1).diagonal()).mean()  # each b picks its a
+    expected = 0.5 * (forward + backward)
+    torch.testing.assert_close(symmetric_info_nce(a, b, temperature=0.5), expected)
+    by_hand = 0.5 * (
+        0.5 * (math.log(math.exp(2) + math.exp(2 * s)) - 2 + math.log(1 + math.exp(2 * s)) - 2 * s)
+        + 0.5 * (math.log(math.exp(2) + 1) - 2 + math.log(math.exp(2 * s) + math.exp(2 * s)) - 2 * s)
+    )
+    assert float(expected) == pytest.approx(by_hand, rel=1e-6)
+    with pytest.raises(ValueError, match="one shape"):
+        symmetric_info_nce(a, b[:1])

@@ -27,7 +27,9 @@ def run(batch: dict) -> tuple[float, torch.Tensor]:
     torch.manual_seed(7)  # the intra-stain half views draw one permutation, the same on every rank
     terms, _ = model.alignment_losses(batch)
     terms["loss"].backward()
-    return float(terms["loss"].detach()), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return float(terms["loss"].detach()), torch.cat(
+        [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+    )
 
 
 def _worker(rank: int) -> tuple[float, torch.Tensor]:
