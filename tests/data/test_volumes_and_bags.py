@@ -77,7 +77,7 @@ def write_row_features(cache_path, out, dim: int = 4) -> np.ndarray:
     """Features as ``medssl embed`` lays them out, row ``i`` of slide ``k`` (cache order) all ``1000 k + i``,
     so a row read back says where it came from."""
     cache = SlideCache(cache_path)
-    features = store.open_for_writing(out, "embeddings", {"encoder": "test"})
+    features = store.open_for_writing(out, "embeddings", {"encoder": "test", "items": "slides"})
     for k, slide_id in enumerate(cache.ids):
         n = cache.num_tiles(slide_id)
         with store.staged_item(features, "embeddings", slide_id) as group:
