@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tifffile
@@ -103,35 +104,55 @@ class SlideLayout:
 
     def _fill(self, name: str, x: np.ndarray, y: np.ndarray, downsample: float) -> np.ndarray:
         tex, reduced_by = texture_level(name, downsample / self.texture_zoom)
-        return _sample(tex, x, y, self.texture_zoom * reduced_by)
+        return sample_texture(tex, x, y, self.texture_zoom * reduced_by)
 
 
 @lru_cache(maxsize=32)
 def texture_level(name: str, factor: float) -> tuple[np.ndarray, int]:
-    """The texture area-averaged by ``factor`` when that is a power of two dividing its size, as a
-    scanner's lower pyramid levels are; else the full texture. Returns it and the factor applied."""
-    tex = texture(name)
+    """The named texture as a scanner's lower pyramid level would show it; see :func:`reduce_texture`."""
+    return reduce_texture(texture(name), factor)
+
+
+def reduce_texture(tex: np.ndarray, factor: float) -> tuple[np.ndarray, int]:
+    """``tex [H, W, C]`` area-averaged by ``factor`` when that is a power of two dividing its size, as a
+    scanner's lower pyramid levels are; else unchanged. Returns it (same dtype) and the factor applied."""
     step = int(round(factor))
     if step <= 1 or abs(factor - step) > 1e-9 or step & (step - 1) or tex.shape[0] % step or tex.shape[1] % step:
         return tex, 1
     h, w = tex.shape[0] // step, tex.shape[1] // step
-    return tex.reshape(h, step, w, step, 3).mean(axis=(1, 3)).round().astype(np.uint8), step
+    reduced = tex.reshape(h, step, w, step, *tex.shape[2:]).mean(axis=(1, 3))
+    if np.issubdtype(tex.dtype, np.integer):
+        reduced = reduced.round()
+    return reduced.astype(tex.dtype), step
 
 
-def _sample(tex: np.ndarray, x: np.ndarray, y: np.ndarray, px_per_texel: float) -> np.ndarray:
-    """Mirror-tiled nearest sampling of a texture at level-0 points, so it covers any extent seamlessly."""
+def sample_texture(tex: np.ndarray, x: np.ndarray, y: np.ndarray, px_per_texel: float) -> np.ndarray:
+    """Mirror-tiled nearest sampling of a texture ``[H, W, ...]`` at level-0 points (any sign), so it covers
+    any extent seamlessly. Returns ``x.shape + tex.shape[2:]``."""
     th, tw = tex.shape[:2]
-    zoom = px_per_texel
-    u = (x / zoom).astype(np.int64) % (2 * tw)
-    v = (y / zoom).astype(np.int64) % (2 * th)
-    u = np.where(u >= tw, 2 * tw - 1 - u, u)
-    v = np.where(v >= th, 2 * th - 1 - v, v)
-    return tex[v, u]
+    u = np.floor(x / px_per_texel).astype(np.intp) % (2 * tw)
+    v = np.floor(y / px_per_texel).astype(np.intp) % (2 * th)
+    u = np.minimum(u, 2 * tw - 1 - u)  # the mirrored copy: texel 2w-1-u
+    v = np.minimum(v, 2 * th - 1 - v)
+    # a flat take is several times faster than tex[v, u]
+    return tex.reshape(th * tw, *tex.shape[2:]).take(v * tw + u, axis=0)
+
+
+class SlideRenderer(Protocol):
+    """What :func:`write_slide` writes: a level-0 extent and pixels of any box at any downsample."""
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    def render(self, x0: int, y0: int, w: int, h: int, downsample: float = 1.0) -> np.ndarray: ...
 
 
 def write_slide(
     path: str | Path,
-    layout: SlideLayout,
+    layout: SlideRenderer,
     mpp: float | None = 0.25,
     downsamples: Sequence[int] = (1, 4, 16),
     tile: int = 256,
@@ -177,13 +198,17 @@ def write_slide(
     return path
 
 
-def _tiles(layout: SlideLayout, w: int, h: int, ds: int, tile: int) -> Iterator[np.ndarray]:
+def _tiles(layout: SlideRenderer, w: int, h: int, ds: int, tile: int) -> Iterator[np.ndarray]:
     for ty in range(0, h, tile):
         for tx in range(0, w, tile):
+            bw, bh = min(tile, w - tx), min(tile, h - ty)
+            pixels = layout.render(tx * ds, ty * ds, bw, bh, ds)
+            if (bw, bh) == (tile, tile):
+                yield pixels
+                continue
             block = np.empty((tile, tile, 3), dtype=np.uint8)
             block[:] = GLASS_RGB
-            bw, bh = min(tile, w - tx), min(tile, h - ty)
-            block[:bh, :bw] = layout.render(tx * ds, ty * ds, bw, bh, ds)
+            block[:bh, :bw] = pixels
             yield block
 
 
