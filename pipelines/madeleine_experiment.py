@@ -61,7 +61,17 @@ def prepare_cohort(out: Path, n_cases: int, he_cue: float = 0.2, seed: int = 0) 
     return {"cache": out / "cache", "features": out / "embeddings", "in_dim": encoder.out_dim}
 
 
-def pretrain(cohort: dict, out: Path, seed: int, epochs: int, tokens: int, batch_size: int, extra=()) -> Path:
+def pretrain(
+    cohort: dict,
+    out: Path,
+    seed: int,
+    epochs: int,
+    tokens: int,
+    batch_size: int,
+    width: int,
+    input_norm: bool,
+    extra=(),
+) -> Path:
     """``medssl fit --config configs/pretrain/madeleine.yaml`` on the pretraining cases; the checkpoint that
     RankMe chose (the paper's label-free rule, after half the epochs)."""
     from medssl.cli import run_lightning
@@ -90,6 +100,12 @@ def pretrain(cohort: dict, out: Path, seed: int, epochs: int, tokens: int, batch
             "null",
             "--model.init_args.in_dim",
             str(cohort["in_dim"]),
+            "--model.init_args.hidden_dim",
+            str(width),
+            "--model.init_args.embed_dim",
+            str(width),
+            "--model.init_args.input_norm",
+            str(input_norm).lower(),
             "--model.init_args.warmup_epochs",
             str(max(1, epochs // 10)),
             "--trainer.max_epochs",
@@ -247,7 +263,9 @@ def run(args: argparse.Namespace) -> dict:
     rows["MADELEINE slide encoder, untrained"] = []
     rows["MADELEINE (multistain pretrained)"] = []
     for seed in args.seeds:
-        checkpoint = pretrain(cohort, out, seed, args.epochs, args.tokens, args.batch_size, args.extra)
+        checkpoint = pretrain(
+            cohort, out, seed, args.epochs, args.tokens, args.batch_size, args.width, args.input_norm, args.extra
+        )
         trained = slide_embeddings(checkpoint, cohort, out / f"seed-{seed}", ids)
         rows["MADELEINE (multistain pretrained)"].append(
             few_shot_auroc(trained, labels, cases, "logistic", args.shots, args.folds)
@@ -270,6 +288,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--tokens", type=int, default=128, help="patch features per slide per step (resampled)")
     p.add_argument("--batch-size", type=int, default=40)
+    p.add_argument("--width", type=int, default=128, help="the slide encoder's hidden and embedding width (paper: 512)")
+    p.add_argument(
+        "--no-input-norm",
+        dest="input_norm",
+        action="store_false",
+        help="feed the random-init ResNet's features as they are (the paper's model; its slides then differ by "
+        "a few per cent of a common vector and MADELEINE does not move off chance)",
+    )
     p.add_argument("--shots", type=int, nargs="+", default=list(SHOTS))
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--no-abmil", dest="abmil", action="store_false", help="skip the ABMIL few-shot baseline")

@@ -55,7 +55,8 @@ class Madeleine(MedsslModule):
     ``stain_dim`` > 0; a batch may hold any of them, in any order); ``reference_stain`` is the one aligned
     with all others and used at inference. Optimiser defaults follow the released scripts: AdamW, lr 1e-4,
     weight decay 0.01 (PyTorch's default, which the scripts end up using), 5 warm-up epochs, cosine to
-    1e-8."""
+    1e-8. ``input_norm`` standardises patch features first (not in the paper; see
+    :class:`~medssl.nn.slide_encoder.MultiHeadSlideEncoder`): for weak patch encoders."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Madeleine(MedsslModule):
         stains: list[str] | None = None,
         reference_stain: str = "HE",
         stain_dim: int = 0,
+        input_norm: bool = False,
         temperature: float = 0.1,
         got_weight: float = 1.0,
         got_tokens: int = 256,
@@ -90,7 +92,16 @@ class Madeleine(MedsslModule):
         if temperature <= 0 or got_tokens < 1:
             raise ValueError(f"need temperature > 0 and got_tokens ≥ 1, got {temperature} and {got_tokens}")
         self.slide_encoder = MultiHeadSlideEncoder(
-            in_dim, hidden_dim, heads, embed_dim, token_dim, dropout, attention_dropout, len(self.stains), stain_dim
+            in_dim,
+            hidden_dim,
+            heads,
+            embed_dim,
+            token_dim,
+            dropout,
+            attention_dropout,
+            len(self.stains),
+            stain_dim,
+            input_norm,
         )
         self._rankme_embeddings: list[torch.Tensor] = []
 

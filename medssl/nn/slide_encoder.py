@@ -6,7 +6,11 @@ each head pools its own vectors with gated attention (:class:`~medssl.nn.attenti
 Ilse et al. 2018); the heads' pooled vectors are concatenated and projected to the slide embedding. A token
 projector maps the concatenated pre-attention tokens to small local tokens for token-level losses (GOT).
 An optional learned stain embedding is concatenated to every patch feature, so one encoder can tell its
-stains apart while sharing all other weights.
+stains apart while sharing all other weights. ``input_norm`` standardises every patch-feature dimension
+first (a BatchNorm without affine parameters over all patches of the batch, running statistics at
+inference): not in the paper, whose CONCH features are informative as they come, but weak features whose
+slides differ by a few per cent of their common value (a random-init CNN) give every slide nearly the same
+embedding without it.
 """
 
 from __future__ import annotations
@@ -51,12 +55,14 @@ class MultiHeadSlideEncoder(nn.Module):
         attention_dropout: float = 0.25,
         stains: int = 0,
         stain_dim: int = 0,
+        input_norm: bool = False,
     ):
         super().__init__()
         if heads < 1 or hidden_dim < 1:
             raise ValueError(f"need heads ≥ 1 and hidden_dim ≥ 1, got {heads} and {hidden_dim}")
         self.in_dim, self.hidden_dim, self.heads = in_dim, hidden_dim, heads
         self.stain_embedding = nn.Embedding(stains, stain_dim) if stains > 0 and stain_dim > 0 else None
+        self.input_norm = nn.BatchNorm1d(in_dim, affine=False) if input_norm else None
         width = in_dim + (stain_dim if self.stain_embedding is not None else 0)
         self.pre_attention = nn.Sequential(
             *_block(width, hidden_dim, dropout),
@@ -80,6 +86,8 @@ class MultiHeadSlideEncoder(nn.Module):
                 f"{self.in_dim}; set it to the patch encoder's out_dim"
             )
         x = patches.float()
+        if self.input_norm is not None:
+            x = self._standardise(x, mask)
         if self.stain_embedding is not None:
             if stain is None:
                 raise ValueError("this slide encoder has a stain embedding: pass stain [N]")
@@ -93,6 +101,14 @@ class MultiHeadSlideEncoder(nn.Module):
             attention.append(weights[:, 0])
         slide = self.projector(torch.cat(pooled, dim=-1))
         return SlideEncoding(slide, tokens, torch.stack(attention, dim=1))
+
+    def _standardise(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The input BatchNorm over real patches only (padding neither enters the statistics nor changes)."""
+        assert self.input_norm is not None
+        if mask is None:
+            return self.input_norm(x.flatten(0, 1)).view_as(x)
+        real = mask.bool()
+        return x.masked_scatter(real[..., None], self.input_norm(x[real]))
 
     def local_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Small per-patch tokens ``[..., token_dim]`` from pre-attention tokens (any subset of them)."""

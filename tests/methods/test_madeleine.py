@@ -32,10 +32,21 @@ def stain_batch(cases: int = 4, tokens: int = 12, seed: int = 0) -> dict:
     }
 
 
-def test_the_slide_encoder_pools_a_padded_set_like_the_set_itself():
-    encoder = MultiHeadSlideEncoder(in_dim=8, hidden_dim=6, heads=3, embed_dim=5, token_dim=4, stains=2, stain_dim=3)
-    encoder.eval()
-    patches = torch.randn(1, 7, 8)
+@pytest.mark.parametrize("input_norm", [False, True])
+def test_the_slide_encoder_pools_a_padded_set_like_the_set_itself(input_norm):
+    encoder = MultiHeadSlideEncoder(
+        in_dim=8,
+        hidden_dim=6,
+        heads=3,
+        embed_dim=5,
+        token_dim=4,
+        dropout=0.0,
+        attention_dropout=0.0,
+        stains=2,
+        stain_dim=3,
+        input_norm=input_norm,
+    )  # training mode: with input_norm, batch statistics over the real patches only
+    patches = torch.randn(1, 7, 8) * 3 + 5
     padded = torch.cat([patches, torch.full((1, 5, 8), 1e3)], dim=1)
     mask = torch.tensor([[True] * 7 + [False] * 5])
     stain = torch.tensor([1])
