@@ -6,7 +6,9 @@ instance AUROC against the lesion masks, and heatmaps (``medssl heatmap``); fina
 pretrained encoder to classify tiles as lesion or normal (tile labels from the masks) beside a random
 initialisation of the same network, and test both on the held-out slides; last, pretrain the joint 2D/3D
 method briefly on the two cached volumes and write their volume embeddings (``medssl embed``), and
-pretrain Alice briefly on them and export its SwinUNETR (``medssl export``).
+pretrain Alice briefly on them and export its SwinUNETR (``medssl export``); and pretrain MADELEINE briefly
+on a small multistain cohort (H&E and IHC slides of the same cases) and print a few-shot table of its H&E
+slide embeddings beside mean pooling and ABMIL.
 
 Run through ``bash pipelines/demo.sh`` (which installs first) or, in an installed environment,
 ``python pipelines/demo.py --out demo-output``. Re-running resumes: finished slides are skipped.
@@ -27,14 +29,21 @@ from medssl.synthetic.volumes import ct_phantom, grid_affine, nibabel_data, writ
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "simclr_tiles.yaml"
 
 
-STEPS = 9
+STEPS = 10
 FINETUNE = CONFIG.parents[1] / "finetune" / "classification" / "tiles.yaml"
 JOINT = CONFIG.parent / "joint_2d3d.yaml"
 ALICE = CONFIG.parent / "alice.yaml"
 
 
 def run(
-    out: Path, n_slides: int, epochs: int, mil_epochs: int, finetune_steps: int, joint_epochs: int, alice_epochs: int
+    out: Path,
+    n_slides: int,
+    epochs: int,
+    mil_epochs: int,
+    finetune_steps: int,
+    joint_epochs: int,
+    alice_epochs: int,
+    madeleine_epochs: int,
 ) -> int:
     cohort = write_slide_inputs(out / "slides", n_slides)
     print(f"[2/{STEPS}] medssl tile --mpp 0.5 --tile-size 224")
@@ -71,6 +80,8 @@ def run(
     status |= joint_2d3d(out, joint_epochs)
     print(f"[9/{STEPS}] medssl fit --config configs/pretrain/alice.yaml (Alice on the 2 volumes) and medssl export")
     status |= alice(out, alice_epochs)
+    print(f"[10/{STEPS}] MADELEINE: multistain slides → medssl tile, embed, fit, embed-slides → few-shot table")
+    multistain(out / "multistain", madeleine_epochs)
     print(f"\nQC pictures: {out / 'cache' / 'qc'} (tiles over thumbnails), {out / 'volume-cache' / 'qc'} (volumes)")
     print(f"Inspect the caches: medssl info {out / 'cache'}; medssl info {out / 'volume-cache'}")
     return status
@@ -352,6 +363,24 @@ def alice(out: Path, epochs: int) -> int:
     return status
 
 
+def multistain(out: Path, epochs: int) -> None:
+    """``pipelines/madeleine_experiment.py`` at demo size: 24 cases (12 pretrain on H&E, ER, PR, HER2 and
+    Ki-67 slides; 12 held out, their H&E only), one seed, few-shot k = 1 and 3 over 5 folds."""
+    from madeleine_experiment import parser
+    from madeleine_experiment import run as run_experiment
+
+    settings = ["--out", str(out), "--cases", "24", "--size", "1024", "--seeds", "0", "--epochs", str(epochs)]
+    settings += ["--tokens", "64", "--batch-size", "12", "--width", "64", "--shots", "1", "3", "--folds", "5"]
+    settings += ["--abmil-epochs", "20"]
+    results = run_experiment(parser().parse_args(settings))
+    print("\nfew-shot AUROC of held-out H&E slides (positive vs negative cases), logistic regression C = 1:")
+    print(results["table"])
+    print(
+        "(6 held-out cases per class and a few pretraining steps only show the path works; "
+        "pipelines/madeleine_experiment.py runs the comparison)\n"
+    )
+
+
 def write_volume_inputs(folder: Path) -> Path:
     """A CSV listing a real MRI shipped with nibabel and a generated CT phantom with its lung label."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -379,9 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-steps", type=int, default=40, help="tile classification fine-tuning steps")
     parser.add_argument("--joint-epochs", type=int, default=15, help="joint 2D/3D epochs (one step each)")
     parser.add_argument("--alice-epochs", type=int, default=8, help="Alice epochs (one step each)")
+    parser.add_argument("--madeleine-epochs", type=int, default=10, help="MADELEINE epochs (one step each)")
     args = parser.parse_args(argv)
     return run(
-        args.out, args.slides, args.epochs, args.mil_epochs, args.finetune_steps, args.joint_epochs, args.alice_epochs
+        args.out,
+        args.slides,
+        args.epochs,
+        args.mil_epochs,
+        args.finetune_steps,
+        args.joint_epochs,
+        args.alice_epochs,
+        args.madeleine_epochs,
     )
 
 

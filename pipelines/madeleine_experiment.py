@@ -38,7 +38,7 @@ RANKME = "medssl.methods.callbacks.RankMeCheckpoint"
 SHOTS = (1, 10, 25)
 
 
-def prepare_cohort(out: Path, n_cases: int, he_cue: float = 0.2, seed: int = 0) -> dict:
+def prepare_cohort(out: Path, n_cases: int, he_cue: float = 0.2, size: int = 1536, seed: int = 0) -> dict:
     """Write, tile and embed the cohort (pretraining cases: split ``train``; held out: ``test``)."""
     import torch
 
@@ -48,7 +48,7 @@ def prepare_cohort(out: Path, n_cases: int, he_cue: float = 0.2, seed: int = 0) 
     from medssl.synthetic.multistain import write_multistain_cohort
 
     cohort = write_multistain_cohort(
-        out / "slides", n_cases=n_cases, he_cue=he_cue, splits=("train", "test"), seed=seed
+        out / "slides", n_cases=n_cases, he_cue=he_cue, size=(size, size * 3 // 4), splits=("train", "test"), seed=seed
     )
     status = medssl_main(
         ["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "1.0", "--tile-size", "32", "--quiet"]
@@ -248,7 +248,7 @@ def table(rows: dict[str, list[dict]], shots) -> str:
 
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    cohort = prepare_cohort(out, args.cases, args.he_cue)
+    cohort = prepare_cohort(out, args.cases, args.he_cue, args.size)
     ids, labels, cases = held_out(cohort)
     bags = patch_features(cohort, ids)
     index = np.arange(len(ids), dtype=np.float32)[:, None]
@@ -284,6 +284,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/madeleine-experiment")
     p.add_argument("--cases", type=int, default=160, help="cases in all; half pretrain, half are held out")
     p.add_argument("--he-cue", type=float, default=0.2, help="how much darker H&E nuclei are in positive regions")
+    p.add_argument("--size", type=int, default=1536, help="slide width in level-0 pixels (0.5 µm/px; 3:4 aspect)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--tokens", type=int, default=128, help="patch features per slide per step (resampled)")
@@ -299,6 +300,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, nargs="+", default=list(SHOTS))
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--no-abmil", dest="abmil", action="store_false", help="skip the ABMIL few-shot baseline")
+    p.add_argument("--abmil-epochs", type=int, default=40, help="ABMIL epochs over the k shots of each fold")
     p.add_argument("extra", nargs="*", help="more medssl fit flags for MADELEINE, after --")
     return p
 
