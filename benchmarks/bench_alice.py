@@ -62,7 +62,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,7 +75,7 @@ import numpy as np
 import torch
 
 # a sibling script: benchmarks/ is on sys.path when run
-from bench_training import log, machine_line, method_optimizer, rss_mib, sync
+from bench_training import log, machine_line, method_optimizer, rss_mib, run_setting, sync
 
 from medssl.data.correspondence import BodyCoordinateSampler, SameVolumeSampler
 from medssl.methods.alice import Alice
@@ -267,29 +266,7 @@ def projected_mib(setting: dict, measured: list[dict]) -> tuple[float, str] | No
 
 def run_child(args: argparse.Namespace, setting: dict, limit_mib: float) -> dict:
     """The setting in a fresh process, stopped if its resident memory passes ``limit_mib``."""
-    command = [sys.executable, os.path.abspath(__file__), *args.passed, "--child", json.dumps(setting)]
-    command += ["--volume-files", *args.volume_files]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    peak_seen = 0.0
-    while child.poll() is None:
-        peak_seen = max(peak_seen, resident_mib(child.pid))
-        if peak_seen > limit_mib:
-            child.kill()
-            child.wait()
-            return {**setting, "error": f"stopped: resident memory passed {limit_mib / 1024:.0f} GB"}
-        time.sleep(0.2)
-    out = child.stdout.read() if child.stdout else ""
-    if child.returncode != 0:
-        return {**setting, "error": f"failed (exit code {child.returncode})"}
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def resident_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return next(float(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return 0.0
+    return run_setting(__file__, args.passed, setting, limit_mib, ("--volume-files", *args.volume_files))
 
 
 def settings(args: argparse.Namespace) -> list[dict]:

@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_training import machine_line, method_optimizer  # noqa: E402  (benchmarks/ is a folder of scripts)
+from bench_training import machine_line, method_optimizer, rss_mib, run_setting  # noqa: E402  (benchmarks/ is a folder of scripts)
 
 STAINS = ["HE", "ER", "PR", "HER2", "KI67"]
 
@@ -82,33 +80,6 @@ def measure(setting: dict, args: argparse.Namespace) -> dict:
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_mib()
     without = step_seconds(0.0, batch, args, device)
     return {**setting, "step_s": step, "no_got_s": without, "got_share": 1 - without / step, "peak_mib": peak}
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def resident_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return next(float(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return 0.0
-
-
-def run_child(args: argparse.Namespace, setting: dict, limit_mib: float) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), *args.passed, "--child", json.dumps(setting)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    while child.poll() is None:
-        if resident_mib(child.pid) > limit_mib:
-            child.kill()
-            child.wait()
-            return {**setting, "error": f"stopped: resident memory passed {limit_mib / 1024:.0f} GB"}
-        time.sleep(0.2)
-    out = child.stdout.read() if child.stdout else ""
-    if child.returncode != 0:
-        return {**setting, "error": f"failed (exit code {child.returncode})"}
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def projected_mib(setting: dict, measured: list[dict]) -> float | None:
@@ -164,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if projection is not None and projection > limit:
             rows.append({**setting, "error": f"not run: projected {projection / 1024:.0f} GB > {args.max_gb:g} GB"})
         else:
-            rows.append(run_child(args, setting, limit))
+            rows.append(run_setting(__file__, args.passed, setting, limit))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     threads = args.threads or torch.get_num_threads()
     print(machine_line(args.device, f"{threads} threads, load {os.getloadavg()[0]:.1f}, precision {args.precision}"))

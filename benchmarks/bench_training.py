@@ -146,6 +146,33 @@ def method_optimizer(model) -> torch.optim.Optimizer:
         setattr(model, "_trainer", None)  # noqa: B010
 
 
+def resident_mib(pid: int) -> float:
+    """A process's resident memory now, MiB (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(float(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def run_setting(script: str, passed: list[str], setting: dict, limit_mib: float, extra: tuple[str, ...] = ()) -> dict:
+    """``script passed... --child <setting> extra...`` in a fresh process (one setting's peak memory is its
+    own), stopped if its resident memory passes ``limit_mib``; the JSON the child printed last, or the
+    setting with an ``error``."""
+    command = [sys.executable, os.path.abspath(script), *passed, "--child", json.dumps(setting), *extra]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    while child.poll() is None:
+        if resident_mib(child.pid) > limit_mib:
+            child.kill()
+            child.wait()
+            return {**setting, "error": f"stopped: resident memory passed {limit_mib / 1024:.0f} GB"}
+        time.sleep(0.2)
+    out = child.stdout.read() if child.stdout else ""
+    if child.returncode != 0:
+        return {**setting, "error": f"failed (exit code {child.returncode})"}
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

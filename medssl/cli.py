@@ -117,11 +117,15 @@ def _run_tile(args: argparse.Namespace) -> int:
 
 def _report(summary, verb: str, detail: str) -> int:
     """Print what a preprocessing run did and where its outputs are; exit status 1 if anything failed."""
+    where = f"cache:    {summary.out / 'cache.zarr'}\nmanifest: {summary.manifest}\nqc:       {summary.out / 'qc'}"
+    return _report_run(summary, verb, f"; {detail}", where)
+
+
+def _report_run(summary, verb: str, detail: str, where: str) -> int:
+    """Print ``<done> <verb>, <skipped> already complete, <failed> failed<detail>``, then ``where`` the
+    outputs are and each failure with its reason; exit status 1 if anything failed."""
     counts = summary.counts()
-    print(
-        f"{counts['done']} {verb}, {counts['skipped']} already complete, {counts['failed']} failed; {detail}\n"
-        f"cache:    {summary.out / 'cache.zarr'}\nmanifest: {summary.manifest}\nqc:       {summary.out / 'qc'}"
-    )
+    print(f"{counts['done']} {verb}, {counts['skipped']} already complete, {counts['failed']} failed{detail}\n{where}")
     for result in summary.failed:
         print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -284,14 +288,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         encoder_name=args.encoder,
         dense=args.dense,
     )
-    counts = summary.counts()
-    print(
-        f"{counts['done']} embedded, {counts['skipped']} already complete, {counts['failed']} failed\n"
-        f"embeddings: {summary.out / 'cache.zarr'}\nencoder:    {summary.encoder}\nmanifest:   {summary.manifest}"
-    )
-    for result in summary.failed:
-        print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    where = f"embeddings: {summary.out / 'cache.zarr'}\nencoder:    {summary.encoder}\nmanifest:   {summary.manifest}"
+    return _report_run(summary, "embedded", "", where)
 
 
 def _add_embed_slides_parser(sub: argparse._SubParsersAction) -> None:
@@ -329,14 +327,8 @@ def _run_embed_slides(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    counts = summary.counts()
-    print(
-        f"{counts['done']} slides embedded ({summary.dim}-d), {counts['skipped']} already complete, "
-        f"{counts['failed']} failed\nslide embeddings: {summary.out / 'cache.zarr'}\nmanifest: {summary.manifest}"
-    )
-    for result in summary.failed:
-        print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    where = f"slide embeddings: {summary.out / 'cache.zarr'}\nmanifest: {summary.manifest}"
+    return _report_run(summary, f"slides embedded ({summary.dim}-d)", "", where)
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -442,18 +434,14 @@ def _run_segment(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    counts = summary.counts()
     dice = ", ".join(f"class {label}: {value:.3f}" for label, value in summary.mean_dice().items())
-    print(
-        f"{counts['done']} predicted, {counts['skipped']} already complete, {counts['failed']} failed\n"
+    where = (
         f"predictions: {summary.out}/<volume_id>.nii.gz (original geometry)\n"
         f"metrics:     {summary.metrics or 'none (the cache has no labels for these volumes)'}"
         + (f" (mean Dice {dice})" if dice else "")
         + f"\nmanifest:    {summary.manifest}"
     )
-    for result in summary.failed:
-        print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return _report_run(summary, "predicted", "", where)
 
 
 def _add_probe_parser(sub: argparse._SubParsersAction) -> None:
