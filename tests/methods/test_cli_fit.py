@@ -11,7 +11,10 @@ import yaml
 from medssl.cli import run_lightning
 from tests.ddp import fit_on_two_cpu_processes
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "pretrain").rglob("*.yaml"))  # configs/mil: the MIL tests
+# configs/mil: the MIL tests; MADELEINE trains on patch features: tests/tasks/test_slide_embeddings.py fits its config
+CONFIGS = sorted(
+    c for c in (Path(__file__).parents[2] / "configs" / "pretrain").rglob("*.yaml") if "Madeleine" not in c.read_text()
+)
 
 
 JOINT_TINY = [

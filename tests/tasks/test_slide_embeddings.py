@@ -3,13 +3,14 @@ slide's patch features into one embedding, resumably; ``medssl probe`` reads the
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from medssl.cache import EmbeddingCache, SlideCache
-from medssl.cli import main
+from medssl.cli import main, run_lightning
 from medssl.data import StainSetDataModule
 from medssl.errors import InputError
 from medssl.methods.madeleine import Madeleine
@@ -20,20 +21,32 @@ from tests.data.test_volumes_and_bags import write_row_features
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore:.*LeafSpec.*")
 
 
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "madeleine.yaml"
+
+
 @pytest.fixture(scope="module")
 def trained(cohort_cache, tmp_path_factory) -> dict:
+    """``medssl fit --config configs/pretrain/madeleine.yaml`` at toy size on the cohort cache's features."""
     folder = tmp_path_factory.mktemp("madeleine")
     write_row_features(cohort_cache, folder / "features", dim=8)
-    data = StainSetDataModule(str(cohort_cache), str(folder / "features"), tokens=6, batch_size=4, num_workers=0)
-    torch.manual_seed(0)
-    model = Madeleine(in_dim=8, hidden_dim=6, heads=2, embed_dim=5, token_dim=4, stains=["HE", "IHC"])
-    trainer = pl.Trainer(
-        max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=folder
+    small = {"in_dim": 8, "hidden_dim": 6, "heads": 2, "embed_dim": 5, "token_dim": 4}
+    cli = run_lightning(
+        [
+            *("fit", "--config", str(CONFIG), "--data.init_args.cache", str(cohort_cache)),
+            *("--data.init_args.features", str(folder / "features"), "--data.init_args.stains", "[HE, IHC]"),
+            *("--data.init_args.tokens", "6", "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"),
+            *(arg for name, value in small.items() for arg in (f"--model.init_args.{name}", str(value))),
+            *("--model.init_args.stains", "[HE, IHC]", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu"),
+            *("--trainer.default_root_dir", str(folder), "--trainer.enable_progress_bar", "false"),
+        ]
     )
-    trainer.fit(model, datamodule=data)
+    data = cli.datamodule
+    assert isinstance(data, StainSetDataModule) and isinstance(cli.model, Madeleine)
     assert data.stains == ["HE", "IHC"] and len(data.datasets["train"]) == 1  # case-1 (case-2 has H&E only)
-    trainer.save_checkpoint(folder / "madeleine.ckpt")
-    return {"checkpoint": folder / "madeleine.ckpt", "features": folder / "features", "folder": folder}
+    assert "train/loss" in cli.trainer.callback_metrics
+    assert any(type(c).__name__ == "RankMeCheckpoint" for c in cli.trainer.callbacks)  # from the config
+    checkpoint = Path(cli.trainer.checkpoint_callback.best_model_path)
+    return {"checkpoint": checkpoint, "features": folder / "features", "folder": folder}
 
 
 def test_embed_slides_pools_every_patch_of_each_he_slide_and_resumes(cohort_cache, trained, capsys):
