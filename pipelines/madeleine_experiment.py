@@ -258,8 +258,6 @@ def run(args: argparse.Namespace) -> dict:
             few_shot_auroc(np.stack([b.mean(0) for b in bags]), labels, cases, "logistic", args.shots, args.folds)
         ]
     }
-    if args.abmil:
-        rows["ABMIL on the k shots"] = [few_shot_auroc(index, labels, cases, abmil_probe(bags), args.shots, args.folds)]
     rows["MADELEINE slide encoder, untrained"] = []
     rows["MADELEINE (multistain pretrained)"] = []
     for seed in args.seeds:
@@ -274,7 +272,16 @@ def run(args: argparse.Namespace) -> dict:
         rows["MADELEINE slide encoder, untrained"].append(
             few_shot_auroc(untrained, labels, cases, "logistic", args.shots, args.folds)
         )
-    results = {"settings": {k: v for k, v in vars(args).items()}, "rows": rows, "table": table(rows, args.shots)}
+        save(out, args, rows)  # after each seed: a stopped run keeps what it measured
+    if args.abmil:
+        rows["ABMIL on the k shots"] = [
+            few_shot_auroc(index, labels, cases, abmil_probe(bags, args.abmil_epochs), args.shots, args.folds)
+        ]
+    return save(out, args, rows)
+
+
+def save(out: Path, args: argparse.Namespace, rows: dict[str, list[dict]]) -> dict:
+    results = {"settings": dict(vars(args)), "rows": rows, "table": table(rows, args.shots)}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
 
