@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 def _fit(cache, out, max_epochs: int, ckpt_path=None) -> tuple[SwAV, pl.Trainer]:
     pl.seed_everything(0)
     model = SwAV(
-        backbone={"name": "resnet18", "in_channels": 3},
+        backbone={"name": "resnet18", "in_channels": 3, "width": 0.25},
         proj_hidden_dim=32,
         proj_dim=16,
         n_prototypes=8,
@@ -47,7 +47,7 @@ def test_resume_equals_uninterrupted(split_cache, tmp_path):
     # and the run was not trivially static: training moved the weights
     pl.seed_everything(0)
     initial = SwAV(
-        backbone={"name": "resnet18", "in_channels": 3},
+        backbone={"name": "resnet18", "in_channels": 3, "width": 0.25},
         proj_hidden_dim=32,
         proj_dim=16,
         n_prototypes=8,
