@@ -185,7 +185,7 @@ def untrained_embeddings(checkpoint: Path, bags: list[np.ndarray], seed: int) ->
         return np.stack([model.slide_embedding(torch.from_numpy(bag)).numpy() for bag in bags])
 
 
-def abmil_probe(bags: list[np.ndarray], epochs: int = 40):
+def abmil_probe(bags: list[np.ndarray], epochs: int = 15):
     """A few-shot "probe" that trains ABMIL on the drawn slides' bags (slide labels only) and scores the
     rest; ``x`` rows carry slide indices (``few_shot_rest`` hands the probe rows of ``x``)."""
     import torch
@@ -293,8 +293,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--he-cue", type=float, default=0.2, help="how much darker H&E nuclei are in positive regions")
     p.add_argument("--size", type=int, default=1536, help="slide width in level-0 pixels (0.5 µm/px; 3:4 aspect)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--tokens", type=int, default=128, help="patch features per slide per step (resampled)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--tokens", type=int, default=64, help="patch features per slide per step (resampled)")
     p.add_argument("--batch-size", type=int, default=40)
     p.add_argument("--width", type=int, default=128, help="the slide encoder's hidden and embedding width (paper: 512)")
     p.add_argument(
@@ -307,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, nargs="+", default=list(SHOTS))
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--no-abmil", dest="abmil", action="store_false", help="skip the ABMIL few-shot baseline")
-    p.add_argument("--abmil-epochs", type=int, default=40, help="ABMIL epochs over the k shots of each fold")
+    p.add_argument("--abmil-epochs", type=int, default=15, help="ABMIL epochs over the k shots of each fold")
     p.add_argument("extra", nargs="*", help="more medssl fit flags for MADELEINE, after --")
     return p
 
