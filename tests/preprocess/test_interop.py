@@ -185,14 +185,18 @@ def test_include_keeps_exactly_the_tiles_inside_the_annotation(slides_dir, tmp_p
     meta = cache.metadata(SLIDE)
     assert meta["annotation"]["polygons"] == 2 and meta["source"]["annotation"]["sha256"]
     assert cache.params["regions"] == {"annotations": {"mode": "include", "classes": ["Tumor"]}}
-    region = np.asarray(cache.group(SLIDE)["annotation_mask"][:])
-    assert region.sum() == len(tumour_cells()) * 64  # 8 × 8 mask px per cell
+    region = cache.annotation_mask(SLIDE)
+    assert region is not None and region.sum() == len(tumour_cells()) * 64  # 8 × 8 mask px per cell
     assert (out / "qc" / f"{SLIDE}.png").is_file()
 
 
 def test_exclude_keeps_the_complement_and_the_hole(slides_dir, tmp_path, plain_cells):
-    out, summary = annotated(slides_dir, tmp_path, "exclude", tumour_geojson())
-    assert not summary.failed
+    (tmp_path / "qupath").mkdir()
+    (tmp_path / "qupath" / f"{SLIDE}.geojson").write_text(json.dumps(tumour_geojson()))
+    out = tmp_path / "c"
+    flags = ["--mpp", "1", "--tile-size", "64", "--annotation-mode", "exclude", "--annotation-class", "Tumor"]
+    assert cli(["tile", str(slides_dir / f"{SLIDE}.tiff"), "--out", str(out), "--quiet", *flags,
+                "--annotations", str(tmp_path / "qupath")]) == 0  # fmt: skip
     assert cells(out) == plain_cells - tumour_cells()
     assert (4, 5) in cells(out)
 
