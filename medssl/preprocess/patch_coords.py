@@ -123,6 +123,8 @@ def stated_footprints(
             found.append((text, size * ratio, 1.0))
         if "patch_level" in attrs:
             level = attrs["patch_level"]
+            if isinstance(level, float) and level.is_integer():  # some writers store it as a float
+                level = int(level)
             if not isinstance(level, int) or not 0 <= level < level_count:
                 raise SlideError(f"{where}: patch_level {level!r} is not a level of this slide (0..{level_count - 1})")
             factor = level_downsample(level) * float(attrs.get("custom_downsample", 1) or 1)
