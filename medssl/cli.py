@@ -7,6 +7,7 @@
 ``medssl embed``          a trained encoder over a cache → Zarr embeddings aligned with tiles/slices
 ``medssl embed-slides``   a MADELEINE slide encoder over patch features → one embedding per slide
 ``medssl export``         a checkpoint's encoder → a weights file (MONAI) or a torch.export program
+``medssl export-h5``      a tile cache's coordinates (or its embeddings) → CLAM/TRIDENT-style HDF5 per slide
 ``medssl segment``        a segmentation checkpoint over a volume cache → NIfTI predictions in the original geometry
 ``medssl probe``          linear/kNN probes and few-shot on embeddings (results.json, few_shot.csv)
 
@@ -69,12 +70,17 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--codec", default="raw", choices=("raw", "zstd", "lz4", "jpeg"), help="tile pixel codec")
     s.add_argument("--jpeg-quality", type=int, default=90)
     s.add_argument("--chunk-tiles", type=int, default=32, help="tiles per chunk (per shard with jpeg)")
+    g = p.add_argument_group("placement (docs/interop.md)")
+    g.add_argument("--coords", help="folder of CLAM/TRIDENT <slide_id>.h5: tile exactly those coordinates")
+    g.add_argument("--annotations", help="folder of QuPath GeoJSON <slide_id>.geojson (or a CSV 'annotation' column)")
+    g.add_argument("--annotation-mode", default="include", choices=("include", "exclude"))
+    g.add_argument("--annotation-class", action="append", help="only annotations of this class (repeatable)")
     p.set_defaults(func=_run_tile)
 
 
 def _run_tile(args: argparse.Namespace) -> int:
     from medssl.jobs import parse_shard
-    from medssl.preprocess import StorageParams, TilingParams, TissueParams, tile_slides
+    from medssl.preprocess import RegionParams, StorageParams, TilingParams, TissueParams, tile_slides
     from medssl.preprocess.slides import magnification_to_mpp
 
     target = magnification_to_mpp(args.magnification) if args.magnification else (args.mpp or 0.5)
@@ -98,6 +104,12 @@ def _run_tile(args: argparse.Namespace) -> int:
             ),
         )
         storage = StorageParams(codec=args.codec, jpeg_quality=args.jpeg_quality, chunk_tiles=args.chunk_tiles)
+        regions = RegionParams(
+            coords_dir=args.coords,
+            annotations_dir=args.annotations,
+            annotation_mode=args.annotation_mode,
+            annotation_classes=tuple(args.annotation_class or ()),
+        )
     except ValueError as exc:
         raise MedsslError(f"medssl tile: {exc}") from None
     summary = tile_slides(
@@ -111,6 +123,7 @@ def _run_tile(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard),
         overwrite=args.overwrite,
         progress=not args.quiet,
+        regions=regions,
     )
     return _report(summary, "tiled", f"{summary.tiles} tiles at {target:g} µm/px")
 
@@ -358,6 +371,38 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_h5_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-h5",
+        help="write a tile cache's coordinates (or embeddings) as CLAM/TRIDENT-style HDF5",
+        description="One HDF5 file per slide for CLAM/TRIDENT-style pipelines: OUT/<slide_id>.h5 with the tiles' "
+        "level-0 coords, or with --embeddings OUT/h5_files/<slide_id>.h5 with features and coords (and "
+        "OUT/pt_files/<slide_id>.pt with --pt); plus OUT/slides.csv. Mapping of attributes: docs/interop.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("cache", help="tile cache folder (medssl tile --out)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--embeddings", help="embedding folder made from this cache (medssl embed --out)")
+    p.add_argument(
+        "--style",
+        default="trident",
+        choices=("trident", "clam"),
+        help="trident: patch_size at the target MPP; clam: patch_size in level-0 pixels at patch_level 0",
+    )
+    p.add_argument("--pt", action="store_true", help="with --embeddings: also CLAM's pt_files/<slide_id>.pt")
+    p.add_argument("--slides", nargs="+", help="only these slide ids")
+    p.set_defaults(func=_run_export_h5)
+
+
+def _run_export_h5(args: argparse.Namespace) -> int:
+    from medssl.export.h5 import export_h5
+
+    result = export_h5(args.cache, args.out, args.embeddings, style=args.style, pt=args.pt, slide_ids=args.slides)
+    what = "features" if args.embeddings else "coordinates"
+    print(f"{len(result.files)} {what} files ({args.style} style) in {result.out}\nslides: {result.slides_csv}")
+    return 0
+
+
 def _add_heatmap_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
         sub,
@@ -520,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed_parser(sub)
     _add_embed_slides_parser(sub)
     _add_export_parser(sub)
+    _add_export_h5_parser(sub)
     _add_heatmap_parser(sub)
     _add_segment_parser(sub)
     _add_probe_parser(sub)

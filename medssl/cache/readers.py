@@ -123,6 +123,11 @@ class SlideCache(CacheReader):
     def tissue_mask(self, slide_id: str) -> np.ndarray:
         return np.asarray(_child_array(self.group(slide_id), "tissue_mask")[:])
 
+    def annotation_mask(self, slide_id: str) -> np.ndarray | None:
+        """The rasterised annotations of a slide tiled with ``--annotations`` (thumbnail grid), else None."""
+        group = self.group(slide_id)
+        return np.asarray(_child_array(group, "annotation_mask")[:]) if "annotation_mask" in group else None
+
     def num_tiles(self, slide_id: str) -> int:
         return int(self.tiles(slide_id).shape[0])
 

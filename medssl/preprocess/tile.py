@@ -42,12 +42,13 @@ from medssl.jobs import (
     run_jobs,
     select_shard,
 )
+from medssl.preprocess.regions import ANNOTATION_COLUMN, RegionParams
 from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide
 from medssl.preprocess.tiling import Thumbnail, TileGrid, TilingParams, iter_tile_blocks, make_thumbnail, plan_grid
 from medssl.viz.qc import save_png_atomically, tile_overlay
 
 KIND = "slides"
-CSV_EXTRA_COLUMNS = ("label", "stain", "mpp", "split", "case_id")
+CSV_EXTRA_COLUMNS = ("label", "stain", "mpp", "split", "case_id", ANNOTATION_COLUMN)
 CODECS = ("raw", "zstd", "lz4", "jpeg")
 #: A target finer than level 0 by more than this fraction would invent detail; it is refused.
 MAX_UPSAMPLE = 0.05
@@ -97,9 +98,9 @@ class TileSummary(RunSummary):
         return sum(r.count for r in self.results if r.status in (DONE, SKIPPED))
 
 
-def cache_params(params: TilingParams, storage: StorageParams) -> dict:
+def cache_params(params: TilingParams, storage: StorageParams, regions: RegionParams = RegionParams()) -> dict:
     """The parameters that decide a cache's content; a re-run must match them to resume."""
-    return {"tiling": params.as_dict(), "storage": asdict(storage)}
+    return {"tiling": params.as_dict(), "storage": asdict(storage), **regions.recorded()}
 
 
 def tile_slides(
@@ -113,15 +114,19 @@ def tile_slides(
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
     progress: bool = True,
+    regions: RegionParams = RegionParams(),
 ) -> TileSummary:
-    """Tile every slide in ``inputs`` into the cache folder ``out``; see the module docstring."""
+    """Tile every slide in ``inputs`` into the cache folder ``out``; see the module docstring.
+    ``regions``: tiles at imported coordinates or restricted by annotations (docs/interop.md)."""
     out = Path(out)
-    jobs = select_shard(collect_jobs(inputs, SLIDE_SUFFIXES, "slide_id", "path", CSV_EXTRA_COLUMNS), shard)
+    everything = collect_jobs(inputs, SLIDE_SUFFIXES, "slide_id", "path", CSV_EXTRA_COLUMNS, (ANNOTATION_COLUMN,))
+    regions = regions.for_jobs(everything)  # before sharding, so every shard records the same params
+    jobs = select_shard(everything, shard)
     for job in jobs:
         cache_mod.check_item_id(job.item_id, str(job.path))
-    cache_mod.open_for_writing(out, KIND, cache_params(params, storage), overwrite=overwrite)
+    cache_mod.open_for_writing(out, KIND, cache_params(params, storage, regions), overwrite=overwrite)
     manifest = manifest_path(out, shard)
-    worker = SlideTiler(out, params, storage, assume_mpp, threads)
+    worker = SlideTiler(out, params, storage, assume_mpp, threads, regions)
     results = run_jobs(
         jobs,
         worker,
@@ -151,9 +156,16 @@ class SlideTiler(CacheItemWorker):
     kind = KIND
 
     def __init__(
-        self, out: Path, params: TilingParams, storage: StorageParams, assume_mpp: float | None, threads: int = 1
+        self,
+        out: Path,
+        params: TilingParams,
+        storage: StorageParams,
+        assume_mpp: float | None,
+        threads: int = 1,
+        regions: RegionParams = RegionParams(),
     ):
         self.out = Path(out)
+        self.regions = regions
         self.threads = threads
         self.params = params
         self.storage = storage
@@ -165,7 +177,7 @@ class SlideTiler(CacheItemWorker):
     def source(self, job: Job) -> dict:
         if not job.path.exists():
             raise SlideError(f"{job.path}: file not found")
-        return SourceFingerprint.of(job.path).as_dict()
+        return {**SourceFingerprint.of(job.path).as_dict(), **self.regions.fingerprint(job)}
 
     def skipped_count(self, previous: dict, source: dict) -> int:
         return previous["num_tiles"]
@@ -192,22 +204,15 @@ class SlideTiler(CacheItemWorker):
                 f"({slide.mpp:.4g} µm/px); choose a coarser --mpp"
             )
         thumb = make_thumbnail(slide, p.tissue)
-        if not thumb.mask.any():
-            raise SlideError(
-                f"{job.path}: no tissue found (saturation threshold {thumb.threshold:.1f}); "
-                "lower --min-saturation if this slide is faintly stained"
-            )
-        grid = plan_grid(slide, thumb, p)
-        if grid.shape[0] == 0 or grid.shape[1] == 0:
-            raise SlideError(f"{job.path}: slide is smaller than one {p.tile_size}px tile at {p.target_mpp} µm/px")
-        if len(grid) == 0:
-            raise SlideError(
-                f"{job.path}: tissue found but no tile has tissue fraction >= {p.min_tissue}; lower --min-tissue"
-            )
+        placed = self.regions.place(job, slide, thumb, p)  # --coords: every tile given, none dropped
+        if placed is not None:
+            grid, region_attrs = placed
+        else:
+            grid, region_attrs, thumb = self._plan_on_tissue(slide, job, thumb)
         level = slide.level_for(p.target_mpp)
         attrs = {
             "slide_id": job.item_id,
-            "source": SourceFingerprint.of(job.path).as_dict(),
+            "source": self.source(job),
             "vendor": slide.vendor,
             "reader": slide.reader,
             "mpp": slide.mpp,
@@ -227,9 +232,28 @@ class SlideTiler(CacheItemWorker):
             "thumbnail_mpp": thumb.mpp,
             "tissue_threshold": thumb.threshold,
             "tissue_fraction_slide": float(thumb.mask.mean()),
+            **region_attrs,
             **{k: job.fields[k] for k in ("label", "stain", "split", "case_id") if k in job.fields},
         }
         return attrs, thumb, grid
+
+    def _plan_on_tissue(self, slide: Slide, job: Job, thumb: Thumbnail) -> tuple[TileGrid, dict, Thumbnail]:
+        """The grid of tiles with enough tissue (inside or outside the annotations, if any)."""
+        p = self.params
+        if not thumb.mask.any():
+            raise SlideError(
+                f"{job.path}: no tissue found (saturation threshold {thumb.threshold:.1f}); "
+                "lower --min-saturation if this slide is faintly stained"
+            )
+        thumb, region_attrs = self.regions.restrict(job, slide, thumb)
+        grid = plan_grid(slide, thumb, p)
+        if grid.shape[0] == 0 or grid.shape[1] == 0:
+            raise SlideError(f"{job.path}: slide is smaller than one {p.tile_size}px tile at {p.target_mpp} µm/px")
+        if len(grid) == 0:
+            raise SlideError(
+                f"{job.path}: tissue found but no tile has tissue fraction >= {p.min_tissue}; lower --min-tissue"
+            )
+        return grid, region_attrs, thumb
 
     def _write(self, group, slide: Slide, job: Job, thumb: Thumbnail, grid: TileGrid, attrs: dict, progress) -> None:
         p = self.params
@@ -238,6 +262,8 @@ class SlideTiler(CacheItemWorker):
         group.create_array("tissue", data=grid.tissue)
         group.create_array("thumbnail", data=thumb.rgb, chunks=(*thumb.rgb.shape[:2], 3))
         group.create_array("tissue_mask", data=thumb.mask, chunks=thumb.mask.shape)
+        if thumb.region is not None:
+            group.create_array("annotation_mask", data=thumb.region, chunks=thumb.region.shape)
         tiles = group.create_array(
             "tiles",
             shape=(len(grid), p.tile_size, p.tile_size, 3),
@@ -247,7 +273,8 @@ class SlideTiler(CacheItemWorker):
         blocks = iter_tile_blocks(slide, grid, p, attrs["read_level"], self.threads)
         _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
         boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
-        save_png_atomically(tile_overlay(thumb.rgb, thumb.mask, boxes), self.out / "qc" / f"{job.item_id}.png")
+        picture = tile_overlay(thumb.rgb, thumb.mask, boxes, region=thumb.region)
+        save_png_atomically(picture, self.out / "qc" / f"{job.item_id}.png")
 
 
 def _parse_mpp(job: Job) -> float | None:

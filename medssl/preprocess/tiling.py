@@ -60,6 +60,7 @@ class Thumbnail:
     mask: np.ndarray
     mpp: float
     threshold: float
+    region: np.ndarray | None = None  #: annotated region the mask was restricted by (``--annotations``)
 
 
 @dataclass
@@ -75,6 +76,10 @@ class TileGrid:
 
     def __len__(self) -> int:
         return len(self.grid)
+
+    def read(self, slide: Slide, params: TilingParams, level: int, block: slice) -> np.ndarray:
+        """Pixels of the tiles ``self[block]`` (:func:`read_block`); grids placed otherwise override it."""
+        return read_block(slide, self, params, level, block)
 
 
 def make_thumbnail(slide: Slide, tissue: TissueParams, block_px: int = 4096) -> Thumbnail:
@@ -145,12 +150,12 @@ def iter_tile_blocks(
     """
     if threads <= 1:
         for block in grid.blocks:
-            yield read_block(slide, grid, params, level, block)
+            yield grid.read(slide, params, level, block)
         return
     with ThreadPoolExecutor(threads, thread_name_prefix="medssl-read") as pool:
         pending: deque = deque()
         for block in grid.blocks:
-            pending.append(pool.submit(read_block, slide, grid, params, level, block))
+            pending.append(pool.submit(grid.read, slide, params, level, block))
             if len(pending) > threads:
                 yield pending.popleft().result()
         while pending:

@@ -18,8 +18,10 @@ def tile_overlay(
     mask: np.ndarray,
     boxes: np.ndarray,
     longest_side: int = 1600,
+    region: np.ndarray | None = None,
 ) -> Image.Image:
-    """The thumbnail with the tissue outline in green and every kept tile as a blue box.
+    """The thumbnail with the tissue outline in green, the outline of an annotated ``region`` (a mask
+    like ``mask``) in orange, and every kept tile as a blue box.
 
     ``boxes`` is ``[N, 4]`` (x0, y0, x1, y1) in thumbnail pixels. The picture is scaled so its
     longest side is ``longest_side`` pixels (small thumbnails are enlarged so boxes stay visible).
@@ -29,9 +31,12 @@ def tile_overlay(
     size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
     image = Image.fromarray(thumbnail).resize(size, Image.Resampling.BILINEAR)
     # cast: SciPy ships no type hints, and pyright's inference from its source gives float arrays
-    edge = mask & ~cast(np.ndarray, ndimage.binary_erosion(mask, border_value=0))
-    edge_img = Image.fromarray((edge * 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
-    image.paste((0, 170, 0), mask=edge_img)
+    for outlined, colour in ((mask, (0, 170, 0)), (region, (245, 130, 0))):
+        if outlined is None:
+            continue
+        edge = outlined & ~cast(np.ndarray, ndimage.binary_erosion(outlined, border_value=0))
+        edge_img = Image.fromarray((edge * 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
+        image.paste(colour, mask=edge_img)
     draw = ImageDraw.Draw(image)
     for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64) * zoom:
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(30, 60, 220), width=1)
