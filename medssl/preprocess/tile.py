@@ -34,15 +34,16 @@ from medssl.jobs import (
     SKIPPED,
     CacheItemWorker,
     Job,
+    Result,
     RunSummary,
-    SourceFingerprint,
     Written,
     collect_jobs,
     manifest_path,
     run_jobs,
     select_shard,
 )
-from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide
+from medssl.preprocess.dicom_wsi import canonical_slide_path, not_a_slide
+from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide, slide_item_id, slide_source
 from medssl.preprocess.tiling import Thumbnail, TileGrid, TilingParams, iter_tile_blocks, make_thumbnail, plan_grid
 from medssl.viz.qc import save_png_atomically, tile_overlay
 
@@ -116,7 +117,16 @@ def tile_slides(
 ) -> TileSummary:
     """Tile every slide in ``inputs`` into the cache folder ``out``; see the module docstring."""
     out = Path(out)
-    jobs = select_shard(collect_jobs(inputs, SLIDE_SUFFIXES, "slide_id", "path", CSV_EXTRA_COLUMNS), shard)
+    found = collect_jobs(
+        inputs,
+        SLIDE_SUFFIXES,
+        "slide_id",
+        "path",
+        CSV_EXTRA_COLUMNS,
+        item_id=slide_item_id,
+        canonical=canonical_slide_path,  # a DICOM series is one slide
+    )
+    jobs = select_shard(found, shard)
     for job in jobs:
         cache_mod.check_item_id(job.item_id, str(job.path))
     cache_mod.open_for_writing(out, KIND, cache_params(params, storage), overwrite=overwrite)
@@ -159,13 +169,19 @@ class SlideTiler(CacheItemWorker):
         self.storage = storage
         self.assume_mpp = assume_mpp
 
+    def __call__(self, job: Job, progress: Callable[[int], None]) -> Result:
+        reason = not_a_slide(job.path)  # e.g. a CT image or a report among a slide's DICOM files
+        if reason:
+            return Result(job.item_id, str(job.path), SKIPPED, f"{job.path}: {reason}")
+        return super().__call__(job, progress)
+
     def manifest_extra(self, job: Job) -> dict:
         return {k: job.fields[k] for k in ("label", "stain") if k in job.fields}
 
     def source(self, job: Job) -> dict:
         if not job.path.exists():
             raise SlideError(f"{job.path}: file not found")
-        return SourceFingerprint.of(job.path).as_dict()
+        return slide_source(job.path)
 
     def skipped_count(self, previous: dict, source: dict) -> int:
         return previous["num_tiles"]
@@ -175,7 +191,7 @@ class SlideTiler(CacheItemWorker):
         """The slide opened and planned (thumbnail, tissue, grid); it stays open until committed."""
         mpp_override = _parse_mpp(job)
         with Slide(job.path, mpp_override=mpp_override, fallback_mpp=self.assume_mpp) as slide:
-            yield _PlannedSlide(slide, *self._plan(slide, job))
+            yield _PlannedSlide(slide, *self._plan(slide, job, source))
 
     def write(self, group, job: Job, planned: _PlannedSlide, progress: Callable[[int], None]) -> Written:
         slide, attrs, grid = planned.slide, planned.attrs, planned.grid
@@ -184,7 +200,7 @@ class SlideTiler(CacheItemWorker):
         return Written(attrs, len(grid), extra)
 
     # -- steps --------------------------------------------------------------------------------
-    def _plan(self, slide: Slide, job: Job) -> tuple[dict, Thumbnail, TileGrid]:
+    def _plan(self, slide: Slide, job: Job, source: dict) -> tuple[dict, Thumbnail, TileGrid]:
         p = self.params
         if p.target_mpp < slide.mpp * (1 - MAX_UPSAMPLE):
             raise SlideError(
@@ -207,7 +223,7 @@ class SlideTiler(CacheItemWorker):
         level = slide.level_for(p.target_mpp)
         attrs = {
             "slide_id": job.item_id,
-            "source": SourceFingerprint.of(job.path).as_dict(),
+            "source": source,
             "vendor": slide.vendor,
             "reader": slide.reader,
             "mpp": slide.mpp,
