@@ -243,6 +243,7 @@ class SlideTiler(CacheItemWorker):
             "thumbnail_mpp": thumb.mpp,
             "tissue_threshold": thumb.threshold,
             "tissue_fraction_slide": float(thumb.mask.mean()),
+            "pen_fraction": thumb.pen_fraction,
             **{k: job.fields[k] for k in ("label", "stain", "split", "case_id") if k in job.fields},
         }
         return attrs, thumb, grid
@@ -254,6 +255,8 @@ class SlideTiler(CacheItemWorker):
         group.create_array("tissue", data=grid.tissue)
         group.create_array("thumbnail", data=thumb.rgb, chunks=(*thumb.rgb.shape[:2], 3))
         group.create_array("tissue_mask", data=thumb.mask, chunks=thumb.mask.shape)
+        if thumb.ink is not None:
+            group.create_array("pen_mask", data=thumb.ink, chunks=thumb.ink.shape)
         tiles = group.create_array(
             "tiles",
             shape=(len(grid), p.tile_size, p.tile_size, 3),
@@ -263,7 +266,8 @@ class SlideTiler(CacheItemWorker):
         blocks = iter_tile_blocks(slide, grid, p, attrs["read_level"], self.threads)
         _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
         boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
-        save_png_atomically(tile_overlay(thumb.rgb, thumb.mask, boxes), self.out / "qc" / f"{job.item_id}.png")
+        picture = tile_overlay(thumb.rgb, thumb.mask, boxes, ink=thumb.ink)
+        save_png_atomically(picture, self.out / "qc" / f"{job.item_id}.png")
 
 
 def _parse_mpp(job: Job) -> float | None:

@@ -18,6 +18,7 @@ from medssl.preprocess.slides import Slide
 from medssl.synthetic.slides import Ellipse, SlideLayout, write_slide
 
 SMALL = SlideLayout(width=2048, height=1536, tissue=[Ellipse(1024, 768, 700, 550)])
+TINY = SlideLayout(width=1024, height=768, tissue=[Ellipse(512, 384, 380, 300)])
 
 
 def rows(manifest: Path) -> dict[str, dict]:
@@ -88,7 +89,7 @@ def write_tiff_with_resolution(path: Path, layout: SlideLayout, resolution: floa
     "resolution, unit, shown", [(72.0, "INCH", "72 dpi"), (300.0, "INCH", "300 dpi"), (1.0, "CENTIMETER", "1 px/cm")]
 )
 def test_placeholder_tiff_resolution_counts_as_no_mpp(tmp_path, resolution, unit, shown):
-    path = write_tiff_with_resolution(tmp_path / "screen.tiff", SMALL, resolution, unit)
+    path = write_tiff_with_resolution(tmp_path / "screen.tiff", TINY, resolution, unit)
     with pytest.raises(SlideError) as info:
         Slide(path)
     assert str(info.value) == (
@@ -100,13 +101,13 @@ def test_placeholder_tiff_resolution_counts_as_no_mpp(tmp_path, resolution, unit
 
 
 def test_unitless_tiff_resolution_is_no_mpp(tmp_path):
-    path = write_tiff_with_resolution(tmp_path / "unitless.tiff", SMALL, 1.0, "NONE")
+    path = write_tiff_with_resolution(tmp_path / "unitless.tiff", TINY, 1.0, "NONE")
     with pytest.raises(SlideError, match=r"no MPP in the slide metadata \(the TIFF resolution 1 has no unit\)"):
         Slide(path)
 
 
 def test_72_dpi_tiff_is_refused_by_tile_then_tiled_with_assume_mpp(tmp_path):
-    path = write_tiff_with_resolution(tmp_path / "dpi72.tiff", SMALL, 72.0, "INCH")
+    path = write_tiff_with_resolution(tmp_path / "dpi72.tiff", TINY, 72.0, "INCH")
     args = ["tile", str(path), "--mpp", "2", "--tile-size", "32", "--quiet"]
     assert cli([*args, "--out", str(tmp_path / "a")]) == 1
     reason = rows(tmp_path / "a" / "manifest.csv")["dpi72"]["reason"]
