@@ -43,7 +43,8 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
         "tile",
         "tile whole-slide images into a Zarr cache",
         "Tile slides (files, folders, globs or a CSV manifest with slide_id,path[,label,stain,mpp]) "
-        "into one resumable Zarr cache at a target physical resolution.",
+        "into one resumable Zarr cache at a target physical resolution. A folder of DICOM instances is one "
+        "slide per Series Instance UID.",
         "slide files, folders, glob patterns or CSV manifests",
     )
     running.add_argument("--threads", type=int, default=2, help="read/decode threads per slide")
@@ -56,8 +57,10 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
     step.add_argument("--stride", type=int, help="distance between tile origins, target px")
     p.add_argument("--min-tissue", type=float, default=0.5, help="keep tiles with at least this tissue fraction")
     p.add_argument("--resample", default="box", help="resize filter: box (area), nearest, bilinear, bicubic, lanczos")
-    p.add_argument("--assume-mpp", type=float, help="MPP for slides whose metadata has none")
-    t = p.add_argument_group("tissue detection (HSV saturation on a thumbnail)")
+    p.add_argument(
+        "--assume-mpp", type=float, help="MPP for slides whose metadata has none (or a placeholder such as 72 dpi)"
+    )
+    t = p.add_argument_group("tissue detection (HSV saturation on a thumbnail; marker ink is not tissue)")
     t.add_argument("--mask-mpp", type=float, default=8.0, help="thumbnail resolution for the mask, µm/px")
     t.add_argument("--saturation-threshold", type=float, help="fixed threshold 0..255 instead of Otsu")
     t.add_argument("--min-saturation", type=float, default=15.0, help="floor under Otsu's threshold, 0..255")
@@ -66,6 +69,17 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--close", type=int, default=4, help="closing radius, mask px (0 = off)")
     t.add_argument("--no-fill-holes", action="store_true", help="keep holes inside tissue as background")
     t.add_argument("--min-area", type=float, default=20000.0, help="drop tissue pieces smaller than this, µm²")
+    t.add_argument(
+        "--pen-ink",
+        default="green,blue,black",
+        help="marker ink colours excluded from tissue (green, blue, black, red), comma-separated; "
+        "'off' keeps ink as tissue (for trichrome and other stains with green/blue dyes)",
+    )
+    t.add_argument(
+        "--pen-min-saturation", type=float, default=100.0, help="coloured ink: HSV saturation ≥ this, 0..255"
+    )
+    t.add_argument("--pen-black-value", type=float, default=50.0, help="black ink: brightest channel ≤ this, 0..255")
+    t.add_argument("--pen-grow", type=int, default=2, help="grow the ink mask by this radius, mask px")
     s = p.add_argument_group("storage")
     s.add_argument("--codec", default="raw", choices=("raw", "zstd", "lz4", "jpeg"), help="tile pixel codec")
     s.add_argument("--jpeg-quality", type=int, default=90)
@@ -101,6 +115,10 @@ def _run_tile(args: argparse.Namespace) -> int:
                 close_px=args.close,
                 fill_holes=not args.no_fill_holes,
                 min_area_um2=args.min_area,
+                pen_ink=_pen_colours(args.pen_ink),
+                pen_min_saturation=args.pen_min_saturation,
+                pen_black_max_value=args.pen_black_value,
+                pen_grow_px=args.pen_grow,
             ),
         )
         storage = StorageParams(codec=args.codec, jpeg_quality=args.jpeg_quality, chunk_tiles=args.chunk_tiles)
@@ -126,6 +144,12 @@ def _run_tile(args: argparse.Namespace) -> int:
         regions=regions,
     )
     return _report(summary, "tiled", f"{summary.tiles} tiles at {target:g} µm/px")
+
+
+def _pen_colours(text: str) -> tuple[str, ...]:
+    """'green, blue' -> ('green', 'blue'); 'off' (or 'none', '') -> ()."""
+    colours = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    return () if colours in ((), ("off",), ("none",)) else colours
 
 
 def _report(summary, verb: str, detail: str) -> int:

@@ -116,6 +116,7 @@ def collect_jobs(
     path_columns: Sequence[str] = (),
     find: Callable[[Path], list[Path]] | None = None,
     item_id: Callable[[Path], str] | None = None,
+    canonical: Callable[[Path], Path] | None = None,
 ) -> list[Job]:
     """Jobs from files, folders, glob patterns and CSV manifests.
 
@@ -123,10 +124,13 @@ def collect_jobs(
     that does not exist still becomes a job, so its failure is reported in the manifest with the
     others. IDs come from ``item_id`` (default: the file name without its suffixes) unless a CSV gives
     them; duplicates are refused. CSV columns in ``path_columns`` are paths relative to the CSV.
+    ``canonical`` maps a found or given file to the file that stands for its item (e.g. any instance of a
+    DICOM series to one chosen instance), so the files of one item become one job.
     """
     suffixes = tuple(s.lower() for s in suffixes)
     find = find or (lambda folder: files_with_suffixes(folder, suffixes))
     item_id = item_id or (lambda p: strip_suffixes(p, suffixes))
+    canonical = canonical or (lambda p: p)
     jobs: list[Job] = []
     for raw in inputs:
         text = str(raw)
@@ -137,13 +141,14 @@ def collect_jobs(
             found = find(path)
             if not found:
                 raise InputError(f"{path}: folder holds no inputs (looked for {', '.join(suffixes)})")
-            jobs.extend(Job(item_id(p), p) for p in found)
+            jobs.extend(Job(item_id(c), c) for c in map(canonical, found))
         elif any(ch in text for ch in "*?["):
             found = sorted(Path(p) for p in glob.glob(text, recursive=True))
             if not found:
                 raise InputError(f"{text}: glob pattern matches no file")
-            jobs.extend(Job(item_id(p), p) for p in found)
+            jobs.extend(Job(item_id(c), c) for c in map(canonical, found))
         else:
+            path = canonical(path)
             jobs.append(Job(item_id(path), path))
     _refuse_duplicates(jobs)
     return jobs

@@ -128,6 +128,14 @@ class SlideCache(CacheReader):
         group = self.group(slide_id)
         return np.asarray(_child_array(group, "annotation_mask")[:]) if "annotation_mask" in group else None
 
+    def pen_mask(self, slide_id: str) -> np.ndarray:
+        """Marker ink found on the thumbnail (excluded from the tissue mask); all False for slides tiled
+        before ink detection existed."""
+        group = self.group(slide_id)
+        if "pen_mask" not in group:
+            return np.zeros_like(self.tissue_mask(slide_id))
+        return np.asarray(_child_array(group, "pen_mask")[:])
+
     def num_tiles(self, slide_id: str) -> int:
         return int(self.tiles(slide_id).shape[0])
 

@@ -9,7 +9,8 @@ Layout of one cache folder (``medssl tile --out DIR``)::
             grid       int32 [N, 2]           (column, row) in the target-resolution tile grid
             tissue     float32 [N]            tissue fraction of each tile
             thumbnail  uint8 [h, w, 3]        whole slide at attrs.thumbnail_mpp
-            tissue_mask bool [h, w]           tissue mask on the thumbnail
+            tissue_mask bool [h, w]           tissue mask on the thumbnail (marker ink excluded)
+            pen_mask   bool [h, w]            marker ink on the thumbnail
         staging/<id>/               work in progress; never read, wiped on resume
     DIR/manifest.csv                one row per input of the last run (status, reason, tiles, seconds)
     DIR/qc/<slide_id>.png           kept tiles drawn over the thumbnail

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import openslide
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from medssl.errors import SlideError
+from medssl.jobs import SourceFingerprint, strip_suffixes
+from medssl.preprocess.dicom_wsi import series_fingerprint, series_of, series_slide_id
+from medssl.preprocess.slide_files import one_line, open_slide_file
 from medssl.preprocess.tiff_direct import DIRECT_VENDORS, DirectTiff
 
 #: File name suffixes treated as slides when a folder is given.
@@ -34,8 +37,12 @@ SLIDE_SUFFIXES = (
     ".dcm",
 )
 
-#: Level-0 MPP below this or above this is treated as corrupt metadata rather than trusted.
+#: An MPP given by the user (CSV column, --assume-mpp) must lie in this range.
 _PLAUSIBLE_MPP = (0.01, 100.0)
+#: A level-0 MPP in the metadata outside this range is no scanner's: a placeholder (72 dpi = 352.8 µm/px,
+#: 300 dpi = 84.7, 1200 dpi = 21.2, 1 px/cm = 10,000) or corrupt, so it counts as no MPP at all. A 1.25×
+#: objective scans at about 8 µm/px; nothing at level 0 is coarser than 20.
+_SCANNER_MPP = (0.01, 20.0)
 
 RESAMPLE_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -78,12 +85,7 @@ class Slide:
             raise SlideError(f"{self.path}: file not found")
         if self.path.is_dir() and self.path.suffix.lower() != ".mrxs":
             raise SlideError(f"{self.path}: is a folder, not a slide file")
-        try:
-            self._osr = openslide.open_slide(str(self.path))
-        except (openslide.OpenSlideUnsupportedFormatError, UnidentifiedImageError):
-            raise SlideError(f"{self.path}: not a slide format OpenSlide can read (nor a plain image)") from None
-        except (openslide.OpenSlideError, OSError, ValueError) as exc:
-            raise SlideError(f"{self.path}: unreadable slide ({_one_line(exc)})") from None
+        self._osr = open_slide_file(self.path)
         try:
             self.vendor = self._osr.properties.get("openslide.vendor", "image")
             self._probe()
@@ -102,7 +104,7 @@ class Slide:
                 self._osr.read_region((int((w - 1) * dx), int((h - 1) * dy)), level, (1, 1))
             except (openslide.OpenSlideError, OSError) as exc:  # OSError: PIL, for plain images
                 raise SlideError(
-                    f"{self.path}: unreadable or truncated (level {level} cannot be read: {_one_line(exc)})"
+                    f"{self.path}: unreadable or truncated (level {level} cannot be read: {one_line(exc)})"
                 ) from None
 
     # -- metadata -----------------------------------------------------------------------------
@@ -114,14 +116,12 @@ class Slide:
             mpp_x = float(props[openslide.PROPERTY_NAME_MPP_X])
             mpp_y = float(props[openslide.PROPERTY_NAME_MPP_Y])
         except (KeyError, ValueError):
+            mpp_x = mpp_y = math.nan
+        why_not = _untrusted_mpp(props, mpp_x, mpp_y)
+        if why_not:  # placeholder, corrupt or absent: what --assume-mpp is for
             if fallback is not None:
                 return self._plausible(fallback, "assumed"), "assumed"
-            raise SlideError(
-                f"{self.path}: no MPP in the slide metadata; give one with --assume-mpp "
-                "or an 'mpp' column in the CSV manifest"
-            ) from None
-        if not all(_PLAUSIBLE_MPP[0] <= m <= _PLAUSIBLE_MPP[1] for m in (mpp_x, mpp_y)):
-            raise SlideError(f"{self.path}: implausible MPP in metadata ({mpp_x}, {mpp_y})")
+            raise SlideError(f"{self.path}: {why_not}; give --assume-mpp or an mpp column in the CSV manifest")
         if abs(mpp_x - mpp_y) > 0.01 * max(mpp_x, mpp_y):
             raise SlideError(f"{self.path}: non-square pixels (mpp-x {mpp_x}, mpp-y {mpp_y}) are not supported")
         return (mpp_x + mpp_y) / 2.0, "metadata"
@@ -211,7 +211,7 @@ class Slide:
                 canvas.paste(self._read_openslide(level, rx0, ry0, rx1 - rx0, ry1 - ry0), (rx0 - x, ry0 - y))
             return canvas
         except (openslide.OpenSlideError, OSError, ValueError, RuntimeError) as exc:
-            raise SlideError(f"{self.path}: read failed at level {level} ({_one_line(exc)})") from None
+            raise SlideError(f"{self.path}: read failed at level {level} ({one_line(exc)})") from None
 
     def _read_openslide(self, level: int, x: int, y: int, w: int, h: int) -> Image.Image:
         dx, dy = self.level_downsample(level)
@@ -323,6 +323,28 @@ def _near_int(value: float) -> bool:
     return abs(value - round(value)) < 1e-9
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _untrusted_mpp(props, mpp_x: float, mpp_y: float) -> str | None:
+    """Why the metadata MPP cannot be used (absent, a TIFF resolution placeholder, no scanner's), or None."""
+    unit = props.get("tiff.ResolutionUnit")
+    if math.isnan(mpp_x) or math.isnan(mpp_y):
+        if unit == "none" and "tiff.XResolution" in props:
+            return f"no MPP in the slide metadata (the TIFF resolution {props['tiff.XResolution']} has no unit)"
+        return "no MPP in the slide metadata"
+    if all(_SCANNER_MPP[0] <= m <= _SCANNER_MPP[1] for m in (mpp_x, mpp_y)):
+        return None
+    if unit in ("inch", "centimeter") and "tiff.XResolution" in props:
+        per = "dpi" if unit == "inch" else "px/cm"
+        return f"the TIFF resolution ({float(props['tiff.XResolution']):g} {per}) looks like a placeholder"
+    return f"implausible MPP in the slide metadata ({mpp_x:g}, {mpp_y:g} µm/px)"
+
+
+def slide_item_id(path: Path) -> str:
+    """A slide's default id: the file name without its suffix; for a DICOM series, see
+    :func:`~medssl.preprocess.dicom_wsi.series_slide_id`."""
+    series = series_of(path) if path.suffix.lower() == ".dcm" else None
+    return series_slide_id(series) if series is not None else strip_suffixes(path, SLIDE_SUFFIXES)
+
+
+def slide_source(path: Path) -> dict:
+    """The fingerprint of everything a slide is read from: its file, or every file of a DICOM series."""
+    return series_fingerprint(path) or SourceFingerprint.of(path).as_dict()

@@ -34,16 +34,17 @@ from medssl.jobs import (
     SKIPPED,
     CacheItemWorker,
     Job,
+    Result,
     RunSummary,
-    SourceFingerprint,
     Written,
     collect_jobs,
     manifest_path,
     run_jobs,
     select_shard,
 )
+from medssl.preprocess.dicom_wsi import canonical_slide_path, not_a_slide
 from medssl.preprocess.regions import ANNOTATION_COLUMN, RegionParams
-from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide
+from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide, slide_item_id, slide_source
 from medssl.preprocess.tiling import Thumbnail, TileGrid, TilingParams, iter_tile_blocks, make_thumbnail, plan_grid
 from medssl.viz.qc import save_png_atomically, tile_overlay
 
@@ -119,7 +120,16 @@ def tile_slides(
     """Tile every slide in ``inputs`` into the cache folder ``out``; see the module docstring.
     ``regions``: tiles at imported coordinates or restricted by annotations (docs/interop.md)."""
     out = Path(out)
-    everything = collect_jobs(inputs, SLIDE_SUFFIXES, "slide_id", "path", CSV_EXTRA_COLUMNS, (ANNOTATION_COLUMN,))
+    everything = collect_jobs(
+        inputs,
+        SLIDE_SUFFIXES,
+        "slide_id",
+        "path",
+        CSV_EXTRA_COLUMNS,
+        (ANNOTATION_COLUMN,),
+        item_id=slide_item_id,
+        canonical=canonical_slide_path,  # a DICOM series is one slide
+    )
     regions = regions.for_jobs(everything)  # before sharding, so every shard records the same params
     jobs = select_shard(everything, shard)
     for job in jobs:
@@ -171,13 +181,19 @@ class SlideTiler(CacheItemWorker):
         self.storage = storage
         self.assume_mpp = assume_mpp
 
+    def __call__(self, job: Job, progress: Callable[[int], None]) -> Result:
+        reason = not_a_slide(job.path)  # e.g. a CT image or a report among a slide's DICOM files
+        if reason:
+            return Result(job.item_id, str(job.path), SKIPPED, f"{job.path}: {reason}")
+        return super().__call__(job, progress)
+
     def manifest_extra(self, job: Job) -> dict:
         return {k: job.fields[k] for k in ("label", "stain") if k in job.fields}
 
     def source(self, job: Job) -> dict:
         if not job.path.exists():
             raise SlideError(f"{job.path}: file not found")
-        return {**SourceFingerprint.of(job.path).as_dict(), **self.regions.fingerprint(job)}
+        return {**slide_source(job.path), **self.regions.fingerprint(job)}
 
     def skipped_count(self, previous: dict, source: dict) -> int:
         return previous["num_tiles"]
@@ -187,7 +203,7 @@ class SlideTiler(CacheItemWorker):
         """The slide opened and planned (thumbnail, tissue, grid); it stays open until committed."""
         mpp_override = _parse_mpp(job)
         with Slide(job.path, mpp_override=mpp_override, fallback_mpp=self.assume_mpp) as slide:
-            yield _PlannedSlide(slide, *self._plan(slide, job))
+            yield _PlannedSlide(slide, *self._plan(slide, job, source))
 
     def write(self, group, job: Job, planned: _PlannedSlide, progress: Callable[[int], None]) -> Written:
         slide, attrs, grid = planned.slide, planned.attrs, planned.grid
@@ -196,7 +212,7 @@ class SlideTiler(CacheItemWorker):
         return Written(attrs, len(grid), extra)
 
     # -- steps --------------------------------------------------------------------------------
-    def _plan(self, slide: Slide, job: Job) -> tuple[dict, Thumbnail, TileGrid]:
+    def _plan(self, slide: Slide, job: Job, source: dict) -> tuple[dict, Thumbnail, TileGrid]:
         p = self.params
         if p.target_mpp < slide.mpp * (1 - MAX_UPSAMPLE):
             raise SlideError(
@@ -212,7 +228,7 @@ class SlideTiler(CacheItemWorker):
         level = slide.level_for(p.target_mpp)
         attrs = {
             "slide_id": job.item_id,
-            "source": self.source(job),
+            "source": source,
             "vendor": slide.vendor,
             "reader": slide.reader,
             "mpp": slide.mpp,
@@ -232,6 +248,7 @@ class SlideTiler(CacheItemWorker):
             "thumbnail_mpp": thumb.mpp,
             "tissue_threshold": thumb.threshold,
             "tissue_fraction_slide": float(thumb.mask.mean()),
+            "pen_fraction": thumb.pen_fraction,
             **region_attrs,
             **{k: job.fields[k] for k in ("label", "stain", "split", "case_id") if k in job.fields},
         }
@@ -264,6 +281,8 @@ class SlideTiler(CacheItemWorker):
         group.create_array("tissue_mask", data=thumb.mask, chunks=thumb.mask.shape)
         if thumb.region is not None:
             group.create_array("annotation_mask", data=thumb.region, chunks=thumb.region.shape)
+        if thumb.ink is not None:
+            group.create_array("pen_mask", data=thumb.ink, chunks=thumb.ink.shape)
         tiles = group.create_array(
             "tiles",
             shape=(len(grid), p.tile_size, p.tile_size, 3),
@@ -273,7 +292,7 @@ class SlideTiler(CacheItemWorker):
         blocks = iter_tile_blocks(slide, grid, p, attrs["read_level"], self.threads)
         _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
         boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
-        picture = tile_overlay(thumb.rgb, thumb.mask, boxes, region=thumb.region)
+        picture = tile_overlay(thumb.rgb, thumb.mask, boxes, region=thumb.region, ink=thumb.ink)
         save_png_atomically(picture, self.out / "qc" / f"{job.item_id}.png")
 
 

