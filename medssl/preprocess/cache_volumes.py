@@ -132,6 +132,8 @@ def split_dicom_series(jobs: Sequence[Job], allow_single_slice: bool = False) ->
     for job in jobs:
         files = _dicom_inputs(job)
         series = scan_series(files) if files else []
+        if files and not series and job.path.is_dir():
+            continue  # only a DICOMDIR (the index of an export); its series are in the folders below
         if not series:
             out.append(job)
             continue
@@ -173,6 +175,9 @@ def _not_a_volume(series: DicomSeries, allow_single_slice: bool) -> tuple[str, b
             "give it in the CSV 'label' column of its image series)",
             False,
         )
+    if series.stack_problem:
+        # a localiser in several planes is an expected part of an export; a broken stack is a failure
+        return f"{series.describe()}: not one 3D volume: {series.stack_problem}", not series.several_planes
     if series.single_slice and not allow_single_slice:
         return (
             f"{series.describe()}: single-slice series (one 2D {series.sop_class_name} image, e.g. a localiser); "

@@ -28,8 +28,11 @@ HEADER_TAGS = (
     "Modality",
     "FrameOfReferenceUID",
     "NumberOfFrames",
-    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
 )
+#: Slice steps of one series may differ by this share of their median before the series is refused.
+UNEVEN_SPACING = 0.1
 #: pydicom.uid keywords of storage classes that carry no image of the patient to cache.
 NOT_IMAGES = frozenset(
     {
@@ -69,6 +72,8 @@ class DicomSeries:
     series_number: int | None
     frames: int  #: images in the series: files × NumberOfFrames
     unreadable: str = ""  #: why the header could not be read (then the group is that one file)
+    stack_problem: str = ""  #: why the files do not form one 3D stack (orientations, repeats, gaps)
+    several_planes: bool = False  #: images in several orientations (a localiser), not a broken volume
 
     @property
     def sop_class_name(self) -> str:
@@ -150,7 +155,10 @@ def _series(folder: Path, uid: str, members: list) -> DicomSeries:
     first = members[0][1]
     number = first.get("SeriesNumber")
     frames = sum(int(header.get("NumberOfFrames") or 1) for _, header in members)
+    problem, several_planes = stack_problem([header for _, header in members])
     return DicomSeries(
+        stack_problem=problem,
+        several_planes=several_planes,
         folder=folder,
         files=tuple(sorted(str(path) for path, _ in members)),
         series_uid=uid,
@@ -160,6 +168,41 @@ def _series(folder: Path, uid: str, members: list) -> DicomSeries:
         series_number=int(number) if number not in (None, "") else None,
         frames=frames,
     )
+
+
+def stack_problem(headers: Sequence) -> tuple[str, bool]:
+    """Why single-frame images of one series do not form one evenly spaced 3D stack ("" when they do),
+    and whether it is because they lie in several planes (a multi-plane localiser). A reader stacks
+    them anyway: several echoes, phases or b-values at the same positions, or a missing slice, would
+    make a volume with the wrong geometry."""
+    import numpy as np
+
+    if len(headers) < 2:
+        return "", False
+    orientations = {tuple(round(float(v), 3) for v in h.get("ImageOrientationPatient") or ()) for h in headers}
+    if len(orientations) > 1:
+        return f"its images lie in {len(orientations)} different orientations (a multi-plane localiser?)", True
+    (orientation,) = orientations
+    positions = [h.get("ImagePositionPatient") for h in headers]
+    if len(orientation) != 6 or any(p is None or len(p) != 3 for p in positions):
+        return "", False  # no geometry to check; the reader reports what it cannot place
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = np.sort(np.asarray(positions, dtype=np.float64) @ normal)
+    steps = np.diff(along)
+    repeats = int((steps < 1e-3).sum())
+    if repeats:
+        return (
+            f"{repeats} of its {len(headers)} images repeat a slice position (several echoes, phases or b-values "
+            "in one series?); medssl caches one 3D stack per series",
+            False,
+        )
+    median = float(np.median(steps))
+    if float(np.abs(steps - median).max()) > UNEVEN_SPACING * median:
+        return (
+            f"its slices are unevenly spaced ({steps.min():.3g} to {steps.max():.3g} mm apart: missing slices?)",
+            False,
+        )
+    return "", False
 
 
 def _unreadable(path: Path, reason: str) -> DicomSeries:

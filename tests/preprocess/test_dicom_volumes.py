@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from medssl.cache import VolumeCache
@@ -73,10 +74,21 @@ def test_pacs_folder_is_split_by_series_and_non_images_stay_out_of_the_plan(tmp_
     write_rtdose(study / "dose.dcm", first, spacing=(4.0, 4.0, 4.0), origin=ORIGIN)
     named = shutil.copy(study / "dose.dcm", tmp_path / "named-dose.dcm")
     assert len(scan_series(sorted(study.iterdir()))) == 4
+    # A series with a slice missing, and a localiser whose images lie in three planes.
+    gappy = write_dicom_series(tmp_path / "gappy", ct_phantom((16, 16, 6)), (1.0, 1.0, 2.0), ORIGIN)
+    (gappy / "slice-0003.dcm").unlink()
+    localiser = write_dicom_series(tmp_path / "localiser", ct_phantom((16, 16, 3)), (1.0, 1.0, 2.0), ORIGIN)
+    for path, orientation in zip(
+        sorted(localiser.iterdir()), ([1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1], [0, 1, 0, 0, 0, -1])
+    ):
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = orientation
+        ds.save_as(path)
 
-    code = cli(["cache-volumes", str(study), str(named), "--out", str(tmp_path / "c"), "--quiet"])
+    inputs = [str(p) for p in (study, named, gappy, localiser)]
+    code = cli(["cache-volumes", *inputs, "--out", str(tmp_path / "c"), "--quiet"])
     printed = capsys.readouterr()
-    assert code == 1 and "2 cached, 0 already complete, 2 skipped, 1 failed" in printed.out
+    assert code == 1 and "2 cached, 0 already complete, 3 skipped, 2 failed" in printed.out
     assert "skipped study-CT1: " in printed.err and "failed named-dose: " in printed.err
     rows = {row["id"]: row for row in csv.DictReader(open(tmp_path / "c" / "manifest.csv", newline=""))}
     assert rows["study-CT2"]["status"] == rows["study-CT3"]["status"] == "done"
@@ -90,6 +102,8 @@ def test_pacs_folder_is_split_by_series_and_non_images_stay_out_of_the_plan(tmp_
     # Named as an input, the same object is a failure that says why.
     assert rows["named-dose"]["status"] == "failed"
     assert rows["named-dose"]["reason"].startswith(f"{named}: RT Dose Storage is not an image")
+    assert rows["gappy"]["status"] == "failed" and "unevenly spaced (2 to 4 mm apart" in rows["gappy"]["reason"]
+    assert rows["localiser"]["status"] == "skipped" and "3 different orientations" in rows["localiser"]["reason"]
     # Median of the two CT series only: the dose grid (4 mm) or the scout (0.5 mm) would move it.
     assert cache.params["plan"]["spacing"] == pytest.approx([1.0, 1.0, 2.5])
     assert cache.ids == ["study-CT2", "study-CT3"]
