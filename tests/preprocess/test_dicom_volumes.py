@@ -31,8 +31,10 @@ def run(inputs, out, **kwargs):
     return cache_volumes([str(p) for p in inputs], out, **kwargs)
 
 
-def rows_of(summary) -> dict[str, dict]:
-    with open(summary.manifest, newline="") as handle:
+def rows_of(summary_or_manifest) -> dict[str, dict]:
+    """The manifest rows by id, of a run summary or a manifest path."""
+    path = getattr(summary_or_manifest, "manifest", summary_or_manifest)
+    with open(path, newline="") as handle:
         return {row["id"]: row for row in csv.DictReader(handle)}
 
 
@@ -90,7 +92,7 @@ def test_pacs_folder_is_split_by_series_and_non_images_stay_out_of_the_plan(tmp_
     printed = capsys.readouterr()
     assert code == 1 and "2 cached, 0 already complete, 3 skipped, 2 failed" in printed.out
     assert "skipped study-CT1: " in printed.err and "failed named-dose: " in printed.err
-    rows = {row["id"]: row for row in csv.DictReader(open(tmp_path / "c" / "manifest.csv", newline=""))}
+    rows = rows_of(tmp_path / "c" / "manifest.csv")
     assert rows["study-CT2"]["status"] == rows["study-CT3"]["status"] == "done"
     cache = VolumeCache(tmp_path / "c")
     assert cache.metadata("study-CT2")["original"]["shape"] == [16, 16, 6]
