@@ -29,11 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medssl.preprocess.dicom import DicomSeries
 from medssl.preprocess.volumes import VolumeError
+
+if TYPE_CHECKING:
+    from monai.data.meta_tensor import MetaTensor
 
 #: A contour's slice index may be this far (in slices) from a slice centre; farther ones are refused.
 SLICE_TOLERANCE = 0.25
@@ -76,7 +80,9 @@ def label_values(
     return chosen
 
 
-def dicom_label(label_path: Path, image, series: DicomSeries | None, image_path: Path, label_map=()):
+def dicom_label(
+    label_path: Path, image, series: DicomSeries | None, image_path: Path, label_map: Sequence[tuple[str, int]] = ()
+) -> tuple[MetaTensor, dict[int, str]]:
     """The SEG or RT Structure Set ``label_path`` on ``image``'s grid (a ``[1, X, Y, Z]`` MetaTensor with
     the image's affine) and ``{value: name}`` of what was drawn; see the module docstring."""
     import pydicom
@@ -106,7 +112,7 @@ def dicom_label(label_path: Path, image, series: DicomSeries | None, image_path:
     return _like(image, labels), names
 
 
-def _like(image, labels: np.ndarray):
+def _like(image, labels: np.ndarray) -> MetaTensor:
     """``labels`` ``[X, Y, Z]`` as a ``[1, X, Y, Z]`` float32 MetaTensor on ``image``'s affine."""
     import torch
     from monai.data.meta_tensor import MetaTensor

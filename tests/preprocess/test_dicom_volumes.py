@@ -6,15 +6,17 @@ from __future__ import annotations
 import csv
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pydicom
 import pytest
+from monai.data.meta_tensor import MetaTensor
 
 from medssl.cache import VolumeCache
 from medssl.cli import main as cli
 from medssl.preprocess import VolumeParams, cache_volumes
-from medssl.preprocess.dicom import scan_series
+from medssl.preprocess.dicom import DicomSeries, scan_series
 from medssl.preprocess.dicom_labels import dicom_label, parse_label_map, rasterise_contours
 from medssl.preprocess.volume_geometry import original_geometry, to_original_grid
 from medssl.preprocess.volumes import VolumeError, load_volume
@@ -170,8 +172,8 @@ def expected_seg() -> np.ndarray:
     return mask
 
 
-def loaded(folder: Path):
-    image = load_volume(folder / "ct")
+def loaded(folder: Path) -> tuple[MetaTensor, DicomSeries]:
+    image = cast(MetaTensor, load_volume(folder / "ct"))  # MONAI's loader gives a MetaTensor (with its affine)
     (series,) = scan_series(sorted((folder / "ct").iterdir()))
     return image, series
 
