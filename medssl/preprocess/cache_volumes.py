@@ -140,7 +140,7 @@ def split_dicom_series(jobs: Sequence[Job], allow_single_slice: bool = False) ->
         reasons = [_not_a_volume(one, allow_single_slice) for one in series]
         volumes = [one for one, (reason, _) in zip(series, reasons) if not reason]
         for one, suffix, (reason, fatal) in zip(series, series_suffixes(series), reasons):
-            alone = len(series) == 1 or volumes == [one]
+            alone = len(series) == 1 or (len(volumes) == 1 and volumes[0] is one)
             fields = {**job.fields, "dicom": one}
             if reason:
                 fields["refusal" if fatal or not job.path.is_dir() else "skip"] = reason
