@@ -158,9 +158,8 @@ def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
         "--label-map",
         action="append",
         metavar="NAME=VALUE",
-        default=[],
         help="DICOM SEG/RTSTRUCT labels: the label value of a segment/ROI name, repeatable (case-insensitive; "
-        "others left out; the larger value wins on overlap) [default: the SegmentNumber / ROINumber]",
+        "others left out; the larger value wins on overlap); without it each keeps its SegmentNumber/ROINumber",
     )
     p.add_argument(
         "--allow-single-slice",
@@ -197,7 +196,7 @@ def _run_volumes(args: argparse.Namespace) -> int:
 
     try:
         params = VolumeParams(
-            label_map=parse_label_map(args.label_map),
+            label_map=parse_label_map(args.label_map or []),
             allow_single_slice=args.allow_single_slice,
             spacing=tuple(args.spacing) if args.spacing else None,
             ct_norm=args.ct_norm,
