@@ -9,7 +9,7 @@ RUN if [ -n "$TORCH_INDEX" ]; then pip install --index-url "$TORCH_INDEX" "$TORC
     else pip install "$TORCH_SPEC"; fi
 COPY pyproject.toml README.md ./
 COPY medssl ./medssl
-RUN pip install ".[h5]"
+RUN pip install ".[h5,dicom]"
 COPY pipelines ./pipelines
 COPY configs ./configs
 WORKDIR /work

@@ -162,7 +162,12 @@ def _report_run(summary, verb: str, detail: str, where: str) -> int:
     """Print ``<done> <verb>, <skipped> already complete, <failed> failed<detail>``, then ``where`` the
     outputs are and each failure with its reason; exit status 1 if anything failed."""
     counts = summary.counts()
-    print(f"{counts['done']} {verb}, {counts['skipped']} already complete, {counts['failed']} failed{detail}\n{where}")
+    # skipped for another reason than being complete already (e.g. a DICOM object that is not an image)
+    passed = [r for r in summary.results if r.status == "skipped" and r.reason not in ("", "already complete")]
+    complete = f"{counts['skipped'] - len(passed)} already complete" + (f", {len(passed)} skipped" if passed else "")
+    print(f"{counts['done']} {verb}, {complete}, {counts['failed']} failed{detail}\n{where}")
+    for result in passed:
+        print(f"  skipped {result.item_id}: {result.reason}", file=sys.stderr)
     for result in summary.failed:
         print(f"  failed {result.item_id}: {result.reason}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -174,10 +179,30 @@ def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
         "cache-volumes",
         "preprocess CT/MRI volumes into a Zarr cache",
         "Orient (RAS), resample, crop and normalise NIfTI files or DICOM series (files, folders, "
-        "globs or a CSV manifest with volume_id,image[,label,modality,split]) into one resumable Zarr cache.",
+        "globs or a CSV manifest with volume_id,image[,label,modality,split]) into one resumable Zarr cache. "
+        "DICOM folders are split by SeriesInstanceUID (one volume per series); non-image objects (RT Dose, "
+        "RT Structure Set, SR, SEG, ...) and single-image series are reported and left out. A label may be "
+        "NIfTI, or a DICOM SEG or RT Structure Set of the image series (docs/cache.md).",
         "NIfTI files, DICOM series folders, folders, globs or CSV manifests",
     )
-    p.add_argument("--modality", choices=("CT", "MR"), help="for inputs without a CSV 'modality' column")
+    p.add_argument(
+        "--modality",
+        choices=("CT", "MR"),
+        help="for inputs that do not say (NIfTI) and have no CSV 'modality' column; DICOM series use their "
+        "Modality tag, and a contradicting value fails that item",
+    )
+    p.add_argument(
+        "--label-map",
+        action="append",
+        metavar="NAME=VALUE",
+        help="DICOM SEG/RTSTRUCT labels: the label value of a segment/ROI name, repeatable (case-insensitive; "
+        "others left out; the larger value wins on overlap); without it each keeps its SegmentNumber/ROINumber",
+    )
+    p.add_argument(
+        "--allow-single-slice",
+        action="store_true",
+        help="cache single-image DICOM series as one-slice volumes (and plan with them) instead of skipping them",
+    )
     p.add_argument(
         "--spacing",
         type=float,
@@ -204,9 +229,12 @@ def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
 def _run_volumes(args: argparse.Namespace) -> int:
     from medssl.jobs import parse_shard
     from medssl.preprocess import VolumeParams, cache_volumes
+    from medssl.preprocess.dicom_labels import parse_label_map
 
     try:
         params = VolumeParams(
+            label_map=parse_label_map(args.label_map or []),
+            allow_single_slice=args.allow_single_slice,
             spacing=tuple(args.spacing) if args.spacing else None,
             ct_norm=args.ct_norm,
             ct_window=tuple(args.ct_window),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from typing import cast
 import numpy as np
 
 from medssl.errors import MedsslError
+from medssl.preprocess.dicom import is_dicom_file
 
 MODALITIES = ("CT", "MR")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm")
@@ -52,6 +54,9 @@ class VolumeParams:
     interpolation: str = "bilinear"  #: MONAI Spacing mode for images (labels are always nearest)
     dtype: str = "float16"  #: stored image dtype
     codec: str = "raw"  #: "raw" (memory-mappable) or "zstd"
+    #: DICOM SEG / RT Structure Set labels: (segment or ROI name, label value) pairs; () = their own numbers
+    label_map: tuple[tuple[str, int], ...] = ()
+    allow_single_slice: bool = False  #: cache single-image DICOM series (and plan with them) instead of skipping
 
     def __post_init__(self) -> None:
         if self.ct_norm not in ("cohort", "window"):
@@ -66,9 +71,18 @@ class VolumeParams:
             raise ValueError(f"codec must be 'raw' or 'zstd', got {self.codec!r}")
         if self.interpolation not in ("bilinear", "nearest", "bicubic"):
             raise ValueError(f"interpolation must be bilinear, nearest or bicubic, got {self.interpolation!r}")
+        values = [value for _, value in self.label_map]
+        if any(not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"label map values must be positive integers, got {values}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The recorded parameters; the DICOM options are left out at their defaults, so caches made
+        before they existed still resume."""
+        out = asdict(self)
+        for key in ("label_map", "allow_single_slice"):
+            if not out[key]:
+                del out[key]
+        return out
 
 
 @dataclass
@@ -83,8 +97,11 @@ class Plan:
 
 
 # -- loading --------------------------------------------------------------------------------------
-def load_volume(path: str | os.PathLike, frame: int | None = None, what: str = "image"):
-    """A ``[1, X, Y, Z]`` float32 MetaTensor (affine in RAS world mm) from a NIfTI file or DICOM folder/file."""
+def load_volume(
+    path: str | os.PathLike, frame: int | None = None, what: str = "image", files: Sequence[str] | None = None
+):
+    """A ``[1, X, Y, Z]`` float32 MetaTensor (affine in RAS world mm) from a NIfTI file or DICOM folder/file.
+    ``files``: for a folder, read only these DICOM files (one series of a folder that holds several)."""
     # MONAI logs and warns on import that its optional GPU DICOM decoder is absent; that is expected.
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -94,7 +111,9 @@ def load_volume(path: str | os.PathLike, frame: int | None = None, what: str = "
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"{path}: {what} file not found")
-    reader = "PydicomReader" if path.is_dir() or path.suffix.lower() == ".dcm" else "NibabelReader"
+    reader = "PydicomReader" if path.is_dir() or is_dicom_file(path) else "NibabelReader"
+    if files is not None and path.is_dir():
+        reader = _series_reader(path, files)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -102,6 +121,15 @@ def load_volume(path: str | os.PathLike, frame: int | None = None, what: str = "
     except Exception as exc:  # MONAI wraps reader errors in RuntimeError/ValueError/OSError/EOFError
         raise VolumeError(f"{path}: unreadable {what} ({_one_line(exc)})") from None
     return _one_frame(path, volume, frame, what)
+
+
+def _series_reader(folder: Path, files: Sequence[str]):
+    """MONAI's DICOM reader restricted to ``files`` of ``folder``: it reads every file of a folder as one
+    series, so the others are excluded with its file-name filter (an exact match of each path)."""
+    from monai.data.image_reader import PydicomReader
+
+    names = [re.escape(os.path.join(str(folder), Path(name).name)) for name in files]
+    return PydicomReader(fname_regex=f"(?:{'|'.join(names)})\\Z")
 
 
 def _one_frame(path: Path, volume, frame: int | None, what: str):

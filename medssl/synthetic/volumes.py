@@ -94,14 +94,24 @@ def dicom_ras_affine(spacing: Sequence[float], origin: Sequence[float] = (0.0, 0
 
 
 def write_dicom_series(
-    folder: str | Path, volume: np.ndarray, spacing: Sequence[float], origin=(0.0, 0.0, 0.0)
+    folder: str | Path,
+    volume: np.ndarray,
+    spacing: Sequence[float],
+    origin=(0.0, 0.0, 0.0),
+    modality: str = "CT",
+    prefix: str = "slice",
+    series_number: int = 1,
+    series_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
 ) -> Path:
-    """Write ``volume`` (``[X, Y, Z]``, values in HU) as an axial CT series, one file per slice,
-    using pydicom's shipped CT_small.dcm as the template for every required tag. ``origin`` is the
-    first voxel's ImagePositionPatient (LPS mm); :func:`dicom_ras_affine` gives the matching affine."""
+    """Write ``volume`` (``[X, Y, Z]``, values in HU) as an axial CT (or ``modality="MR"``) series, one
+    file per slice named ``<prefix>-<k>.dcm``, using pydicom's shipped CT_small.dcm as the template for
+    every required tag (one patient and study, whatever the call). ``origin`` is the first voxel's
+    ImagePositionPatient (LPS mm); :func:`dicom_ras_affine` gives the matching affine. Several calls
+    with different prefixes put several series into one folder, as a PACS export does."""
     import pydicom
     from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
+    from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,23 +119,26 @@ def write_dicom_series(
     if not isinstance(template_path, str):
         raise FileNotFoundError("pydicom's test file CT_small.dcm is missing; reinstall pydicom")
     template = pydicom.dcmread(template_path)
-    series_uid, frame_uid = generate_uid(), generate_uid()
+    series_uid, frame_uid = series_uid or generate_uid(), frame_of_reference_uid or generate_uid()
+    sop_class = {"CT": CTImageStorage, "MR": MRImageStorage}[modality]
     for k in range(volume.shape[2]):
         ds = template.copy()
         pixels = np.round(volume[:, :, k].T).astype(np.int16)  # DICOM rows are y, columns are x
         ds.Rows, ds.Columns = pixels.shape
         ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-        ds.SliceThickness = float(spacing[2])
+        ds.SliceThickness = ds.SpacingBetweenSlices = float(spacing[2])
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [float(origin[0]), float(origin[1]), float(origin[2] + k * spacing[2])]
         ds.RescaleSlope, ds.RescaleIntercept = 1, 0
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.InstanceNumber = k + 1
+        ds.Modality, ds.SeriesNumber = modality, series_number
         ds.SeriesInstanceUID, ds.FrameOfReferenceUID = series_uid, frame_uid
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PixelData = pixels.tobytes()
-        ds.save_as(folder / f"slice-{k:04d}.dcm", enforce_file_format=True)
+        ds.save_as(folder / f"{prefix}-{k:04d}.dcm", enforce_file_format=True)
     return folder
 
 
