@@ -233,11 +233,8 @@ class SlideTiler(CacheItemWorker):
 
     def _write(self, group, slide: Slide, job: Job, thumb: Thumbnail, grid: TileGrid, attrs: dict, progress) -> None:
         p = self.params
-        group.create_array("coords", data=grid.coords)
-        group.create_array("grid", data=grid.grid)
-        group.create_array("tissue", data=grid.tissue)
-        group.create_array("thumbnail", data=thumb.rgb, chunks=(*thumb.rgb.shape[:2], 3))
-        group.create_array("tissue_mask", data=thumb.mask, chunks=thumb.mask.shape)
+        small = {"coords": grid.coords, "grid": grid.grid, "tissue": grid.tissue}
+        cache_mod.write_small_arrays(group, {**small, "thumbnail": thumb.rgb, "tissue_mask": thumb.mask})
         tiles = group.create_array(
             "tiles",
             shape=(len(grid), p.tile_size, p.tile_size, 3),
@@ -273,6 +270,14 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
     OpenSlide decoding (in the caller) and file writes (here) both release the GIL, so they overlap;
     whole chunks per write keep Zarr from rewriting any chunk twice.
     """
+    slab_tiles = chunk * max(1, math.ceil(256 / chunk))  # about 256 tiles per write
+    if array.shape[0] <= slab_tiles:  # a small slide: one write, no thread to start
+        pixels = np.concatenate(list(blocks)) if array.shape[0] else np.empty(array.shape, np.uint8)
+        if len(pixels) != array.shape[0]:
+            raise RuntimeError(f"wrote {len(pixels)} tiles, expected {array.shape[0]}")
+        array[:] = pixels
+        progress(len(pixels))
+        return
     slabs: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
 
@@ -289,7 +294,6 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
 
     thread = threading.Thread(target=writer, name="medssl-tile-writer", daemon=True)
     thread.start()
-    slab_tiles = chunk * max(1, math.ceil(256 / chunk))  # about 256 tiles per write
     buffer = np.empty((slab_tiles, *array.shape[1:]), dtype=np.uint8)
     filled, written = 0, 0
     try:

@@ -18,14 +18,17 @@ def tile_overlay(
     mask: np.ndarray,
     boxes: np.ndarray,
     longest_side: int = 1600,
+    max_zoom: float = 8.0,
 ) -> Image.Image:
     """The thumbnail with the tissue outline in green and every kept tile as a blue box.
 
     ``boxes`` is ``[N, 4]`` (x0, y0, x1, y1) in thumbnail pixels. The picture is scaled so its
-    longest side is ``longest_side`` pixels (small thumbnails are enlarged so boxes stay visible).
+    longest side is ``longest_side`` pixels; small thumbnails are enlarged so boxes stay visible, but
+    at most ``max_zoom`` times: a biopsy's 32-pixel thumbnail blown up to 1600 pixels shows nothing
+    more and costs half a second of PNG encoding per slide.
     """
     h, w = mask.shape
-    zoom = longest_side / max(h, w)
+    zoom = min(longest_side / max(h, w), max_zoom)
     size = (max(1, round(w * zoom)), max(1, round(h * zoom)))
     image = Image.fromarray(thumbnail).resize(size, Image.Resampling.BILINEAR)
     # cast: SciPy ships no type hints, and pyright's inference from its source gives float arrays
@@ -38,10 +41,12 @@ def tile_overlay(
     return image
 
 
-def save_png_atomically(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG through a temporary file so a killed run never leaves half a picture."""
+def save_png_atomically(image: Image.Image, path: str | os.PathLike, compress_level: int = 1) -> Path:
+    """Write a PNG through a temporary file so a killed run never leaves half a picture. zlib level 1
+    (Pillow's default is 6) encodes about three times faster for files about 1.4 times larger: QC
+    pictures are written for every item and looked at for few."""
     with atomic_path(path) as temporary:
-        image.save(temporary, format="PNG")
+        image.save(temporary, format="PNG", compress_level=compress_level)
     return Path(path)
 
 
