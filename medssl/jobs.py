@@ -260,6 +260,7 @@ class CacheItemWorker(ABC):
     kind: ClassVar[str]  #: the store group the items go to: "slides", "volumes", "embeddings"
     skip_reason: ClassVar[str] = "already complete"  #: the manifest reason of a skipped job
     out: Path  #: the cache folder written to (used by the default :meth:`open_root`)
+    _root: zarr.Group | None = None  #: the store :meth:`open_root` opened in this process
 
     def __call__(self, job: Job, progress: Callable[[int], None]) -> Result:
         root = self.open_root()
@@ -280,10 +281,9 @@ class CacheItemWorker(ABC):
     def open_root(self) -> zarr.Group:
         """The store to write into, opened on first use in each process and kept (a worker process
         cannot share an open one; :meth:`__getstate__` leaves it out)."""
-        root = self.__dict__.get("_root")
-        if root is None:
-            root = self.__dict__["_root"] = zarr.open_group(cache_mod.store_path(self.out), mode="r+")
-        return root
+        if self._root is None:
+            self._root = zarr.open_group(cache_mod.store_path(self.out), mode="r+")
+        return self._root
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_root"}

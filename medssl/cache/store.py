@@ -152,7 +152,7 @@ def describe_changes(old: Mapping, new: Mapping, prefix: str = "") -> str:
 def complete_attrs(root: zarr.Group, kind: str, item_id: str) -> dict | None:
     """The attrs of a committed item, or None if it is absent (one small JSON read on a local store)."""
     if isinstance(root.store, LocalStore):
-        attrs = nodes.group_attrs(_store_dir(root) / kind / item_id)
+        attrs = nodes.group_attrs(os.path.join(_store_dir(root), kind, item_id))
     else:
         try:
             group = root[f"{kind}/{item_id}"]
