@@ -19,7 +19,9 @@ that skips everything, minus the same with 1 worker).
 
 **Scale.** One template slide (the first of the above) is hard-linked ``N`` times into one folder
 (``cohort/s00000.tiff`` ...): N distinct files with the same content, so each becomes its own cache item
-with its own source fingerprint. The cache is filled up to N = each of ``--sizes`` by running
+with its own source fingerprint; this cohort is tiled at 2 µm/px with 64-px tiles (``SCALE_PARAMS``: 4
+tiles, about 50 kB a slide, so 10,000 slides need about 1 GB of disk). The cache is filled up to N =
+each of ``--sizes`` by running
 :func:`medssl.jobs.run_jobs` with a :class:`~medssl.preprocess.tile.SlideTiler` whose ``prepare`` step
 (opening and planning the slide) is computed once for the template and reused: every item is still
 written by ``SlideTiler.write`` and committed by the same protocol as ``medssl tile`` (staging group,
@@ -68,6 +70,9 @@ from medssl.synthetic.slides import random_layout, write_slide
 SIDE, MPP = 512, 0.5
 PARAMS = TilingParams(target_mpp=0.5, tile_size=224)
 STORAGE = StorageParams()
+#: The big cohort keeps pixels small (4 tiles of 64 px at 2 µm/px per slide, about 50 kB): at 10,000 slides
+#: what is measured is the per-item bookkeeping, and the disk holds about 1 GB instead of 6.
+SCALE_PARAMS = TilingParams(target_mpp=2.0, tile_size=64)
 
 
 def log(message: str) -> None:
@@ -210,7 +215,7 @@ class ReplayTiler(SlideTiler):
     _planned: Any = None  #: the template's open slide and plan, made on first use in each process
 
     def __init__(self, out: Path, template: Path):
-        super().__init__(out, PARAMS, STORAGE, None, threads=1)
+        super().__init__(out, SCALE_PARAMS, STORAGE, None, threads=1)
         self.template = template
 
     @contextmanager
@@ -233,7 +238,7 @@ def grow_cohort(template: Path, folder: Path, cache: Path, n: int, workers: int)
         link = folder / f"s{k:05d}.tiff"
         if not link.exists():
             os.link(template, link)
-    cache_mod.open_for_writing(cache, KIND, cache_params(PARAMS, STORAGE))
+    cache_mod.open_for_writing(cache, KIND, cache_params(SCALE_PARAMS, STORAGE))
     present = set(cache_mod.item_attrs(cache, KIND))
     jobs = [job for job in collect_jobs([folder], SLIDE_SUFFIXES, "slide_id", "path") if job.item_id not in present]
     start = time.perf_counter()
@@ -261,7 +266,7 @@ def subprocess_seconds(argv: list[str], repeats: int) -> float:
 
 def measure(folder: Path, cache: Path, n: int, tiles_per_slide: int, repeats: int) -> dict:
     def rerun() -> None:
-        summary = tile_slides([folder], cache, PARAMS, STORAGE, progress=False)
+        summary = tile_slides([folder], cache, SCALE_PARAMS, STORAGE, progress=False)
         assert summary.counts()["skipped"] == n, summary.counts()
 
     from medssl.data.datasets import TileDataset  # here: spawned workers re-import this script; torch stays out
@@ -309,7 +314,8 @@ def main() -> None:
     }
     template, folder, cache = slides[0], work / "cohort", work / "cohort-cache"
     with Slide(template) as slide:
-        tiles_per_slide = len(tile_mod.plan_grid(slide, tiling_mod.make_thumbnail(slide, PARAMS.tissue), PARAMS))
+        thumb = tiling_mod.make_thumbnail(slide, SCALE_PARAMS.tissue)
+        tiles_per_slide = len(tile_mod.plan_grid(slide, thumb, SCALE_PARAMS))
     rows = []
     for n in sorted(args.sizes):
         built = grow_cohort(template, folder, cache, n, args.build_workers)

@@ -70,12 +70,16 @@ class StorageParams:
         if self.chunk_tiles < 1:
             raise ValueError(f"chunk_tiles must be at least 1, got {self.chunk_tiles}")
 
-    def array_kwargs(self, tile_size: int) -> dict:
+    def array_kwargs(self, tile_size: int, num_tiles: int | None = None) -> dict:
+        """Zarr arguments of a ``tiles`` array. A slide with fewer than ``chunk_tiles`` tiles (a biopsy,
+        a TMA core) gets one chunk of exactly its tiles: a padded 32-tile raw chunk would store eight
+        times the pixels of a 4-tile slide."""
+        rows = self.chunk_tiles if num_tiles is None else max(1, min(self.chunk_tiles, num_tiles))
         tile = (tile_size, tile_size, 3)
         if self.codec == "jpeg":
             return {
                 "chunks": (1, *tile),
-                "shards": (self.chunk_tiles, *tile),
+                "shards": (rows, *tile),
                 "serializer": JpegCodec(quality=self.jpeg_quality),
                 "compressors": None,
             }
@@ -85,7 +89,7 @@ class StorageParams:
             "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),
         }[self.codec]
         # Every chunk is written, even an all-black one, so raw chunk files can be read directly.
-        return {"chunks": (self.chunk_tiles, *tile), "compressors": compressors, "config": {"write_empty_chunks": True}}
+        return {"chunks": (rows, *tile), "compressors": compressors, "config": {"write_empty_chunks": True}}
 
 
 @dataclass
@@ -239,10 +243,10 @@ class SlideTiler(CacheItemWorker):
             "tiles",
             shape=(len(grid), p.tile_size, p.tile_size, 3),
             dtype="uint8",
-            **self.storage.array_kwargs(p.tile_size),
+            **self.storage.array_kwargs(p.tile_size, len(grid)),
         )
         blocks = iter_tile_blocks(slide, grid, p, attrs["read_level"], self.threads)
-        _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
+        _stream_tiles(tiles, blocks, min(self.storage.chunk_tiles, len(grid)), progress)
         boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
         save_png_atomically(tile_overlay(thumb.rgb, thumb.mask, boxes), self.out / "qc" / f"{job.item_id}.png")
 
