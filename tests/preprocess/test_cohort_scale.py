@@ -115,3 +115,11 @@ def test_qc_picture_of_a_tiny_thumbnail_is_enlarged_at_most_max_zoom():
     assert picture.size == (24 * 8, 32 * 8)
     big = tile_overlay(rgb, mask, np.zeros((0, 4)), longest_side=64, max_zoom=8)
     assert big.size == (48, 64)  # longest_side still caps large pictures
+
+
+def test_a_slide_with_few_tiles_gets_one_chunk_of_exactly_its_tiles():
+    from medssl.preprocess.tile import StorageParams
+
+    assert StorageParams().array_kwargs(224, 4)["chunks"] == (4, 224, 224, 3)  # not a padded 32-tile chunk
+    assert StorageParams().array_kwargs(224, 100)["chunks"] == (32, 224, 224, 3)
+    assert StorageParams(codec="jpeg").array_kwargs(224, 3)["shards"] == (3, 224, 224, 3)
