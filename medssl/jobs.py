@@ -14,6 +14,7 @@ import csv
 import glob
 import multiprocessing as mp
 import os
+import queue
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -257,12 +258,14 @@ class CacheItemWorker(ABC):
     (and a leftover that the next staging of the item wipes). Subclasses say only what differs:
     :meth:`source`, :meth:`skipped_count` and :meth:`write`, and where needed :meth:`prepare`,
     :meth:`manifest_extra` and :meth:`after_commit`. To run in worker processes a subclass must be
-    picklable: keep paths and parameters, not open stores (:meth:`open_root` opens ``out`` per call).
+    picklable: keep paths and parameters, not open stores (:meth:`open_root` opens ``out`` once per
+    process; the open store is never pickled). A skipped job reads only its item's ``zarr.json``.
     """
 
     kind: ClassVar[str]  #: the store group the items go to: "slides", "volumes", "embeddings"
     skip_reason: ClassVar[str] = "already complete"  #: the manifest reason of a skipped job
     out: Path  #: the cache folder written to (used by the default :meth:`open_root`)
+    _root: zarr.Group | None = None  #: the store :meth:`open_root` opened in this process
 
     def __call__(self, job: Job, progress: Callable[[int], None]) -> Result:
         root = self.open_root()
@@ -281,8 +284,14 @@ class CacheItemWorker(ABC):
 
     # -- hooks --------------------------------------------------------------------------------
     def open_root(self) -> zarr.Group:
-        """The store to write into, opened per call (a worker process cannot share an open one)."""
-        return zarr.open_group(cache_mod.store_path(self.out), mode="r+")
+        """The store to write into, opened on first use in each process and kept (a worker process
+        cannot share an open one; :meth:`__getstate__` leaves it out)."""
+        if self._root is None:
+            self._root = zarr.open_group(cache_mod.store_path(self.out), mode="r+")
+        return self._root
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_root"}
 
     def manifest_extra(self, job: Job) -> dict[str, Any]:
         """Manifest columns of the job whatever happens to it (skipped or done)."""
@@ -322,6 +331,24 @@ class _QueueProgress:
 
     def __call__(self, n: int) -> None:
         self.queue.put(n)
+
+
+#: What a pool worker process runs, installed once per process by :func:`_install` (not sent per job).
+_installed: tuple[Callable[[Job, Callable[[int], None]], Result], _QueueProgress] | None = None
+
+
+def _install(work: Callable[[Job, Callable[[int], None]], Result], queue: Any) -> None:
+    """Pool initializer: unpickle ``work`` once per worker process, so per job only the job travels,
+    and an open store (:meth:`CacheItemWorker.open_root`) is reused by every job of that process."""
+    global _installed
+    _installed = (work, _QueueProgress(queue))
+
+
+def _run_installed(job: Job) -> Result:
+    if _installed is None:  # cannot happen: the pool's initializer installs it
+        raise RuntimeError("no work installed in this worker process")
+    work, progress = _installed
+    return _guarded(work, job, progress)
 
 
 def _guarded(work: Callable[[Job, Callable[[int], None]], Result], job: Job, progress: Callable) -> Result:
@@ -386,26 +413,29 @@ def run_jobs(
 
 def _run_pool(jobs, work, workers, record, unit_bar) -> None:
     context = mp.get_context("spawn")  # OpenSlide handles and Zarr's event loop do not survive fork
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        queue = manager.Queue()
-        callback = _QueueProgress(queue)
-        futures: dict[Future, Job] = {pool.submit(_guarded, work, job, callback): job for job in jobs}
+    progress = context.Queue()  # a plain pipe: no Manager process to start and call per update
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_install, initargs=(work, progress)) as pool:
+        futures: dict[Future, Job] = {pool.submit(_run_installed, job): job for job in jobs}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            _drain(queue, unit_bar)
+            _drain(progress, unit_bar)
             for future in done:
                 job = futures[future]
                 try:
                     record(future.result())
                 except Exception as exc:  # the worker process died (e.g. a crash inside a C library)
                     record(Result(job.item_id, str(job.path), FAILED, f"{job.path}: worker died ({exc})"))
-        _drain(queue, unit_bar)
+    _drain(progress, unit_bar)
+    progress.close()
 
 
-def _drain(queue: Any, bar: tqdm) -> None:
+def _drain(progress: Any, bar: tqdm) -> None:
     total = 0
-    while not queue.empty():
-        total += queue.get_nowait()
+    while True:
+        try:
+            total += progress.get_nowait()
+        except queue.Empty:
+            break
     if total:
         bar.update(total)

@@ -84,6 +84,15 @@ class TileReader:
         return {**self.__dict__, "_array": None}  # a Zarr handle is reopened in each worker
 
 
+def chunk_rows(meta: dict) -> int:
+    """Rows (first-axis length) of one chunk of an array, from its metadata: the inner chunk when the
+    array is sharded, as zarr-python's ``Array.chunks`` reports it."""
+    codecs = meta.get("codecs") or []
+    if codecs and codecs[0].get("name") == "sharding_indexed":
+        return int(codecs[0]["configuration"]["chunk_shape"][0])
+    return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+
+
 def _raw_chunk_tiles(meta: dict) -> int | None:
     """Tiles per chunk when the array is plain uncompressed chunks of whole tiles, else None."""
     try:

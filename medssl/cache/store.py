@@ -32,10 +32,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
 import medssl
+from medssl.cache import nodes
 from medssl.errors import CacheError
 
 SCHEMA_VERSION = 1
@@ -149,19 +151,28 @@ def describe_changes(old: Mapping, new: Mapping, prefix: str = "") -> str:
 
 
 def complete_attrs(root: zarr.Group, kind: str, item_id: str) -> dict | None:
-    """The attrs of a committed item, or None if it is absent."""
-    try:
-        group = root[f"{kind}/{item_id}"]
-    except KeyError:
-        return None
-    attrs = dict(group.attrs)
-    return attrs if attrs.get("status") == "complete" else None
+    """The attrs of a committed item, or None if it is absent (one small JSON read on a local store)."""
+    if isinstance(root.store, LocalStore):
+        attrs = nodes.group_attrs(os.path.join(_store_dir(root), kind, item_id))
+    else:
+        try:
+            group = root[f"{kind}/{item_id}"]
+        except KeyError:
+            return None
+        attrs = dict(group.attrs) if isinstance(group, zarr.Group) else None
+    return attrs if attrs is not None and attrs.get("status") == "complete" else None
 
 
 def unchanged_item(root: zarr.Group, kind: str, item_id: str, source: Mapping) -> dict | None:
     """The attrs of a committed item made from exactly ``source`` (its fingerprint), else None."""
     previous = complete_attrs(root, kind, item_id)
     return previous if previous is not None and previous.get("source") == jsonable(dict(source)) else None
+
+
+def item_attrs(out: str | os.PathLike, kind: str) -> dict[str, dict]:
+    """``{item_id: attrs}`` of every item group under ``kind/``, sorted by id: what Zarr's own listing
+    gives, from one directory scan and one JSON read per item (see :mod:`medssl.cache.nodes`)."""
+    return nodes.list_groups(store_path(out) / kind)
 
 
 @contextmanager
@@ -187,10 +198,24 @@ def _store_dir(root: zarr.Group) -> Path:
 
 def begin_item(root: zarr.Group, kind: str, item_id: str) -> zarr.Group:
     """A fresh staging group for one item; any leftover from an interrupted run is discarded."""
-    staging = _store_dir(root) / STAGING / kind / item_id
+    base = _store_dir(root)
+    staging = base / STAGING / kind / item_id
     if staging.exists():
         shutil.rmtree(staging)
-    return root.require_group(STAGING).require_group(kind).create_group(item_id)
+    for parent in (base / STAGING, base / STAGING / kind):  # made by open_for_writing; kept if present
+        if nodes.read_node(parent) is None:
+            nodes.write_group(parent)
+    nodes.write_group(staging)
+    return zarr.open_group(staging, mode="r+", zarr_format=3)
+
+
+def write_small_arrays(group: zarr.Group, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write small arrays into a staging group, each as one zstd chunk, with plain file writes
+    (:func:`medssl.cache.nodes.write_array`): the same Zarr arrays as ``group.create_array(name,
+    data=..., chunks=shape)``, without a round trip through Zarr's event loop for each."""
+    folder = _store_dir(group) / group.path
+    for name, data in arrays.items():
+        nodes.write_array(folder / name, data)
 
 
 def discard_item(root: zarr.Group, kind: str, item_id: str) -> None:
@@ -206,8 +231,7 @@ def commit_item(root: zarr.Group, kind: str, item_id: str, attrs: Mapping) -> No
     place, so a kill at any moment leaves either the old complete item or the new one.
     """
     base = _store_dir(root)
-    group = zarr.open_group(base / STAGING / kind / item_id, mode="r+")
-    group.attrs.update(jsonable({**attrs, "status": "complete"}))
+    nodes.update_group_attrs(base / STAGING / kind / item_id, jsonable({**attrs, "status": "complete"}))
     final = base / kind / item_id
     trash = None
     if final.exists():

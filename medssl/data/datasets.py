@@ -47,9 +47,10 @@ class TileDataset(Dataset):
     ):
         self.cache = cache if isinstance(cache, SlideCache) else SlideCache(cache)
         self.seed = seed
+        every = self.cache.items()  # one scan: attrs of all slides (fast at 10,000 slides)
         chosen = []
-        for slide_id in slide_ids if slide_ids is not None else self.cache.ids:
-            meta = self.cache.metadata(slide_id)
+        for slide_id in slide_ids if slide_ids is not None else every:
+            meta = every[slide_id] if slide_id in every else self.cache.metadata(slide_id)  # absent: its error
             if matches(meta, "split", splits) and matches(meta, "label", labels) and matches(meta, "stain", stains):
                 chosen.append((slide_id, meta))
         self.slide_ids = [slide_id for slide_id, _ in chosen]
@@ -57,9 +58,10 @@ class TileDataset(Dataset):
         self.classes = list(classes) if classes is not None else found
         class_index = {name: k for k, name in enumerate(self.classes)}
         self.slide_labels = np.array([class_index.get(str(m.get("label")), -1) for _, m in chosen], dtype=np.int64)
+        # Lengths from the recorded num_tiles: no tiles array is opened to build the index.
         counts = np.array([int(m["num_tiles"]) for _, m in chosen], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
-        self.chunk_tiles = [int(self.cache.tiles(s).chunks[0]) for s in self.slide_ids]
+        self._chunk_tiles: list[int] | None = None
         self.transform = transform
         self._readers: dict[int, TileReader] = {}
         self._coords: dict[int, np.ndarray] = {}
@@ -74,6 +76,13 @@ class TileDataset(Dataset):
             raise IndexError(f"index out of range for a dataset of {len(self)} tiles")
         slide = np.searchsorted(self.offsets, index, side="right") - 1
         return slide, index - self.offsets[slide]
+
+    @property
+    def chunk_tiles(self) -> list[int]:
+        """Tiles per storage chunk of each selected slide, read from the arrays' metadata on first use."""
+        if self._chunk_tiles is None:
+            self._chunk_tiles = [self.cache.chunk_tiles(s) for s in self.slide_ids]
+        return self._chunk_tiles
 
     def blocks(self) -> list[tuple[int, int]]:
         """Index ranges that share a storage chunk: the units :class:`BlockShuffleSampler` shuffles."""

@@ -72,12 +72,16 @@ class StorageParams:
         if self.chunk_tiles < 1:
             raise ValueError(f"chunk_tiles must be at least 1, got {self.chunk_tiles}")
 
-    def array_kwargs(self, tile_size: int) -> dict:
+    def array_kwargs(self, tile_size: int, num_tiles: int | None = None) -> dict:
+        """Zarr arguments of a ``tiles`` array. A slide with fewer than ``chunk_tiles`` tiles (a biopsy,
+        a TMA core) gets one chunk of exactly its tiles: a padded 32-tile raw chunk would store eight
+        times the pixels of a 4-tile slide."""
+        rows = self.chunk_tiles if num_tiles is None else max(1, min(self.chunk_tiles, num_tiles))
         tile = (tile_size, tile_size, 3)
         if self.codec == "jpeg":
             return {
                 "chunks": (1, *tile),
-                "shards": (self.chunk_tiles, *tile),
+                "shards": (rows, *tile),
                 "serializer": JpegCodec(quality=self.jpeg_quality),
                 "compressors": None,
             }
@@ -87,7 +91,7 @@ class StorageParams:
             "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),
         }[self.codec]
         # Every chunk is written, even an all-black one, so raw chunk files can be read directly.
-        return {"chunks": (self.chunk_tiles, *tile), "compressors": compressors, "config": {"write_empty_chunks": True}}
+        return {"chunks": (rows, *tile), "compressors": compressors, "config": {"write_empty_chunks": True}}
 
 
 @dataclass
@@ -274,23 +278,18 @@ class SlideTiler(CacheItemWorker):
 
     def _write(self, group, slide: Slide, job: Job, thumb: Thumbnail, grid: TileGrid, attrs: dict, progress) -> None:
         p = self.params
-        group.create_array("coords", data=grid.coords)
-        group.create_array("grid", data=grid.grid)
-        group.create_array("tissue", data=grid.tissue)
-        group.create_array("thumbnail", data=thumb.rgb, chunks=(*thumb.rgb.shape[:2], 3))
-        group.create_array("tissue_mask", data=thumb.mask, chunks=thumb.mask.shape)
-        if thumb.region is not None:
-            group.create_array("annotation_mask", data=thumb.region, chunks=thumb.region.shape)
-        if thumb.ink is not None:
-            group.create_array("pen_mask", data=thumb.ink, chunks=thumb.ink.shape)
+        small = {"coords": grid.coords, "grid": grid.grid, "tissue": grid.tissue}
+        masks = {"tissue_mask": thumb.mask, "annotation_mask": thumb.region, "pen_mask": thumb.ink}
+        present = {name: mask for name, mask in masks.items() if mask is not None}
+        cache_mod.write_small_arrays(group, {**small, "thumbnail": thumb.rgb, **present})
         tiles = group.create_array(
             "tiles",
             shape=(len(grid), p.tile_size, p.tile_size, 3),
             dtype="uint8",
-            **self.storage.array_kwargs(p.tile_size),
+            **self.storage.array_kwargs(p.tile_size, len(grid)),
         )
         blocks = iter_tile_blocks(slide, grid, p, attrs["read_level"], self.threads)
-        _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
+        _stream_tiles(tiles, blocks, min(self.storage.chunk_tiles, len(grid)), progress)
         boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
         picture = tile_overlay(thumb.rgb, thumb.mask, boxes, region=thumb.region, ink=thumb.ink)
         save_png_atomically(picture, self.out / "qc" / f"{job.item_id}.png")
@@ -319,6 +318,14 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
     OpenSlide decoding (in the caller) and file writes (here) both release the GIL, so they overlap;
     whole chunks per write keep Zarr from rewriting any chunk twice.
     """
+    slab_tiles = chunk * max(1, math.ceil(256 / chunk))  # about 256 tiles per write
+    if array.shape[0] <= slab_tiles:  # a small slide: one write, no thread to start
+        pixels = np.concatenate(list(blocks)) if array.shape[0] else np.empty(array.shape, np.uint8)
+        if len(pixels) != array.shape[0]:
+            raise RuntimeError(f"wrote {len(pixels)} tiles, expected {array.shape[0]}")
+        array[:] = pixels
+        progress(len(pixels))
+        return
     slabs: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
 
@@ -335,7 +342,6 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
 
     thread = threading.Thread(target=writer, name="medssl-tile-writer", daemon=True)
     thread.start()
-    slab_tiles = chunk * max(1, math.ceil(256 / chunk))  # about 256 tiles per write
     buffer = np.empty((slab_tiles, *array.shape[1:]), dtype=np.uint8)
     filled, written = 0, 0
     try:

@@ -150,7 +150,7 @@ def iter_tile_blocks(
     With ``threads > 1`` several blocks are decoded at once (JPEG decoding and resizing release the
     GIL); at most ``threads + 1`` blocks are in memory.
     """
-    if threads <= 1:
+    if threads <= 1 or len(grid.blocks) <= 1:  # one block (a biopsy, a TMA core): no pool to start
         for block in grid.blocks:
             yield grid.read(slide, params, level, block)
         return
