@@ -17,6 +17,7 @@ import openslide
 from PIL import Image, UnidentifiedImageError
 
 from medssl.errors import SlideError
+from medssl.preprocess.stages import stage
 from medssl.preprocess.tiff_direct import DIRECT_VENDORS, DirectTiff
 
 #: File name suffixes treated as slides when a folder is given.
@@ -257,13 +258,16 @@ class Slide:
         ):
             factor = round(fx)
             wanted = (out_size[0] * factor, out_size[1] * factor)
-            if image.size != wanted:
-                image = image.crop((0, 0, *wanted))
-            if factor > 1:
-                image = image.reduce(factor)
+            with stage("reduce"):
+                if image.size != wanted:
+                    image = image.crop((0, 0, *wanted))
+                if factor > 1:
+                    image = image.reduce(factor)
         else:
-            image = image.resize(out_size, RESAMPLE_FILTERS[resample], box=(left, top, right, bottom))
-        return _rgb_array(image)
+            with stage("reduce"):
+                image = image.resize(out_size, RESAMPLE_FILTERS[resample], box=(left, top, right, bottom))
+        with stage("rgb_pack"):
+            return _rgb_array(image)
 
     def close(self) -> None:
         if self._direct is not None:

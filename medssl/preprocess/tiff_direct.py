@@ -17,6 +17,8 @@ import imagecodecs
 import numpy as np
 import tifffile
 
+from medssl.preprocess.stages import stage
+
 #: OpenSlide vendors whose levels are plain tiled pages of the TIFF.
 DIRECT_VENDORS = ("generic-tiff", "aperio")
 
@@ -68,13 +70,16 @@ class DirectTiff:
                 sx1, sy1 = min(x_end, (tx + 1) * tw), min(y_end, (ty + 1) * th)
                 nbytes = page.databytecounts[index]
                 if not nbytes or not wanted[ty - ty0, tx - tx0]:  # missing or unneeded: background
-                    out[sy0 - y : sy1 - y, sx0 - x : sx1 - x, :3] = 255
+                    with stage("copy_region"):
+                        out[sy0 - y : sy1 - y, sx0 - x : sx1 - x, :3] = 255
                     continue
-                data = os.pread(self._fd, nbytes, page.dataoffsets[index])
-                tile = self._decode(page, data, index)
-                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[
-                    sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
-                ]
+                with stage("decode"):
+                    data = os.pread(self._fd, nbytes, page.dataoffsets[index])
+                    tile = self._decode(page, data, index)
+                with stage("copy_region"):
+                    out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[
+                        sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
+                    ]
         return out
 
     @staticmethod

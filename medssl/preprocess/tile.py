@@ -43,6 +43,7 @@ from medssl.jobs import (
     select_shard,
 )
 from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide
+from medssl.preprocess.stages import stage
 from medssl.preprocess.tiling import Thumbnail, TileGrid, TilingParams, iter_tile_blocks, make_thumbnail, plan_grid
 from medssl.viz.qc import save_png_atomically, tile_overlay
 
@@ -191,13 +192,15 @@ class SlideTiler(CacheItemWorker):
                 f"{job.path}: target {p.target_mpp} µm/px is finer than the slide's level 0 "
                 f"({slide.mpp:.4g} µm/px); choose a coarser --mpp"
             )
-        thumb = make_thumbnail(slide, p.tissue)
+        with stage("thumbnail"):
+            thumb = make_thumbnail(slide, p.tissue)
         if not thumb.mask.any():
             raise SlideError(
                 f"{job.path}: no tissue found (saturation threshold {thumb.threshold:.1f}); "
                 "lower --min-saturation if this slide is faintly stained"
             )
-        grid = plan_grid(slide, thumb, p)
+        with stage("plan"):
+            grid = plan_grid(slide, thumb, p)
         if grid.shape[0] == 0 or grid.shape[1] == 0:
             raise SlideError(f"{job.path}: slide is smaller than one {p.tile_size}px tile at {p.target_mpp} µm/px")
         if len(grid) == 0:
@@ -246,8 +249,9 @@ class SlideTiler(CacheItemWorker):
         )
         blocks = iter_tile_blocks(slide, grid, p, attrs["read_level"], self.threads)
         _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
-        boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
-        save_png_atomically(tile_overlay(thumb.rgb, thumb.mask, boxes), self.out / "qc" / f"{job.item_id}.png")
+        with stage("qc"):
+            boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
+            save_png_atomically(tile_overlay(thumb.rgb, thumb.mask, boxes), self.out / "qc" / f"{job.item_id}.png")
 
 
 def _parse_mpp(job: Job) -> float | None:
@@ -280,7 +284,8 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
         try:
             while (item := slabs.get()) is not None:
                 start, data = item
-                array[start : start + len(data)] = data
+                with stage("write", wall=True):
+                    array[start : start + len(data)] = data
                 progress(len(data))
         except BaseException as exc:  # surfaced in the caller
             failure.append(exc)
@@ -297,7 +302,8 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
             offset = 0
             while offset < len(block):
                 take = min(len(block) - offset, slab_tiles - filled)
-                buffer[filled : filled + take] = block[offset : offset + take]
+                with stage("copy_slab"):
+                    buffer[filled : filled + take] = block[offset : offset + take]
                 filled, offset = filled + take, offset + take
                 if filled == slab_tiles:
                     slabs.put((written, buffer))
