@@ -243,19 +243,19 @@ class Slide:
         left, top = lx - x, ly - y
         right, bottom = left + size_l0[0] / dx, top + size_l0[1] / dy
         fx, fy = (right - left) / out_size[0], (bottom - top) / out_size[1]
+        exact = _near_int(left) and _near_int(top) and _near_int(fx) and abs(fx - fy) < 1e-9
+        if exact and resample == "box" and round(fx) > 1:
+            reduced = self._reduced_direct(level, x, y, out_size, round(fx), needed_l0)
+            if reduced is not None:
+                with stage("rgb_pack"):
+                    return _rgb_array(reduced)
         needed = None
         if needed_l0 is not None:
             reach = 2 * math.ceil(max(fx, fy)) + 2  # filter support in read-level pixels, with room
             scale = np.array([dx, dy, dx, dy])
             needed = needed_l0 / scale + np.array([-reach, -reach, reach, reach])
         image = self._region(level, x, y, math.ceil(right - 1e-9), math.ceil(bottom - 1e-9), needed)
-        if (
-            _near_int(left)
-            and _near_int(top)
-            and _near_int(fx)
-            and abs(fx - fy) < 1e-9
-            and (round(fx) == 1 or resample == "box")
-        ):
+        if exact and (round(fx) == 1 or resample == "box"):
             factor = round(fx)
             wanted = (out_size[0] * factor, out_size[1] * factor)
             with stage("reduce"):
@@ -268,6 +268,23 @@ class Slide:
                 image = image.resize(out_size, RESAMPLE_FILTERS[resample], box=(left, top, right, bottom))
         with stage("rgb_pack"):
             return _rgb_array(image)
+
+    def _reduced_direct(
+        self, level: int, x: int, y: int, out_size: tuple[int, int], factor: int, needed_l0: np.ndarray | None
+    ) -> Image.Image | None:
+        """An exact ``factor``× box reduction decoded and reduced source tile by source tile (see
+        :meth:`DirectTiff.read_reduced`), or None where that path does not apply. Every output pixel
+        averages its own ``factor``² group, so ``needed_l0`` needs no margin for the filter's reach."""
+        direct = self._direct
+        w, h = out_size[0] * factor, out_size[1] * factor
+        if direct is None or not direct.has_level(level) or not direct.can_reduce(level, x, y, w, h, factor):
+            return None
+        dx, dy = self.level_downsample(level)
+        needed = None if needed_l0 is None else needed_l0 / np.array([dx, dy, dx, dy])
+        try:
+            return direct.read_reduced(level, x, y, w, h, factor, needed)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SlideError(f"{self.path}: read failed at level {level} ({_one_line(exc)})") from None
 
     def close(self) -> None:
         if self._direct is not None:

@@ -251,7 +251,8 @@ class SlideTiler(CacheItemWorker):
         _stream_tiles(tiles, blocks, self.storage.chunk_tiles, progress)
         with stage("qc"):
             boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
-            save_png_atomically(tile_overlay(thumb.rgb, thumb.mask, boxes), self.out / "qc" / f"{job.item_id}.png")
+            overlay = tile_overlay(thumb.rgb, thumb.mask, boxes)
+            save_png_atomically(overlay, self.out / "qc" / f"{job.item_id}.png", compress_level=1)
 
 
 def _parse_mpp(job: Job) -> float | None:

@@ -38,10 +38,11 @@ def tile_overlay(
     return image
 
 
-def save_png_atomically(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG through a temporary file so a killed run never leaves half a picture."""
+def save_png_atomically(image: Image.Image, path: str | os.PathLike, compress_level: int = 6) -> Path:
+    """Write a PNG through a temporary file so a killed run never leaves half a picture.
+    ``compress_level`` is zlib's 0..9 (1 writes a 1600² picture about 2.5× faster, 25 % larger)."""
     with atomic_path(path) as temporary:
-        image.save(temporary, format="PNG")
+        image.save(temporary, format="PNG", compress_level=compress_level)
     return Path(path)
 
 
