@@ -28,6 +28,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from medssl.cache import store as cache_mod
 from medssl.cache.codecs import JpegCodec
+from medssl.cache.raw import slab_writer
 from medssl.errors import SlideError
 from medssl.jobs import (
     DONE,
@@ -280,13 +281,14 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
     """
     slabs: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
+    write = slab_writer(array)
 
     def writer() -> None:
         try:
             while (item := slabs.get()) is not None:
                 start, data = item
                 with stage("write", wall=True):
-                    array[start : start + len(data)] = data
+                    write(start, data)
                 progress(len(data))
         except BaseException as exc:  # surfaced in the caller
             failure.append(exc)

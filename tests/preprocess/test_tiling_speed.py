@@ -80,3 +80,45 @@ def test_stage_recording_charges_each_stage_once_and_is_off_by_default():
     with stages.stage("after"):
         pass
     assert "after" not in totals
+
+
+def _tile_array(root, codec: str = "raw"):
+    import zarr
+
+    from medssl.preprocess.tile import StorageParams
+
+    group = zarr.open_group(root, mode="w")
+    return group.create_array(
+        "tiles", shape=(70, 8, 8, 3), dtype="uint8", **StorageParams(codec=codec, chunk_tiles=32).array_kwargs(8)
+    )
+
+
+def _files(root) -> list:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def test_direct_chunk_writes_are_byte_identical_to_zarr(tmp_path, rng):
+    from medssl.cache.raw import TileReader, slab_writer
+
+    tiles = rng.integers(0, 256, (70, 8, 8, 3), dtype=np.uint8)
+    by_zarr, direct = _tile_array(tmp_path / "zarr"), _tile_array(tmp_path / "direct")
+    by_zarr[:] = tiles
+    write = slab_writer(direct)
+    write(0, tiles[:64])
+    write(64, tiles[64:])  # the last chunk is short: padded with the fill value, as Zarr does
+    files = _files(tmp_path / "zarr")
+    assert _files(tmp_path / "direct") == files
+    for name in files:
+        assert (tmp_path / "direct" / name).read_bytes() == (tmp_path / "zarr" / name).read_bytes(), name
+    np.testing.assert_array_equal(TileReader(tmp_path / "direct" / "tiles").read(np.arange(70)), tiles)
+    with pytest.raises(ValueError, match="whole chunks"):
+        write(16, tiles[16:48])
+
+
+def test_compressed_arrays_are_written_through_zarr(tmp_path, rng):
+    from medssl.cache.raw import slab_writer
+
+    tiles = rng.integers(0, 256, (70, 8, 8, 3), dtype=np.uint8)
+    array = _tile_array(tmp_path / "zstd", codec="zstd")
+    slab_writer(array)(0, tiles)
+    np.testing.assert_array_equal(array[:], tiles)
