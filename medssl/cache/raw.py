@@ -137,7 +137,7 @@ def _write_chunk(path: Path, rows: np.ndarray, chunk_tiles: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
     with open(temporary, "wb") as handle:
-        handle.write(memoryview(rows).cast("B"))
+        handle.write(rows.data)  # contiguous rows of the caller's buffer: no copy
         if len(rows) < chunk_tiles:
             handle.write(bytes((chunk_tiles - len(rows)) * rows.shape[1]))
     os.replace(temporary, path)
