@@ -193,7 +193,7 @@ STAGES = {
     "rgb_pack": "RGBX -> RGB packing of the region",
     "cut": "tiles cut out of the region",
     "copy_slab": "tiles copied into the write slab",
-    "write": "chunk writes (elapsed in the writer thread: Zarr works on its own threads)",
+    "write": "chunk writes in the writer thread (work Zarr does on its own threads is under other)",
     "qc": "QC overlay PNG",
 }
 

@@ -22,35 +22,31 @@ _local = threading.local()
 
 
 class _Stage:
-    __slots__ = ("name", "clock", "start", "outer")
+    __slots__ = ("name", "start", "outer")
 
-    def __init__(self, name: str, clock):
+    def __init__(self, name: str):
         self.name = name
-        self.clock = clock
 
     def __enter__(self) -> None:
         self.outer = getattr(_local, "open", False)
         if not self.outer:
             _local.open = True
-            self.start = self.clock()
+            self.start = time.thread_time()
 
     def __exit__(self, *exc) -> None:
         if self.outer:
             return
-        elapsed = self.clock() - self.start
+        elapsed = time.thread_time() - self.start
         _local.open = False
         with _lock:
             if _totals is not None:
                 _totals[self.name] = _totals.get(self.name, 0.0) + elapsed
 
 
-def stage(name: str, wall: bool = False) -> AbstractContextManager:
-    """A context that charges its thread's CPU time to ``name`` while recording is on. ``wall=True``
-    charges elapsed time instead, for a thread that waits on work done elsewhere (Zarr encodes and
-    writes chunks on its own event-loop and I/O threads while the caller blocks)."""
-    if _totals is None:
-        return _OFF
-    return _Stage(name, time.perf_counter if wall else time.thread_time)
+def stage(name: str) -> AbstractContextManager:
+    """A context that charges its thread's CPU time to ``name`` while recording is on. (Work a stage
+    hands to other threads, such as Zarr's own event loop, is not charged to it.)"""
+    return _OFF if _totals is None else _Stage(name)
 
 
 @contextmanager

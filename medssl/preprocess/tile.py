@@ -280,6 +280,7 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
     whole chunks per write keep Zarr from rewriting any chunk twice.
     """
     slabs: queue.Queue = queue.Queue(maxsize=2)
+    spare: queue.SimpleQueue = queue.SimpleQueue()  # written slabs, reused: fresh pages cost a fault each
     failure: list[BaseException] = []
     write = slab_writer(array)
 
@@ -287,8 +288,9 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
         try:
             while (item := slabs.get()) is not None:
                 start, data = item
-                with stage("write", wall=True):
+                with stage("write"):
                     write(start, data)
+                spare.put(data)
                 progress(len(data))
         except BaseException as exc:  # surfaced in the caller
             failure.append(exc)
@@ -311,7 +313,7 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
                 if filled == slab_tiles:
                     slabs.put((written, buffer))
                     written += filled
-                    buffer, filled = np.empty_like(buffer), 0
+                    buffer, filled = (np.empty_like(buffer) if spare.empty() else spare.get()), 0
             if failure:
                 break
         if filled and not failure:
