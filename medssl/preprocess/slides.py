@@ -247,8 +247,7 @@ class Slide:
         if exact and resample == "box" and round(fx) > 1:
             reduced = self._reduced_direct(level, x, y, out_size, round(fx), needed_l0)
             if reduced is not None:
-                with stage("rgb_pack"):
-                    return _rgb_array(reduced)
+                return reduced
         needed = None
         if needed_l0 is not None:
             reach = 2 * math.ceil(max(fx, fy)) + 2  # filter support in read-level pixels, with room
@@ -271,7 +270,7 @@ class Slide:
 
     def _reduced_direct(
         self, level: int, x: int, y: int, out_size: tuple[int, int], factor: int, needed_l0: np.ndarray | None
-    ) -> Image.Image | None:
+    ) -> np.ndarray | None:
         """An exact ``factor``× box reduction decoded and reduced source tile by source tile (see
         :meth:`DirectTiff.read_reduced`), or None where that path does not apply. Every output pixel
         averages its own ``factor``² group, so ``needed_l0`` needs no margin for the filter's reach."""

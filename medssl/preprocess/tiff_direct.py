@@ -86,9 +86,9 @@ class DirectTiff:
 
     def read_reduced(
         self, level: int, x: int, y: int, w: int, h: int, factor: int, needed: Boxes | None = None
-    ) -> Image.Image:
-        """``read(level, x, y, w, h, needed)`` reduced by ``factor`` with Pillow's box ``reduce``, as an
-        RGB image of ``(w // factor, h // factor)`` pixels, with identical pixels to reducing the full read.
+    ) -> np.ndarray:
+        """``read(level, x, y, w, h, needed)`` reduced by ``factor`` with Pillow's box ``reduce``, as
+        ``uint8 [h // factor, w // factor, 3]`` RGB, with identical pixels to reducing the full read.
 
         Needs ``x``, ``y``, ``w``, ``h`` and the source tile sides to be multiples of ``factor`` (see
         :meth:`can_reduce`): then every output pixel averages pixels of one source tile, so each tile is
@@ -100,7 +100,7 @@ class DirectTiff:
         if not self.can_reduce(level, x, y, w, h, factor):
             raise ValueError(f"{self.path}: box {(x, y, w, h)} is not aligned for a {factor}× reduction")
         across, down = -(-page.imagewidth // tw), -(-page.imagelength // th)
-        region = Image.new("RGB", (w // factor, h // factor), (255, 255, 255))
+        region = np.full((h // factor, w // factor, 3), 255, dtype=np.uint8)
         buffer = np.empty((th, tw, 4), dtype=np.uint8)
         tx0, ty0 = x // tw, y // th
         tx1, ty1 = -(-(x + w) // tw), -(-(y + h) // th)
@@ -123,7 +123,11 @@ class DirectTiff:
                     box = (sx0 - tx * tw, sy0 - ty * th, sx1 - tx * tw, sy1 - ty * th)
                     piece = Image.frombuffer("RGBX", (tw, th), tile, "raw", "RGBX", 0, 1).reduce(factor, box)
                 with stage("copy_region"):
-                    region.paste(piece, ((sx0 - x) // factor, (sy0 - y) // factor))
+                    # Packed to RGB while small and in cache (a whole-region pack is a slow cold pass).
+                    pw, ph = piece.size
+                    rgb = np.frombuffer(piece.tobytes("raw", "RGB"), dtype=np.uint8).reshape(ph, pw, 3)
+                    ox, oy = (sx0 - x) // factor, (sy0 - y) // factor
+                    region[oy : oy + ph, ox : ox + pw] = rgb
         return region
 
     def can_reduce(self, level: int, x: int, y: int, w: int, h: int, factor: int) -> bool:
