@@ -120,3 +120,18 @@ def test_compressed_arrays_are_written_through_zarr(tmp_path, rng):
     array = _tile_array(tmp_path / "zstd", codec="zstd")
     slab_writer(array)(0, tiles)
     np.testing.assert_array_equal(array[:], tiles)
+
+
+def test_saturation_equals_the_textbook_formula_bit_for_bit(rng):
+    from medssl.preprocess.tissue import saturation
+
+    rgb = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    rgb[:4] = 0  # black: saturation 0
+    rgb[4:8] = rgb[4:8, :, :1]  # grey: saturation 0
+    pixels = rgb.astype(np.float32)
+    cmax, cmin = pixels.max(axis=-1), pixels.min(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = (np.where(cmax > 0, (cmax - cmin) / cmax, 0.0) * 255.0).astype(np.float32)
+    got = saturation(rgb)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
