@@ -235,7 +235,7 @@ class Slide:
         The box may be fractional; the resize maps it exactly (Pillow's ``box``). An exact integer
         reduction of an aligned box with the ``box`` filter takes Pillow's much faster ``reduce``; on
         directly decoded levels it is done source tile by source tile (same pixels, no full-size region).
-        Returns a read-only ``uint8 [H, W, 3]``; pixels outside the scanned area are white.
+        Returns ``uint8 [H, W, 3]``; pixels outside the scanned area are white.
         """
         dx, dy = self.level_downsample(level)
         # The box in read-level pixels, then relative to the integer pixel we start reading at.
