@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.storage import LocalStore
 
 
 def array_metadata(array_dir: str | os.PathLike) -> dict:
@@ -91,6 +94,62 @@ def chunk_rows(meta: dict) -> int:
     if codecs and codecs[0].get("name") == "sharding_indexed":
         return int(codecs[0]["configuration"]["chunk_shape"][0])
     return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+
+
+def slab_writer(array: zarr.Array) -> Callable[[int, np.ndarray], None]:
+    """A function ``write(start, tiles)`` that stores ``tiles`` at ``array[start:]``.
+
+    For an uncompressed tile array on a local store (the layout :class:`TileReader` reads directly),
+    each whole chunk is written as its file with one ``write`` from the caller's buffer, byte for byte
+    what Zarr writes (the last chunk padded with the fill value 0), without Zarr's per-chunk copies
+    and event-loop round trips; ``start`` must then be chunk-aligned. Any other array is written
+    through Zarr.
+    """
+    chunk_dir = _raw_local_dir(array)
+    if chunk_dir is None:
+
+        def through_zarr(start: int, tiles: np.ndarray) -> None:
+            array[start : start + len(tiles)] = tiles
+
+        return through_zarr
+    chunk_tiles = int(array.chunks[0])
+    total = int(array.shape[0])
+
+    def direct(start: int, tiles: np.ndarray) -> None:
+        if start % chunk_tiles or (start + len(tiles) != total and len(tiles) % chunk_tiles):
+            raise ValueError(f"{chunk_dir}: tiles {start}..{start + len(tiles)} are not whole chunks")
+        flat = np.ascontiguousarray(tiles).reshape(len(tiles), -1)
+        for first in range(0, len(tiles), chunk_tiles):
+            chunk = flat[first : first + chunk_tiles]
+            _write_chunk(chunk_dir / "c" / str((start + first) // chunk_tiles) / "0" / "0" / "0", chunk, chunk_tiles)
+
+    return direct
+
+
+def _raw_local_dir(array: zarr.Array) -> Path | None:
+    """The folder of ``array`` when it is raw tile chunks with fill value 0 on a local store, else None."""
+    store = array.store
+    if not isinstance(store, LocalStore):
+        return None
+    folder = Path(store.root) / array.path
+    try:
+        meta = array_metadata(folder)
+    except (OSError, ValueError):
+        return None
+    if _raw_chunk_tiles(meta) is None or meta.get("fill_value") != 0:
+        return None
+    return folder
+
+
+def _write_chunk(path: Path, rows: np.ndarray, chunk_tiles: int) -> None:
+    """One chunk file, through a temporary name as Zarr does; a short last chunk is padded with zeros."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    with open(temporary, "wb") as handle:
+        handle.write(rows.data)  # contiguous rows of the caller's buffer: no copy
+        if len(rows) < chunk_tiles:
+            handle.write(bytes((chunk_tiles - len(rows)) * rows.shape[1]))
+    os.replace(temporary, path)
 
 
 def _raw_chunk_tiles(meta: dict) -> int | None:

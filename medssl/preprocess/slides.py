@@ -21,6 +21,7 @@ from medssl.errors import SlideError
 from medssl.jobs import SourceFingerprint, strip_suffixes
 from medssl.preprocess.dicom_wsi import series_fingerprint, series_of, series_slide_id
 from medssl.preprocess.slide_files import one_line, open_slide_file
+from medssl.preprocess.stages import stage
 from medssl.preprocess.tiff_direct import DIRECT_VENDORS, DirectTiff
 
 if TYPE_CHECKING:
@@ -235,8 +236,9 @@ class Slide:
         than the resize filter's reach from all of them may be left white (not decoded).
 
         The box may be fractional; the resize maps it exactly (Pillow's ``box``). An exact integer
-        reduction of an aligned box with the ``box`` filter takes Pillow's much faster ``reduce``.
-        Returns a read-only ``uint8 [H, W, 3]``; pixels outside the scanned area are white.
+        reduction of an aligned box with the ``box`` filter takes Pillow's much faster ``reduce``; on
+        directly decoded levels it is done source tile by source tile (same pixels, no full-size region).
+        Returns ``uint8 [H, W, 3]``; pixels outside the scanned area are white.
         """
         dx, dy = self.level_downsample(level)
         # The box in read-level pixels, then relative to the integer pixel we start reading at.
@@ -245,28 +247,47 @@ class Slide:
         left, top = lx - x, ly - y
         right, bottom = left + size_l0[0] / dx, top + size_l0[1] / dy
         fx, fy = (right - left) / out_size[0], (bottom - top) / out_size[1]
+        exact = _near_int(left) and _near_int(top) and _near_int(fx) and abs(fx - fy) < 1e-9
+        if exact and resample == "box" and round(fx) > 1:
+            reduced = self._reduced_direct(level, x, y, out_size, round(fx), needed_l0)
+            if reduced is not None:
+                return reduced
         needed = None
         if needed_l0 is not None:
             reach = 2 * math.ceil(max(fx, fy)) + 2  # filter support in read-level pixels, with room
             scale = np.array([dx, dy, dx, dy])
             needed = needed_l0 / scale + np.array([-reach, -reach, reach, reach])
         image = self._region(level, x, y, math.ceil(right - 1e-9), math.ceil(bottom - 1e-9), needed)
-        if (
-            _near_int(left)
-            and _near_int(top)
-            and _near_int(fx)
-            and abs(fx - fy) < 1e-9
-            and (round(fx) == 1 or resample == "box")
-        ):
+        if exact and (round(fx) == 1 or resample == "box"):
             factor = round(fx)
             wanted = (out_size[0] * factor, out_size[1] * factor)
-            if image.size != wanted:
-                image = image.crop((0, 0, *wanted))
-            if factor > 1:
-                image = image.reduce(factor)
+            with stage("reduce"):
+                if image.size != wanted:
+                    image = image.crop((0, 0, *wanted))
+                if factor > 1:
+                    image = image.reduce(factor)
         else:
-            image = image.resize(out_size, RESAMPLE_FILTERS[resample], box=(left, top, right, bottom))
-        return _rgb_array(image)
+            with stage("reduce"):
+                image = image.resize(out_size, RESAMPLE_FILTERS[resample], box=(left, top, right, bottom))
+        with stage("rgb_pack"):
+            return _rgb_array(image)
+
+    def _reduced_direct(
+        self, level: int, x: int, y: int, out_size: tuple[int, int], factor: int, needed_l0: np.ndarray | None
+    ) -> np.ndarray | None:
+        """An exact ``factor``× box reduction decoded and reduced source tile by source tile (see
+        :meth:`DirectTiff.read_reduced`), or None where that path does not apply. Every output pixel
+        averages its own ``factor``² group, so ``needed_l0`` needs no margin for the filter's reach."""
+        direct = self._direct
+        w, h = out_size[0] * factor, out_size[1] * factor
+        if direct is None or not direct.has_level(level) or not direct.can_reduce(level, x, y, w, h, factor):
+            return None
+        dx, dy = self.level_downsample(level)
+        needed = None if needed_l0 is None else needed_l0 / np.array([dx, dy, dx, dy])
+        try:
+            return direct.read_reduced(level, x, y, w, h, factor, needed)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SlideError(f"{self.path}: read failed at level {level} ({one_line(exc)})") from None
 
     def close(self) -> None:
         if self._direct is not None:

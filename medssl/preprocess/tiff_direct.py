@@ -16,11 +16,15 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import tifffile
+from PIL import Image
+
+from medssl.preprocess.stages import stage
 
 #: OpenSlide vendors whose levels are plain tiled pages of the TIFF.
 DIRECT_VENDORS = ("generic-tiff", "aperio")
 
 Box = tuple[float, float, float, float]
+Boxes = Sequence[Box] | np.ndarray  #: level-pixel boxes x0, y0, x1, y1
 
 
 class DirectTiff:
@@ -42,7 +46,7 @@ class DirectTiff:
     def has_level(self, level: int) -> bool:
         return level in self.pages
 
-    def read(self, level: int, x: int, y: int, w: int, h: int, needed: Sequence[Box] | None = None) -> np.ndarray:
+    def read(self, level: int, x: int, y: int, w: int, h: int, needed: Boxes | None = None) -> np.ndarray:
         """``uint8 [h, w, 4]`` RGBX (X = 255) of level pixels from (x, y); outside the image or in a
         missing tile it is white. Four channels because that is Pillow's own pixel layout: the array
         becomes an image without a copy.
@@ -68,25 +72,84 @@ class DirectTiff:
                 sx1, sy1 = min(x_end, (tx + 1) * tw), min(y_end, (ty + 1) * th)
                 nbytes = page.databytecounts[index]
                 if not nbytes or not wanted[ty - ty0, tx - tx0]:  # missing or unneeded: background
-                    out[sy0 - y : sy1 - y, sx0 - x : sx1 - x, :3] = 255
+                    with stage("copy_region"):
+                        out[sy0 - y : sy1 - y, sx0 - x : sx1 - x, :3] = 255
                     continue
-                data = os.pread(self._fd, nbytes, page.dataoffsets[index])
-                tile = self._decode(page, data, index)
-                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[
-                    sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
-                ]
+                with stage("decode"):
+                    data = os.pread(self._fd, nbytes, page.dataoffsets[index])
+                    tile = self._decode(page, data, index)
+                with stage("copy_region"):
+                    out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[
+                        sy0 - ty * th : sy1 - ty * th, sx0 - tx * tw : sx1 - tx * tw
+                    ]
         return out
 
+    def read_reduced(
+        self, level: int, x: int, y: int, w: int, h: int, factor: int, needed: Boxes | None = None
+    ) -> np.ndarray:
+        """``read(level, x, y, w, h, needed)`` reduced by ``factor`` with Pillow's box ``reduce``, as
+        ``uint8 [h // factor, w // factor, 3]`` RGB, with identical pixels to reducing the full read.
+
+        Needs ``x``, ``y``, ``w``, ``h`` and the source tile sides to be multiples of ``factor`` (see
+        :meth:`can_reduce`): then every output pixel averages pixels of one source tile, so each tile is
+        reduced right after decoding, while it is in cache, and the full-resolution region never exists
+        (it would be ``factor``² times larger, and filling it cost more than decoding).
+        """
+        page = self.pages[level]
+        tw, th = page.tilewidth, page.tilelength
+        if not self.can_reduce(level, x, y, w, h, factor):
+            raise ValueError(f"{self.path}: box {(x, y, w, h)} is not aligned for a {factor}× reduction")
+        across, down = -(-page.imagewidth // tw), -(-page.imagelength // th)
+        region = np.full((h // factor, w // factor, 3), 255, dtype=np.uint8)
+        buffer = np.empty((th, tw, 4), dtype=np.uint8)
+        tx0, ty0 = x // tw, y // th
+        tx1, ty1 = -(-(x + w) // tw), -(-(y + h) // th)
+        wanted = _touched(needed, (tx0, ty0, tx1, ty1), tw, th)
+        for ty in range(max(ty0, 0), min(ty1, down)):
+            for tx in range(max(tx0, 0), min(tx1, across)):
+                index = ty * across + tx
+                nbytes = page.databytecounts[index]
+                if not nbytes or not wanted[ty - ty0, tx - tx0]:  # missing or unneeded: white
+                    continue
+                with stage("decode"):
+                    data = os.pread(self._fd, nbytes, page.dataoffsets[index])
+                    tile = self._decode(page, data, index, buffer)
+                with stage("reduce"):
+                    # Pixels past the image edge are white, as in read(); then the part inside the box.
+                    tile[:, max(0, page.imagewidth - tx * tw) :, :3] = 255
+                    tile[max(0, page.imagelength - ty * th) :, :, :3] = 255
+                    sx0, sy0 = max(x, tx * tw), max(y, ty * th)
+                    sx1, sy1 = min(x + w, (tx + 1) * tw), min(y + h, (ty + 1) * th)
+                    box = (sx0 - tx * tw, sy0 - ty * th, sx1 - tx * tw, sy1 - ty * th)
+                    piece = Image.frombuffer("RGBX", (tw, th), tile, "raw", "RGBX", 0, 1).reduce(factor, box)
+                with stage("copy_region"):
+                    # Packed to RGB while small and in cache (a whole-region pack is a slow cold pass).
+                    pw, ph = piece.size
+                    rgb = np.frombuffer(piece.tobytes("raw", "RGB"), dtype=np.uint8).reshape(ph, pw, 3)
+                    ox, oy = (sx0 - x) // factor, (sy0 - y) // factor
+                    region[oy : oy + ph, ox : ox + pw] = rgb
+        return region
+
+    def can_reduce(self, level: int, x: int, y: int, w: int, h: int, factor: int) -> bool:
+        """Whether :meth:`read_reduced` applies: the box and the source tiles fall on ``factor`` groups."""
+        page = self.pages[level]
+        return factor >= 1 and all(v % factor == 0 for v in (x, y, w, h, page.tilewidth, page.tilelength))
+
     @staticmethod
-    def _decode(page: tifffile.TiffPage, data: bytes, index: int) -> np.ndarray:
-        """One source tile as opaque ``[th, tw, 4]`` RGBX. JPEG goes straight to RGBX in libjpeg-turbo
-        (as fast as RGB, and rows then copy as whole memory runs); other codecs through tifffile."""
+    def _decode(page: tifffile.TiffPage, data: bytes, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One source tile as opaque ``[th, tw, 4]`` RGBX, into ``out`` (C-contiguous) when given for JPEG.
+        JPEG goes straight to RGBX in libjpeg-turbo (as fast as RGB, and rows then copy as whole memory
+        runs); other codecs through tifffile."""
         th, tw = page.tilelength, page.tilewidth
         if page.compression == tifffile.COMPRESSION.JPEG and not page.extrasamples:
             jfif = data[6:10] == b"JFIF"
             colorspace, _ = tifffile.tifffile.jpeg_decode_colorspace(page.photometric, page.planarconfig, (), jfif)
             return imagecodecs.jpeg8_decode(
-                data, tables=page.jpegtables, colorspace=colorspace, outcolorspace=imagecodecs.JPEG8.CS.EXT_RGBX
+                data,
+                tables=page.jpegtables,
+                colorspace=colorspace,
+                outcolorspace=imagecodecs.JPEG8.CS.EXT_RGBX,
+                out=out,
             ).reshape(th, tw, 4)
         segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
         if segment is None:  # tifffile's answer for an empty tile, which read() never decodes
@@ -101,7 +164,7 @@ class DirectTiff:
         self._tif.close()
 
 
-def _touched(needed: Sequence[Box] | None, span: tuple[int, int, int, int], tw: int, th: int) -> np.ndarray:
+def _touched(needed: Boxes | None, span: tuple[int, int, int, int], tw: int, th: int) -> np.ndarray:
     """Which source tiles of ``span`` (tile indices x0, y0, x1, y1) intersect any needed box."""
     tx0, ty0, tx1, ty1 = span
     if needed is None:

@@ -28,6 +28,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from medssl.cache import store as cache_mod
 from medssl.cache.codecs import JpegCodec
+from medssl.cache.raw import slab_writer
 from medssl.errors import SlideError
 from medssl.jobs import (
     DONE,
@@ -45,6 +46,7 @@ from medssl.jobs import (
 from medssl.preprocess.dicom_wsi import canonical_slide_path, not_a_slide
 from medssl.preprocess.regions import ANNOTATION_COLUMN, RegionParams
 from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide, slide_item_id, slide_source
+from medssl.preprocess.stages import stage
 from medssl.preprocess.tiling import Thumbnail, TileGrid, TilingParams, iter_tile_blocks, make_thumbnail, plan_grid
 from medssl.viz.qc import save_png_atomically, tile_overlay
 
@@ -223,12 +225,14 @@ class SlideTiler(CacheItemWorker):
                 f"{job.path}: target {p.target_mpp} µm/px is finer than the slide's level 0 "
                 f"({slide.mpp:.4g} µm/px); choose a coarser --mpp"
             )
-        thumb = make_thumbnail(slide, p.tissue)
+        with stage("thumbnail"):
+            thumb = make_thumbnail(slide, p.tissue)
         placed = self.regions.place(job, slide, thumb, p)  # --coords: every tile given, none dropped
         if placed is not None:
             grid, region_attrs = placed
         else:
-            grid, region_attrs, thumb = self._plan_on_tissue(slide, job, thumb)
+            with stage("plan"):
+                grid, region_attrs, thumb = self._plan_on_tissue(slide, job, thumb)
         level = slide.level_for(p.target_mpp)
         attrs = {
             "slide_id": job.item_id,
@@ -290,9 +294,10 @@ class SlideTiler(CacheItemWorker):
         )
         blocks = iter_tile_blocks(slide, grid, p, attrs["read_level"], self.threads)
         _stream_tiles(tiles, blocks, min(self.storage.chunk_tiles, len(grid)), progress)
-        boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
-        picture = tile_overlay(thumb.rgb, thumb.mask, boxes, region=thumb.region, ink=thumb.ink)
-        save_png_atomically(picture, self.out / "qc" / f"{job.item_id}.png")
+        with stage("qc"):
+            boxes = _thumbnail_boxes(grid, p, thumb.mpp, slide.mpp)
+            picture = tile_overlay(thumb.rgb, thumb.mask, boxes, region=thumb.region, ink=thumb.ink)
+            save_png_atomically(picture, self.out / "qc" / f"{job.item_id}.png")
 
 
 def _parse_mpp(job: Job) -> float | None:
@@ -323,17 +328,22 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
         pixels = np.concatenate(list(blocks)) if array.shape[0] else np.empty(array.shape, np.uint8)
         if len(pixels) != array.shape[0]:
             raise RuntimeError(f"wrote {len(pixels)} tiles, expected {array.shape[0]}")
-        array[:] = pixels
+        with stage("write"):
+            slab_writer(array)(0, pixels)
         progress(len(pixels))
         return
     slabs: queue.Queue = queue.Queue(maxsize=2)
+    spare: queue.SimpleQueue = queue.SimpleQueue()  # written slabs, reused: fresh pages cost a fault each
     failure: list[BaseException] = []
+    write = slab_writer(array)
 
     def writer() -> None:
         try:
             while (item := slabs.get()) is not None:
                 start, data = item
-                array[start : start + len(data)] = data
+                with stage("write"):
+                    write(start, data)
+                spare.put(data)
                 progress(len(data))
         except BaseException as exc:  # surfaced in the caller
             failure.append(exc)
@@ -349,12 +359,13 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
             offset = 0
             while offset < len(block):
                 take = min(len(block) - offset, slab_tiles - filled)
-                buffer[filled : filled + take] = block[offset : offset + take]
+                with stage("copy_slab"):
+                    buffer[filled : filled + take] = block[offset : offset + take]
                 filled, offset = filled + take, offset + take
                 if filled == slab_tiles:
                     slabs.put((written, buffer))
                     written += filled
-                    buffer, filled = np.empty_like(buffer), 0
+                    buffer, filled = (np.empty_like(buffer) if spare.empty() else spare.get()), 0
             if failure:
                 break
         if filled and not failure:

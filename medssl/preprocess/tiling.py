@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from medssl.preprocess.slides import RESAMPLE_FILTERS, Slide
+from medssl.preprocess.stages import stage
 from medssl.preprocess.tissue import TissueParams, box_fractions, find_tissue
 
 
@@ -181,7 +182,8 @@ def read_block(slide: Slide, grid: TileGrid, params: TilingParams, level: int, b
         needed_l0=np.stack([x0, y0, x0 + size * r, y0 + size * r], axis=1),
     )
     xs, ys = gx * step - x_min, gy * step - y_min
-    out = np.empty((len(xs), size, size, 3), dtype=np.uint8)
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        out[i] = region[y : y + size, x : x + size]
+    with stage("cut"):
+        out = np.empty((len(xs), size, size, 3), dtype=np.uint8)
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            out[i] = region[y : y + size, x : x + size]
     return out
