@@ -3,7 +3,6 @@ non-image objects, single slices, and SEG / RT Structure Set labels drawn onto t
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 from typing import cast
@@ -22,6 +21,7 @@ from medssl.preprocess.volume_geometry import original_geometry, to_original_gri
 from medssl.preprocess.volumes import VolumeError, load_volume
 from medssl.synthetic.dicom_objects import read_series, write_rtdose, write_rtstruct, write_seg
 from medssl.synthetic.volumes import ct_phantom, grid_affine, write_dicom_series, write_nifti
+from tests.manifests import manifest_rows
 
 SHAPE = (16, 16, 6)  # columns (x), rows (y), slices (z)
 SPACING, ORIGIN = (1.0, 1.0, 2.0), (-5.0, -6.0, 7.0)  # mm; the first voxel's ImagePositionPatient (LPS)
@@ -31,13 +31,6 @@ NATIVE = VolumeParams(spacing=SPACING, crop_foreground=False, dtype="float32")
 def run(inputs, out, **kwargs):
     kwargs.setdefault("progress", False)
     return cache_volumes([str(p) for p in inputs], out, **kwargs)
-
-
-def rows_of(summary_or_manifest) -> dict[str, dict]:
-    """The manifest rows by id, of a run summary or a manifest path."""
-    path = getattr(summary_or_manifest, "manifest", summary_or_manifest)
-    with open(path, newline="") as handle:
-        return {row["id"]: row for row in csv.DictReader(handle)}
 
 
 def mr_like(shape=SHAPE) -> np.ndarray:
@@ -51,7 +44,7 @@ def test_modality_comes_from_the_tags_and_a_nifti_without_one_fails_alone(tmp_pa
     write_dicom_series(tmp_path / "in" / "mr-series", mr_like(), SPACING, ORIGIN, modality="MR")
     nifti = write_nifti(tmp_path / "in" / "anonymous.nii.gz", mr_like((10, 10, 4)), grid_affine((3.0, 3.0, 3.0)))
     summary = run([tmp_path / "in"], tmp_path / "c", params=VolumeParams(crop_foreground=False))
-    rows = rows_of(summary)
+    rows = manifest_rows(summary)
     assert rows["mr-series"]["status"] == "done" and rows["mr-series"]["modality"] == "MR"
     meta = VolumeCache(tmp_path / "c").metadata("mr-series")
     assert meta["modality"] == "MR" and meta["normalization"]["kind"] == "zscore-nonzero"
@@ -63,7 +56,7 @@ def test_modality_comes_from_the_tags_and_a_nifti_without_one_fails_alone(tmp_pa
     # A given modality that contradicts the tag refuses that item only, naming both.
     manifest = tmp_path / "conflict.csv"
     manifest.write_text("volume_id,image,modality\nsaid-ct,in/mr-series,CT\nsaid-nothing,in/mr-series,\n")
-    conflict = rows_of(run([manifest], tmp_path / "d", params=NATIVE))
+    conflict = manifest_rows(run([manifest], tmp_path / "d", params=NATIVE))
     assert conflict["said-nothing"]["status"] == "done"
     assert conflict["said-ct"]["status"] == "failed"
     assert "Modality tag says MR" in conflict["said-ct"]["reason"] and "says CT" in conflict["said-ct"]["reason"]
@@ -94,7 +87,7 @@ def test_pacs_folder_is_split_by_series_and_non_images_stay_out_of_the_plan(tmp_
     printed = capsys.readouterr()
     assert code == 1 and "2 cached, 0 already complete, 3 skipped, 2 failed" in printed.out
     assert "skipped study-CT1: " in printed.err and "failed named-dose: " in printed.err
-    rows = rows_of(tmp_path / "c" / "manifest.csv")
+    rows = manifest_rows(tmp_path / "c" / "manifest.csv")
     assert rows["study-CT2"]["status"] == rows["study-CT3"]["status"] == "done"
     cache = VolumeCache(tmp_path / "c")
     assert cache.metadata("study-CT2")["original"]["shape"] == [16, 16, 6]

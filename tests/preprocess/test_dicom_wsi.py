@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from pathlib import Path
@@ -17,15 +16,11 @@ from medssl.preprocess.dicom_wsi import folder_series, series_slide_id
 from medssl.preprocess.slides import Slide
 from medssl.synthetic.dicom_wsi import write_dicom_wsi, write_secondary_capture
 from medssl.synthetic.slides import Ellipse, SlideLayout
+from tests.manifests import manifest_rows
 
 LAYOUT = SlideLayout(width=1024, height=1024, tissue=[Ellipse(512, 512, 400, 350)])
 PARAMS = TilingParams(target_mpp=0.5, tile_size=64, min_tissue=0.5)  # level 0's MPP: tiles are its pixels
 COARSE = TilingParams(target_mpp=2.0, tile_size=32)
-
-
-def rows(manifest: Path) -> dict[str, dict]:
-    with open(manifest, newline="") as handle:
-        return {row["id"]: row for row in csv.DictReader(handle)}
 
 
 @pytest.fixture()
@@ -44,7 +39,7 @@ def test_a_dicom_series_is_one_slide_with_its_mpp_and_openslide_pixels(cohort, t
             assert (slide.vendor, slide.mpp, slide.mpp_source) == ("dicom", 0.5, "metadata")
             assert slide._osr.level_dimensions == ((1024, 1024), (256, 256))
     summary = tile_slides([cohort], tmp_path / "c", PARAMS, progress=False)
-    manifest = rows(summary.manifest)
+    manifest = manifest_rows(summary.manifest)
     assert manifest["case-12"]["status"] == "done"
     assert manifest["label-photo"]["status"] == "skipped"
     assert "not a whole-slide image (SOP class Secondary Capture Image Storage)" in manifest["label-photo"]["reason"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,10 @@ from medssl.errors import SlideError
 from medssl.preprocess import TilingParams, tile_slides
 from medssl.preprocess.slides import Slide
 from medssl.synthetic.slides import Ellipse, SlideLayout, write_slide
+from tests.manifests import manifest_rows
 
 SMALL = SlideLayout(width=2048, height=1536, tissue=[Ellipse(1024, 768, 700, 550)])
 TINY = SlideLayout(width=1024, height=768, tissue=[Ellipse(512, 384, 380, 300)])
-
-
-def rows(manifest: Path) -> dict[str, dict]:
-    with open(manifest, newline="") as handle:
-        return {row["id"]: row for row in csv.DictReader(handle)}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +45,7 @@ def test_truncated_svs_is_reported_as_truncated_and_never_decoded_whole(svs_pair
 def test_truncated_svs_fails_its_row_and_the_other_slide_is_tiled(svs_pair, tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
     summary = tile_slides([svs_pair], tmp_path / "c", TilingParams(target_mpp=2.0, tile_size=32), progress=False)
-    manifest = rows(summary.manifest)
+    manifest = manifest_rows(summary.manifest)
     assert manifest["good"]["status"] == "done" and int(manifest["good"]["tiles"]) > 0
     assert manifest["cut"]["status"] == "failed"
     assert "unreadable or truncated" in manifest["cut"]["reason"] and "internal error" not in manifest["cut"]["reason"]
@@ -110,7 +105,7 @@ def test_72_dpi_tiff_is_refused_by_tile_then_tiled_with_assume_mpp(tmp_path):
     path = write_tiff_with_resolution(tmp_path / "dpi72.tiff", TINY, 72.0, "INCH")
     args = ["tile", str(path), "--mpp", "2", "--tile-size", "32", "--quiet"]
     assert cli([*args, "--out", str(tmp_path / "a")]) == 1
-    reason = rows(tmp_path / "a" / "manifest.csv")["dpi72"]["reason"]
+    reason = manifest_rows(tmp_path / "a" / "manifest.csv")["dpi72"]["reason"]
     assert "the TIFF resolution (72 dpi) looks like a placeholder; give --assume-mpp or an mpp column" in reason
     assert cli([*args, "--out", str(tmp_path / "b"), "--assume-mpp", "0.5"]) == 0
     cache = SlideCache(tmp_path / "b")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -21,11 +20,7 @@ from medssl.jobs import Job, select_shard
 from medssl.preprocess import StorageParams, TilingParams, tile_slides
 from medssl.synthetic.slides import write_demo_cohort
 from tests.layouts import LAYOUT
-
-
-def read_manifest(path: Path) -> dict[str, dict]:
-    with open(path, newline="") as handle:
-        return {row["id"]: row for row in csv.DictReader(handle)}
+from tests.manifests import manifest_rows
 
 
 def tile(inputs, out, **kwargs):
@@ -143,7 +138,7 @@ def test_bad_inputs_are_reported_and_the_rest_finishes(bad_dir, tmp_path):
     out = tmp_path / "c"
     code = cli(["tile", str(bad_dir), str(missing), "--out", str(out), "--mpp", "1.0", "--tile-size", "64", "--quiet"])
     assert code == 1
-    rows = read_manifest(out / "manifest.csv")
+    rows = manifest_rows(out / "manifest.csv")
     assert rows["good"]["status"] == "done" and int(rows["good"]["tiles"]) > 0
     expected = {
         "notes": "not a slide format",
@@ -271,7 +266,7 @@ def test_killed_process_loses_nothing_completed(tmp_path):
         cache = SlideCache(out)
         assert cache.tiles(slide_id)[:].shape[0] == cache.metadata(slide_id)["num_tiles"]
     assert subprocess.run(command, capture_output=True).returncode == 0
-    rows = read_manifest(out / "manifest.csv")
+    rows = manifest_rows(out / "manifest.csv")
     assert {row["status"] for sid, row in rows.items() if sid in survivors} == {"skipped"}
     assert len(SlideCache(out)) == len(slides)
 
@@ -285,8 +280,8 @@ def test_shards_partition_the_cohort(slides_dir, tmp_path):
     for i in range(2):
         tile([slides_dir], tmp_path / "c", params=params, shard=(i, 2))
     assert SlideCache(tmp_path / "c").ids == ["aperio-050", "generic-025"]
-    one = read_manifest(tmp_path / "c" / "manifest.shard-0-of-2.csv")
-    two = read_manifest(tmp_path / "c" / "manifest.shard-1-of-2.csv")
+    one = manifest_rows(tmp_path / "c" / "manifest.shard-0-of-2.csv")
+    two = manifest_rows(tmp_path / "c" / "manifest.shard-1-of-2.csv")
     assert len(one) == len(two) == 1 and set(one) | set(two) == {"aperio-050", "generic-025"}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from medssl.synthetic.volumes import (
     write_dicom_series,
     write_nifti,
 )
+from tests.manifests import manifest_rows
 
 CENTER, RADIUS = (3.0, -2.0, 5.0), 15.0
 
@@ -31,11 +31,6 @@ CENTER, RADIUS = (3.0, -2.0, 5.0), 15.0
 def run(inputs, out, **kwargs):
     kwargs.setdefault("progress", False)
     return cache_volumes([str(p) for p in inputs], out, **kwargs)
-
-
-def manifest_rows(path: Path) -> dict[str, dict]:
-    with open(path, newline="") as handle:
-        return {row["id"]: row for row in csv.DictReader(handle)}
 
 
 @pytest.fixture(scope="module")
