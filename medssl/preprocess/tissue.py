@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
+from medssl.preprocess.colour import channel_min, saturation
 from medssl.preprocess.pen import PEN_COLOURS, pen_ink_mask
 
 
@@ -69,15 +70,6 @@ class TissueMasks:
         return float(self.ink.sum()) / both if both else 0.0
 
 
-def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation scaled to 0..255 as float32 (max-min over max, 0 for black)."""
-    cmax = _channel_max(rgb).astype(np.float32)
-    cmin = _channel_min(rgb).astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sat = np.where(cmax > 0, (cmax - cmin) / cmax, 0.0)
-    return (sat * 255.0).astype(np.float32)
-
-
 def detect_tissue(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, float]:
     """Boolean tissue mask of an ``[H, W, 3]`` thumbnail at ``params.mask_mpp``, and the threshold used."""
     found = find_tissue(rgb, params)
@@ -98,7 +90,7 @@ def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
         threshold = max(float(otsu), params.min_saturation)
     low = min(params.min_saturation, threshold)
     mask = apply_hysteresis_threshold(sat, low, threshold) if threshold > low else sat > threshold
-    mask &= ~(_channel_min(rgb) > params.max_brightness)
+    mask &= ~(channel_min(rgb) > params.max_brightness)
     if params.close_px > 0:
         structure = _disk(params.close_px)
         # Pad so closing does not erode tissue touching the border.
@@ -117,17 +109,6 @@ def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
         keep[0] = False
         mask = keep[labels]
     return TissueMasks(mask=mask, ink=ink, threshold=threshold)
-
-
-def _channel_max(rgb: np.ndarray) -> np.ndarray:
-    """``rgb.max(axis=-1)`` as two element-wise passes: NumPy's reduction over a 3-long last axis is
-    about ten times slower, and on a whole-slide thumbnail it cost more than reading the thumbnail."""
-    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
-
-
-def _channel_min(rgb: np.ndarray) -> np.ndarray:
-    """``rgb.min(axis=-1)``, fast (see :func:`_channel_max`)."""
-    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
 def _disk(radius: int) -> np.ndarray:
