@@ -61,7 +61,7 @@ import medssl.preprocess.tile as tile_mod
 import medssl.preprocess.tiling as tiling_mod
 from medssl import jobs as jobs_mod
 from medssl.cache import store as cache_mod
-from medssl.jobs import Job, SourceFingerprint, collect_jobs, run_jobs
+from medssl.jobs import Job, collect_jobs, run_jobs
 from medssl.preprocess import TilingParams, tile_slides
 from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide
 from medssl.preprocess.tile import KIND, SlideTiler, StorageParams, cache_params
@@ -122,7 +122,7 @@ def stage_timers() -> Iterator[Stages]:
         (Slide, "_open_direct", "slide_direct_tiff_check"),
         (Slide, "close", "slide_close"),
         (tile_mod, "make_thumbnail", "thumbnail"),
-        (tiling_mod, "detect_tissue", "tissue_mask"),
+        (tiling_mod, "find_tissue", "tissue_mask"),
         (tile_mod, "plan_grid", "grid"),
         (cache_mod, "unchanged_item", "skip_check"),
         (cache_mod, "begin_item", "staging_group"),
@@ -223,8 +223,8 @@ class ReplayTiler(SlideTiler):
         planned = self._planned
         if planned is None:
             slide = Slide(self.template)
-            planned = self._planned = tile_mod._PlannedSlide(slide, *self._plan(slide, job))
-        attrs = {**planned.attrs, "slide_id": job.item_id, "source": SourceFingerprint.of(job.path).as_dict()}
+            planned = self._planned = tile_mod._PlannedSlide(slide, *self._plan(slide, job, source))
+        attrs = {**planned.attrs, "slide_id": job.item_id, "source": source}
         yield tile_mod._PlannedSlide(planned.slide, attrs, planned.thumb, planned.grid)
 
     def __getstate__(self) -> dict[str, Any]:
