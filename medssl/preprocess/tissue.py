@@ -20,6 +20,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 from medssl.preprocess.colour import channel_min, saturation
+from medssl.preprocess.mask_filters import binary_closing_disk, median_filter
 from medssl.preprocess.pen import PEN_COLOURS, pen_ink_mask
 
 
@@ -81,7 +82,7 @@ def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
     ink = pen_ink_mask(rgb, params)
     sat = saturation(rgb)
     if params.blur_px > 1:
-        sat = ndimage.median_filter(sat, size=params.blur_px)
+        sat = median_filter(sat, params.blur_px)
     if params.saturation_threshold is not None:
         threshold = float(params.saturation_threshold)
     else:
@@ -92,10 +93,7 @@ def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
     mask = apply_hysteresis_threshold(sat, low, threshold) if threshold > low else sat > threshold
     mask &= ~(channel_min(rgb) > params.max_brightness)
     if params.close_px > 0:
-        structure = _disk(params.close_px)
-        # Pad so closing does not erode tissue touching the border.
-        pad = params.close_px
-        mask = ndimage.binary_closing(np.pad(mask, pad), structure=structure)[pad:-pad, pad:-pad]
+        mask = binary_closing_disk(mask, params.close_px)  # padded: tissue at the border is not eroded
     # casts: SciPy ships no type hints, and pyright's inference from its source includes the None and
     # int it returns when given an ``output`` array, which these calls do not pass
     if params.fill_holes:
@@ -109,11 +107,6 @@ def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
         keep[0] = False
         mask = keep[labels]
     return TissueMasks(mask=mask, ink=ink, threshold=threshold)
-
-
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
 
 
 def box_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
