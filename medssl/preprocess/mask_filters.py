@@ -10,6 +10,8 @@ the cache, so these return the *same* values as SciPy, not approximations:
   Without OpenCV (an optional extra) SciPy runs.
 * a disk is a union of horizontal runs, so dilating by it is an OR of shifted row-dilations (one
   per distinct run width), all plain NumPy boolean passes; erosion is the dual.
+* holes are the background pieces (4-connected, SciPy's default) that do not touch the border: one
+  labelling finds them, where SciPy grows the background from the border one pixel per pass.
 """
 
 from __future__ import annotations
@@ -61,3 +63,13 @@ def _disk_or(padded: np.ndarray, radius: int) -> np.ndarray:
     for dy, k in runs.items():
         out |= rows[k][r + dy : r + dy + height]
     return out
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)`` (default 4-connected background), the same pixels."""
+    labels, _ = cast(tuple[np.ndarray, int], ndimage.label(~mask))
+    outside = np.zeros(labels.max() + 1, dtype=bool)  # background pieces that reach the border
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[labels]

@@ -20,7 +20,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 from medssl.preprocess.colour import channel_min, saturation
-from medssl.preprocess.mask_filters import binary_closing_disk, median_filter
+from medssl.preprocess.mask_filters import binary_closing_disk, fill_holes, median_filter
 from medssl.preprocess.pen import PEN_COLOURS, pen_ink_mask
 
 
@@ -79,8 +79,8 @@ def detect_tissue(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, fl
 
 def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
     """Tissue and marker-ink masks of an ``[H, W, 3]`` thumbnail at ``params.mask_mpp``."""
-    ink = pen_ink_mask(rgb, params)
     sat = saturation(rgb)
+    ink = pen_ink_mask(rgb, params, sat)
     if params.blur_px > 1:
         sat = median_filter(sat, params.blur_px)
     if params.saturation_threshold is not None:
@@ -94,13 +94,13 @@ def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
     mask &= ~(channel_min(rgb) > params.max_brightness)
     if params.close_px > 0:
         mask = binary_closing_disk(mask, params.close_px)  # padded: tissue at the border is not eroded
-    # casts: SciPy ships no type hints, and pyright's inference from its source includes the None and
-    # int it returns when given an ``output`` array, which these calls do not pass
     if params.fill_holes:
-        mask = cast(np.ndarray, ndimage.binary_fill_holes(mask))
+        mask = fill_holes(mask)
     mask &= ~ink  # after closing and filling, which would put ink back
     min_pixels = params.min_area_um2 / (params.mask_mpp**2)
     if min_pixels > 1 and mask.any():
+        # cast: SciPy ships no type hints, and pyright's inference from its source includes the int it
+        # returns when given an ``output`` array, which this call does not pass
         labels, n = cast(tuple[np.ndarray, int], ndimage.label(mask))
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         keep = sizes >= min_pixels

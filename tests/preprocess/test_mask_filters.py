@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from medssl.preprocess import mask_filters, tissue
 from medssl.preprocess.colour import saturation
-from medssl.preprocess.mask_filters import binary_closing_disk, median_filter
+from medssl.preprocess.mask_filters import binary_closing_disk, fill_holes, median_filter
 from medssl.preprocess.tissue import TissueParams, find_tissue
 
 
@@ -55,6 +55,23 @@ def test_disk_closing_touching_the_border_and_empty():
     assert closed[10:12, 1].all()  # the gap is bridged
 
 
+@pytest.mark.parametrize("density", [0.0, 0.3, 0.55, 0.7, 1.0])
+def test_fill_holes_equals_scipy(rng, density):
+    for shape in [(1, 1), (1, 6), (4, 4), (45, 38)]:
+        mask = rng.random(shape) < density
+        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
+def test_fill_holes_background_is_four_connected():
+    ring = np.zeros((7, 7), dtype=bool)
+    ring[1:6, 1:6] = True
+    ring[2:5, 2:5] = False  # a hole ...
+    ring[1, 1] = False  # a notch from outside that touches the hole only diagonally: still a hole
+    filled = fill_holes(ring)
+    np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(ring))
+    assert filled[2:5, 2:5].all() and not filled[1, 1] and not filled[0].any()
+
+
 def test_find_tissue_unchanged_from_the_scipy_filters(rng, monkeypatch):
     # A thumbnail with stained blobs, faint stroma, noise and ink, touching the borders
     h, w = 90, 120
@@ -68,6 +85,7 @@ def test_find_tissue_unchanged_from_the_scipy_filters(rng, monkeypatch):
     fast = [find_tissue(noisy, p) for p in params]
     monkeypatch.setattr(tissue, "median_filter", lambda image, size: ndimage.median_filter(image, size=size))
     monkeypatch.setattr(tissue, "binary_closing_disk", _scipy_closing)
+    monkeypatch.setattr(tissue, "fill_holes", ndimage.binary_fill_holes)
     for got, p in zip(fast, params):
         expected = find_tissue(noisy, p)
         assert got.threshold == expected.threshold
