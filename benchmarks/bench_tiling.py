@@ -191,8 +191,8 @@ STAGES = {
     "reduce": "exact box reduction / resize",
     "copy_region": "decoded or reduced pixels into the block region, white fill",
     "rgb_pack": "RGBX -> RGB packing of the region",
-    "cut": "tiles cut out of the region",
-    "copy_slab": "tiles copied into the write slab",
+    "cut": "tiles cut out of the region into their own array (grids that read their own tiles)",
+    "copy_slab": "tiles cut from the block region straight into the write slab",
     "write": "chunk writes in the writer thread (work Zarr does on its own threads is under other)",
     "qc": "QC overlay PNG",
 }

@@ -37,13 +37,14 @@ def in_hue_range(hue: np.ndarray, low: float, high: float) -> np.ndarray:
     return (hue >= low) & (hue <= high) if low <= high else (hue >= low) | (hue <= high)
 
 
-def pen_ink_mask(rgb: np.ndarray, params: TissueParams) -> np.ndarray:
-    """Boolean mask of marker ink of the colours in ``params.pen_ink`` on an ``[H, W, 3]`` thumbnail."""
+def pen_ink_mask(rgb: np.ndarray, params: TissueParams, sat: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of marker ink of the colours in ``params.pen_ink`` on an ``[H, W, 3]`` thumbnail;
+    ``sat``: its :func:`saturation`, when the caller has it already."""
     ink = np.zeros(rgb.shape[:2], dtype=bool)
     if not params.pen_ink:
         return ink
     value = channel_max(rgb)
-    sat = saturation(rgb)
+    sat = saturation(rgb) if sat is None else sat
     coloured = sat >= params.pen_min_saturation
     hue = np.zeros(rgb.shape[:2], dtype=np.float32)
     hue[coloured] = hue_degrees(rgb[coloured])  # only where a hue rule can fire: few pixels on most slides

@@ -47,6 +47,7 @@ from medssl.preprocess.dicom_wsi import canonical_slide_path, not_a_slide
 from medssl.preprocess.regions import ANNOTATION_COLUMN, RegionParams
 from medssl.preprocess.slides import SLIDE_SUFFIXES, Slide, slide_item_id, slide_source
 from medssl.preprocess.stages import stage
+from medssl.preprocess.tile_cuts import copy_tiles, tiles_array
 from medssl.preprocess.tiling import Thumbnail, TileGrid, TilingParams, iter_tile_blocks, make_thumbnail, plan_grid
 from medssl.viz.qc import save_png_atomically, tile_overlay
 
@@ -325,7 +326,7 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
     """
     slab_tiles = chunk * max(1, math.ceil(256 / chunk))  # about 256 tiles per write
     if array.shape[0] <= slab_tiles:  # a small slide: one write, no thread to start
-        pixels = np.concatenate(list(blocks)) if array.shape[0] else np.empty(array.shape, np.uint8)
+        pixels = np.concatenate([tiles_array(b) for b in blocks]) if array.shape[0] else np.empty(array.shape, np.uint8)
         if len(pixels) != array.shape[0]:
             raise RuntimeError(f"wrote {len(pixels)} tiles, expected {array.shape[0]}")
         with stage("write"):
@@ -360,7 +361,7 @@ def _stream_tiles(array: zarr.Array, blocks, chunk: int, progress: Callable[[int
             while offset < len(block):
                 take = min(len(block) - offset, slab_tiles - filled)
                 with stage("copy_slab"):
-                    buffer[filled : filled + take] = block[offset : offset + take]
+                    copy_tiles(block, buffer[filled : filled + take], offset)  # cut straight into the slab
                 filled, offset = filled + take, offset + take
                 if filled == slab_tiles:
                     slabs.put((written, buffer))

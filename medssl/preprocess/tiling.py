@@ -18,6 +18,7 @@ import numpy as np
 
 from medssl.preprocess.slides import RESAMPLE_FILTERS, Slide
 from medssl.preprocess.stages import stage
+from medssl.preprocess.tile_cuts import TileCuts, tiles_array
 from medssl.preprocess.tissue import TissueParams, box_fractions, find_tissue
 
 
@@ -80,9 +81,10 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.grid)
 
-    def read(self, slide: Slide, params: TilingParams, level: int, block: slice) -> np.ndarray:
-        """Pixels of the tiles ``self[block]`` (:func:`read_block`); grids placed otherwise override it."""
-        return read_block(slide, self, params, level, block)
+    def read(self, slide: Slide, params: TilingParams, level: int, block: slice) -> np.ndarray | TileCuts:
+        """Pixels of the tiles ``self[block]`` (:func:`read_block_cuts`: copied out by their consumer,
+        :func:`medssl.preprocess.tile_cuts.copy_tiles`); grids placed otherwise override it."""
+        return read_block_cuts(slide, self, params, level, block)
 
 
 def make_thumbnail(slide: Slide, tissue: TissueParams, block_px: int = 4096) -> Thumbnail:
@@ -145,8 +147,8 @@ def plan_grid(slide: Slide, thumb: Thumbnail, params: TilingParams) -> TileGrid:
 
 def iter_tile_blocks(
     slide: Slide, grid: TileGrid, params: TilingParams, level: int, threads: int = 1
-) -> Iterator[np.ndarray]:
-    """Yield ``uint8 [n, T, T, 3]`` tile pixels, one array per read block, in grid order.
+) -> Iterator[np.ndarray | TileCuts]:
+    """Yield ``uint8 [n, T, T, 3]`` tile pixels (or their :class:`TileCuts`), one per read block, in grid order.
 
     With ``threads > 1`` several blocks are decoded at once (JPEG decoding and resizing release the
     GIL); at most ``threads + 1`` blocks are in memory.
@@ -167,6 +169,13 @@ def iter_tile_blocks(
 
 def read_block(slide: Slide, grid: TileGrid, params: TilingParams, level: int, block: slice) -> np.ndarray:
     """Pixels of the tiles ``grid[block]``: one read and one resize of their bounding box, then cuts."""
+    cuts = read_block_cuts(slide, grid, params, level, block)
+    with stage("cut"):
+        return tiles_array(cuts)
+
+
+def read_block_cuts(slide: Slide, grid: TileGrid, params: TilingParams, level: int, block: slice) -> TileCuts:
+    """:func:`read_block` with the tiles left in the region, to be cut straight into their destination."""
     step, size, r = params.step, params.tile_size, grid.l0_per_target
     gx, gy = grid.grid[block, 0], grid.grid[block, 1]
     # Bounding box of this block's kept tiles, in target pixels.
@@ -181,9 +190,4 @@ def read_block(slide: Slide, grid: TileGrid, params: TilingParams, level: int, b
         resample=params.resample,
         needed_l0=np.stack([x0, y0, x0 + size * r, y0 + size * r], axis=1),
     )
-    xs, ys = gx * step - x_min, gy * step - y_min
-    with stage("cut"):
-        out = np.empty((len(xs), size, size, 3), dtype=np.uint8)
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            out[i] = region[y : y + size, x : x + size]
-    return out
+    return TileCuts(region, gx * step - x_min, gy * step - y_min, size)

@@ -20,6 +20,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 from medssl.preprocess.colour import channel_min, saturation
+from medssl.preprocess.mask_filters import binary_closing_disk, fill_holes, median_filter
 from medssl.preprocess.pen import PEN_COLOURS, pen_ink_mask
 
 
@@ -78,10 +79,10 @@ def detect_tissue(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, fl
 
 def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
     """Tissue and marker-ink masks of an ``[H, W, 3]`` thumbnail at ``params.mask_mpp``."""
-    ink = pen_ink_mask(rgb, params)
     sat = saturation(rgb)
+    ink = pen_ink_mask(rgb, params, sat)
     if params.blur_px > 1:
-        sat = ndimage.median_filter(sat, size=params.blur_px)
+        sat = median_filter(sat, params.blur_px)
     if params.saturation_threshold is not None:
         threshold = float(params.saturation_threshold)
     else:
@@ -92,28 +93,20 @@ def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
     mask = apply_hysteresis_threshold(sat, low, threshold) if threshold > low else sat > threshold
     mask &= ~(channel_min(rgb) > params.max_brightness)
     if params.close_px > 0:
-        structure = _disk(params.close_px)
-        # Pad so closing does not erode tissue touching the border.
-        pad = params.close_px
-        mask = ndimage.binary_closing(np.pad(mask, pad), structure=structure)[pad:-pad, pad:-pad]
-    # casts: SciPy ships no type hints, and pyright's inference from its source includes the None and
-    # int it returns when given an ``output`` array, which these calls do not pass
+        mask = binary_closing_disk(mask, params.close_px)  # padded: tissue at the border is not eroded
     if params.fill_holes:
-        mask = cast(np.ndarray, ndimage.binary_fill_holes(mask))
+        mask = fill_holes(mask)
     mask &= ~ink  # after closing and filling, which would put ink back
     min_pixels = params.min_area_um2 / (params.mask_mpp**2)
     if min_pixels > 1 and mask.any():
+        # cast: SciPy ships no type hints, and pyright's inference from its source includes the int it
+        # returns when given an ``output`` array, which this call does not pass
         labels, n = cast(tuple[np.ndarray, int], ndimage.label(mask))
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         keep = sizes >= min_pixels
         keep[0] = False
         mask = keep[labels]
     return TissueMasks(mask=mask, ink=ink, threshold=threshold)
-
-
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
 
 
 def box_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
