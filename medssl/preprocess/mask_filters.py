@@ -1,13 +1,9 @@
-"""Exact fast forms of the two filters tissue detection runs on a whole thumbnail.
+"""Exact fast forms of the morphology tissue detection runs on a whole thumbnail.
 
-On a 1280² thumbnail SciPy's ``median_filter`` (5×5) and ``binary_closing`` (radius-4 disk) cost about
-0.25 s each, as much as tiling a few hundred tiles. Both results feed thresholds and masks recorded in
-the cache, so these return the *same* values as SciPy, not approximations:
+On a 1280² thumbnail SciPy's ``binary_closing`` (radius-4 disk) costs about 0.25 s, as much as tiling
+a few hundred tiles. The result feeds masks recorded in the cache, so these return the *same* pixels
+as SciPy, not approximations:
 
-* the median is an element of its window, so any exact selection gives the same float; OpenCV's
-  ``medianBlur`` (a sorting network, for 3×3 and 5×5 windows) does it in a few milliseconds. It
-  replicates the border while SciPy reflects it, so we reflect-pad ourselves and keep the inside.
-  Without OpenCV (an optional extra) SciPy runs.
 * a disk is a union of horizontal runs, so dilating by it is an OR of shifted row-dilations (one
   per distinct run width), all plain NumPy boolean passes; erosion is the dual.
 * holes are the background pieces (4-connected, SciPy's default) that do not touch the border: one
@@ -21,21 +17,6 @@ from typing import cast
 
 import numpy as np
 from scipy import ndimage
-
-try:
-    import cv2
-except ImportError:  # the `fast` extra is not installed: SciPy's median
-    cv2 = None
-
-
-def median_filter(image: np.ndarray, size: int) -> np.ndarray:
-    """``scipy.ndimage.median_filter(image, size=size)`` (mode "reflect"), the same values, faster."""
-    pad = size // 2
-    if cv2 is None or size not in (3, 5) or image.ndim != 2 or image.dtype != np.float32 or min(image.shape) < pad:
-        return cast(np.ndarray, ndimage.median_filter(image, size=size))
-    # NumPy's "symmetric" is SciPy's "reflect" (the edge pixel repeated): d c b a | a b c d
-    padded = np.pad(image, pad, mode="symmetric")
-    return cv2.medianBlur(padded, size)[pad:-pad, pad:-pad]
 
 
 def binary_closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 from medssl.preprocess.colour import channel_min, saturation
-from medssl.preprocess.mask_filters import binary_closing_disk, fill_holes, median_filter
+from medssl.preprocess.mask_filters import binary_closing_disk, fill_holes
 from medssl.preprocess.pen import PEN_COLOURS, pen_ink_mask
 
 
@@ -82,7 +82,7 @@ def find_tissue(rgb: np.ndarray, params: TissueParams) -> TissueMasks:
     sat = saturation(rgb)
     ink = pen_ink_mask(rgb, params, sat)
     if params.blur_px > 1:
-        sat = median_filter(sat, params.blur_px)
+        sat = cast(np.ndarray, ndimage.median_filter(sat, size=params.blur_px))
     if params.saturation_threshold is not None:
         threshold = float(params.saturation_threshold)
     else:
