@@ -51,7 +51,7 @@ class TilingParams:
         return self.stride or self.tile_size
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "tissue": self.tissue.as_dict()}
 
 
 @dataclass

@@ -53,7 +53,12 @@ class TissueParams:
             raise ValueError(f"unknown pen ink colour(s) {unknown}; choose from {', '.join(PEN_COLOURS)} or none")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields recorded in the cache. With ink detection off the ink fields are left out: the
+        masks are then exactly those of medssl before ink detection, so caches tiled then resume."""
+        fields = asdict(self)
+        if not self.pen_ink:
+            fields = {name: value for name, value in fields.items() if not name.startswith("pen_")}
+        return fields
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from medssl.cache import SlideCache
+from medssl.cache.store import stored_params
 from medssl.cli import main as cli
 from medssl.preprocess import TissueParams
 from medssl.preprocess.tissue import find_tissue
@@ -97,3 +98,25 @@ def test_off_switch_gives_the_old_mask_and_bad_colours_are_refused():
     assert on.ink.any() and (off.mask & on.ink).sum() > 0.8 * on.ink.sum()  # without it, ink is tissue
     with pytest.raises(ValueError, match="unknown pen ink colour"):
         TissueParams(pen_ink=("purple",))
+
+
+PRE_INK_TISSUE_FIELDS = {  # what medssl recorded before ink detection existed
+    "mask_mpp", "saturation_threshold", "min_saturation", "max_brightness",
+    "blur_px", "close_px", "fill_holes", "min_area_um2",
+}  # fmt: skip
+
+
+def test_ink_off_records_the_pre_ink_params_and_a_change_is_refused(inked_caches, capsys):
+    on, off = inked_caches
+    recorded = {
+        name: stored_params(cache.path, "slides")["tiling"]["tissue"] for name, cache in (("on", on), ("off", off))
+    }
+    # caches tiled before ink detection hold exactly these, so `--pen-ink off` resumes them
+    assert set(recorded["off"]) == PRE_INK_TISSUE_FIELDS
+    assert set(recorded["on"]) > PRE_INK_TISSUE_FIELDS and recorded["on"]["pen_ink"] == ["green", "blue", "black"]
+    slide = str(on.path.parent.parent / "inked.tiff")
+    assert (
+        cli(["tile", slide, "--out", str(off.path.parent), "--mpp", "8", "--tile-size", "16", "--min-tissue", "0.75"])
+        != 0
+    )
+    assert "pen_ink" in capsys.readouterr().err
