@@ -22,6 +22,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from medssl.preprocess.dicom import is_dicom_file
+
 VL_WHOLE_SLIDE_MICROSCOPY = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _TAGS = [
     "SOPClassUID",
@@ -82,10 +84,9 @@ class WsiSeries:
 
 def read_instance(path: Path) -> DicomInstance | None:
     """The header of a DICOM Part-10 file (no pixel data read); ``None`` for anything else."""
+    if not is_dicom_file(path):
+        return None
     try:
-        with open(path, "rb") as handle:
-            if handle.read(132)[128:] != b"DICM":
-                return None
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
     except (OSError, InvalidDicomError, ValueError, EOFError):
         return None
