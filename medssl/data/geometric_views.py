@@ -20,7 +20,9 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-from medssl.data.transforms import ColorJitterd, Compose, HEDJitterd, RandGaussianBlurd, sample_crop, to_float
+from medssl.data.batched_ops import render_views
+from medssl.data.transforms import ColorJitterd, HEDJitterd, RandGaussianBlurd, sample_crop, to_float
+from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, Params, ViewOp, is_device_capable
 from medssl.geometry import fields, geometry_ndim, make_geometry
 
 DictTransform = Callable[[dict], dict]
@@ -108,7 +110,7 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return cast(torch.Tensor, as_tensor()) if callable(as_tensor) else x
 
 
-class RandGeometricViewd:
+class RandGeometricViewd(ViewOp):
     """Random resized crop + flips + optional rot90, then ``photometric`` (dictionary transforms such as
     ``ColorJitterd`` or MONAI intensity transforms); writes the view to ``key`` and its geometry
     (``[4n + 1]`` float32, :mod:`medssl.geometry`) to ``geometry_key``.
@@ -148,7 +150,7 @@ class RandGeometricViewd:
         self.photometric = photometric
         self.key, self.geometry_key = key, geometry_key
 
-    def draw(self, *shape: int) -> torch.Tensor:
+    def draw_geometry(self, *shape: int) -> torch.Tensor:
         """A random geometry for an image of spatial ``shape`` (``h, w`` or ``d, h, w``)."""
         n = len(shape)
         if isinstance(self.size, tuple) and len(self.size) != n:
@@ -165,7 +167,7 @@ class RandGeometricViewd:
 
     def __call__(self, sample: dict) -> dict:
         image = sample[self.key]
-        geometry = self.draw(*image.shape[1:])
+        geometry = self.draw_geometry(*image.shape[1:])
         out = dict(sample)
         out[self.key] = render_view(image, geometry, self.size)
         if self.photometric is not None:
@@ -174,11 +176,38 @@ class RandGeometricViewd:
         out[self.geometry_key] = geometry
         return out
 
+    # -- as a ViewOp: the crop's geometry, then the photometric steps' parameters ----------------------
+    def _photometric(self) -> Compose:
+        steps = [] if self.photometric is None else [self.photometric]
+        return Compose(steps, key=self.key)
 
-class GeometricViewsd:
+    def draw(self, shape: tuple[int, ...]) -> Params:
+        geometry = self.draw_geometry(*shape)
+        params = {"geometry": geometry}
+        params.update({f"photometric.{k}": v for k, v in self._photometric().draw(self.out_shape(shape)).items()})
+        return params
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return _sizes(self.size, len(shape))
+
+    def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        view = render_view(image, params["geometry"], self.size)
+        return self._photometric().apply(view, _inner(params))
+
+    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        views = render_views(images, params["geometry"], self.size)
+        return self._photometric().apply_batch(views, _inner(params))
+
+
+def _inner(params: Params) -> Params:
+    return {k.removeprefix("photometric."): v for k, v in params.items() if k.startswith("photometric.")}
+
+
+class GeometricViewsd(DeviceViews):
     """``{"views": [v_1, ...], "geometry": [g_1, ...]}`` plus the sample's other keys (``image`` is
     dropped), like :class:`~medssl.data.transforms.MultiViewd` but keeping each view's geometry.
-    ``GeometricViewsd.pair(view)`` gives LVM-Med's two views ``s`` and ``t``."""
+    ``GeometricViewsd.pair(view)`` gives LVM-Med's two views ``s`` and ``t``. Runs as device views too
+    (:class:`~medssl.data.view_ops.DeviceViews`) when every view's photometric steps are ViewOps."""
 
     def __init__(
         self,
@@ -198,6 +227,21 @@ class GeometricViewsd:
         results = [view({view.key: sample[self.key]}) for view in self.views]
         out[self.out_key] = [r[view.key] for r, view in zip(results, self.views, strict=True)]
         out[self.geometry_key] = [r[view.geometry_key] for r, view in zip(results, self.views, strict=True)]
+        return out
+
+    def draw_sample(self, sample: dict) -> dict:
+        for view in self.views:
+            if not is_device_capable(view._photometric()):
+                raise TypeError("device views need photometric steps that are medssl ViewOps: use views_on='cpu'")
+        out = dict(sample)
+        out[VIEW_PARAMS] = [view.draw(tuple(sample[self.key].shape[1:])) for view in self.views]
+        return out
+
+    def apply_batch(self, batch: dict) -> dict:
+        out = {k: v for k, v in batch.items() if k not in (self.key, VIEW_PARAMS)}
+        images, params = batch[self.key], batch[VIEW_PARAMS]
+        out[self.out_key] = [view.apply_batch(images, p) for view, p in zip(self.views, params, strict=True)]
+        out[self.geometry_key] = [p["geometry"] for p in params]
         return out
 
 

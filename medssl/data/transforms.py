@@ -18,6 +18,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, ViewOp, is_device_capable
 from medssl.nn.inputs import to_float
 
 # Ruifrok & Johnston's H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image uses.
@@ -170,16 +171,6 @@ class RandGaussianBlurd(_Transform):
         return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
 
 
-class Compose:
-    def __init__(self, transforms: Sequence[Callable[[dict], dict]]):
-        self.transforms = list(transforms)
-
-    def __call__(self, sample: dict) -> dict:
-        for transform in self.transforms:
-            sample = transform(sample)
-        return sample
-
-
 def histology_view(size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5) -> Compose:
     """The standard histology SSL view: crop, symmetries, colour and stain jitter, blur."""
     return Compose(
@@ -193,19 +184,52 @@ def histology_view(size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5) ->
     )
 
 
-class MultiViewd:
+class MultiViewd(DeviceViews):
     """``{"views": [view_1(sample)["image"], ...]}`` plus the sample's other keys; ``image`` is dropped.
 
     ``MultiViewd([histology_view()] * 2)`` gives SimCLR's pair; ``MultiViewd.multi_crop(2, 6)`` gives two
-    global 224² views and six local 96² views (DINO/SwAV multi-crop).
+    global 224² views and six local 96² views (DINO/SwAV multi-crop). ``prepare``: a deterministic
+    dictionary transform run first (e.g. padding to a common size). With views made of
+    :class:`~medssl.data.view_ops.ViewOp` s it also runs as device views
+    (:class:`~medssl.data.view_ops.DeviceViews`): the loader draws, the device applies per batch.
     """
 
-    def __init__(self, views: Sequence[Callable[[dict], dict]], key: str = "image", out_key: str = "views"):
-        self.views, self.key, self.out_key = list(views), key, out_key
+    def __init__(
+        self,
+        views: Sequence[Callable[[dict], dict]],
+        key: str = "image",
+        out_key: str = "views",
+        prepare: Callable[[dict], dict] | None = None,
+    ):
+        self.views, self.key, self.out_key, self.prepare = list(views), key, out_key, prepare
 
     def __call__(self, sample: dict) -> dict:
+        if self.prepare is not None:
+            sample = self.prepare(sample)
         out = {k: v for k, v in sample.items() if k != self.key}
         out[self.out_key] = [view({self.key: sample[self.key]})[self.key] for view in self.views]
+        return out
+
+    def _view_ops(self) -> list[ViewOp]:
+        if not all(is_device_capable(view) for view in self.views):
+            names = ", ".join(sorted({type(v).__name__ for v in self.views if not is_device_capable(v)}))
+            raise TypeError(f"device views need medssl ViewOps; {names} is not one: use views_on='cpu'")
+        return cast(list[ViewOp], self.views)
+
+    def draw_sample(self, sample: dict) -> dict:
+        if self.prepare is not None:
+            sample = self.prepare(sample)
+        shape = tuple(sample[self.key].shape[1:])
+        out = dict(sample)
+        out[VIEW_PARAMS] = [view.draw(shape) for view in self._view_ops()]
+        return out
+
+    def apply_batch(self, batch: dict) -> dict:
+        out = {k: v for k, v in batch.items() if k not in (self.key, VIEW_PARAMS)}
+        images = batch[self.key]
+        out[self.out_key] = [
+            view.apply_batch(images, params) for view, params in zip(self._view_ops(), batch[VIEW_PARAMS], strict=True)
+        ]
         return out
 
     @classmethod

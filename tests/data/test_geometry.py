@@ -80,7 +80,7 @@ def test_2d_draws_are_unchanged():
     torch.manual_seed(7)
     drawn = []
     for _ in range(6):
-        f = fields(view.draw(50, 70))
+        f = fields(view.draw_geometry(50, 70))
         box = [round(float(x) * d) for x, d in zip([*f.start, *f.size], [50, 70, 50, 70], strict=True)]
         drawn.append([*box, int(f.flip[1]), int(f.rot)])
         assert int(f.flip[0]) == 0
@@ -179,7 +179,7 @@ def test_3d_nearest_cells_pair_cells_that_show_the_same_place():
     torch.manual_seed(3)
     checked = 0
     for _ in range(10):
-        gs, gt = view.draw(32, 32, 32), view.draw(32, 32, 32)
+        gs, gt = view.draw_geometry(32, 32, 32), view.draw_geometry(32, 32, 32)
         pooled = [torch.nn.functional.avg_pool3d(render_view(volume, g, 16)[None], 4)[0].flatten(1).T for g in (gs, gt)]
         index, distance = nearest_cells(cell_centres(gs[None], (4, 4, 4)), cell_centres(gt[None], (4, 4, 4)))
         inside = distance[0] < 0.5 * float(fields(gt).size.min()) / 4  # within half a cell of t: t covers it

@@ -13,6 +13,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medssl.data.transforms import seed_worker
+from medssl.data.view_ops import DeviceViews, DrawViewsd, apply_device_views
+
+VIEWS_ON = ("cpu", "device")  #: where training views can be made
 
 DatasetT = TypeVar("DatasetT", bound=Dataset)
 
@@ -35,6 +38,12 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
     """Base of the DataModules over a medssl cache, whose ``setup`` fills ``datasets`` (one per stage,
     None for a stage the cache has no split for) with ``DatasetT``.
 
+    ``views_on``: where training views are made. ``"cpu"``: per sample in the loader workers.
+    ``"device"``: the workers only draw each sample's view parameters (from the same (seed, epoch,
+    index) keys, so the views are the same as on the CPU, to float rounding); the loader sends the
+    pixels as stored (uint8 tiles) in pinned memory, and :meth:`on_after_batch_transfer` makes the views
+    of the whole batch on the training device (:mod:`medssl.data.view_ops`).
+
     ``uses_medssl_sampler``: training loaders carry their own DDP-aware sampler, so Lightning must not
     wrap it in a ``DistributedSampler``; ``medssl fit`` sets ``trainer.use_distributed_sampler=False``
     for every DataModule with this flag.
@@ -51,8 +60,13 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
         train_split: str | None,
         val_split: str | None,
         test_split: str | None,
+        views_on: str = "cpu",
     ):
         super().__init__()
+        if views_on not in VIEWS_ON:
+            raise ValueError(f"views_on must be one of {', '.join(VIEWS_ON)}, got {views_on!r}")
+        self.views_on = views_on
+        self.device_views: DeviceViews | None = None
         self.cache = cache
         self.batch_size = batch_size
         self.num_workers = default_workers() if num_workers is None else num_workers
@@ -81,6 +95,24 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
             )
         return dataset
 
+    def training_views(self, views: Any) -> Any:
+        """The training dataset's transform for the multi-view transform ``views``: itself for CPU views;
+        for device views the parameter drawing half (the other half runs in :meth:`on_after_batch_transfer`)."""
+        if self.views_on == "cpu" or views is None:
+            self.device_views = None
+            return views
+        if not isinstance(views, DeviceViews):
+            raise ValueError(
+                f"{type(self).__name__}: {type(views).__name__} views cannot run on the device; use views_on='cpu'"
+            )
+        self.device_views = views
+        return DrawViewsd(views)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Device views: the batch's views made where the batch now is (a no-op for CPU views and for
+        evaluation batches, which carry no view parameters)."""
+        return apply_device_views(self.device_views, batch)
+
     def val_dataloader(self):
         return self._eval("val")
 
@@ -99,6 +131,7 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
     def _loader(self, dataset: Dataset, train: bool, **kwargs) -> DataLoader:
         options = dict(
             num_workers=self.num_workers,
+            pin_memory=self.views_on == "device" and torch.cuda.is_available(),
             worker_init_fn=seed_worker,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),

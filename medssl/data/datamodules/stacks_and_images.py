@@ -44,6 +44,15 @@ class StacksAndImagesDataModule(pl.LightningDataModule):
         self.volumes.setup(stage)
         self.images.setup(stage)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Each part's device views (see :meth:`CacheDataModule.on_after_batch_transfer`)."""
+        if isinstance(batch, dict) and set(batch) == {"volumes", "images"}:
+            return {
+                "volumes": self.volumes.on_after_batch_transfer(batch["volumes"], dataloader_idx),
+                "images": self.images.on_after_batch_transfer(batch["images"], dataloader_idx),
+            }
+        return self.volumes.on_after_batch_transfer(batch, dataloader_idx)
+
     def train_dataloader(self):
         loaders = {"volumes": self.volumes.train_dataloader(), "images": self.images.train_dataloader()}
         return CombinedLoader(loaders, mode="max_size_cycle")

@@ -19,6 +19,7 @@ class TileDataModule(CacheDataModule[TileDataset]):
     pair whose crop/flip/rotation geometry comes along under ``"geometry"``, for LVM-Med's local cost) or
     ``None`` (raw uint8 batches read whole, the fast path, e.g. for on-device augmentation).
     Validation and test sets are raw tiles in storage order (for kNN and linear-probe monitors).
+    ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`).
     """
 
     def __init__(
@@ -34,8 +35,9 @@ class TileDataModule(CacheDataModule[TileDataset]):
         train_split: str | None = "train",
         val_split: str | None = "val",
         test_split: str | None = "test",
+        views_on: str = "cpu",
     ):
-        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
+        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split, views_on)
         if views not in (None, "pair", "multicrop", "geometric"):
             raise ValueError(f"views must be 'pair', 'multicrop', 'geometric' or None, got {views!r}")
         self.views, self.view_size, self.n_global, self.n_local = views, view_size, n_global, n_local
@@ -54,7 +56,7 @@ class TileDataModule(CacheDataModule[TileDataset]):
         available = sorted({str(everything.cache.metadata(s).get("split", "")) for s in everything.slide_ids} - {""})
         for name in ("train", "val", "test"):
             split = self._split(name, available)
-            transform = self._transform() if name == "train" else None
+            transform = self.training_views(self._transform()) if name == "train" else None
             self.datasets[name] = (
                 None
                 if split is None

@@ -33,7 +33,9 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
     crops of one volume; ``body_coordinates``: the same relative body position in another patient;
     ``embeddings``: the voxel of another patient whose stored dense embedding matches, from the store
     ``embeddings`` (a ``medssl embed --dense`` folder holding every volume); see
-    :mod:`medssl.data.correspondence`); evaluation serves whole volumes as centre-cropped stacks."""
+    :mod:`medssl.data.correspondence`); evaluation serves whole volumes as centre-cropped stacks.
+
+    ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`)."""
 
     def __init__(
         self,
@@ -54,8 +56,9 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         train_split: str | None = "train",
         val_split: str | None = "val",
         test_split: str | None = "test",
+        views_on: str = "cpu",
     ):
-        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split)
+        super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split, views_on)
         if mode not in ("slices", "patches", "stacks", "pairs"):
             raise ValueError(f"mode must be 'slices', 'patches', 'stacks' or 'pairs', got {mode!r}")
         if correspondence not in CORRESPONDENCES:
@@ -123,7 +126,11 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         available = sorted({str(cache.metadata(v).get("split", "")) for v in cache.ids} - {""})
         for name in ("train", "val", "test"):
             split = self._split(name, available)
-            self.datasets[name] = None if split is None else self._dataset(split, self._transform(name == "train"))
+            if split is None:
+                self.datasets[name] = None
+                continue
+            transform = self._transform(name == "train")
+            self.datasets[name] = self._dataset(split, self.training_views(transform) if name == "train" else transform)
 
     def train_dataloader(self):
         dataset = self._stage_dataset("train")

@@ -1,0 +1,176 @@
+"""Augmentations with explicit parameters: drawn once per sample, applied per sample or per batch.
+
+A :class:`ViewOp` splits a random transform in two: :meth:`~ViewOp.draw` takes every random number a
+sample needs from torch's global generator (which :func:`~medssl.data.seeding.seeded` fixes per
+(seed, epoch, index)) and returns them as a dictionary of fixed-shape tensors, and :meth:`~ViewOp.apply`
+/ :meth:`~ViewOp.apply_batch` use them without drawing anything. So the same views come out of two paths:
+
+- **CPU views** (``views_on="cpu"``): the DataLoader worker draws and applies per sample
+  (``op(sample)``, a MONAI-style dictionary transform); this is also the test oracle.
+- **Device views** (``views_on="device"``): the worker only draws (cheap: a few dozen scalars), the
+  loader sends uint8 pixels and the parameters, and the DataModule's ``on_after_batch_transfer`` applies
+  the whole batch on the training device with :meth:`~ViewOp.apply_batch`.
+
+Rules for an op: ``draw`` returns the same keys and shapes whatever it draws (a skipped op returns its
+identity parameters and a false ``on``), so parameters collate; ``apply`` and ``apply_batch`` never draw
+(noise comes from a drawn seed), so drawing all of a view's parameters first and applying them after
+consumes the generator exactly as drawing and applying op by op does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from medssl.nn.inputs import to_float
+
+Params = dict[str, torch.Tensor]
+
+
+class ViewOp:
+    """One augmentation step with explicit parameters (see the module docstring). Images are
+    ``[C, *spatial]`` for :meth:`apply` and ``[B, C, *spatial]`` for :meth:`apply_batch`, float 0..1
+    (uint8 inputs are scaled by :func:`~medssl.nn.inputs.to_float`); parameters of a batch are the
+    per-sample parameters stacked along a first axis."""
+
+    key: str = "image"
+
+    def draw(self, shape: tuple[int, ...]) -> Params:
+        """This op's random parameters for an image of spatial ``shape``, from torch's global generator."""
+        raise NotImplementedError
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The spatial shape this op turns ``shape`` into (most ops keep it)."""
+        return shape
+
+    def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        """One image ``[C, *spatial]``: the per-sample path."""
+        raise NotImplementedError
+
+    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """A batch ``[B, C, *spatial]`` with stacked parameters, on whatever device they are on."""
+        raise NotImplementedError
+
+    def __call__(self, sample: dict) -> dict:
+        """Per-sample dictionary transform: draw, then apply to ``sample[self.key]``."""
+        image = to_float(sample[self.key])
+        out = dict(sample)
+        out[self.key] = self.apply(image, self.draw(tuple(image.shape[1:])))
+        return out
+
+
+class Compose(ViewOp):
+    """Ops in sequence; itself an op, whose parameters are its members' in order (``"0"``, ``"1"``, ...
+    prefixes keep them apart)."""
+
+    def __init__(self, ops: Sequence[Any], key: str = "image"):
+        self.ops = list(ops)
+        self.key = key
+
+    def __call__(self, sample: dict) -> dict:
+        for op in self.ops:
+            sample = op(sample)
+        return sample
+
+    def _view_ops(self) -> list[ViewOp]:
+        foreign = [type(op).__name__ for op in self.ops if not isinstance(op, ViewOp)]
+        if foreign:
+            raise TypeError(
+                f"device views need every step to be a medssl ViewOp; {', '.join(foreign)} draws its own "
+                "parameters inside the transform: use views_on='cpu' for this view"
+            )
+        return self.ops
+
+    def draw(self, shape: tuple[int, ...]) -> Params:
+        params: Params = {}
+        for k, op in enumerate(self._view_ops()):
+            params.update({f"{k}.{name}": value for name, value in op.draw(shape).items()})
+            shape = op.out_shape(shape)
+        return params
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        for op in self._view_ops():
+            shape = op.out_shape(shape)
+        return shape
+
+    def _split(self, params: Params) -> list[Params]:
+        parts: list[Params] = [{} for _ in self.ops]
+        for name, value in params.items():
+            k, _, inner = name.partition(".")
+            parts[int(k)][inner] = value
+        return parts
+
+    def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        for op, part in zip(self._view_ops(), self._split(params), strict=True):
+            image = op.apply(image, part)
+        return image
+
+    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        for op, part in zip(self._view_ops(), self._split(params), strict=True):
+            images = op.apply_batch(images, part)
+        return images
+
+
+def is_device_capable(view: Any) -> bool:
+    """Whether ``view`` can be drawn on the loader and applied on the device (a :class:`ViewOp` whose
+    members, if it composes any, all are)."""
+    if isinstance(view, Compose):
+        return all(is_device_capable(op) for op in view.ops)
+    return isinstance(view, ViewOp)
+
+
+def where_on(on: torch.Tensor, changed: torch.Tensor, unchanged: torch.Tensor) -> torch.Tensor:
+    """Per sample, ``changed`` where ``on`` ``[B]`` is true, else ``unchanged`` (``[B, ...]`` both): how a
+    batched op skips the samples whose draw said no."""
+    return torch.where(on.reshape(-1, *([1] * (changed.ndim - 1))).bool(), changed, unchanged)
+
+
+def flag(value: bool) -> torch.Tensor:
+    """A drawn yes/no as a parameter tensor."""
+    return torch.tensor(bool(value))
+
+
+def coin(prob: float) -> bool:
+    """True with probability ``prob``, from torch's generator (no draw when ``prob`` is 1: ops applied
+    always consume no number for it)."""
+    return prob >= 1.0 or bool(torch.rand(()) < prob)
+
+
+#: where a sample carries its views' parameters between the loader and the device
+VIEW_PARAMS = "view_params"
+
+
+class DeviceViews:
+    """A multi-view transform that can run either way. ``transform(sample)`` is the CPU path;
+    :meth:`draw_sample` is the loader's half of the device path (the sample's pixels as they are, plus
+    every view's parameters under :data:`VIEW_PARAMS`), and :meth:`apply_batch` the device's half (the
+    collated batch with its views, as the CPU path would have collated them)."""
+
+    def draw_sample(self, sample: dict) -> dict:
+        raise NotImplementedError
+
+    def apply_batch(self, batch: dict) -> dict:
+        raise NotImplementedError
+
+
+class DrawViewsd:
+    """The dataset transform of device views: ``views.draw_sample`` (under the dataset's per-sample seed)."""
+
+    def __init__(self, views: DeviceViews):
+        self.views = views
+
+    def __call__(self, sample: dict) -> dict:
+        return self.views.draw_sample(sample)
+
+
+def apply_device_views(views: DeviceViews | None, batch: Any) -> Any:
+    """``views.apply_batch(batch)`` for a batch that carries view parameters (training batches of device
+    views), in float32 whatever autocast is on; any other batch unchanged. What DataModules call in
+    ``on_after_batch_transfer``."""
+    if views is None or not isinstance(batch, dict) or VIEW_PARAMS not in batch:
+        return batch
+    device = next((v.device for v in batch.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    with torch.autocast(device_type=device.type, enabled=False):
+        return views.apply_batch(batch)
