@@ -124,3 +124,34 @@ def _sample_views(images: torch.Tensor, axes, sizes: tuple[int, ...], odd: torch
     full = (b, *sizes)
     grid = torch.stack([shaped[axis].expand(full) for axis in reversed(range(ndim))], dim=-1)  # x, y(, z)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def separable_filter(images: torch.Tensor, kernels: Sequence[torch.Tensor], padding: str = "reflect") -> torch.Tensor:
+    """Filter every sample of ``images`` ``[B, C, *spatial]`` with its own separable kernel: ``kernels[a]``
+    ``[B, K_a]`` (odd ``K_a``, centred) along spatial axis ``a``, one grouped convolution per axis.
+    ``padding``: ``"reflect"``, ``"replicate"`` or ``"zeros"`` at the borders (``K_a // 2`` pixels)."""
+    import torch.nn.functional as F
+
+    b, c, *spatial = images.shape
+    ndim = len(spatial)
+    if len(kernels) != ndim:
+        raise ValueError(f"{len(kernels)} kernels for {ndim} spatial axes")
+    conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
+    out = images.reshape(1, b * c, *spatial)
+    for axis, kernel in enumerate(kernels):
+        size = kernel.shape[-1]
+        if size % 2 != 1:
+            raise ValueError(f"kernels need an odd length, got {size} along axis {axis}")
+        radius = size // 2
+        if radius == 0:
+            out = out * kernel.to(out.dtype).repeat_interleave(c, 0).reshape(1, b * c, *([1] * ndim))
+            continue
+        pad = [0, 0] * ndim
+        pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius  # F.pad lists the last axis first
+        mode = "constant" if padding == "zeros" else padding
+        padded = F.pad(out, pad, mode=mode)
+        shape = [1] * ndim
+        shape[axis] = size
+        weight = kernel.to(out.dtype).repeat_interleave(c, 0).reshape(b * c, 1, *shape)
+        out = conv(padded, weight, groups=b * c)
+    return out.reshape(b, c, *spatial)

@@ -50,3 +50,25 @@ def test_geometric_pair_is_the_same_drawn_on_the_loader_and_made_on_the_device()
     for g_cpu, g_device in zip(cpu["geometry"], device["geometry"], strict=True):
         torch.testing.assert_close(g_device, g_cpu)
     assert "image" not in device and "view_params" not in device and device["label"].tolist() == list(range(6))
+
+
+def test_views_made_in_pieces_equal_views_made_at_once():
+    """On a CPU the hook makes views two samples at a time (cache-sized pieces); the batch is the same."""
+    from torch.utils.data import default_collate
+
+    from medssl.data.view_ops import DrawViewsd, apply_device_views
+
+    views = GeometricViewsd.pair(RandGeometricViewd(12, rotate=True))
+    torch.manual_seed(3)
+    samples = [
+        {"image": torch.randint(0, 256, (1, 16, 16), dtype=torch.uint8), "slide_id": f"s{k}", "tile": k}
+        for k in range(5)
+    ]
+    batch = default_collate([DrawViewsd(views)(s) for s in samples])
+    whole, pieces = apply_device_views(views, batch, piece=5), apply_device_views(views, batch, piece=2)
+    assert pieces["slide_id"] == whole["slide_id"] == [f"s{k}" for k in range(5)]
+    assert torch.equal(pieces["tile"], whole["tile"])
+    for key in ("views", "geometry"):
+        for a, b in zip(whole[key], pieces[key], strict=True):
+            torch.testing.assert_close(b, a)
+    assert apply_device_views(views, {"image": batch["image"]}) is not None  # eval batches pass through
