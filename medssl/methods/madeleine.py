@@ -139,7 +139,9 @@ class Madeleine(MedsslModule):
         stain_ids = self._stain_indices(names, tokens.device)
         cases, slots = present.nonzero(as_tuple=True)
         encoded = self.slide_encoder(tokens[cases, slots], stain=stain_ids[slots])
-        slides = tokens.new_zeros(*present.shape, encoded.slide.shape[-1]).index_put((cases, slots), encoded.slide)
+        slides = encoded.slide.new_zeros(*present.shape, encoded.slide.shape[-1]).index_put(
+            (cases, slots), encoded.slide
+        )
         row_of = torch.full(present.shape, -1, dtype=torch.long, device=tokens.device)
         row_of[cases, slots] = torch.arange(len(cases), device=tokens.device)
         halves = self._half_views(tokens[cases, slots], stain_ids[slots]) if h.intra_weight > 0 else None
