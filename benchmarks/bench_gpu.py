@@ -63,7 +63,8 @@ class Scale:
     """Input sizes, batches (None: the config's) and synthetic data of one run."""
 
     name: str
-    tile: int  #: tile and view side
+    tile: int  #: tile side in the cache
+    view: int  #: view side of tiles
     tile_batch: int | None
     slice: int  #: slice view side
     slice_batch: int | None
@@ -87,6 +88,7 @@ class Scale:
 REALISTIC = Scale(
     name="realistic",
     tile=224,
+    view=224,
     tile_batch=None,
     slice=224,
     slice_batch=None,
@@ -109,6 +111,7 @@ REALISTIC = Scale(
 TOY = Scale(
     name="toy",
     tile=32,
+    view=32,
     tile_batch=8,
     slice=32,
     slice_batch=8,
@@ -212,7 +215,7 @@ def data_arguments(config: Path, scale: Scale, caches: Caches) -> list[str]:
 
     if kind == "tiles":
         assert caches.tiles is not None
-        out = ["--data.init_args.cache", str(caches.tiles), "--data.init_args.view_size", str(scale.tile)]
+        out = ["--data.init_args.cache", str(caches.tiles), "--data.init_args.view_size", str(scale.view)]
         return out + batch(scale.tile_batch)
     if kind == "features":
         assert caches.multistain is not None and caches.features is not None
@@ -407,7 +410,7 @@ def build_caches(kinds: set[str], work: Path, scale: Scale, workers: int) -> Cac
 def describe_input(config: Path, scale: Scale, batch: int) -> str:
     kind = config_kind(config)
     if kind == "tiles":
-        return f"{batch} × {scale.tile}²"
+        return f"{batch} × {scale.view}² of {scale.tile}²"
     if kind == "slices":
         return f"{batch} × {scale.slice}²"
     if kind == "stacks":

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_training.py                        # resnet18, batch 32, two 96² views, CPU
     python benchmarks/bench_training.py --threads 1            # when other processes share the cores
     python benchmarks/bench_training.py --device cuda --batch 256 --size 224
+    python benchmarks/bench_training.py --end-to-end --steps 10 # cache → loader → views → step, CPU vs device views
 
 A *step* is what a training iteration costs with the data already in memory: both views forward through
 encoder + projector, the loss, backward, and an AdamW step. Rows (same backbone, projector, batch and
@@ -27,11 +28,32 @@ over the RSS before the first step (activations, gradients, optimiser state); on
 ``torch.cuda.max_memory_allocated``. Throughput is the median over ``--repeats`` timings of ``--steps`` steps
 each, after ``--warmup`` steps, with the spread as min–max over the repeats. Inputs are one fixed random
 batch (no data loading, no augmentation: see bench_loader.py for those).
+
+**End to end** (``--end-to-end``): the whole path, cache → loader → views → step, for each of ``--configs``
+(SimCLR on tiles, the joint 2D/3D method on slice stacks, Alice on corresponding crops), with views made
+per sample in the DataLoader workers (``views_on="cpu"``) and with device views (``views_on="device"``:
+the workers read and draw, ``on_after_batch_transfer`` makes the batch's views; on a CPU that is the
+training process). Synthetic caches come from bench_gpu.py (224² tiles of synthetic slides, CT phantoms)
+and the networks are its toy ones (quarter-width ResNet-18, a one-block SwinUNETR) so views and loading
+weigh as much as they would against a GPU's compute. Two tables:
+
+``end to end``  ``medssl fit`` of the config for ``--warmup`` + ``--steps`` steps with ``--workers`` loader
+                workers and :class:`~medssl.methods.callbacks.StepTimer`: samples/s, the same per core (÷
+                workers + the training process), and the step split data wait / views / compute.
+``views alone`` one thread, per sample, from the real training datasets with the same keys: ``read`` (the
+                dataset without views), the CPU path's views (``read + views`` − read), the device path's
+                draw on the loader (``read + draw`` − read) and its batched apply per sample (the
+                DataModule's hook on collated batches of ``--batch``, in the cache-sized pieces it uses on a
+                CPU); ``ratio`` = CPU views ÷ (draw + apply), the issue's target being ≥ 5.
+
+A config whose views cannot run on the device yet gets its error as its row. JSON goes to ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import importlib
 import json
 import os
@@ -40,9 +62,12 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -248,6 +273,178 @@ def measure(method: str, implementation: str, args: argparse.Namespace) -> dict:
     return out
 
 
+# -- end to end -------------------------------------------------------------------------------------------
+E2E_CONFIGS = ("simclr_tiles", "joint_2d3d", "alice")
+
+
+def e2e_scale(args: argparse.Namespace):
+    """bench_gpu.py's toy networks on inputs a CPU can take in seconds per step: 224² tiles viewed at
+    ``--size``, batch ``--batch``; 16 × 64 × 64 stacks, 32 × 32 × 64 crops."""
+    from bench_gpu import TOY  # a sibling script: benchmarks/ is on sys.path when run
+
+    return dataclasses.replace(
+        TOY,
+        name="cpu-e2e",
+        tile=224,
+        view=args.size,
+        tile_batch=args.batch,
+        slide_px=8192,
+        stack=(16, 64, 64),
+        volumes=8,
+        volume_shape=(128, 112, 48),
+        workers=args.workers,
+    )
+
+
+def e2e_options(args: argparse.Namespace, views_on: str) -> argparse.Namespace:
+    """What bench_gpu.fit_arguments/run_config read: CPU, 32-bit, no speed switches (none helps a CPU)."""
+    return argparse.Namespace(
+        views_on=views_on,
+        precision="32-true",
+        channels_last=False,
+        compile=False,
+        cpu=True,
+        warmup=args.warmup,
+        steps=args.steps,
+        work_dir=args.work_dir,
+    )
+
+
+def seconds_per_item(dataset: Any, keys: Sequence, repeats: int = 3) -> float:
+    """Median over ``repeats`` of the mean time of ``dataset[key]`` over ``keys``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for key in keys:
+            dataset[key]
+        times.append((time.perf_counter() - start) / len(keys))
+    return statistics.median(times)
+
+
+def views_alone(config: Path, scale, caches, args: argparse.Namespace) -> dict:
+    """Per sample on one thread: reading, the CPU path's views, the device path's draw and batched apply
+    (see the module docstring), from the training datasets both DataModules build for ``config``."""
+    from bench_gpu import fit_arguments
+
+    from medssl.cli import run_lightning
+    from medssl.data.view_ops import apply_device_views
+
+    modules = {}
+    for views_on in ("cpu", "device"):
+        options = e2e_options(args, views_on)
+        cli = run_lightning(fit_arguments(config, scale, caches, options, args.work_dir / "runs")[1:], run=False)
+        cli.datamodule.setup("fit")
+        modules[views_on] = cli.datamodule
+    cpu, device = modules["cpu"].datasets["train"], modules["device"].datasets["train"]
+    raw = copy.copy(cpu)
+    raw.transform = None
+    count = min(args.samples, len(cpu))
+    keys = [(index, 0) for index in range(count)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        read, cpu_item, device_item = (seconds_per_item(d, keys) for d in (raw, cpu, device))
+        collate = modules["device"].train_dataloader().collate_fn
+        items = [device[key] for key in keys]
+        batch = min(args.batch if config_kind_is_tiles(config) else scale_batch(modules["device"]), count)
+        batches = [collate(items[i : i + batch]) for i in range(0, count - batch + 1, batch)]
+        apply_device_views(modules["device"].device_views, batches[0])  # warm-up
+        start = time.perf_counter()
+        for collated in batches:
+            apply_device_views(modules["device"].device_views, collated)
+        apply = (time.perf_counter() - start) / (len(batches) * batch)
+    finally:
+        torch.set_num_threads(threads)
+    cpu_views, draw = cpu_item - read, device_item - read
+    return {
+        "config": config.stem,
+        "samples": count,
+        "batch": batch,
+        "read_ms": 1e3 * read,
+        "cpu_views_ms": 1e3 * cpu_views,
+        "draw_ms": 1e3 * draw,
+        "apply_ms": 1e3 * apply,
+        "ratio": cpu_views / max(draw + apply, 1e-9),
+    }
+
+
+def config_kind_is_tiles(config: Path) -> bool:
+    from bench_gpu import config_kind
+
+    return config_kind(config) == "tiles"
+
+
+def scale_batch(datamodule: Any) -> int:
+    return int(datamodule.batch_size)
+
+
+def e2e_table(rows: list[dict], alone: list[dict]) -> str:
+    header = (
+        f"{'config':<14} {'views on':<8} {'input':<22} {'samples/s':>9} {'per core':>8} {'step ms':>8} "
+        f"{'data':>7} {'views':>7} {'compute':>8} {'stall':>6}"
+    )
+    lines = ["end to end", header, "-" * len(header)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['config']:<14} {r['views_on']:<8} {r['error']}")
+            continue
+        lines.append(
+            f"{r['config']:<14} {r['views_on']:<8} {r['input']:<22} {r['samples_per_s']:>9.1f} "
+            f"{r['per_core']:>8.1f} {r['step_ms']:>8.0f} {r['data_ms']:>7.0f} {r['views_ms']:>7.0f} "
+            f"{r['compute_ms']:>8.0f} {100 * r['stall']:>5.1f}%"
+        )
+    header = f"{'config':<14} {'read ms':>8} {'CPU views ms':>12} {'draw ms':>8} {'apply ms':>9} {'ratio':>6}"
+    lines += ["", "views alone, per sample, one thread", header, "-" * len(header)]
+    for r in alone:
+        if "error" in r:
+            lines.append(f"{r['config']:<14} {r['error']}")
+            continue
+        lines.append(
+            f"{r['config']:<14} {r['read_ms']:>8.2f} {r['cpu_views_ms']:>12.2f} {r['draw_ms']:>8.3f} "
+            f"{r['apply_ms']:>9.2f} {r['ratio']:>5.1f}×"
+        )
+    return "\n".join(lines)
+
+
+def end_to_end(args: argparse.Namespace) -> dict:
+    from bench_gpu import build_caches, config_kind, error_line, run_config, select
+
+    configs = select(args.configs)
+    scale = e2e_scale(args)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    caches = build_caches({config_kind(c) for c in configs}, args.work_dir / scale.name, scale, workers=1)
+    rows, alone = [], []
+    for config in configs:
+        for views_on in ("cpu", "device"):
+            log(f"{config.stem}, views on {views_on} ...")
+            row = run_config(config, scale, caches, e2e_options(args, views_on))
+            row["views_on"], row["workers"] = views_on, args.workers
+            if "samples_per_s" in row:
+                row["per_core"] = row["samples_per_s"] / (args.workers + 1)
+            rows.append(row)
+        log(f"{config.stem}, views alone ...")
+        try:
+            alone.append(views_alone(config, scale, caches, args))
+        except Exception as error:  # noqa: BLE001 - views not device-capable yet: the row says so
+            alone.append({"config": config.stem, "error": error_line(error)})
+    report = {
+        "machine": machine("cpu"),
+        "scale": dataclasses.asdict(scale),
+        "workers": args.workers,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "end_to_end": rows,
+        "views_alone": alone,
+    }
+    print(machine_line("cpu", f"{args.workers} loader worker(s), load {os.getloadavg()[0]:.2f}"))
+    print(f"toy networks (bench_gpu.py), 32-bit; means over {args.steps} steps after {args.warmup}\n")
+    print(e2e_table(rows, alone))
+    out = args.json or args.work_dir / "e2e.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"\nJSON: {out}")
+    return report
+
+
 # -- driver -------------------------------------------------------------------------------------------------
 def run_child(method: str, implementation: str, argv: list[str]) -> dict:
     command = [sys.executable, os.path.abspath(__file__), *argv, "--child", f"{method}:{implementation}"]
@@ -287,7 +484,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    e2e = parser.add_argument_group("end to end (--end-to-end)")
+    e2e.add_argument("--end-to-end", action="store_true", help="cache → loader → views → step, CPU vs device views")
+    e2e.add_argument("--configs", nargs="+", default=list(E2E_CONFIGS), help="configs/pretrain names")
+    e2e.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    e2e.add_argument("--samples", type=int, default=64, help="samples timed for 'views alone'")
+    e2e.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "medssl-bench-e2e")
+    e2e.add_argument("--json", type=Path, help="where the end-to-end JSON goes (default: <work-dir>/e2e.json)")
     args = parser.parse_args(argv)
+    if args.end_to_end:
+        return [end_to_end(args)]
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
     if args.child:
