@@ -196,6 +196,8 @@ class RandFlipRotate90d(RandomViewOp):
 
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 _LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, as _grey weighs the channels
+_TO_GREY = _LUMA.expand(3, 3)  # the colour map that puts the luma in every channel
+_EYE = torch.eye(3)
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
@@ -261,17 +263,22 @@ class ColorJitterd(RandomViewOp):
 def _jitter_maps(order: torch.Tensor, factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour jitter as maps: ``[B, 4, 3, 3]`` matrices of each sample's steps in its order, and ``[B, 4]``
     contrast offsets (``x ↦ f·x + (1 - f)·mean grey``: the matrix is ``f·I``, the offset ``1 - f``)."""
-    value = factor.gather(1, order)[..., None, None]  # [B, 4, 1, 1]
-    step = order[..., None, None]
-    eye = torch.eye(3, dtype=factor.dtype, device=factor.device)
-    to_grey = torch.ones(3, 1, dtype=factor.dtype, device=factor.device) * _LUMA.to(factor)[None]  # rows: luma
-    scaled = value * eye + torch.where(step == _SATURATION, (1 - value) * to_grey, torch.zeros_like(to_grey))
+    value = factor.gather(1, order)  # [B, 4]: each position's factor
+    saturation, hue = order == _SATURATION, order == _HUE
     angle = value * (2 * math.pi)
-    parts = _HUE_PARTS.to(factor)
-    hue = parts[0] + torch.cos(angle) * parts[1] + torch.sin(angle) * parts[2]
-    matrices = torch.where(step == _HUE, hue, scaled)
-    offsets = torch.where(order == _CONTRAST, 1 - factor.gather(1, order), torch.zeros_like(factor))
-    return matrices, offsets
+    # each map as a combination of five fixed matrices: I, _TO_GREY and _rotate_hue's three parts
+    weights = torch.stack(
+        [
+            torch.where(hue, 0.0, value),
+            torch.where(saturation, 1 - value, 0.0),
+            hue.to(value.dtype),
+            torch.where(hue, torch.cos(angle), 0.0),
+            torch.where(hue, torch.sin(angle), 0.0),
+        ],
+        dim=-1,
+    )
+    matrices = (weights @ _JITTER_BASIS.to(value).flatten(1)).unflatten(-1, (3, 3))
+    return matrices, torch.where(order == _CONTRAST, 1 - value, 0.0)
 
 
 def _hue_parts() -> torch.Tensor:
@@ -286,7 +293,7 @@ def _hue_parts() -> torch.Tensor:
     return torch.stack([back @ part @ yiq for part in (keep, chroma, turn)]).float()
 
 
-_HUE_PARTS = _hue_parts()
+_JITTER_BASIS = torch.cat([_EYE[None], _TO_GREY[None], _hue_parts()])  # [5, 3, 3]
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
@@ -387,10 +394,8 @@ class RandGreyd(RandomViewOp):
         return _grey(image)[None].expand_as(image).contiguous()
 
     def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        to_grey = torch.ones(3, 1, device=images.device) * _LUMA.to(images)[None]
-        eye = torch.eye(3, device=images.device)
         on = params["on"].to(images.device).bool()[:, None, None]
-        return mix_channels(images, torch.where(on, to_grey, eye))
+        return mix_channels(images, torch.where(on, _TO_GREY.to(images), _EYE.to(images)))
 
 
 class RandSolarized(RandomViewOp):
