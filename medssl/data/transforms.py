@@ -50,7 +50,7 @@ def _uniform(low: float, high: float, size=()) -> torch.Tensor:
     return torch.empty(size).uniform_(low, high)
 
 
-def _on_all(images: torch.Tensor) -> bool:
+def _whole_batch(images: torch.Tensor) -> bool:
     """Whether a batched step runs on every sample of ``images`` with identity parameters for the skipped
     ones (off a CPU, where asking which samples are on would wait for the device) rather than on the
     samples it is on for only (on a CPU, where that saves their work)."""
@@ -98,7 +98,7 @@ class RandomViewOp(ViewOp):
 
     def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         images = to_float(images)
-        if _on_all(images):
+        if _whole_batch(images):
             return self.transform_batch(images, params)
         on = params["on"].bool()
         if bool(on.all()):
@@ -254,7 +254,7 @@ class ColorJitterd(RandomViewOp):
         for position in range(4):
             offset = offsets[:, position]  # (1 - factor) where this position is contrast, else 0
             bias = None
-            if _on_all(images) or bool(offset.any()):
+            if _whole_batch(images) or bool(offset.any()):
                 bias = (offset * (images.mean(dim=tuple(range(2, images.ndim))) @ luma))[:, None].expand(-1, 3)
             images = mix_channels(images, matrices[:, position], bias).clamp_(0.0, 1.0)
         return images
@@ -371,7 +371,7 @@ class RandGaussianBlurd(RandomViewOp):
 
     def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         sigma = params["sigma"].to(images)
-        largest = _blur_radius(self.sigma[1]) if _on_all(images) else _blur_radius(float(sigma.max()))
+        largest = _blur_radius(self.sigma[1]) if _whole_batch(images) else _blur_radius(float(sigma.max()))
         kernel = self.kernels(sigma, largest)
         return separable_filter(images, [kernel] * (images.ndim - 2), padding="reflect")
 
