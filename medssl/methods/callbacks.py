@@ -194,14 +194,15 @@ class EncoderSpeedups(pl.Callback):
 class StepTime:
     """Where one training step's time went, in seconds: ``data``, waiting for its batch (the loader and
     the copy to the device, from the end of the step before, or from the epoch's start for an epoch's
-    first step, which so includes the model's epoch-start work); ``views``, the DataModule's
-    ``on_after_batch_transfer`` (device views); ``compute``, the rest until the step ended (forward,
-    backward, optimiser). ``samples``: rows of the batch."""
+    ``first`` step, which so includes the model's epoch-start work and the loader's restart); ``views``,
+    the DataModule's ``on_after_batch_transfer`` (device views); ``compute``, the rest until the step
+    ended (forward, backward, optimiser). ``samples``: rows of the batch."""
 
     data: float
     views: float
     compute: float
     samples: int
+    first: bool = False
 
     @property
     def total(self) -> float:
@@ -267,7 +268,7 @@ class StepTimer(pl.Callback):
         self._previous: Any = None
         self._views: tuple[Any, Any] | None = None
         self._start: Any = None
-        self._rows = 0
+        self._rows, self._first = 0, False
         self._wrapped: tuple[Any, Any] | None = None
         self._peak_mib: float | None = None
 
@@ -309,14 +310,14 @@ class StepTimer(pl.Callback):
         self._previous, self._views = self._clock.mark(), None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
-        self._start, self._rows = self._clock.mark(), batch_rows(batch)
+        self._start, self._rows, self._first = self._clock.mark(), batch_rows(batch), batch_idx == 0
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         end = self._clock.mark()
         views = self._views or (self._start, self._start)
-        self._pending.append((self._previous, *views, end, self._rows))
+        self._pending.append((self._previous, *views, end, self._rows, self._first))
         self._previous, self._views = end, None
         self._resolve()
 
@@ -332,21 +333,25 @@ class StepTimer(pl.Callback):
         """Turn the marks of finished steps into :class:`StepTime` s (at once on the host; on CUDA once
         the GPU has passed a step's last event), so pending marks never pile up."""
         while self._pending and self._clock.done(self._pending[0][3]):
-            previous, views_start, views_end, end, rows = self._pending.pop(0)
-            seconds = self._clock.seconds
-            self.steps.append(
-                StepTime(seconds(previous, views_start), seconds(views_start, views_end), seconds(views_end, end), rows)
-            )
+            previous, views_start, views_end, end, rows, first = self._pending.pop(0)
+            span = self._clock.seconds
+            parts = span(previous, views_start), span(views_start, views_end), span(views_end, end)
+            self.steps.append(StepTime(*parts, samples=rows, first=first))
 
     # -- the figures --------------------------------------------------------------------------------------
     def summary(self, skip: int | None = None) -> dict[str, Any]:
-        """Means over the steps after ``skip`` (default: the callback's ``skip``, fewer if the run was
-        shorter): samples/s, ms per step in each part, the share of the step spent waiting for data
-        (``stall``) and making views, and the peak GPU memory in MiB (None off CUDA)."""
+        """Means over the steady steps after ``skip`` (default: the callback's ``skip``, fewer if the run
+        was shorter): samples/s, ms per step in each part, the share of the step spent waiting for data
+        (``stall``) and making views, and the peak GPU memory in MiB (None off CUDA). Steady: steps that
+        do not begin an epoch (whose wait holds the loader's restart and the model's epoch-start work),
+        unless all do (epochs of one batch); ``epoch_starts`` says how many were left out and
+        ``epoch_start_ms`` what they took on average."""
         skip = self.skip if skip is None else skip
-        steps = self.steps[min(skip, max(0, len(self.steps) - 1)) :]
-        if not steps:
+        timed = self.steps[min(skip, max(0, len(self.steps) - 1)) :]
+        if not timed:
             return {"steps": 0}
+        steps = [s for s in timed if not s.first] or timed
+        starts = [] if steps is timed else [s for s in timed if s.first]
         total = sum(s.total for s in steps)
 
         def mean_ms(part: str) -> float:
@@ -362,6 +367,8 @@ class StepTimer(pl.Callback):
             "compute_ms": mean_ms("compute"),
             "stall": sum(s.data for s in steps) / total if total > 0 else 0.0,
             "views_share": sum(s.views for s in steps) / total if total > 0 else 0.0,
+            "epoch_starts": len(starts),
+            "epoch_start_ms": 1e3 * statistics.fmean(s.total for s in starts) if starts else None,
             "peak_mib": self._peak_mib,
         }
 

@@ -79,9 +79,11 @@ def test_channels_last_trains_as_the_default_layout_and_the_timer_counts_each_st
 
     assert [s.samples for s in timer.steps] == [8, 8]
     assert all(s.data >= 0 and s.views >= 0 and s.compute > 0 for s in timer.steps)
-    summary = timer.summary()
-    assert summary["steps"] == 2 and summary["peak_mib"] is None  # no GPU
-    assert summary["samples_per_s"] == pytest.approx(16 / sum(s.total for s in timer.steps))
+    assert [s.first for s in timer.steps] == [True, False]
+    summary = timer.summary()  # the steady steps: not the epoch's first, whose wait holds the loader's start
+    assert summary["steps"] == 1 and summary["epoch_starts"] == 1 and summary["peak_mib"] is None  # no GPU
+    assert summary["samples_per_s"] == pytest.approx(8 / timer.steps[1].total)
+    assert summary["epoch_start_ms"] == pytest.approx(1e3 * timer.steps[0].total)
     assert 0 <= summary["stall"] < 1
     assert "on_after_batch_transfer" not in vars(data)  # the views hook is unwrapped after the fit
 

@@ -1,0 +1,76 @@
+"""benchmarks/gpu.sh's driver works before a GPU is lent: it runs at toy sizes on a CPU with the GPU's
+switches (device views, bf16, channels-last), and every config's arguments at the GPU's sizes are ones
+``medssl fit`` accepts. The full set of configs runs only in gpu.sh itself (too slow for the suite)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from medssl.cli import run_lightning
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_gpu  # noqa: E402  # pyright: ignore[reportMissingImports]  (benchmarks/ is a folder of scripts)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+#: one config per kind of data the driver builds cheaply: tiles (device views) and patch features
+RUN = ("simclr_tiles", "madeleine")
+
+
+def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(tmp_path, capsys):
+    report = bench_gpu.main(
+        [
+            *("--toy", "--configs", *RUN, "--steps", "2", "--warmup", "1", "--precision", "bf16-mixed"),
+            *("--work-dir", str(tmp_path), "--json", str(tmp_path / "out.json")),
+        ]
+    )
+    rows = {row["config"]: row for row in report["rows"]}
+    assert list(rows) == list(RUN)
+    for name, row in rows.items():
+        assert "error" not in row, f"{name}: {row.get('error')}"
+        assert row["steps"] == 2 and row["samples_per_s"] > 0
+        assert row["step_ms"] == pytest.approx(row["data_ms"] + row["views_ms"] + row["compute_ms"])
+        assert 0 <= row["stall"] <= 1 and row["peak_mib"] is None  # no GPU here
+    assert rows["simclr_tiles"]["batch"] == 8 and rows["simclr_tiles"]["views_ms"] > 0  # views made in the hook
+    madeleine = rows["madeleine"]  # features: the hook has no views to make
+    assert madeleine["batch"] == 2 and madeleine["views_ms"] < madeleine["compute_ms"] / 10
+    assert report["switches"] == {
+        "views_on": "device",
+        "precision": "bf16-mixed",
+        "channels_last": True,
+        "compile": False,
+    }
+    assert json.loads((tmp_path / "out.json").read_text())["rows"] == report["rows"]
+    table = capsys.readouterr().out
+    assert all(any(line.startswith(name) for line in table.splitlines()) for name in RUN)
+
+
+@pytest.mark.parametrize("scale", [bench_gpu.TOY, bench_gpu.REALISTIC], ids=["toy", "realistic"])
+def test_every_config_takes_the_benchmark_arguments(scale, tmp_path):
+    """What gpu.sh passes for each config builds the model, DataModule and Trainer (no data is read)."""
+    caches = bench_gpu.Caches(*(tmp_path / name for name in ("tiles", "volumes", "multistain", "features")))
+    options = argparse.Namespace(
+        views_on="device", precision="bf16-mixed", channels_last=True, compile=False, cpu=True, warmup=1, steps=1
+    )
+    configs = bench_gpu.select(None)
+    assert len(configs) == len(list(bench_gpu.CONFIGS.glob("*.yaml")))
+    for config in configs:
+        arguments = bench_gpu.fit_arguments(config, scale, caches, options, tmp_path / "runs")
+        cli = run_lightning(arguments[1:], run=False)
+        kind = bench_gpu.config_kind(config)
+        data = cli.datamodule
+        assert data.views_on == ("cpu" if kind == "features" else "device")  # features: no views
+        if kind == "pairs":
+            assert list(data.spatial_size) == list(scale.crop)
+        if kind == "stacks":
+            assert list(data.spatial_size) == list(scale.stack)
+        if kind == "tiles":
+            assert data.view_size == scale.view
+        names = {type(c).__name__ for c in cli.trainer.callbacks}  # pyright: ignore[reportAttributeAccessIssue]
+        assert {"EncoderSpeedups", "StepTimer"} <= names and "ModelCheckpoint" not in names, config.stem
+        assert cli.trainer.max_steps == 2 and cli.trainer.precision == "bf16-mixed"
