@@ -429,20 +429,27 @@ def error_line(error: BaseException) -> str:
 
 
 def run_config(config: Path, scale: Scale, caches: Caches, args: argparse.Namespace) -> dict:
-    """One config's fit; its row (figures, or the error)."""
+    """One config's fit, as ``medssl fit`` runs it (the CLI builds model, DataModule and Trainer; then
+    ``trainer.fit``); its row: figures, or the error. Errors go in the row and the run goes on; an
+    interrupt (Ctrl-C, ``timeout``'s SIGTERM, which Lightning turns into ``SystemExit``) ends it."""
     from medssl.cli import run_lightning
     from medssl.methods.callbacks import StepTimer
 
     row: dict = {"config": config.stem, "method": model_class(config), "data": config_kind(config)}
     start = time.perf_counter()
     try:
-        cli = run_lightning(fit_arguments(config, scale, caches, args, args.work_dir / "runs" / config.stem))
+        try:
+            arguments = fit_arguments(config, scale, caches, args, args.work_dir / "runs" / config.stem)
+            cli = run_lightning(arguments[1:], run=False)
+        except SystemExit as refused:  # jsonargparse's way to say a key or value is wrong
+            raise RuntimeError(error_line(refused)) from refused
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         timer = next(c for c in cli.trainer.callbacks if isinstance(c, StepTimer))  # pyright: ignore[reportAttributeAccessIssue]
         summary = timer.summary()
         if not summary["steps"]:
             raise RuntimeError("no training step ran")
         row.update(summary, input=describe_input(config, scale, summary["batch"]))
-    except (Exception, SystemExit) as error:  # noqa: BLE001 - a config's failure is its row; the others run
+    except Exception as error:  # noqa: BLE001 - a config's failure is its row; the others run
         traceback.print_exc()
         row["error"] = error_line(error)
     finally:

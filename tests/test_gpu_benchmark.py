@@ -20,17 +20,26 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 #: one config per kind of data the driver builds cheaply: tiles (device views) and patch features
 RUN = ("simclr_tiles", "madeleine")
+BROKEN = "barlow_twins_tiles"
 
 
-def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(tmp_path, capsys):
+def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(tmp_path, capsys, monkeypatch):
+    """Two configs run; a third, given a misspelt key here, fails alone: its row says why, the run goes on."""
+    arguments = bench_gpu.fit_arguments
+
+    def misspelt_for_one(config, *rest):
+        return arguments(config, *rest) + (["--model.init_args.temprature", "0.2"] if config.stem == BROKEN else [])
+
+    monkeypatch.setattr(bench_gpu, "fit_arguments", misspelt_for_one)
     report = bench_gpu.main(
         [
-            *("--toy", "--configs", *RUN, "--steps", "2", "--warmup", "1", "--precision", "bf16-mixed"),
+            *("--toy", "--configs", BROKEN, *RUN, "--steps", "2", "--warmup", "1", "--precision", "bf16-mixed"),
             *("--work-dir", str(tmp_path), "--json", str(tmp_path / "out.json")),
         ]
     )
     rows = {row["config"]: row for row in report["rows"]}
-    assert list(rows) == list(RUN)
+    assert list(rows) == [BROKEN, *RUN]
+    assert "configuration refused" in rows.pop(BROKEN)["error"]
     for name, row in rows.items():
         assert "error" not in row, f"{name}: {row.get('error')}"
         assert row["steps"] == 2 and row["samples_per_s"] > 0
@@ -47,7 +56,7 @@ def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(tmp_path, 
     }
     assert json.loads((tmp_path / "out.json").read_text())["rows"] == report["rows"]
     table = capsys.readouterr().out
-    assert all(any(line.startswith(name) for line in table.splitlines()) for name in RUN)
+    assert all(any(line.startswith(name) for line in table.splitlines()) for name in (BROKEN, *RUN))
 
 
 @pytest.mark.parametrize("scale", [bench_gpu.TOY, bench_gpu.REALISTIC], ids=["toy", "realistic"])
