@@ -44,7 +44,9 @@ weigh as much as they would against a GPU's compute. Two tables:
                 dataset without views), the CPU path's views (``read + views`` − read), the device path's
                 draw on the loader (``read + draw`` − read) and its batched apply per sample (the
                 DataModule's hook on collated batches of ``--batch``, in the cache-sized pieces it uses on a
-                CPU); ``ratio`` = CPU views ÷ (draw + apply), the issue's target being ≥ 5.
+                CPU); ``ratio`` = CPU views ÷ (draw + apply), the issue's target being ≥ 5. Alice's pairs
+                are cut by the correspondence sampler in both paths, so there ``read`` holds the crops
+                and the views are the flips and turns.
 
 A config whose views cannot run on the device yet gets its error as its row. JSON goes to ``--json``.
 """
@@ -346,7 +348,7 @@ def views_alone(config: Path, scale, caches, args: argparse.Namespace) -> dict:
         read, cpu_item, device_item = (seconds_per_item(d, keys) for d in (raw, cpu, device))
         collate = modules["device"].train_dataloader().collate_fn
         items = [device[key] for key in keys]
-        batch = min(args.batch if config_kind_is_tiles(config) else scale_batch(modules["device"]), count)
+        batch = min(int(modules["device"].batch_size), count)  # the loader's batches
         batches = [collate(items[i : i + batch]) for i in range(0, count - batch + 1, batch)]
         apply_device_views(modules["device"].device_views, batches[0])  # warm-up
         start = time.perf_counter()
@@ -366,16 +368,6 @@ def views_alone(config: Path, scale, caches, args: argparse.Namespace) -> dict:
         "apply_ms": 1e3 * apply,
         "ratio": cpu_views / max(draw + apply, 1e-9),
     }
-
-
-def config_kind_is_tiles(config: Path) -> bool:
-    from bench_gpu import config_kind
-
-    return config_kind(config) == "tiles"
-
-
-def scale_batch(datamodule: Any) -> int:
-    return int(datamodule.batch_size)
 
 
 def e2e_table(rows: list[dict], alone: list[dict]) -> str:
