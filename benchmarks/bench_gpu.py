@@ -424,8 +424,10 @@ def error_line(error: BaseException) -> str:
     """The error's last line (a jsonargparse SystemExit's message is on stderr: its code is all we get)."""
     if isinstance(error, SystemExit):
         return f"configuration refused (exit code {error.code}); see the messages above"
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1] if text else ''}"[:300]
+    lines = str(error).strip().splitlines()
+    last = lines[-1] if lines else ""
+    named = last.split(":", 1)[0].endswith(("Error", "Exception"))  # a worker's error re-raised names itself
+    return (last if named else f"{type(error).__name__}: {last}")[:300]
 
 
 def run_config(config: Path, scale: Scale, caches: Caches, args: argparse.Namespace) -> dict:
