@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from medssl.data.geometric_views import GeometricViewsd, radiology_geometric_view, sample_side_box
 from medssl.data.radiology_ops import (
     RandAdjustContrast,
     RandAffine,
@@ -16,7 +17,9 @@ from medssl.data.radiology_ops import (
     RandShiftIntensity,
     pad_or_crop,
 )
+from medssl.data.transforms import radiology_views
 from medssl.data.view_ops import ViewOp
+from tests.views import assert_same_views, both_ways
 
 SHAPES = [(1, 20, 17), (1, 8, 12, 12)]  # a 2D slice and a 3D patch, [C, *spatial]
 
@@ -218,3 +221,107 @@ def test_pad_or_crop_is_monais_resize_with_pad_or_crop(shape, size):
     assert torch.equal(
         pad_or_crop(image, size), torch.as_tensor(ResizeWithPadOrCrop(size)(image)).as_subclass(torch.Tensor)
     )
+
+
+def test_side_boxes_are_drawn_as_monais_random_size_crop():
+    """RandGeometricViewd(box="sides") draws the crops of MONAI's RandSpatialCrop(roi 40 %, random size)."""
+    from monai.transforms.croppad.array import RandSpatialCrop
+
+    shape, n = (20, 13, 9), 2000
+    torch.manual_seed(5)
+    ours = [sample_side_box(shape, (0.4, 1.0)) for _ in range(n)]
+    crop = RandSpatialCrop(roi_size=[int(0.4 * d) for d in shape], random_size=True)
+    crop.set_random_state(6)
+    theirs = []
+    for _ in range(n):
+        crop.randomize(shape)
+        theirs.append((tuple(s.start for s in crop._slices), tuple(s.stop - s.start for s in crop._slices)))
+    for axis, d in enumerate(shape):
+        for part, bounds in ((1, (int(0.4 * d), d)), (0, (0, d - int(0.4 * d)))):  # sizes, then starts
+            mine = np.array([box[part][axis] for box in ours], dtype=np.float64)
+            monai = np.array([box[part][axis] for box in theirs], dtype=np.float64)
+            assert set(np.unique(mine)) == set(np.unique(monai)) <= set(range(bounds[0], bounds[1] + 1))
+            assert abs(mine.mean() - monai.mean()) < 0.05 * d and abs(mine.std() - monai.std()) < 0.05 * d
+    assert all(start + size <= d for box in ours for start, size, d in zip(*box, shape, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("shapes", "size"),
+    [
+        ([(1, 20, 18), (1, 16, 24), (1, 24, 24), (1, 12, 12)], (16, 16)),  # padded or cropped first
+        ([(1, 8, 12, 12)] * 3 + [(1, 6, 14, 10)], (8, 12, 12)),
+    ],
+)
+def test_radiology_view_pairs_are_the_same_made_on_the_device(shapes, size):
+    """Every step drawn on the loader and applied as a batch gives the CPU path's views, noise included
+    (per-sample generators); blur and gamma on too."""
+    views = radiology_views(size, 2, blur_prob=0.5, gamma_prob=0.5)
+    torch.manual_seed(7)
+    samples = [{"image": torch.rand(shape), "z": k} for k, shape in enumerate(shapes * 2)]
+    cpu, device = both_ways(views, samples)
+    assert [v.shape for v in device["views"]] == [(len(samples), 1, *size)] * 2
+    assert_same_views(cpu, device)
+    assert not torch.equal(device["views"][0], device["views"][1])
+
+
+def test_radiology_geometric_pairs_are_the_same_made_on_the_device():
+    """Slices of different sizes go to the device zero-padded to the largest of the batch
+    (collate_padded); the views and geometry are those the CPU makes from each slice itself."""
+    from torch.utils.data import default_collate
+
+    from medssl.data.datamodules.volumes import collate_padded
+    from medssl.data.seeding import seeded
+    from medssl.data.view_ops import DrawViewsd
+
+    views = GeometricViewsd.pair(radiology_geometric_view(12))
+    torch.manual_seed(8)
+    samples = [{"image": torch.rand(1, *shape)} for shape in [(20, 16), (14, 22), (20, 16), (16, 16)] * 2]
+    cpu, drawn = [], []
+    for index, sample in enumerate(samples):
+        with seeded(views, 0, 0, index):
+            cpu.append(views(dict(sample)))
+        with seeded(views, 0, 0, index):
+            drawn.append(DrawViewsd(views)(dict(sample)))
+    device = views.apply_batch(collate_padded(drawn))
+    expected = default_collate(cpu)
+    assert_same_views(expected, device)
+    for g_cpu, g_device in zip(expected["geometry"], device["geometry"], strict=True):
+        torch.testing.assert_close(g_device, g_cpu)
+
+
+def test_geometric_slice_pairs_of_one_size_are_the_same_both_ways():
+    views = GeometricViewsd.pair(radiology_geometric_view(12, flip_prob=[0.5, 0.5]))
+    torch.manual_seed(9)
+    cpu, device = both_ways(views, [{"image": torch.rand(1, 18, 18)} for _ in range(6)])
+    assert_same_views(cpu, device)
+
+
+@pytest.mark.parametrize(
+    ("mode", "spatial_size", "geometric"),
+    [("slices", (24, 24), False), ("patches", (8, 12, 12), False), ("slices", (16, 16), True)],
+)
+def test_volume_datamodule_device_views_equal_cpu_views(volume_cache, mode, spatial_size, geometric):
+    from medssl.data.datamodules.volumes import VolumeDataModule
+
+    def first_batch(views_on: str) -> dict:
+        dm = VolumeDataModule(
+            str(volume_cache),
+            mode=mode,
+            spatial_size=spatial_size,
+            geometric=geometric,
+            patches_per_volume=4,
+            batch_size=4,
+            num_workers=0,
+            views_on=views_on,
+        )
+        dm.setup("fit")
+        return dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+
+    cpu, device = first_batch("cpu"), first_batch("device")
+    assert "view_params" not in device and "image" not in device
+    assert [v.shape for v in device["views"]] == [(4, 1, *spatial_size)] * 2
+    assert_same_views(cpu, device)
+    assert device["volume_id"] == cpu["volume_id"] and torch.equal(device["index"], cpu["index"])
+    if geometric:
+        for g_cpu, g_device in zip(cpu["geometry"], device["geometry"], strict=True):
+            torch.testing.assert_close(g_device, g_cpu)
