@@ -6,9 +6,10 @@ Each op draws its parameters with the distribution of the MONAI transform it rep
 docstring; the same parameter conventions, including MONAI's axis order: the first spatial axis of
 the tensor is MONAI's ``x``) from torch's global generator, and applies them as MONAI's deterministic
 transform does (``Affine``, ``ScaleIntensity``, ``ShiftIntensity``, ``GaussianSmooth``,
-``AdjustContrast``; the tests hold each to its MONAI oracle). ``apply`` is ``apply_batch`` on a batch of
-one: one piece of code, per sample on the loader or per batch on the device. A skipped op (``on``
-false) leaves its samples exactly as they were, as MONAI's do.
+``AdjustContrast``; the tests hold each to its MONAI oracle). Each op is written once, for a batch;
+``apply`` is a batch of one. A skipped op (``on`` false) leaves its samples exactly as they were, as
+MONAI's do; a batch on a CPU transforms only the samples that are on, one on an accelerator all of
+them (no host sync), keeping those that are on.
 
 :class:`PadOrCropd` is the deterministic step before the views (MONAI's ``ResizeWithPadOrCrop`` on plain
 tensors), for :class:`~medssl.data.transforms.MultiViewd` ``prepare``.
@@ -44,10 +45,11 @@ def _ranges(value: float | Sequence[float | Sequence[float]]) -> list[Range]:
     return [_symmetric(entry) for entry in entries]  # type: ignore[arg-type]
 
 
-def _uniform(ranges: Sequence[Range]) -> torch.Tensor:
-    """One float32 number uniform in each ``(low, high)`` (one draw of ``len(ranges)`` numbers)."""
-    bounds = torch.tensor(ranges, dtype=torch.float64).reshape(-1, 2)
-    return (bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * torch.rand(len(bounds), dtype=torch.float64)).float()
+def _uniform(ranges: Sequence[Range]) -> list[float]:
+    """One number uniform in each ``(low, high)`` (one draw of ``len(ranges)`` numbers; few torch calls,
+    as the loader draws every view of every sample)."""
+    drawn = torch.rand(len(ranges), dtype=torch.float64).tolist()
+    return [low + (high - low) * u for (low, high), u in zip(ranges, drawn, strict=True)]
 
 
 def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -55,22 +57,39 @@ def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.reshape(-1, *([1] * (ndim - 1)))
 
 
-def _none_on(on: torch.Tensor) -> bool:
-    """Whether no sample of a CPU batch is on, so the work can be skipped (the check syncs: a batch on
-    an accelerator computes every sample and keeps the ones that are on)."""
-    return on.device.type == "cpu" and not bool(on.any())
+def _every_sample(on: torch.Tensor) -> bool:
+    """Whether a batch transforms every sample and keeps those that are on (on an accelerator: no host
+    sync) rather than only the samples that are on (on a CPU, where skipped work is saved time)."""
+    return on.device.type != "cpu"
 
 
 class _BatchedOp(ViewOp):
-    """An op whose per-sample path is its batched path on a batch of one."""
+    """An op written once, as :meth:`transform` of a batch whose samples are all on: the per-sample path
+    is a batch of one, and a batch keeps the samples that are off as they are."""
 
     def __init__(self, prob: float, key: str):
         self.prob, self.key = float(prob), key
 
+    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """The op applied to every sample of ``images`` with its ``params``."""
+        raise NotImplementedError
+
     def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
         if not bool(params["on"]):
             return image
-        return self.apply_batch(image[None], {name: value[None] for name, value in params.items()})[0]
+        return self.transform(image[None], {name: value[None] for name, value in params.items()})[0]
+
+    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        on = params["on"]
+        if _every_sample(on):
+            return where_on(on, self.transform(images, params), images)
+        chosen = on.nonzero()[:, 0]
+        if len(chosen) == len(on):
+            return self.transform(images, params)
+        out = images.clone()
+        if len(chosen):
+            out[chosen] = self.transform(images[chosen], {name: value[chosen] for name, value in params.items()})
+        return out
 
 
 class RandAffine(_BatchedOp):
@@ -109,16 +128,13 @@ class RandAffine(_BatchedOp):
             raise ValueError(f"at most 3 rotation angles in 3D, got {len(self.rotate_range)}")
         on = coin(self.prob)
         if on:  # MONAI draws every entry; a 2D rotation uses the first angle, scaling the first n factors
-            drawn = _uniform(self.rotate_range)
-            angles[: min(len(drawn), len(angles))] = drawn[: len(angles)]
-            drawn = 1.0 + _uniform(self.scale_range)
-            scales[: min(len(drawn), n)] = drawn[:n]
+            drawn = _uniform(self.rotate_range)[: len(angles)]
+            angles[: len(drawn)] = torch.tensor(drawn)
+            drawn = [1.0 + f for f in _uniform(self.scale_range)[:n]]
+            scales[: len(drawn)] = torch.tensor(drawn)
         return {"on": flag(on), "angles": angles, "scales": scales}
 
-    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        on = params["on"]
-        if _none_on(on):
-            return images
+    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         spatial = images.shape[2:]
         matrix = affine_matrices(params["angles"].to(images.device), params["scales"].to(images.device))
         # MONAI's grid is in pixels centred on the image, normalised by 2 / max(2, size); affine_grid's
@@ -129,8 +145,7 @@ class RandAffine(_BatchedOp):
         theta = theta.flip(-1).flip(-2)
         theta = torch.cat([theta, theta.new_zeros(*theta.shape[:-1], 1)], dim=-1)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        out = F.grid_sample(images, grid, mode="bilinear", padding_mode=self.padding, align_corners=False)
-        return where_on(on, out, images)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode=self.padding, align_corners=False)
 
 
 def affine_matrices(angles: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -163,10 +178,10 @@ class RandScaleIntensity(_BatchedOp):
 
     def draw(self, shape: tuple[int, ...]) -> Params:
         on = coin(self.prob)
-        factor = _uniform([self.factors])[0] if on else torch.tensor(0.0)
-        return {"on": flag(on), "factor": factor}
+        factor = _uniform([self.factors])[0] if on else 0.0
+        return {"on": flag(on), "factor": torch.tensor(factor)}
 
-    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         return images * (1.0 + _per_sample(params["factor"].to(images), images.ndim))
 
 
@@ -180,10 +195,10 @@ class RandShiftIntensity(_BatchedOp):
 
     def draw(self, shape: tuple[int, ...]) -> Params:
         on = coin(self.prob)
-        offset = _uniform([self.offsets])[0] if on else torch.tensor(0.0)
-        return {"on": flag(on), "offset": offset}
+        offset = _uniform([self.offsets])[0] if on else 0.0
+        return {"on": flag(on), "offset": torch.tensor(offset)}
 
-    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         return images + _per_sample(params["offset"].to(images), images.ndim)
 
 
@@ -201,22 +216,16 @@ class RandGaussianNoise(_BatchedOp):
 
     def draw(self, shape: tuple[int, ...]) -> Params:
         on = coin(self.prob)
-        std = _uniform([(0.0, self.std)])[0] if on else torch.tensor(0.0)
+        std = _uniform([(0.0, self.std)])[0] if on else 0.0
         seed = torch.randint(0, 2**62, ()) if on else torch.tensor(0)
-        return {"on": flag(on), "std": std, "seed": seed}
+        return {"on": flag(on), "std": torch.tensor(std), "seed": seed}
 
-    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        flags = params["on"].tolist()
-        if not any(flags):
-            return images
-        seeds = params["seed"].tolist()
-        noise = torch.zeros_like(images)
-        for k, (on, seed) in enumerate(zip(flags, seeds, strict=True)):
-            if on:
-                generator = torch.Generator(images.device).manual_seed(int(seed))
-                noise[k] = torch.randn(images.shape[1:], generator=generator, device=images.device, dtype=images.dtype)
-        noisy = images + (self.mean + _per_sample(params["std"].to(images), images.ndim) * noise)
-        return where_on(params["on"], noisy, images)
+    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        noise = torch.empty_like(images)
+        for k, seed in enumerate(params["seed"].tolist()):  # the host needs the seeds: a sync on a GPU
+            generator = torch.Generator(images.device).manual_seed(int(seed))
+            noise[k] = torch.randn(images.shape[1:], generator=generator, device=images.device, dtype=images.dtype)
+        return images + (self.mean + _per_sample(params["std"].to(images), images.ndim) * noise)
 
 
 def _tail(sigma: float, truncated: float = 4.0) -> int:
@@ -262,19 +271,16 @@ class RandGaussianSmooth(_BatchedOp):
         if n not in (2, 3):
             raise ValueError(f"smoothing of 2D or 3D images, got spatial shape {shape}")
         on = coin(self.prob)
-        sigma = _uniform(self.sigmas[:n]) if on else torch.tensor([low for low, _ in self.sigmas[:n]])
-        return {"on": flag(on), "sigma": sigma}
+        sigma = _uniform(self.sigmas[:n]) if on else [low for low, _ in self.sigmas[:n]]
+        return {"on": flag(on), "sigma": torch.tensor(sigma)}
 
-    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        on = params["on"]
-        if _none_on(on):
-            return images
+    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         sigma = params["sigma"].to(images.device)
         kernels = [
             gaussian_kernels(sigma[:, axis], _tail(max(self.sigmas[axis])))  # every sample's length: the widest
             for axis in range(images.ndim - 2)
         ]
-        return where_on(on, separable_filter(images, kernels, padding="zeros"), images)
+        return separable_filter(images, kernels, padding="zeros")
 
 
 class RandAdjustContrast(_BatchedOp):
@@ -295,18 +301,14 @@ class RandAdjustContrast(_BatchedOp):
 
     def draw(self, shape: tuple[int, ...]) -> Params:
         on = coin(self.prob)
-        return {"on": flag(on), "gamma": _uniform([self.gamma])[0] if on else torch.tensor(1.0)}
+        return {"on": flag(on), "gamma": torch.tensor(_uniform([self.gamma])[0] if on else 1.0)}
 
-    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        on = params["on"]
-        if _none_on(on):
-            return images
+    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         flat = images.flatten(1)
         low = _per_sample(flat.amin(1), images.ndim)
         spread = _per_sample(flat.amax(1), images.ndim) - low
         gamma = _per_sample(params["gamma"].to(images), images.ndim)
-        adjusted = ((images - low) / (spread + 1e-7)) ** gamma * spread + low
-        return where_on(on, adjusted, images)
+        return ((images - low) / (spread + 1e-7)) ** gamma * spread + low
 
 
 def pad_or_crop(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -69,10 +69,14 @@ def test_ops_equal_their_monai_transforms(shape):
             torch.testing.assert_close(op.apply(image, params), expected, atol=1e-5, rtol=0, msg=type(op).__name__)
 
 
+@pytest.mark.parametrize("every_sample", [False, True])  # a CPU's route, an accelerator's
 @pytest.mark.parametrize("shape", SHAPES)
-def test_batched_ops_equal_per_sample_ops(shape):
+def test_batched_ops_equal_per_sample_ops(shape, every_sample, monkeypatch):
     """Mixed on/off samples: the batch gives each sample what the per-sample path gives; skipped samples
     come back unchanged."""
+    from medssl.data import radiology_ops
+
+    monkeypatch.setattr(radiology_ops, "_every_sample", lambda on: every_sample)
     torch.manual_seed(1)
     images = torch.rand(6, *shape)
     for op in _ops(len(shape) - 1, prob=0.5):
