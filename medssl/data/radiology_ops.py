@@ -329,12 +329,14 @@ def pad_or_crop(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 class PadOrCropd:
     """The deterministic step before radiology views: ``key`` padded or cropped to ``size``
-    (:func:`pad_or_crop`), so every sample of a batch has one shape (device views need it)."""
+    (:func:`pad_or_crop`), so every sample of a batch has one shape (device views need it), and cast
+    to ``dtype`` if given (float16 halves what device views send, exactly for float16 caches)."""
 
-    def __init__(self, size: Sequence[int], key: str = "image"):
-        self.size, self.key = tuple(int(s) for s in size), key
+    def __init__(self, size: Sequence[int], key: str = "image", dtype: torch.dtype | None = None):
+        self.size, self.key, self.dtype = tuple(int(s) for s in size), key, dtype
 
     def __call__(self, sample: dict) -> dict:
         out = dict(sample)
-        out[self.key] = pad_or_crop(sample[self.key], self.size)
+        image = pad_or_crop(sample[self.key], self.size)
+        out[self.key] = image if self.dtype is None else image.to(self.dtype)
         return out

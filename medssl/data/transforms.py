@@ -302,12 +302,15 @@ def radiology_view(
     return Compose(steps, key=key)
 
 
-def radiology_views(spatial_size: Sequence[int], views: int = 2, **options) -> MultiViewd:
+def radiology_views(
+    spatial_size: Sequence[int], views: int = 2, dtype: torch.dtype | None = None, **options
+) -> MultiViewd:
     """``views`` :func:`radiology_view` s (``options`` passed on) of each sample, after padding or
-    cropping its image to ``spatial_size`` (:class:`~medssl.data.radiology_ops.PadOrCropd`); runs either
-    way (:class:`~medssl.data.view_ops.DeviceViews`)."""
+    cropping its image to ``spatial_size`` (and casting it to ``dtype``, if given:
+    :class:`~medssl.data.radiology_ops.PadOrCropd`); runs either way
+    (:class:`~medssl.data.view_ops.DeviceViews`)."""
     view = radiology_view(spatial_size, **options)
-    return MultiViewd([view] * views, prepare=PadOrCropd(spatial_size))
+    return MultiViewd([view] * views, prepare=PadOrCropd(spatial_size, dtype=dtype))
 
 
 def seed_worker(worker_id: int) -> None:

@@ -319,9 +319,13 @@ def test_volume_datamodule_device_views_equal_cpu_views(volume_cache, mode, spat
             views_on=views_on,
         )
         dm.setup("fit")
-        return dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+        batch = next(iter(dm.train_dataloader()))
+        sent.append(batch.get("image", torch.empty(0)).dtype)
+        return dm.on_after_batch_transfer(batch, 0)
 
+    sent: list[torch.dtype] = []
     cpu, device = first_batch("cpu"), first_batch("device")
+    assert sent[1] == torch.float16  # a float16 cache travels as float16, exactly
     assert "view_params" not in device and "image" not in device
     assert [v.shape for v in device["views"]] == [(4, 1, *spatial_size)] * 2
     assert_same_views(cpu, device)
