@@ -157,18 +157,23 @@ def separable_filter(images: torch.Tensor, kernels: Sequence[torch.Tensor], padd
     return out.reshape(b, c, *spatial)
 
 
-def mix_channels(images: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def mix_channels(
+    images: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Every pixel's channels through its sample's affine map: ``matrix[b] @ pixel + bias[b]`` for
     ``images`` ``[B, C, *spatial]``, ``matrix`` ``[B, C_out, C]`` and ``bias`` ``[B, C_out]``: one batched
-    matrix product (colour and stain maps are 3 × 3). A new tensor; ``images`` is left as it was."""
+    matrix product (colour and stain maps are 3 × 3). ``images`` is left as it was; the result goes to
+    ``out`` (a contiguous ``[B, C_out, *spatial]`` tensor other than ``images``: a chain of maps can reuse
+    two buffers, where fresh ones cost page faults on a CPU) or a new tensor."""
     b, c, *spatial = images.shape
     flat = images.reshape(b, c, -1)
     matrix = matrix.to(flat.dtype)
+    target = None if out is None else out.view(b, matrix.shape[1], -1)
     if bias is None:
-        out = torch.bmm(matrix, flat)
+        result = torch.bmm(matrix, flat, out=target)
     else:
-        out = torch.baddbmm(bias.to(flat.dtype)[:, :, None], matrix, flat)
-    return out.reshape(b, matrix.shape[1], *spatial)
+        result = torch.baddbmm(bias.to(flat.dtype)[:, :, None], matrix, flat, out=target)
+    return result.reshape(b, matrix.shape[1], *spatial)
 
 
 def gaussian_kernels(sigma: torch.Tensor, radius: torch.Tensor, largest: int) -> torch.Tensor:

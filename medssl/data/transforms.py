@@ -251,12 +251,13 @@ class ColorJitterd(RandomViewOp):
     def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         matrices, offsets = _jitter_maps(params["order"].to(images.device), params["factor"].to(images.device))
         luma = _LUMA.to(images)
+        buffers = (torch.empty_like(images), torch.empty_like(images))  # each step writes into the other
         for position in range(4):
             offset = offsets[:, position]  # (1 - factor) where this position is contrast, else 0
             bias = None
             if _whole_batch(images) or bool(offset.any()):
                 bias = (offset * (images.mean(dim=tuple(range(2, images.ndim))) @ luma))[:, None].expand(-1, 3)
-            images = mix_channels(images, matrices[:, position], bias).clamp_(0.0, 1.0)
+            images = mix_channels(images, matrices[:, position], bias, out=buffers[position % 2]).clamp_(0.0, 1.0)
         return images
 
 
