@@ -67,6 +67,10 @@ class RandomViewOp(ViewOp):
     rounding); :meth:`apply` and :meth:`apply_batch` skip the samples that are off.
     """
 
+    #: ``transform_batch`` picks changed or unchanged pixels per sample itself, exactly and about as fast
+    #: as splitting the batch would (grey, solarisation): a CPU batch is then not split by ``on``
+    selects_per_pixel = False
+
     def __init__(self, keys: Sequence[str] | str = "image", prob: float = 1.0):
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         self.key = self.keys[0]
@@ -101,10 +105,10 @@ class RandomViewOp(ViewOp):
         if _whole_batch(images):
             return self.transform_batch(images, params)
         on = params["on"].bool()
-        if bool(on.all()):
-            return self.transform_batch(images, params)
         if not bool(on.any()):
             return images
+        if bool(on.all()) or self.selects_per_pixel:
+            return self.transform_batch(images, params)
         index = on.nonzero()[:, 0]
         changed = self.transform_batch(images[index], {k: v[index] for k, v in params.items()})
         return images.index_copy(0, index, changed)
@@ -197,7 +201,6 @@ class RandFlipRotate90d(RandomViewOp):
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 _LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, as _grey weighs the channels
 _TO_GREY = _LUMA.expand(3, 3)  # the colour map that puts the luma in every channel
-_EYE = torch.eye(3)
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
@@ -294,7 +297,7 @@ def _hue_parts() -> torch.Tensor:
     return torch.stack([back @ part @ yiq for part in (keep, chroma, turn)]).float()
 
 
-_JITTER_BASIS = torch.cat([_EYE[None], _TO_GREY[None], _hue_parts()])  # [5, 3, 3]
+_JITTER_BASIS = torch.cat([torch.eye(3)[None], _TO_GREY[None], _hue_parts()])  # [5, 3, 3]
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
@@ -385,6 +388,8 @@ class RandGreyd(RandomViewOp):
     """Grey scale (ITU-R 601 luma, as the colour jitter's saturation uses) in every channel of an RGB
     image: a view that must do without colour. Parameter: ``on``."""
 
+    selects_per_pixel = True
+
     def draw_on(self, shape: tuple[int, ...]) -> Params:
         return {}
 
@@ -395,12 +400,15 @@ class RandGreyd(RandomViewOp):
         return _grey(image)[None].expand_as(image).contiguous()
 
     def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        on = params["on"].to(images.device).bool()[:, None, None]
-        return mix_channels(images, torch.where(on, _TO_GREY.to(images), _EYE.to(images)))
+        on = params["on"].to(images.device).bool().reshape(-1, *([1] * (images.ndim - 1)))
+        grey = mix_channels(images, _LUMA.to(images).expand(len(images), 1, 3))  # [B, 1, *spatial]
+        return torch.where(on, grey, images)
 
 
 class RandSolarized(RandomViewOp):
     """Solarisation (BYOL's view): pixels at or above ``threshold`` (0..1) inverted. Parameter: ``on``."""
+
+    selects_per_pixel = True
 
     def __init__(self, threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
