@@ -155,3 +155,34 @@ def separable_filter(images: torch.Tensor, kernels: Sequence[torch.Tensor], padd
         weight = kernel.to(out.dtype).repeat_interleave(c, 0).reshape(b * c, 1, *shape)
         out = conv(padded, weight, groups=b * c)
     return out.reshape(b, c, *spatial)
+
+
+def mix_channels(
+    images: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Every pixel's channels through its sample's affine map: ``matrix[b] @ pixel + bias[b]`` for
+    ``images`` ``[B, C, *spatial]``, ``matrix`` ``[B, C_out, C]`` and ``bias`` ``[B, C_out]``: one batched
+    matrix product (colour and stain maps are 3 × 3). ``images`` is left as it was; the result goes to
+    ``out`` (a contiguous ``[B, C_out, *spatial]`` tensor other than ``images``: a chain of maps can reuse
+    two buffers, where fresh ones cost page faults on a CPU) or a new tensor."""
+    b, c, *spatial = images.shape
+    flat = images.reshape(b, c, -1)
+    matrix = matrix.to(flat.dtype)
+    target = None if out is None else out.view(b, matrix.shape[1], -1)
+    if bias is None:
+        result = torch.bmm(matrix, flat, out=target)
+    else:
+        result = torch.baddbmm(bias.to(flat.dtype)[:, :, None], matrix, flat, out=target)
+    return result.reshape(b, matrix.shape[1], *spatial)
+
+
+def gaussian_kernels(sigma: torch.Tensor, radius: torch.Tensor, largest: int) -> torch.Tensor:
+    """``[B, 2·largest + 1]`` normalised Gaussian kernels of ``sigma`` ``[B]`` truncated at each sample's own
+    ``radius`` ``[B]`` (zero beyond it, so one kernel length serves a batch and each sample is filtered as
+    with its own length); a sample whose ``sigma`` is 0 gets the identity (a centred 1)."""
+    x = torch.arange(-largest, largest + 1, dtype=sigma.dtype, device=sigma.device)[None]
+    blurred = sigma[:, None] > 0
+    safe = torch.where(blurred, sigma[:, None], torch.ones_like(sigma[:, None]))
+    kernels = torch.exp(-(x**2) / (2 * safe**2)) * (x.abs() <= radius[:, None])
+    kernels = torch.where(blurred, kernels, (x == 0).to(kernels.dtype))
+    return kernels / kernels.sum(-1, keepdim=True)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from medssl.data.batched_ops import render_views
 from medssl.data.radiology_ops import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
-from medssl.data.transforms import ColorJitterd, HEDJitterd, RandGaussianBlurd, sample_crop, to_float
+from medssl.data.transforms import histology_photometric, sample_crop, to_float
 from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, Params, ViewOp, is_device_capable
 from medssl.geometry import fields, geometry_ndim, make_geometry
 
@@ -279,13 +279,16 @@ class GeometricViewsd(DeviceViews):
         return out
 
 
-def histology_geometric_view(size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5) -> RandGeometricViewd:
-    """:func:`~medssl.data.transforms.histology_view` with its geometry recorded (RGB tiles)."""
+def histology_geometric_view(
+    size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5, grey_prob: float = 0.0, solarize_prob: float = 0.0
+) -> RandGeometricViewd:
+    """:func:`~medssl.data.transforms.histology_view` with its geometry recorded (RGB tiles): crop, a
+    left-right flip, ``rot90``, then :func:`~medssl.data.transforms.histology_photometric`'s steps."""
     return RandGeometricViewd(
         size,
         scale=scale,
         rotate=True,
-        photometric=[ColorJitterd(prob=0.8), HEDJitterd(prob=0.5), RandGaussianBlurd(prob=blur_prob)],
+        photometric=histology_photometric(blur_prob, grey_prob, solarize_prob),
     )
 
 

@@ -5,6 +5,11 @@ Each transform takes and returns a sample dictionary and changes ``keys`` (defau
 which DataLoader seeds per worker and per epoch, so views differ between epochs and a fixed
 ``torch.manual_seed`` reproduces them. No torchvision: everything is plain torch.
 
+The histology steps are :class:`~medssl.data.view_ops.ViewOp` s (:class:`RandomViewOp`): each draws its
+parameters once per sample and applies them per sample (the loader's path, and the test oracle) or
+per batch on the training device (colour jitter and stain jitter as per-sample 3 × 3 colour maps,
+blur as a per-sample separable filter), with the same result.
+
 Radiology views (:func:`radiology_view`) are built from :mod:`medssl.data.radiology_ops`.
 
 ``MultiViewd`` turns one sample into several augmented views under ``"views"`` (SimCLR's two views,
@@ -20,6 +25,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from medssl.data.batched_ops import gaussian_kernels, mix_channels, render_views, separable_filter
 from medssl.data.radiology_ops import (
     PadOrCropd,
     RandAdjustContrast,
@@ -29,7 +35,8 @@ from medssl.data.radiology_ops import (
     RandScaleIntensity,
     RandShiftIntensity,
 )
-from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, ViewOp, is_device_capable
+from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, Params, ViewOp, coin, flag, is_device_capable
+from medssl.geometry import make_geometry
 from medssl.nn.inputs import to_float
 
 # Ruifrok & Johnston's H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image uses.
@@ -54,23 +61,78 @@ def _uniform(low: float, high: float, size=()) -> torch.Tensor:
     return torch.empty(size).uniform_(low, high)
 
 
-class _Transform:
-    """Applies ``self.apply`` to each key with probability ``prob``."""
+def _whole_batch(images: torch.Tensor) -> bool:
+    """Whether a batched step runs on every sample of ``images`` with identity parameters for the skipped
+    ones (off a CPU, where asking which samples are on would wait for the device) rather than on the
+    samples it is on for only (on a CPU, where that saves their work)."""
+    return images.device.type != "cpu"
+
+
+class RandomViewOp(ViewOp):
+    """A step applied to ``keys`` with probability ``prob``: one coin per sample, drawn first (none when
+    ``prob`` is 1), then the step's own draws (:meth:`draw_on`) if it came up; a skipped sample gets
+    the step's :meth:`identity` parameters and ``on`` false.
+
+    Subclasses say what the step does to one image (:meth:`transform`) and to a batch
+    (:meth:`transform_batch`, which must leave a sample with identity parameters as it is, to float
+    rounding); :meth:`apply` and :meth:`apply_batch` skip the samples that are off.
+    """
+
+    #: ``transform_batch`` picks changed or unchanged pixels per sample itself, exactly and about as fast
+    #: as splitting the batch would (grey, solarisation): a CPU batch is then not split by ``on``
+    selects_per_pixel = False
 
     def __init__(self, keys: Sequence[str] | str = "image", prob: float = 1.0):
         self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.key = self.keys[0]
         self.prob = prob
 
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        """The step's random parameters for an image of spatial ``shape``, given that it applies."""
+        raise NotImplementedError
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        """Parameters of the same keys and shapes that leave an image unchanged."""
+        raise NotImplementedError
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        """The step on one float image ``[C, *spatial]``."""
+        raise NotImplementedError
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """The step on a float batch ``[B, C, *spatial]``; a new tensor (``images`` may be shared)."""
+        raise NotImplementedError
+
+    def draw(self, shape: tuple[int, ...]) -> Params:
+        on = coin(self.prob)
+        return {"on": flag(on), **(self.draw_on(shape) if on else self.identity(shape))}
+
+    def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        image = to_float(image)
+        return self.transform(image, params) if bool(params["on"]) else image
+
+    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        images = to_float(images)
+        if _whole_batch(images):
+            return self.transform_batch(images, params)
+        on = params["on"].bool()
+        if not bool(on.any()):
+            return images
+        if bool(on.all()) or self.selects_per_pixel:
+            return self.transform_batch(images, params)
+        index = on.nonzero()[:, 0]
+        changed = self.transform_batch(images[index], {k: v[index] for k, v in params.items()})
+        return images.index_copy(0, index, changed)
+
     def __call__(self, sample: dict) -> dict:
-        if self.prob < 1.0 and torch.rand(()) >= self.prob:
+        """Per sample: the coin, then for each key its own draws; a skipped sample is returned as it is."""
+        if not coin(self.prob):
             return sample
         out = dict(sample)
         for key in self.keys:
-            out[key] = self.apply(to_float(sample[key]))
+            image = to_float(sample[key])
+            out[key] = self.transform(image, self.draw_on(tuple(image.shape[1:])))
         return out
-
-    def apply(self, image: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
 
 def sample_crop(h: int, w: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
@@ -88,58 +150,169 @@ def sample_crop(h: int, w: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple
     return top, left, ch, cw
 
 
-class RandResizedCropd(_Transform):
-    """A random crop of ``scale`` of the area and ``ratio`` aspect, resized (antialiased) to ``size``."""
+class RandResizedCropd(RandomViewOp):
+    """A random crop of ``scale`` of the area and ``ratio`` aspect, resized (antialiased) to ``size``.
+    Its parameters are a geometry record (:mod:`medssl.geometry`; skipped: the whole image), rendered by
+    :func:`~medssl.data.batched_ops.render_views`. :func:`histology_view` crops, flips and rotates in
+    one step instead (:class:`~medssl.data.geometric_views.RandGeometricViewd`, the same draws)."""
 
     def __init__(self, size: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), **kwargs):
         super().__init__(**kwargs)
         self.size, self.scale, self.ratio = size, scale, ratio
 
-    def apply(self, image: torch.Tensor) -> torch.Tensor:
-        h, w = image.shape[-2:]
-        top, left, ch, cw = sample_crop(h, w, self.scale, self.ratio)
-        crop = image[None, :, top : top + ch, left : left + cw]
-        return F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)[0]
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        top, left, ch, cw = sample_crop(shape[0], shape[1], self.scale, self.ratio)
+        return {"geometry": make_geometry((top, left), (ch, cw), shape)}
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"geometry": make_geometry((0, 0), shape, shape)}
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.size, self.size)
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        return self.transform_batch(image[None], {k: v[None] for k, v in params.items()})[0]
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        return render_views(images, params["geometry"], self.size)
+
+    def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        return self.transform(to_float(image), params)  # skipped: the whole image, still resized
+
+    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        return self.transform_batch(images, params)
 
 
-class RandFlipRotate90d(_Transform):
-    """One of the 8 symmetries of the square: histology has no preferred orientation."""
+class RandFlipRotate90d(RandomViewOp):
+    """One of the 8 symmetries of the square: histology has no preferred orientation. Draws: a left-right
+    flip (probability 0.5), then ``k`` of ``rot90``."""
 
-    def apply(self, image: torch.Tensor) -> torch.Tensor:
-        if torch.rand(()) < 0.5:
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        flip = bool(torch.rand(()) < 0.5)
+        return {"flip": flag(flip), "rot": torch.randint(0, 4, ())}
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"flip": flag(False), "rot": torch.tensor(0)}
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        if bool(params["flip"]):
             image = image.flip(-1)
-        return torch.rot90(image, int(torch.randint(0, 4, ())), dims=(-2, -1))
+        return torch.rot90(image, int(params["rot"]), dims=(-2, -1))
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """A view of the whole image with the flips and turns: pixels copied, not resampled."""
+        b, (h, w) = images.shape[0], images.shape[-2:]
+        whole = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0], device=images.device).expand(b, -1)
+        flips, rot = params["flip"].to(images.device, torch.float32), params["rot"].to(images.device, torch.float32)
+        shape = torch.tensor([float(h), float(w)], device=images.device).expand(b, -1)
+        geometry = torch.cat([whole, flips[:, None], rot[:, None], shape], dim=1)
+        return render_views(images, geometry, (h, w))
 
 
-class ColorJitterd(_Transform):
+_BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, as _grey weighs the channels
+_TO_GREY = _LUMA.expand(3, 3)  # the colour map that puts the luma in every channel
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+class ColorJitterd(RandomViewOp):
     """Brightness, contrast and saturation factors in ``1 ± strength``, and a hue rotation of up to
-    ``hue`` turns (in YIQ space, where a hue shift is a rotation of the chroma plane), in random order."""
+    ``hue`` turns (in YIQ space, where a hue shift is a rotation of the chroma plane), in random order.
+
+    Parameters: the ``order`` of the four steps and each step's ``factor`` (brightness, contrast,
+    saturation, hue in turns; 1, 1, 1, 0 leave an image unchanged), drawn in that order. Every step is
+    an affine colour map (contrast's offset is the image's mean grey), so a batch takes one 3 × 3 map
+    per sample and position, each followed by the clamp to 0..1 the per-sample path does."""
 
     def __init__(self, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.05, **kwargs):
         super().__init__(**kwargs)
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
 
-    def apply(self, image: torch.Tensor) -> torch.Tensor:
-        for step in torch.randperm(4).tolist():
-            if step == 0 and self.brightness:
-                image = image * float(_uniform(1 - self.brightness, 1 + self.brightness))
-            elif step == 1 and self.contrast:
+    def _ranges(self) -> list[tuple[float, float] | None]:
+        """Each step's factor range, None for a step switched off."""
+        scales = [(1 - s, 1 + s) if s else None for s in (self.brightness, self.contrast, self.saturation)]
+        return [*scales, (-self.hue, self.hue) if self.hue else None]
+
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        order = torch.randperm(4)
+        factor = self.identity(shape)["factor"]
+        ranges = self._ranges()
+        for step in order.tolist():
+            bounds = ranges[step]
+            if bounds is not None:
+                factor[step] = _uniform(*bounds)
+        return {"order": order, "factor": factor}
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"order": torch.arange(4), "factor": torch.tensor([1.0, 1.0, 1.0, 0.0])}
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        for step in params["order"].tolist():
+            value = float(params["factor"][step])
+            if step == _BRIGHTNESS and self.brightness:
+                image = image * value
+            elif step == _CONTRAST and self.contrast:
                 mean = _grey(image).mean()
-                image = (image - mean) * float(_uniform(1 - self.contrast, 1 + self.contrast)) + mean
-            elif step == 2 and self.saturation:
+                image = (image - mean) * value + mean
+            elif step == _SATURATION and self.saturation:
                 grey = _grey(image)[None]
-                image = (image - grey) * float(_uniform(1 - self.saturation, 1 + self.saturation)) + grey
-            elif step == 3 and self.hue:
-                image = _rotate_hue(image, float(_uniform(-self.hue, self.hue)) * 2 * math.pi)
+                image = (image - grey) * value + grey
+            elif step == _HUE and self.hue:
+                image = _rotate_hue(image, value * 2 * math.pi)
             image = image.clamp(0.0, 1.0)
         return image
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        matrices, offsets = _jitter_maps(params["order"].to(images.device), params["factor"].to(images.device))
+        luma = _LUMA.to(images)
+        buffers = (torch.empty_like(images), torch.empty_like(images))  # each step writes into the other
+        for position in range(4):
+            offset = offsets[:, position]  # (1 - factor) where this position is contrast, else 0
+            bias = None
+            if _whole_batch(images) or bool(offset.any()):
+                bias = (offset * (images.mean(dim=tuple(range(2, images.ndim))) @ luma))[:, None].expand(-1, 3)
+            images = mix_channels(images, matrices[:, position], bias, out=buffers[position % 2]).clamp_(0.0, 1.0)
+        return images
+
+
+def _jitter_maps(order: torch.Tensor, factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour jitter as maps: ``[B, 4, 3, 3]`` matrices of each sample's steps in its order, and ``[B, 4]``
+    contrast offsets (``x ↦ f·x + (1 - f)·mean grey``: the matrix is ``f·I``, the offset ``1 - f``)."""
+    value = factor.gather(1, order)  # [B, 4]: each position's factor
+    saturation, hue = order == _SATURATION, order == _HUE
+    angle = value * (2 * math.pi)
+    # each map as a combination of five fixed matrices: I, _TO_GREY and _rotate_hue's three parts
+    weights = torch.stack(
+        [
+            torch.where(hue, 0.0, value),
+            torch.where(saturation, 1 - value, 0.0),
+            hue.to(value.dtype),
+            torch.where(hue, torch.cos(angle), 0.0),
+            torch.where(hue, torch.sin(angle), 0.0),
+        ],
+        dim=-1,
+    )
+    matrices = (weights @ _JITTER_BASIS.to(value).flatten(1)).unflatten(-1, (3, 3))
+    return matrices, torch.where(order == _CONTRAST, 1 - value, 0.0)
+
+
+def _hue_parts() -> torch.Tensor:
+    """``P0, P1, P2`` with ``_rotate_hue``'s matrix ``= P0 + cos θ · P1 + sin θ · P2`` (YIQ → rotate the
+    IQ plane → RGB, split by the rotation's terms)."""
+    yiq = _RGB_TO_YIQ.double()
+    back = torch.linalg.inv(yiq)
+    keep, chroma, turn = torch.zeros(3, 3, 3, dtype=torch.float64)
+    keep[0, 0] = 1.0
+    chroma[1, 1] = chroma[2, 2] = 1.0
+    turn[2, 1], turn[1, 2] = 1.0, -1.0
+    return torch.stack([back @ part @ yiq for part in (keep, chroma, turn)]).float()
+
+
+_JITTER_BASIS = torch.cat([torch.eye(3)[None], _TO_GREY[None], _hue_parts()])  # [5, 3, 3]
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
     return 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
-
-
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
 def _rotate_hue(image: torch.Tensor, angle: float) -> torch.Tensor:
@@ -149,31 +322,56 @@ def _rotate_hue(image: torch.Tensor, angle: float) -> torch.Tensor:
     return torch.einsum("ij,jhw->ihw", matrix.to(image.dtype), image)
 
 
-class HEDJitterd(_Transform):
+class HEDJitterd(RandomViewOp):
     """Stain augmentation (Tellez et al. 2018): in H&E-DAB density space, each stain channel becomes
-    ``density × U(1 - sigma, 1 + sigma) + U(-bias, bias)``, so colour varies the way staining does."""
+    ``density × U(1 - sigma, 1 + sigma) + U(-bias, bias)``, so colour varies the way staining does.
+
+    Parameters: ``alpha`` and ``beta`` ``[3]`` (drawn in that order). Deconvolution, jitter and
+    reconvolution are linear in log RGB, so a batch takes log, one 3 × 3 map and offset per sample, exp."""
 
     def __init__(self, sigma: float = 0.05, bias: float = 0.05, **kwargs):
         super().__init__(**kwargs)
         self.sigma, self.bias = sigma, bias
 
-    def apply(self, image: torch.Tensor) -> torch.Tensor:
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        alpha = _uniform(1 - self.sigma, 1 + self.sigma, (3,))
+        return {"alpha": alpha, "beta": _uniform(-self.bias, self.bias, (3,))}
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"alpha": torch.ones(3), "beta": torch.zeros(3)}
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
         hed = rgb_to_hed(image)
-        alpha = _uniform(1 - self.sigma, 1 + self.sigma, (3, 1, 1)).to(hed.dtype)
-        beta = _uniform(-self.bias, self.bias, (3, 1, 1)).to(hed.dtype)
+        alpha, beta = (params[k].to(hed.dtype)[:, None, None] for k in ("alpha", "beta"))
         return hed_to_rgb(hed * alpha + beta)
 
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        # log rgb' = R^T diag(alpha) H^T log rgb + L R^T beta, with R = RGB_FROM_HED, H = HED_FROM_RGB
+        to_rgb, from_rgb = RGB_FROM_HED.to(images), HED_FROM_RGB.to(images)
+        alpha, beta = params["alpha"].to(images), params["beta"].to(images)
+        matrix = (to_rgb.T[None] * alpha[:, None, :]) @ from_rgb.T
+        log_rgb = mix_channels(images.clamp_min(1e-6).log_(), matrix, _LOG_ADJUST * beta @ to_rgb)
+        return log_rgb.exp_().clamp_(0.0, 1.0)
 
-class RandGaussianBlurd(_Transform):
-    """Gaussian blur with sigma drawn from ``sigma`` (pixels): out-of-focus scanning."""
+
+class RandGaussianBlurd(RandomViewOp):
+    """Gaussian blur with sigma drawn from ``sigma`` (pixels): out-of-focus scanning. Parameter: ``sigma``
+    (0 when skipped). A batch is filtered with kernels as long as the largest radius among its samples
+    (the largest possible one off a CPU), each zero beyond its own radius."""
 
     def __init__(self, sigma=(0.1, 2.0), **kwargs):
         super().__init__(**kwargs)
         self.sigma = sigma
 
-    def apply(self, image: torch.Tensor) -> torch.Tensor:
-        sigma = float(_uniform(*self.sigma))
-        radius = max(1, math.ceil(3 * sigma))
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        return {"sigma": _uniform(*self.sigma)}
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"sigma": torch.tensor(0.0)}
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        sigma = float(params["sigma"])
+        radius = _blur_radius(sigma)
         x = torch.arange(-radius, radius + 1, dtype=image.dtype)
         kernel = torch.exp(-(x**2) / (2 * sigma**2))
         kernel = kernel / kernel.sum()
@@ -181,18 +379,91 @@ class RandGaussianBlurd(_Transform):
         horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
         return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
 
+    def kernels(self, sigma: torch.Tensor, largest: int) -> torch.Tensor:
+        """``[B, 2·largest + 1]`` kernels of ``sigma`` ``[B]``, each as long as :meth:`transform`'s."""
+        radius = torch.ceil(3 * sigma.double()).clamp_min(1)  # as _blur_radius rounds, in double
+        return gaussian_kernels(sigma, radius.to(sigma.dtype), largest)
 
-def histology_view(size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5) -> Compose:
-    """The standard histology SSL view: crop, symmetries, colour and stain jitter, blur."""
-    return Compose(
-        [
-            RandResizedCropd(size, scale=scale),
-            RandFlipRotate90d(),
-            ColorJitterd(prob=0.8),
-            HEDJitterd(prob=0.5),
-            RandGaussianBlurd(prob=blur_prob),
-        ]
-    )
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        sigma = params["sigma"].to(images)
+        largest = _blur_radius(self.sigma[1]) if _whole_batch(images) else _blur_radius(float(sigma.max()))
+        kernel = self.kernels(sigma, largest)
+        return separable_filter(images, [kernel] * (images.ndim - 2), padding="reflect")
+
+
+def _blur_radius(sigma: float) -> int:
+    return max(1, math.ceil(3 * sigma))
+
+
+class RandGreyd(RandomViewOp):
+    """Grey scale (ITU-R 601 luma, as the colour jitter's saturation uses) in every channel of an RGB
+    image: a view that must do without colour. Parameter: ``on``."""
+
+    selects_per_pixel = True
+
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        return {}
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {}
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        return _grey(image)[None].expand_as(image).contiguous()
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        on = params["on"].to(images.device).bool().reshape(-1, *([1] * (images.ndim - 1)))
+        grey = mix_channels(images, _LUMA.to(images).expand(len(images), 1, 3))  # [B, 1, *spatial]
+        return torch.where(on, grey, images)
+
+
+class RandSolarized(RandomViewOp):
+    """Solarisation (BYOL's view): pixels at or above ``threshold`` (0..1) inverted. Parameter: ``on``."""
+
+    selects_per_pixel = True
+
+    def __init__(self, threshold: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = threshold
+
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        return {}
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {}
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        return torch.where(image >= self.threshold, 1.0 - image, image)
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        on = params["on"].to(images.device).bool()
+        threshold = torch.where(on, self.threshold, math.inf).to(images)
+        return torch.where(images >= threshold.reshape(-1, *([1] * (images.ndim - 1))), 1.0 - images, images)
+
+
+def histology_photometric(blur_prob: float = 0.5, grey_prob: float = 0.0, solarize_prob: float = 0.0) -> list[ViewOp]:
+    """The colour steps of a histology view: colour jitter (p 0.8), stain jitter (p 0.5), grey scale,
+    blur, solarisation. A step of probability 0 among the new ones (grey, solarisation) is left out,
+    so it draws nothing and the default view is the one it always was."""
+    steps: list[ViewOp] = [ColorJitterd(prob=0.8), HEDJitterd(prob=0.5)]
+    if grey_prob > 0:
+        steps.append(RandGreyd(prob=grey_prob))
+    steps.append(RandGaussianBlurd(prob=blur_prob))
+    if solarize_prob > 0:
+        steps.append(RandSolarized(prob=solarize_prob))
+    return steps
+
+
+def histology_view(
+    size: int = 224, scale=(0.2, 1.0), blur_prob: float = 0.5, grey_prob: float = 0.0, solarize_prob: float = 0.0
+) -> ViewOp:
+    """The standard histology SSL view: crop, symmetries, colour and stain jitter, (grey,) blur,
+    (solarisation). One :class:`~medssl.data.geometric_views.RandGeometricViewd` (crop, flip, ``rot90``
+    rendered in one resampling; the draws of crop → flip → rotation) with :func:`histology_photometric`
+    steps: the view of :func:`~medssl.data.geometric_views.histology_geometric_view`, whose geometry
+    record a :class:`MultiViewd` does not keep."""
+    from medssl.data.geometric_views import histology_geometric_view  # which builds on this module
+
+    return histology_geometric_view(size, scale, blur_prob, grey_prob, solarize_prob)
 
 
 class MultiViewd(DeviceViews):
@@ -245,11 +516,18 @@ class MultiViewd(DeviceViews):
 
     @classmethod
     def multi_crop(
-        cls, n_global: int = 2, n_local: int = 6, global_size: int = 224, local_size: int = 96
+        cls,
+        n_global: int = 2,
+        n_local: int = 6,
+        global_size: int = 224,
+        local_size: int = 96,
+        grey_prob: float = 0.0,
+        solarize_prob: float = 0.0,
     ) -> "MultiViewd":
+        colour = {"grey_prob": grey_prob, "solarize_prob": solarize_prob}
         return cls(
-            [histology_view(global_size, scale=(0.4, 1.0))] * n_global
-            + [histology_view(local_size, scale=(0.05, 0.4), blur_prob=0.2)] * n_local
+            [histology_view(global_size, scale=(0.4, 1.0), **colour)] * n_global
+            + [histology_view(local_size, scale=(0.05, 0.4), blur_prob=0.2, **colour)] * n_local
         )
 
 

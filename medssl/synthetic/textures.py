@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medssl.data.transforms import ColorJitterd, Compose, HEDJitterd
+from medssl.data.transforms import ColorJitterd, HEDJitterd
+from medssl.data.view_ops import Compose
 
 EPITHELIUM, STROMA = 0, 1
 

@@ -18,6 +18,7 @@ class TileDataModule(CacheDataModule[TileDataset]):
     of ``view_size`` and ``n_local`` of 3/7 that size, as 224/96 in SwAV and DINO), ``"geometric"`` (a
     pair whose crop/flip/rotation geometry comes along under ``"geometry"``, for LVM-Med's local cost) or
     ``None`` (raw uint8 batches read whole, the fast path, e.g. for on-device augmentation).
+    ``grey_prob`` / ``solarize_prob``: how often a view is turned grey / solarised (off by default).
     Validation and test sets are raw tiles in storage order (for kNN and linear-probe monitors).
     ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`).
     """
@@ -36,19 +37,23 @@ class TileDataModule(CacheDataModule[TileDataset]):
         val_split: str | None = "val",
         test_split: str | None = "test",
         views_on: str = "cpu",
+        grey_prob: float = 0.0,
+        solarize_prob: float = 0.0,
     ):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split, views_on)
         if views not in (None, "pair", "multicrop", "geometric"):
             raise ValueError(f"views must be 'pair', 'multicrop', 'geometric' or None, got {views!r}")
         self.views, self.view_size, self.n_global, self.n_local = views, view_size, n_global, n_local
+        self.colour = {"grey_prob": grey_prob, "solarize_prob": solarize_prob}
 
     def _transform(self):
         if self.views == "pair":
-            return MultiViewd([histology_view(self.view_size)] * 2)
+            return MultiViewd([histology_view(self.view_size, **self.colour)] * 2)
         if self.views == "multicrop":
-            return MultiViewd.multi_crop(self.n_global, self.n_local, self.view_size, max(16, self.view_size * 3 // 7))
+            local_size = max(16, self.view_size * 3 // 7)
+            return MultiViewd.multi_crop(self.n_global, self.n_local, self.view_size, local_size, **self.colour)
         if self.views == "geometric":
-            return GeometricViewsd.pair(histology_geometric_view(self.view_size))
+            return GeometricViewsd.pair(histology_geometric_view(self.view_size, **self.colour))
         return None
 
     def setup(self, stage: str | None = None) -> None:
