@@ -18,22 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 
-from medssl.data.batched_ops import render_views
+from medssl.data.batched_ops import render_view, render_views, view_sizes
 from medssl.data.radiology_ops import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
-from medssl.data.transforms import histology_photometric, sample_crop, to_float
+from medssl.data.transforms import histology_photometric, sample_crop
 from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, Params, ViewOp, is_device_capable
-from medssl.geometry import fields, geometry_ndim, make_geometry
+from medssl.geometry import fields, make_geometry
 
 DictTransform = Callable[[dict], dict]
-
-
-def _sizes(size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    sizes = (int(size),) * ndim if isinstance(size, int) else tuple(int(s) for s in size)
-    if len(sizes) != ndim:
-        raise ValueError(f"view size {sizes} for a {ndim}-D image")
-    return sizes
 
 
 def sample_box(shape: Sequence[int], scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -76,46 +68,6 @@ def sample_side_box(shape: Sequence[int], scale=(0.4, 1.0)) -> tuple[tuple[int, 
         size.append(int(torch.randint(low, high + 1, ())))
     start = tuple(int(torch.randint(0, d - c + 1, ())) if d > c else 0 for d, c in zip(shape, size, strict=True))
     return start, tuple(size)
-
-
-def _resize(crop: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Linear resampling (antialiased when shrinking, ``align_corners=False``) of ``crop`` ``[C, *s]`` to ``size``."""
-    if tuple(crop.shape[1:]) == size:
-        return crop
-    if crop.ndim == 3:
-        return F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    if crop.ndim != 4:
-        raise ValueError(f"views of 2D [C, H, W] or 3D [C, D, H, W] images, got {tuple(crop.shape)}")
-    # trilinear with antialiasing, separably: H × W (depth as channels), then D (width as channels);
-    # an axis kept at its size is copied exactly
-    view = crop
-    if tuple(view.shape[2:]) != size[1:]:
-        view = F.interpolate(view, size=size[1:], mode="bilinear", antialias=True, align_corners=False)
-    if view.shape[1] != size[0]:
-        view = F.interpolate(
-            view.permute(0, 3, 1, 2), size=(size[0], size[1]), mode="bilinear", antialias=True, align_corners=False
-        ).permute(0, 2, 3, 1)
-    return view.contiguous()
-
-
-def render_view(image: torch.Tensor, geometry: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Crop ``image`` ``[C, H, W]`` or ``[C, D, H, W]`` with the box of ``geometry``, resize (linear,
-    antialiased) to ``size`` (the size before rotation), flip, rotate in the last two axes: the
-    deterministic half of a geometric view, so tests and callers can reproduce a view from its record."""
-    ndim = image.ndim - 1
-    if geometry_ndim(geometry) != ndim:
-        raise ValueError(f"{geometry_ndim(geometry)}-D geometry for a {ndim}-D image {tuple(image.shape)}")
-    size = _sizes(size, ndim)
-    f = fields(geometry)
-    box = tuple(
-        slice(round(float(s) * d), round(float(s) * d) + round(float(c) * d))
-        for s, c, d in zip(f.start, f.size, image.shape[1:], strict=True)
-    )
-    view = _resize(to_float(image)[(slice(None), *box)], size)
-    flips = [1 + axis for axis in range(ndim) if f.flip[axis] > 0.5]
-    if flips:
-        view = view.flip(flips)
-    return torch.rot90(view, int(f.rot) % 4, dims=(-2, -1))
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +163,7 @@ class RandGeometricViewd(ViewOp):
         return params
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return _sizes(self.size, len(shape))
+        return view_sizes(self.size, len(shape))
 
     def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
         view = render_view(image, params["geometry"], self.size)
