@@ -80,7 +80,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         if mode == "stacks" and views:
             self._transform(train=True)  # a bad transform list fails here, not at setup
 
-    def _dataset(self, splits, transform) -> VolumeDataset:
+    def _dataset(self, splits, transform, train: bool = False) -> VolumeDataset:
         common = dict(splits=splits or None, transform=transform, labels=self.views == 0, seed=self.seed)
         if self.mode == "slices":
             return VolumeSliceDataset(self.cache, **common)
@@ -88,7 +88,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
             return VolumePatchDataset(
                 self.cache, patch_size=self.spatial_size, patches_per_volume=self.patches_per_volume, **common
             )
-        if self.mode == "pairs" and transform is None:  # training: corresponding crops
+        if self.mode == "pairs" and train:  # corresponding crops
             return self._pairs(common)
         return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
 
@@ -106,7 +106,9 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
 
     def _transform(self, train: bool):
         if train and self.mode == "pairs":
-            return None  # the correspondence sampler crops and augments
+            from medssl.data.correspondence import PairViews
+
+            return PairViews()  # the correspondence sampler crops and draws the flips and turns
         if train and self.geometric:
             return GeometricViewsd.pair(radiology_geometric_view(self.spatial_size))
         if train and self.views and self.mode == "stacks":
@@ -130,7 +132,8 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
                 self.datasets[name] = None
                 continue
             transform = self._transform(name == "train")
-            self.datasets[name] = self._dataset(split, self.training_views(transform) if name == "train" else transform)
+            train = name == "train"
+            self.datasets[name] = self._dataset(split, self.training_views(transform) if train else transform, train)
 
     def train_dataloader(self):
         dataset = self._stage_dataset("train")
