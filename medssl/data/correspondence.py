@@ -46,9 +46,9 @@ import numpy as np
 import torch
 
 from medssl.cache import DenseMap, EmbeddingCache
-from medssl.errors import CacheError
 from medssl.data.view_ops import VIEW_PARAMS, DeviceViews, where_on
 from medssl.data.volume_views import flip_where
+from medssl.errors import CacheError
 from medssl.geometry import make_geometry, original_to_view
 
 Volume = np.ndarray | torch.Tensor

@@ -153,9 +153,7 @@ def legendre(x: torch.Tensor, degree: int) -> torch.Tensor:
 def bias_terms(degree: int) -> list[tuple[int, int, int]]:
     """The polynomial degrees ``(i, j, k)`` (along D, H, W) of a 3D bias field's coefficients, in MONAI's
     order: every ``i + j + k <= degree``, ``i`` slowest."""
-    return [
-        (i, j, k) for i in range(degree + 1) for j in range(degree + 1 - i) for k in range(degree + 1 - i - j)
-    ]
+    return [(i, j, k) for i in range(degree + 1) for j in range(degree + 1 - i) for k in range(degree + 1 - i - j)]
 
 
 def bias_fields(coeffs: torch.Tensor, shape: Sequence[int], degree: int) -> torch.Tensor:

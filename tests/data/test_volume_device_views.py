@@ -6,6 +6,7 @@ through the transforms and through the DataModule."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from torch.utils.data import default_collate
 
 from medssl.data.correspondence import PairViews, SameVolumeSampler, flip_rotate, flip_rotate_batch
 from medssl.data.datamodules import VolumeDataModule
-from medssl.data.seeding import seeded
+from medssl.data.samplers import BlockShuffleSampler
 from medssl.data.view_ops import DrawViewsd, apply_device_views
 from medssl.data.volume_views import (
     VOLUME_VIEW_TRANSFORMS,
@@ -94,6 +95,11 @@ DRAWS = {"flip": 240, "noise": 500}
 NOISE_SHAPE = (8, 16, 16)
 
 
+def p_value(result: Any) -> float:
+    """A scipy test's p-value (scipy's result classes are opaque to the type checker)."""
+    return float(result.pvalue)
+
+
 def _monai_pool(name: str):
     """The pool's MONAI transform of ``name`` before device views (array transforms; flip: the dict one)."""
     from monai.transforms.compose import OneOf
@@ -156,9 +162,13 @@ def _our_draws(name: str) -> np.ndarray:
     for _ in range(DRAWS.get(name, 1000)):
         params = op.draw(WINDOW)
         if name == "flip":
-            rows.append([{(False, True, False): 0, (False, False, True): 1, (False, True, True): 2}[
-                tuple(params["flip"].tolist())
-            ]])
+            rows.append(
+                [
+                    {(False, True, False): 0, (False, False, True): 1, (False, True, True): 2}[
+                        tuple(params["flip"].tolist())
+                    ]
+                ]
+            )
         elif name == "affine":
             rows.append([*params["angles"].tolist(), *params["scales"].tolist()])
         elif name == "noise":
@@ -178,14 +188,14 @@ def test_pool_parameters_follow_the_distributions_of_the_monai_transforms_they_r
     assert ours.shape == theirs.shape
     if name == "flip":  # which of the three flips: the same frequencies
         counts = [np.bincount(x[:, 0].astype(int), minlength=3) for x in (ours, theirs)]
-        assert stats.chi2_contingency(counts).pvalue > 1e-3 and min(counts[0]) > 0
+        assert p_value(stats.chi2_contingency(counts)) > 1e-3 and min(counts[0]) > 0
         return
     for column in range(ours.shape[1]):
         a, b = ours[:, column], theirs[:, column]
         if np.ptp(b) == 0:  # a fixed entry (no rotation about the in-plane axes, no slice scaling)
             np.testing.assert_allclose(a, b, atol=1e-7)
             continue
-        assert stats.ks_2samp(a, b).pvalue > 1e-3, f"{name} parameter {column} differs from MONAI's"
+        assert p_value(stats.ks_2samp(a, b)) > 1e-3, f"{name} parameter {column} differs from MONAI's"
         if name != "noise":  # uniform draws: the same support (KS misses small shifts of an end)
             for ours_end, theirs_end in ((a.min(), b.min()), (a.max(), b.max())):
                 assert abs(ours_end - theirs_end) < 0.02 * np.ptp(b), f"{name} parameter {column}'s range"
@@ -196,9 +206,9 @@ def test_anisotropy_draws_a_uniform_axis_and_factor():
     torch.manual_seed(0)
     drawn = [op.draw(WINDOW) for _ in range(1000)]
     axes = np.bincount([int(p["axis"]) for p in drawn], minlength=3)
-    assert stats.chisquare(axes).pvalue > 1e-3
+    assert p_value(stats.chisquare(axes)) > 1e-3
     factors = [float(p["factor"]) for p in drawn]
-    assert stats.kstest(factors, stats.uniform(1.5, 3.5).cdf).pvalue > 1e-3
+    assert p_value(stats.kstest(factors, stats.uniform(1.5, 3.5).cdf)) > 1e-3
 
 
 # -- VolumeViewsd: the loader draws, the device makes the views --------------------------------------
@@ -274,11 +284,17 @@ def test_pairs_flipped_on_the_device_equal_the_cpu_pairs_and_keep_their_correspo
 def test_a_device_views_training_batch_equals_the_cpu_batch(volume_cache, mode):
     def batch(views_on: str) -> dict:
         module = VolumeDataModule(
-            str(volume_cache), mode=mode, spatial_size=WINDOW, stack_depth=8, batch_size=1, num_workers=0,
+            str(volume_cache),
+            mode=mode,
+            spatial_size=WINDOW,
+            stack_depth=8,
+            batch_size=1,
+            num_workers=0,
             views_on=views_on,
         )
         module.setup("fit")
         loader = module.train_dataloader()
+        assert isinstance(loader.sampler, BlockShuffleSampler)
         loader.sampler.set_epoch(1)
         return module.on_after_batch_transfer(next(iter(loader)), 0)
 
