@@ -5,6 +5,8 @@ Each transform takes and returns a sample dictionary and changes ``keys`` (defau
 which DataLoader seeds per worker and per epoch, so views differ between epochs and a fixed
 ``torch.manual_seed`` reproduces them. No torchvision: everything is plain torch.
 
+Radiology views (:func:`radiology_view`) are built from :mod:`medssl.data.radiology_ops`.
+
 ``MultiViewd`` turns one sample into several augmented views under ``"views"`` (SimCLR's two views,
 or DINO/SwAV multi-crop with global and local crops).
 """
@@ -18,6 +20,15 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from medssl.data.radiology_ops import (
+    PadOrCropd,
+    RandAdjustContrast,
+    RandAffine,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
 from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, ViewOp, is_device_capable
 from medssl.nn.inputs import to_float
 
@@ -242,39 +253,64 @@ class MultiViewd(DeviceViews):
         )
 
 
-def radiology_view(spatial_size: Sequence[int], keys: Sequence[str] = ("image",)) -> Callable[[dict], dict]:
-    """A radiology SSL view from MONAI transforms, for 2D slices ``[1, H, W]`` or 3D patches
-    ``[1, D, H, W]`` (``spatial_size`` has 2 or 3 entries): random crop of 40-100 % of each side
-    resized back, small rotations and scaling, intensity scale and shift, Gaussian noise.
+def radiology_view(
+    spatial_size: Sequence[int],
+    keys: Sequence[str] = ("image",),
+    blur_prob: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.5, 1.0),
+    gamma_prob: float = 0.0,
+    gamma: tuple[float, float] = (0.7, 1.5),
+) -> Compose:
+    """A radiology SSL view of a 2D slice ``[1, H, W]`` or a 3D patch ``[1, D, H, W]`` (``spatial_size``
+    has 2 or 3 entries): a random crop of 40-100 % of each side (each side uniform, MONAI's
+    ``RandSpatialCrop(random_size=True)``) resized to ``spatial_size``; with probability 0.5 a rotation
+    of up to ±0.2 rad (3D: about each axis) and a scaling by 1 ± 0.1 along each axis; then, if their
+    probabilities are set, a Gaussian blur (``blur_sigma`` pixels per axis) and a gamma contrast change
+    (``gamma``); intensity scale and shift by ±0.1 and Gaussian noise (σ up to 0.05), 0.5 each.
 
-    MONAI transforms draw from their own NumPy generators; :func:`seed_worker` reseeds them in each
-    DataLoader worker so views differ between workers and epochs.
+    Every step is a :class:`~medssl.data.view_ops.ViewOp` (:mod:`medssl.data.radiology_ops`), so the
+    view runs per sample or as device views; draws come from torch's generator. Pair it with
+    :func:`radiology_views` (or ``MultiViewd(prepare=PadOrCropd(spatial_size))``), which pads or crops
+    the image to ``spatial_size`` first, as MONAI's ``ResizeWithPadOrCrop`` did.
+
+    What changed from the MONAI chain this replaces: the crop is resized linearly (antialiased when
+    shrinking) instead of by ``"area"`` interpolation, which is blocky when it enlarges a crop; the
+    scaling covers every axis (MONAI's ``scale_range=0.1`` scaled only the first).
     """
-    # from their modules: monai.transforms does not re-export its names to type checkers
-    from monai.transforms.compose import Compose as MonaiCompose
-    from monai.transforms.croppad.dictionary import RandSpatialCropd, ResizeWithPadOrCropd
-    from monai.transforms.intensity.dictionary import RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
-    from monai.transforms.spatial.dictionary import RandAffined, Resized
+    from medssl.data.geometric_views import RandGeometricViewd  # it builds on this module
 
+    if len(keys) != 1:
+        raise ValueError(f"a radiology view transforms one image key, got {list(keys)}")
+    key = keys[0]
     size = tuple(int(s) for s in spatial_size)
-    keys = list(keys)
-    rotate = (0.2,) if len(size) == 2 else (0.2, 0.2, 0.2)
-    # cast: MONAI types Compose.__call__ for every input kind (array, sequence, mapping); a dict sample in
-    # gives a dict sample out
-    return cast(
-        Callable[[dict], dict],
-        MonaiCompose(
-            [
-                ResizeWithPadOrCropd(keys, size),
-                RandSpatialCropd(keys, roi_size=tuple(max(1, int(0.4 * s)) for s in size), random_size=True),
-                Resized(keys, size, mode="area"),
-                RandAffined(keys, prob=0.5, rotate_range=rotate, scale_range=0.1, padding_mode="zeros"),
-                RandScaleIntensityd(keys, factors=0.1, prob=0.5),
-                RandShiftIntensityd(keys, offsets=0.1, prob=0.5),
-                RandGaussianNoised(keys, std=0.05, prob=0.5),
-            ]
-        ),
-    )
+    if len(size) not in (2, 3):
+        raise ValueError(f"a 2D (H, W) or 3D (D, H, W) spatial_size, got {size}")
+    ndim = len(size)
+    steps: list[ViewOp] = [
+        RandGeometricViewd(size, scale=(0.4, 1.0), box="sides", flip_prob=0.0, key=key),
+        RandAffine(rotate_range=(0.2,) * (1 if ndim == 2 else 3), scale_range=(0.1,) * ndim, prob=0.5, key=key),
+    ]
+    if blur_prob > 0:
+        steps.append(RandGaussianSmooth(blur_sigma, blur_sigma, blur_sigma, prob=blur_prob, key=key))
+    if gamma_prob > 0:
+        steps.append(RandAdjustContrast(gamma, prob=gamma_prob, key=key))
+    steps += [
+        RandScaleIntensity(0.1, prob=0.5, key=key),
+        RandShiftIntensity(0.1, prob=0.5, key=key),
+        RandGaussianNoise(std=0.05, prob=0.5, key=key),
+    ]
+    return Compose(steps, key=key)
+
+
+def radiology_views(
+    spatial_size: Sequence[int], views: int = 2, dtype: torch.dtype | None = None, **options
+) -> MultiViewd:
+    """``views`` :func:`radiology_view` s (``options`` passed on) of each sample, after padding or
+    cropping its image to ``spatial_size`` (and casting it to ``dtype``, if given:
+    :class:`~medssl.data.radiology_ops.PadOrCropd`); runs either way
+    (:class:`~medssl.data.view_ops.DeviceViews`)."""
+    view = radiology_view(spatial_size, **options)
+    return MultiViewd([view] * views, prepare=PadOrCropd(spatial_size, dtype=dtype))
 
 
 def seed_worker(worker_id: int) -> None:
