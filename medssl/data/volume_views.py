@@ -231,7 +231,9 @@ class VolumeViewsd(DeviceViews):
     applied in the drawn order. Each view is float32 ``[1, D, H, W]``.
 
     ``keep_image``: keep the un-augmented window under ``image`` (a third volume's worth of memory per
-    sample; useful to look at, and for slice-level checks), or drop it.
+    sample; useful to look at, and for slice-level checks), or drop it. ``dtype``: the window's dtype on
+    its way to the device (``torch.float16`` for a float16 cache: exact in half the bytes); the views
+    and the kept window are float32 either way.
 
     Draws: the window's corner, the permutation of the pool, then for each view every pool
     transform's parameters in pool order (the unused ones too, so parameters collate). As device views
@@ -248,6 +250,7 @@ class VolumeViewsd(DeviceViews):
         key: str = "image",
         out_key: str = "views",
         keep_image: bool = True,
+        dtype: torch.dtype | None = None,
     ):
         self.spatial_size = tuple(int(s) for s in spatial_size)
         if len(self.spatial_size) != 3 or min(self.spatial_size) < 1:
@@ -261,7 +264,7 @@ class VolumeViewsd(DeviceViews):
                 f"{views} views × {transforms_per_view} transforms per view need that many distinct transforms, "
                 f"but the pool has {len(names)} ({', '.join(names)}): lower transforms_per_view or add transforms"
             )
-        self.key, self.out_key, self.keep_image = key, out_key, keep_image
+        self.key, self.out_key, self.keep_image, self.dtype = key, out_key, keep_image, dtype
         self.views, self.transforms_per_view, self.names = views, transforms_per_view, names
 
     # -- the loader's half: the window and every draw ---------------------------------------------
@@ -277,6 +280,13 @@ class VolumeViewsd(DeviceViews):
         return (slice(None), *cut), pad
 
     def draw_sample(self, sample: Mapping[Hashable, Any]) -> dict:
+        out = self._draw(sample)
+        if self.dtype is not None:
+            out[self.key] = out[self.key].to(self.dtype)
+        return out
+
+    def _draw(self, sample: Mapping[Hashable, Any]) -> dict:
+        """The sample with its float32 window (and label window), the views' names and parameters."""
         out: dict = dict(sample)
         image = _plain(out[self.key])
         if image.ndim != 4:
@@ -300,7 +310,7 @@ class VolumeViewsd(DeviceViews):
 
     # -- the CPU path: per sample -------------------------------------------------------------------
     def __call__(self, sample: Mapping[Hashable, Any]) -> dict:
-        out = self.draw_sample(sample)
+        out = self._draw(sample)
         window = out[self.key]
         out[self.out_key] = [self._view(window, params) for params in out.pop(VIEW_PARAMS)]
         if not self.keep_image:
@@ -317,8 +327,10 @@ class VolumeViewsd(DeviceViews):
     # -- the device's half: per batch ---------------------------------------------------------------
     def apply_batch(self, batch: dict) -> dict:
         windows = to_float(batch[self.key])
-        out = {k: v for k, v in batch.items() if k != VIEW_PARAMS and (self.keep_image or k != self.key)}
+        out = {k: v for k, v in batch.items() if k not in (VIEW_PARAMS, self.key)}
         out[self.out_key] = [self._view_batch(windows, params) for params in batch[VIEW_PARAMS]]
+        if self.keep_image:
+            out[self.key] = windows
         return out
 
     def _view_batch(self, windows: torch.Tensor, params: Params) -> torch.Tensor:

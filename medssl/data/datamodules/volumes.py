@@ -121,7 +121,13 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         if train and self.views and self.mode == "stacks":
             from medssl.data.volume_views import VolumeViewsd
 
-            return VolumeViewsd(self.spatial_size, self.transforms_per_view, self.view_transforms, views=self.views)
+            return VolumeViewsd(
+                self.spatial_size,
+                self.transforms_per_view,
+                self.view_transforms,
+                views=self.views,
+                dtype=self._transport_dtype(),
+            )
         if train and self.views:
             return radiology_views(self.spatial_size, self.views, dtype=self._transport_dtype())
         from monai.transforms.croppad.dictionary import ResizeWithPadOrCropd
