@@ -307,3 +307,29 @@ def test_a_device_views_training_batch_equals_the_cpu_batch(volume_cache, mode):
     for key, value in cpu.items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(device[key], value), key
+
+
+def test_stacks_and_images_make_both_parts_views_on_the_device(volume_cache):
+    """The joint 2D/3D DataModule: its hook makes the stacks' and the 2D slices' device views, each as
+    its part's CPU views."""
+    from medssl.data import StacksAndImagesDataModule
+
+    def batch(views_on: str) -> dict:
+        common = dict(cache=str(volume_cache), num_workers=0, views_on=views_on)
+        module = StacksAndImagesDataModule(
+            VolumeDataModule(mode="stacks", spatial_size=WINDOW, stack_depth=8, batch_size=1, **common),
+            VolumeDataModule(mode="slices", spatial_size=(16, 16), batch_size=2, **common),
+        )
+        module.setup("fit")
+        sent = {}
+        for name, part in (("volumes", module.volumes), ("images", module.images)):
+            loader = part.train_dataloader()
+            assert isinstance(loader.sampler, BlockShuffleSampler)
+            loader.sampler.set_epoch(1)
+            sent[name] = next(iter(loader))
+        return module.on_after_batch_transfer(sent, 0)
+
+    cpu, device = batch("cpu"), batch("device")
+    for part in ("volumes", "images"):
+        assert set(device[part]) == set(cpu[part]) and "view_params" not in device[part]
+        assert_same_views(cpu[part], device[part])
