@@ -47,7 +47,7 @@ import torch
 
 from medssl.cache import DenseMap, EmbeddingCache
 from medssl.data.view_ops import VIEW_PARAMS, DeviceViews, where_on
-from medssl.data.volume_views import flip_where
+from medssl.data.volume_views import flip_batch
 from medssl.errors import CacheError
 from medssl.geometry import make_geometry, original_to_view
 
@@ -168,7 +168,7 @@ def flip_rotate_batch(views: torch.Tensor, flips: torch.Tensor, rot: torch.Tenso
     transpose of ``H × W`` for odd ``k``; flips commute, so each axis is flipped once."""
     turns = rot.to(views.device).long() % 4
     extra = torch.stack([torch.zeros_like(turns, dtype=torch.bool), turns >= 2, (turns == 1) | (turns == 2)], 1)
-    views = flip_where(views, flips.to(views.device).bool() ^ extra, (0, 1, 2))
+    views = flip_batch(views, flips.to(views.device).bool() ^ extra, (0, 1, 2))
     if views.shape[-1] == views.shape[-2]:  # odd turns need a square H × W (the samplers draw none otherwise)
         views = where_on(turns % 2 == 1, views.transpose(-2, -1), views)
     return views.contiguous()

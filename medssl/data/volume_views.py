@@ -47,9 +47,20 @@ def _plain(image: Any) -> torch.Tensor:
     return tensor.float()
 
 
-def flip_where(images: torch.Tensor, flips: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+def flip_batch(images: torch.Tensor, flips: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
     """``images [B, C, *spatial]`` with sample ``b`` flipped along spatial axis ``a`` of ``axes`` where
-    ``flips[b, a]`` is true (``flips [B, n_spatial]`` bool): the batched ``image.flip``."""
+    ``flips[b, a]`` is true (``flips [B, n_spatial]`` bool): the batched ``image.flip``. A CPU flips
+    each sample as it says (:func:`flip_where` would flip all of them); an accelerator selects, without
+    a sync."""
+    if images.device.type != "cpu":
+        return flip_where(images, flips, axes)
+    chosen = flips.tolist()
+    dims = [[1 + axis for axis in axes if chosen[b][axis]] for b in range(len(images))]
+    return torch.stack([image.flip(d) if d else image for image, d in zip(images, dims, strict=True)])
+
+
+def flip_where(images: torch.Tensor, flips: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """:func:`flip_batch` as every sample flipped and the flipped ones selected (no host sync)."""
     for axis in axes:
         images = where_on(flips[:, axis], images.flip(2 + axis), images)
     return images
@@ -73,7 +84,7 @@ class RandInPlaneFlip(ViewOp):
         return image.flip(dims) if dims else image
 
     def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        return flip_where(images, params["flip"].to(images.device), (1, 2))
+        return flip_batch(images, params["flip"].to(images.device), (1, 2))
 
 
 def down_up(image: torch.Tensor, axis: int, factor: float) -> torch.Tensor:

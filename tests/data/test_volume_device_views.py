@@ -24,6 +24,7 @@ from medssl.data.volume_views import (
     RandBiasField,
     VolumeViewsd,
     down_up,
+    flip_where,
     view_transform,
 )
 from medssl.data.volumes import VolumePairDataset
@@ -254,6 +255,8 @@ def test_batched_flips_and_turns_equal_the_per_sample_ones():
     rot = torch.tensor([c[3] for c in combos])
     expected = torch.stack([flip_rotate(views[b], flips[b], rot[b]) for b in range(len(combos))])
     assert torch.equal(flip_rotate_batch(views, flips, rot), expected)
+    unturned = torch.stack([flip_rotate(views[b], flips[b], 0) for b in range(len(combos))])
+    assert torch.equal(flip_where(views, flips, (0, 1, 2)), unturned)  # an accelerator's route
     flat = torch.randn(4, 1, 2, 4, 6)  # non-square H × W: half turns only
     flips, rot = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 1]]).bool(), torch.tensor([0, 2, 2, 0])
     expected = torch.stack([flip_rotate(flat[b], flips[b], rot[b]) for b in range(4)])
