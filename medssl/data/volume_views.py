@@ -15,11 +15,13 @@ shows the same anatomy, which the slice-level (intra) loss relies on.
 
 The reference code cached the augmented views, so every epoch after the first saw the same pair. Here
 nothing is cached: every draw (window, subsets, each transform's parameters) comes from torch's global
-generator, which :func:`medssl.data.seeding.seeded` fixes from (seed, epoch, index) for each sample.
-The pool's transforms are :class:`~medssl.data.view_ops.ViewOp` s (the intensity and affine ones from
-:mod:`medssl.data.radiology_ops`, with MONAI's parameter distributions), so :class:`VolumeViewsd` is
-also a :class:`~medssl.data.view_ops.DeviceViews`: the loader cuts the window and draws, the device makes
-every view of a batch, each pool transform once per position in the subsets for the samples that chose it.
+generator, which :func:`medssl.data.seeding.seeded` fixes from (seed, epoch, index) for each sample
+(before device views they came from MONAI's NumPy states: a seed now gives other views, drawn from the
+same distributions). The pool's transforms are :class:`~medssl.data.view_ops.ViewOp` s (the intensity
+and affine ones from :mod:`medssl.data.radiology_ops`, with MONAI's parameter distributions), so
+:class:`VolumeViewsd` is also a :class:`~medssl.data.view_ops.DeviceViews`: the loader cuts the window
+and draws, the device makes every view of a batch, each pool transform once per position in the
+subsets for the samples that chose it.
 """
 
 from __future__ import annotations

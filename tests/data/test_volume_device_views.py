@@ -318,15 +318,16 @@ def test_stacks_and_images_make_both_parts_views_on_the_device(volume_cache):
     from medssl.data import StacksAndImagesDataModule
 
     def batch(views_on: str) -> dict:
-        common = dict(cache=str(volume_cache), num_workers=0, views_on=views_on)
-        module = StacksAndImagesDataModule(
-            VolumeDataModule(mode="stacks", spatial_size=WINDOW, stack_depth=8, batch_size=1, **common),
-            VolumeDataModule(mode="slices", spatial_size=(16, 16), batch_size=2, **common),
-        )
+        def part(mode: str, size: tuple[int, ...], batch_size: int) -> VolumeDataModule:
+            return VolumeDataModule(
+                str(volume_cache), mode, size, batch_size=batch_size, num_workers=0, stack_depth=8, views_on=views_on
+            )
+
+        module = StacksAndImagesDataModule(part("stacks", WINDOW, 1), part("slices", (16, 16), 2))
         module.setup("fit")
         sent = {}
-        for name, part in (("volumes", module.volumes), ("images", module.images)):
-            loader = part.train_dataloader()
+        for name, datamodule in (("volumes", module.volumes), ("images", module.images)):
+            loader = datamodule.train_dataloader()
             assert isinstance(loader.sampler, BlockShuffleSampler)
             loader.sampler.set_epoch(1)
             sent[name] = next(iter(loader))

@@ -42,7 +42,10 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
     ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`);
     slices and patches with views, geometric or not, run either way. Slices of different sizes travel
     to the device zero-padded at the end to the largest of their batch (geometric views crop from the
-    slice itself; other views pad or crop it to ``spatial_size`` first)."""
+    slice itself; other views pad or crop it to ``spatial_size`` first). Stacks and pairs too: the loader
+    cuts a stack's window and draws its views (:class:`~medssl.data.volume_views.VolumeViewsd`), or sends a
+    pair's crops as cut, and the device makes the views or flips and turns the crops
+    (:class:`~medssl.data.correspondence.PairViews`)."""
 
     def __init__(
         self,
