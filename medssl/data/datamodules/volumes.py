@@ -42,7 +42,10 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
     ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`);
     slices and patches with views, geometric or not, run either way. Slices of different sizes travel
     to the device zero-padded at the end to the largest of their batch (geometric views crop from the
-    slice itself; other views pad or crop it to ``spatial_size`` first)."""
+    slice itself; other views pad or crop it to ``spatial_size`` first). Stacks and pairs too: the loader
+    cuts a stack's window and draws its views (:class:`~medssl.data.volume_views.VolumeViewsd`), or sends a
+    pair's crops as cut, and the device makes the views or flips and turns the crops
+    (:class:`~medssl.data.correspondence.PairViews`)."""
 
     def __init__(
         self,
@@ -87,7 +90,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         if mode == "stacks" and views:
             self._transform(train=True)  # a bad transform list fails here, not at setup
 
-    def _dataset(self, splits, transform) -> VolumeDataset:
+    def _dataset(self, splits, transform, train: bool = False) -> VolumeDataset:
         common = dict(splits=splits or None, transform=transform, labels=self.views == 0, seed=self.seed)
         if self.mode == "slices":
             return VolumeSliceDataset(self.cache, **common)
@@ -95,7 +98,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
             return VolumePatchDataset(
                 self.cache, patch_size=self.spatial_size, patches_per_volume=self.patches_per_volume, **common
             )
-        if self.mode == "pairs" and transform is None:  # training: corresponding crops
+        if self.mode == "pairs" and train:  # corresponding crops
             return self._pairs(common)
         return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
 
@@ -113,13 +116,21 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
 
     def _transform(self, train: bool):
         if train and self.mode == "pairs":
-            return None  # the correspondence sampler crops and augments
+            from medssl.data.correspondence import PairViews
+
+            return PairViews()  # the correspondence sampler crops and draws the flips and turns
         if train and self.geometric:
             return GeometricViewsd.pair(radiology_geometric_view(self.spatial_size))
         if train and self.views and self.mode == "stacks":
             from medssl.data.volume_views import VolumeViewsd
 
-            return VolumeViewsd(self.spatial_size, self.transforms_per_view, self.view_transforms, views=self.views)
+            return VolumeViewsd(
+                self.spatial_size,
+                self.transforms_per_view,
+                self.view_transforms,
+                views=self.views,
+                dtype=self._transport_dtype(),
+            )
         if train and self.views:
             return radiology_views(self.spatial_size, self.views, dtype=self._transport_dtype())
         from monai.transforms.croppad.dictionary import ResizeWithPadOrCropd
@@ -148,7 +159,8 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
                 self.datasets[name] = None
                 continue
             transform = self._transform(name == "train")
-            self.datasets[name] = self._dataset(split, self.training_views(transform) if name == "train" else transform)
+            train = name == "train"
+            self.datasets[name] = self._dataset(split, self.training_views(transform) if train else transform, train)
 
     def train_dataloader(self):
         dataset = self._stage_dataset("train")
