@@ -1,11 +1,11 @@
 """Batched tensor operations behind device views: a whole batch in a few kernels, each sample with its
 own parameters, on any device. Nothing here draws random numbers.
 
-:func:`render_views` is the batched :func:`~medssl.data.geometric_views.render_view`: every sample's crop,
-resize, flips and ``rot90`` at once. Linear resizing is separable, so it is a matrix per axis and sample
-(:func:`resize_weights`, the antialiased triangle filter ``F.interpolate(..., antialias=True)`` uses,
-restricted to the crop), applied by batched matrix products; flips reverse a matrix's rows, and
-``rot90`` is a flip plus, for odd turns, a transpose. On a GPU these are a few GEMMs per batch.
+:func:`render_view` renders one geometric view (crop, resize, flips, ``rot90``; :mod:`medssl.geometry`)
+and :func:`render_views` a batch of them. Linear resizing is separable, so on an accelerator it is a
+matrix per axis and sample (:func:`resize_weights`, the antialiased triangle filter
+``F.interpolate(..., antialias=True)`` uses, restricted to the crop), applied by batched matrix
+products; flips reverse a matrix's rows, and ``rot90`` is a flip plus, for odd turns, a transpose.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from medssl.geometry import fields, geometry_ndim
+from medssl.nn.inputs import to_float
 
 
 def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
@@ -42,96 +44,101 @@ def _apply_axis(images: torch.Tensor, weights: torch.Tensor, axis: int) -> torch
     return out.reshape(*shape[:-1], weights.shape[1]).movedim(-1, 2 + axis)
 
 
-def _view_axes(images: torch.Tensor, geometry: torch.Tensor, size: int | Sequence[int]):
-    """Per axis: (crop start, crop length, flipped) ``[B]`` each, with ``rot90``'s flips folded in; the view
-    sizes; and which samples are transposed (odd turns)."""
+def view_sizes(size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    """A view size as one side per spatial axis (an ``int`` is the side along every axis)."""
+    sizes = (int(size),) * ndim if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(sizes) != ndim:
+        raise ValueError(f"view size {sizes} for a {ndim}-D image")
+    return sizes
+
+
+def _resize(crop: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Linear resampling (antialiased when shrinking, ``align_corners=False``) of ``crop`` ``[C, *s]`` to ``size``."""
+    if tuple(crop.shape[1:]) == size:
+        return crop
+    if crop.ndim == 3:
+        return F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    if crop.ndim != 4:
+        raise ValueError(f"views of 2D [C, H, W] or 3D [C, D, H, W] images, got {tuple(crop.shape)}")
+    # trilinear with antialiasing, separably: H × W (depth as channels), then D (width as channels);
+    # an axis kept at its size is copied exactly
+    view = crop
+    if tuple(view.shape[2:]) != size[1:]:
+        view = F.interpolate(view, size=size[1:], mode="bilinear", antialias=True, align_corners=False)
+    if view.shape[1] != size[0]:
+        view = F.interpolate(
+            view.permute(0, 3, 1, 2), size=(size[0], size[1]), mode="bilinear", antialias=True, align_corners=False
+        ).permute(0, 2, 3, 1)
+    return view.contiguous()
+
+
+def render_view(image: torch.Tensor, geometry: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Crop ``image`` ``[C, H, W]`` or ``[C, D, H, W]`` with the box of ``geometry``, resize (linear,
+    antialiased) to ``size`` (the size before rotation), flip, rotate in the last two axes: the
+    deterministic half of a geometric view, so tests and callers can reproduce a view from its record."""
+    ndim = image.ndim - 1
+    if geometry_ndim(geometry) != ndim:
+        raise ValueError(f"{geometry_ndim(geometry)}-D geometry for a {ndim}-D image {tuple(image.shape)}")
+    size = view_sizes(size, ndim)
+    f = fields(geometry)
+    box = tuple(
+        slice(round(float(s) * d), round(float(s) * d) + round(float(c) * d))
+        for s, c, d in zip(f.start, f.size, image.shape[1:], strict=True)
+    )
+    view = _resize(to_float(image)[(slice(None), *box)], size)
+    flips = [1 + axis for axis in range(ndim) if f.flip[axis] > 0.5]
+    if flips:
+        view = view.flip(flips)
+    return torch.rot90(view, int(f.rot) % 4, dims=(-2, -1))
+
+
+def render_views(images: torch.Tensor, geometry: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Every sample's view of ``images`` ``[B, C, *spatial]`` (2D or 3D) as its ``geometry`` ``[B, 4n + 1]``
+    records it: :func:`render_view` of each sample, to float rounding. uint8 images are scaled to 0..1.
+
+    On an accelerator: one resampling matrix per axis and sample (:func:`resize_weights`), flips as
+    reversed rows, odd turns as a transpose, so the batch is a few batched GEMMs with no host sync. On a
+    CPU: :func:`render_view` per sample, whose ``F.interpolate`` on one cached crop is faster there than
+    any batched route measured (dense matrices stream the batch from memory at every axis;
+    ``grid_sample`` costs 2–4×)."""
+    images = to_float(images)
     ndim = images.ndim - 2
     if geometry_ndim(geometry) != ndim:
         raise ValueError(f"{geometry_ndim(geometry)}-D geometry for {ndim}-D images {tuple(images.shape)}")
-    sizes = (int(size),) * ndim if isinstance(size, int) else tuple(int(s) for s in size)
-    if len(sizes) != ndim:
-        raise ValueError(f"view size {sizes} for {ndim}-D images")
+    sizes = view_sizes(size, ndim)
+    if images.device.type == "cpu":
+        if not len(images):
+            return images.new_empty((0, images.shape[1], *sizes))
+        return torch.stack([render_view(image, g, sizes) for image, g in zip(images, geometry, strict=True)])
+    return render_views_by_matrices(images, geometry, sizes)
+
+
+def render_views_by_matrices(images: torch.Tensor, geometry: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """:func:`render_views`' accelerator route on float ``images`` (any device): per axis, the batch times
+    each sample's resampling matrix, flips folded into the matrices, then a transpose for odd turns."""
+    ndim = images.ndim - 2
     f = fields(geometry.to(images.device, torch.float32))
     rot = f.rot[:, 0].round().long() % 4
     # rot90(A, k) = A flipped along x (k = 1), both axes (k = 2) or y (k = 3), then transposed for odd k
     none = torch.zeros_like(rot, dtype=torch.bool)
     extra = [none] * (ndim - 2) + [(rot == 2) | (rot == 3), (rot == 1) | (rot == 2)]
-    axes = []
+    out = images
     for axis in range(ndim):
         extent = images.shape[2 + axis]
-        start = torch.round(f.start[:, axis] * extent)
-        length = torch.round(f.size[:, axis] * extent)
-        axes.append((start, length, (f.flip[:, axis] > 0.5) ^ extra[axis]))
-    odd = rot % 2 == 1
-    if sizes[-1] != sizes[-2] and (images.device.type != "cpu" or bool(odd.any())):
-        if bool(odd.any()):
-            raise ValueError(f"rot90 by an odd number of turns needs a square H × W view, got {sizes}")
-    return axes, sizes, odd
-
-
-def render_views(images: torch.Tensor, geometry: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Every sample's view of ``images`` ``[B, C, *spatial]`` (2D or 3D) as its ``geometry`` ``[B, 4n + 1]``
-    records it (:mod:`medssl.geometry`): crop, linear resize to ``size`` (antialiased when shrinking),
-    flips, ``rot90`` in the last two axes. Equal, to float rounding, to
-    :func:`~medssl.data.geometric_views.render_view` of each sample. uint8 images are scaled to 0..1.
-
-    Two exact routes: on a CPU batch where no crop is shrunk, bilinear ``grid_sample`` with source
-    coordinates clamped to each crop (what non-antialiased interpolation of the crop does); otherwise
-    one resampling matrix per axis and sample (:func:`resize_weights`) in batched matrix products, which
-    a GPU runs as a few GEMMs and which also antialias."""
-    from medssl.nn.inputs import to_float
-
-    images = to_float(images)
-    axes, sizes, odd = _view_axes(images, geometry, size)
-    on_cpu = images.device.type == "cpu"  # the check below syncs: a GPU always takes the matrix route
-    if on_cpu and all(bool((length <= n).all()) for (_, length, _), n in zip(axes, sizes, strict=True)):
-        return _sample_views(images, axes, sizes, odd)
-    out = images
-    for axis, (start, length, flipped) in enumerate(axes):
-        weights = resize_weights(start, length, images.shape[2 + axis], sizes[axis])
+        start, length = torch.round(f.start[:, axis] * extent), torch.round(f.size[:, axis] * extent)
+        weights = resize_weights(start, length, extent, sizes[axis])
+        flipped = (f.flip[:, axis] > 0.5) ^ extra[axis]
         weights = torch.where(flipped[:, None, None], weights.flip(1), weights)
         out = _apply_axis(out, weights, axis)
     if sizes[-1] == sizes[-2]:
-        out = torch.where(odd.reshape(-1, *([1] * (out.ndim - 1))), out.transpose(-2, -1), out)
+        out = torch.where((rot % 2 == 1).reshape(-1, *([1] * (out.ndim - 1))), out.transpose(-2, -1), out)
     return out.contiguous()
-
-
-def _sample_views(images: torch.Tensor, axes, sizes: tuple[int, ...], odd: torch.Tensor) -> torch.Tensor:
-    """The views by ``grid_sample`` (crops enlarged or kept, never shrunk): output pixel ``i`` of an axis
-    reads source ``start + clamp(scale·(i + ½) − ½, 0, length − 1)``, interpolation's own rule."""
-    import torch.nn.functional as F
-
-    coords = []
-    for (start, length, flipped), n, extent in zip(axes, sizes, images.shape[2:], strict=True):
-        i = torch.arange(n, dtype=torch.float32, device=images.device)[None]
-        source = ((length[:, None] / n) * (i + 0.5) - 0.5).clamp(min=0.0)
-        source = torch.minimum(source, length[:, None] - 1) + start[:, None]
-        source = torch.where(flipped[:, None], source.flip(1), source)
-        coords.append((2 * source + 1) / extent - 1)  # align_corners=False normalisation
-    ndim = len(sizes)
-    b = images.shape[0]
-    # each coordinate broadcast over the grid; odd turns swap the roles of the last two axes
-    shaped = []
-    for axis in range(ndim):
-        view = [b] + [1] * ndim
-        view[1 + axis] = sizes[axis]
-        shaped.append(coords[axis].reshape(view))
-    if sizes[-1] == sizes[-2]:
-        swap = odd.reshape(-1, *([1] * ndim))
-        y, x = shaped[-2], shaped[-1]
-        shaped[-2] = torch.where(swap, y.transpose(-2, -1), y)
-        shaped[-1] = torch.where(swap, x.transpose(-2, -1), x)
-    full = (b, *sizes)
-    grid = torch.stack([shaped[axis].expand(full) for axis in reversed(range(ndim))], dim=-1)  # x, y(, z)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def separable_filter(images: torch.Tensor, kernels: Sequence[torch.Tensor], padding: str = "reflect") -> torch.Tensor:
     """Filter every sample of ``images`` ``[B, C, *spatial]`` with its own separable kernel: ``kernels[a]``
     ``[B, K_a]`` (odd ``K_a``, centred) along spatial axis ``a``, one grouped convolution per axis.
     ``padding``: ``"reflect"``, ``"replicate"`` or ``"zeros"`` at the borders (``K_a // 2`` pixels)."""
-    import torch.nn.functional as F
-
     b, c, *spatial = images.shape
     ndim = len(spatial)
     if len(kernels) != ndim:
@@ -157,18 +164,23 @@ def separable_filter(images: torch.Tensor, kernels: Sequence[torch.Tensor], padd
     return out.reshape(b, c, *spatial)
 
 
-def mix_channels(images: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def mix_channels(
+    images: torch.Tensor, matrix: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Every pixel's channels through its sample's affine map: ``matrix[b] @ pixel + bias[b]`` for
     ``images`` ``[B, C, *spatial]``, ``matrix`` ``[B, C_out, C]`` and ``bias`` ``[B, C_out]``: one batched
-    matrix product (colour and stain maps are 3 × 3). A new tensor; ``images`` is left as it was."""
+    matrix product (colour and stain maps are 3 × 3). ``images`` is left as it was; the result goes to
+    ``out`` (a contiguous ``[B, C_out, *spatial]`` tensor other than ``images``: a chain of maps can reuse
+    two buffers, where fresh ones cost page faults on a CPU) or a new tensor."""
     b, c, *spatial = images.shape
     flat = images.reshape(b, c, -1)
     matrix = matrix.to(flat.dtype)
+    target = None if out is None else out.view(b, matrix.shape[1], -1)
     if bias is None:
-        out = torch.bmm(matrix, flat)
+        result = torch.bmm(matrix, flat, out=target)
     else:
-        out = torch.baddbmm(bias.to(flat.dtype)[:, :, None], matrix, flat)
-    return out.reshape(b, matrix.shape[1], *spatial)
+        result = torch.baddbmm(bias.to(flat.dtype)[:, :, None], matrix, flat, out=target)
+    return result.reshape(b, matrix.shape[1], *spatial)
 
 
 def gaussian_kernels(sigma: torch.Tensor, radius: torch.Tensor, largest: int) -> torch.Tensor:

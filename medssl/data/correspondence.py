@@ -23,6 +23,9 @@ a seed; datasets seed it per sample with ``np.random.default_rng(sample_seed(see
   another whose stored dense embedding (``medssl embed --dense``, fine + coarse, cosine) is most
   similar, accepted above a score with bounded retries, otherwise a :class:`SameVolumeSampler` pair.
 
+A sampler's :meth:`~CorrespondenceSampler.draw_pair` returns the crops as cut with their flips and
+rotations, which :class:`PairViews` applies per sample or, as device views, per batch on the GPU.
+
 Samplers that look volumes up (the embedding sampler) get the two volumes' cache ids as ``ids``;
 the others ignore it.
 
@@ -43,6 +46,8 @@ import numpy as np
 import torch
 
 from medssl.cache import DenseMap, EmbeddingCache
+from medssl.data.view_ops import VIEW_PARAMS, DeviceViews, where_on
+from medssl.data.volume_views import flip_batch
 from medssl.errors import CacheError
 from medssl.geometry import make_geometry, original_to_view
 
@@ -130,14 +135,95 @@ def body_point(
 
 
 class CorrespondenceSampler(Protocol):
-    """Makes two crops showing the same anatomy and ``K`` corresponding points (module docstring)."""
+    """Makes two crops showing the same anatomy and ``K`` corresponding points (module docstring).
 
-    def pair(
+    :meth:`draw_pair` is the sampler's own work: the crops as cut, each with the flips (``flips_a``,
+    ``[3]`` bool, per axis) and ``rot90`` turns in the ``H × W`` plane (``rot_a``, int64) that make its
+    view, and the points of the views; :meth:`pair` applies them. Device views (:class:`PairViews`)
+    flip and rotate on the training device instead."""
+
+    def draw_pair(
         self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
     ) -> dict: ...
 
+    def pair(
+        self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
+    ) -> dict:
+        """The pair with its views flipped and rotated (:func:`augmented`)."""
+        return augmented(self.draw_pair(volume_a, volume_b, rng, ids=ids))
 
-class SameVolumeSampler:
+
+def flip_rotate(view: torch.Tensor, flips: Sequence[bool] | torch.Tensor, rot: int | torch.Tensor) -> torch.Tensor:
+    """``view [C, D, H, W]`` flipped along the spatial axes of ``flips``, then turned ``rot`` times by
+    ``rot90`` in the ``H × W`` plane: the order :mod:`medssl.geometry` records."""
+    axes = [1 + axis for axis in range(3) if bool(flips[axis])]
+    if axes:
+        view = view.flip(axes)
+    return torch.rot90(view, int(rot), dims=(-2, -1)).contiguous()
+
+
+def flip_rotate_batch(views: torch.Tensor, flips: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """:func:`flip_rotate` of every sample of ``views [B, C, D, H, W]`` (``flips [B, 3]``, ``rot [B]``)
+    at once: ``rot90`` by ``k`` is a flip of W (``k = 1``), of both (``k = 2``) or of H (``k = 3``), then a
+    transpose of ``H × W`` for odd ``k``; flips commute, so each axis is flipped once."""
+    turns = rot.to(views.device).long() % 4
+    extra = torch.stack([torch.zeros_like(turns, dtype=torch.bool), turns >= 2, (turns == 1) | (turns == 2)], 1)
+    views = flip_batch(views, flips.to(views.device).bool() ^ extra, (0, 1, 2))
+    if views.shape[-1] == views.shape[-2]:  # odd turns need a square H × W (the samplers draw none otherwise)
+        views = where_on(turns % 2 == 1, views.transpose(-2, -1), views)
+    return views.contiguous()
+
+
+def _unturned(name: str) -> dict:
+    """The flips/rotation entries of a crop that is its own view (samplers without augmentation)."""
+    return {f"flips_{name}": torch.zeros(3, dtype=torch.bool), f"rot_{name}": torch.tensor(0)}
+
+
+def augmented(drawn: dict) -> dict:
+    """A :meth:`CorrespondenceSampler.draw_pair` result with each crop replaced by its view."""
+    out = dict(drawn)
+    for name in "ab":
+        out[f"view_{name}"] = flip_rotate(drawn[f"view_{name}"], drawn[f"flips_{name}"], drawn[f"rot_{name}"])
+    return out
+
+
+#: where a pair sample carries its crops' flips and turns (one ``{"flip", "rot"}`` per view) until they are applied
+PAIR_AUGMENTS = "augments"
+
+
+def pair_augments(drawn: dict) -> list[dict[str, torch.Tensor]]:
+    """The :data:`PAIR_AUGMENTS` entry of a :meth:`CorrespondenceSampler.draw_pair` result."""
+    return [{"flip": drawn[f"flips_{name}"], "rot": drawn[f"rot_{name}"]} for name in "ab"]
+
+
+class PairViews(DeviceViews):
+    """The views of a pair sample ``{"views": [crop_a, crop_b], "augments": [...], ...}`` (the crops as
+    cut and :func:`pair_augments`): each crop flipped and turned as its sampler drew it (the sampler
+    draws them, since its points depend on them). Per sample (:func:`flip_rotate`) or, as device views,
+    per batch on the training device (:func:`flip_rotate_batch`); ``augments`` is consumed either way."""
+
+    key = "views"
+
+    def __call__(self, sample: dict) -> dict:
+        out = dict(sample)
+        augments = out.pop(PAIR_AUGMENTS)
+        out[self.key] = [flip_rotate(v, a["flip"], a["rot"]) for v, a in zip(sample[self.key], augments, strict=True)]
+        return out
+
+    def draw_sample(self, sample: dict) -> dict:
+        out = dict(sample)
+        out[VIEW_PARAMS] = out.pop(PAIR_AUGMENTS)
+        return out
+
+    def apply_batch(self, batch: dict) -> dict:
+        out = {k: v for k, v in batch.items() if k != VIEW_PARAMS}
+        out[self.key] = [
+            flip_rotate_batch(v, p["flip"], p["rot"]) for v, p in zip(batch[self.key], batch[VIEW_PARAMS], strict=True)
+        ]
+        return out
+
+
+class SameVolumeSampler(CorrespondenceSampler):
     """Two overlapping crops of one volume, each independently flipped (each axis with ``flip_prob``)
     and rotated by ``rot90`` in the axial ``H × W`` plane (``k`` uniform in 0..3; 0 or 2 when the crop
     is not square in-plane). No resampling, so every voxel maps to a whole voxel and the correspondences
@@ -148,7 +234,8 @@ class SameVolumeSampler:
     ``(min(crop_size) - 1) // 2``, so B contains A's centre: the crops always overlap). The ``points``
     are uniform over the voxels both crops show that lie inside the volume (not the zero padding).
     ``volume_b`` is ignored. Also returns ``geometry_a``/``geometry_b`` (:mod:`medssl.geometry`
-    records, in the original volume's normalised coordinates) and ``points_source`` ``[K, 3]`` (voxels
+    records, in the original volume's normalised coordinates; the flips and turns also as
+    ``flips_a``/``rot_a``) and ``points_source`` ``[K, 3]`` (voxels
     of the volume). Draws: A's centre, the shift, A's flips and rotation, B's, the points.
     """
 
@@ -175,15 +262,7 @@ class SameVolumeSampler:
         square = self.crop_size[1] == self.crop_size[2]
         return flips, int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
 
-    def _view(self, volume: Volume, start: Sequence[int], flips: Sequence[bool], rot: int) -> torch.Tensor:
-        """Crop → flip → rotate, the order :mod:`medssl.geometry` records."""
-        view = crop_padded(volume, start, self.crop_size)
-        axes = [1 + axis for axis in range(3) if flips[axis]]
-        if axes:
-            view = view.flip(axes)
-        return torch.rot90(view, rot, dims=(-2, -1)).contiguous()
-
-    def pair(
+    def draw_pair(
         self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
     ) -> dict:
         shape = tuple(int(n) for n in _spatial(volume_a).shape)
@@ -208,15 +287,17 @@ class SameVolumeSampler:
         normalised = (torch.from_numpy(source).double() + 0.5) / torch.tensor(shape, dtype=torch.float64)
         out: dict = {"points_source": torch.from_numpy(source).float()}
         for name, start, (flips, rot), g in zip("ab", starts, augments, geometry, strict=True):
-            out[f"view_{name}"] = self._view(volume_a, start.tolist(), flips, rot)
-            view_size = torch.tensor(out[f"view_{name}"].shape[1:], dtype=torch.float64)
+            out[f"view_{name}"] = crop_padded(volume_a, start.tolist(), self.crop_size)
+            out[f"flips_{name}"], out[f"rot_{name}"] = torch.tensor(flips), torch.tensor(rot)
+            turned = self.crop_size if rot % 2 == 0 else (self.crop_size[0], self.crop_size[2], self.crop_size[1])
+            view_size = torch.tensor(turned, dtype=torch.float64)
             points = original_to_view(normalised[None], g[None])[0] * view_size - 0.5
             out[f"points_{name}"] = points.round().float()  # whole voxels, up to the float32 record's rounding
             out[f"geometry_{name}"] = g.float()
         return out
 
 
-class BodyCoordinateSampler:
+class BodyCoordinateSampler(CorrespondenceSampler):
     """Crops of two patients at the same normalised body coordinate (Alice's positive pair, matched
     by body bounding boxes instead of SAM embeddings).
 
@@ -238,7 +319,7 @@ class BodyCoordinateSampler:
     ):
         self.crop_size, self.points, self.threshold, self.tries = _sizes(crop_size), int(points), threshold, int(tries)
 
-    def pair(
+    def draw_pair(
         self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
     ) -> dict:
         if volume_b is None:
@@ -266,6 +347,8 @@ class BodyCoordinateSampler:
             "start_a": torch.from_numpy(start_a),
             "start_b": torch.from_numpy(start_b),
             "scale": torch.from_numpy(scale).float(),
+            **_unturned("a"),
+            **_unturned("b"),
         }
 
 
@@ -354,7 +437,7 @@ def match_point(source: DenseEmbedding, target: DenseEmbedding, point: np.ndarra
     return centre, float(scores.reshape(-1)[flat])
 
 
-class EmbeddingSampler:
+class EmbeddingSampler(CorrespondenceSampler):
     """Crops of two patients centred on voxels whose stored dense embeddings match (Alice's SAM pairs).
 
     The embeddings are a store of ``medssl embed --dense`` (or an external model's arrays in its layout;
@@ -427,7 +510,7 @@ class EmbeddingSampler:
             )
         return DenseEmbedding.from_maps(self.store.dense(volume_id))
 
-    def pair(
+    def draw_pair(
         self, volume_a: Volume, volume_b: Volume | None, rng: np.random.Generator, *, ids: VolumeIds = None
     ) -> dict:
         if volume_b is None or ids is None:
@@ -443,7 +526,7 @@ class EmbeddingSampler:
             if score > self.min_score:
                 out = self._crops(volume_a, volume_b, point_a, point_b, rng)
                 return {**out, "matched": True, "score": score, "tries": attempt}
-        out = self.fallback.pair(volume_a, None, rng, ids=ids)
+        out = self.fallback.draw_pair(volume_a, None, rng, ids=ids)
         return {**out, "matched": False, "score": float(best), "tries": self.tries}
 
     def _crops(
@@ -466,4 +549,6 @@ class EmbeddingSampler:
             "start_b": torch.from_numpy(start_b),
             "point_a": torch.from_numpy(point_a).float(),
             "point_b": torch.from_numpy(point_b).float(),
+            **_unturned("a"),
+            **_unturned("b"),
         }

@@ -18,21 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 
-from medssl.data.batched_ops import render_views
-from medssl.data.transforms import histology_photometric, sample_crop, to_float
+from medssl.data.batched_ops import render_view, render_views, view_sizes
+from medssl.data.radiology_ops import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
+from medssl.data.transforms import histology_photometric, sample_crop
 from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, Params, ViewOp, is_device_capable
-from medssl.geometry import fields, geometry_ndim, make_geometry
+from medssl.geometry import fields, make_geometry
 
 DictTransform = Callable[[dict], dict]
-
-
-def _sizes(size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    sizes = (int(size),) * ndim if isinstance(size, int) else tuple(int(s) for s in size)
-    if len(sizes) != ndim:
-        raise ValueError(f"view size {sizes} for a {ndim}-D image")
-    return sizes
 
 
 def sample_box(shape: Sequence[int], scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -64,44 +57,17 @@ def sample_box(shape: Sequence[int], scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> 
     return start, size
 
 
-def _resize(crop: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Linear resampling (antialiased when shrinking, ``align_corners=False``) of ``crop`` ``[C, *s]`` to ``size``."""
-    if tuple(crop.shape[1:]) == size:
-        return crop
-    if crop.ndim == 3:
-        return F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    if crop.ndim != 4:
-        raise ValueError(f"views of 2D [C, H, W] or 3D [C, D, H, W] images, got {tuple(crop.shape)}")
-    # trilinear with antialiasing, separably: H × W (depth as channels), then D (width as channels);
-    # an axis kept at its size is copied exactly
-    view = crop
-    if tuple(view.shape[2:]) != size[1:]:
-        view = F.interpolate(view, size=size[1:], mode="bilinear", antialias=True, align_corners=False)
-    if view.shape[1] != size[0]:
-        view = F.interpolate(
-            view.permute(0, 3, 1, 2), size=(size[0], size[1]), mode="bilinear", antialias=True, align_corners=False
-        ).permute(0, 2, 3, 1)
-    return view.contiguous()
-
-
-def render_view(image: torch.Tensor, geometry: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Crop ``image`` ``[C, H, W]`` or ``[C, D, H, W]`` with the box of ``geometry``, resize (linear,
-    antialiased) to ``size`` (the size before rotation), flip, rotate in the last two axes: the
-    deterministic half of a geometric view, so tests and callers can reproduce a view from its record."""
-    ndim = image.ndim - 1
-    if geometry_ndim(geometry) != ndim:
-        raise ValueError(f"{geometry_ndim(geometry)}-D geometry for a {ndim}-D image {tuple(image.shape)}")
-    size = _sizes(size, ndim)
-    f = fields(geometry)
-    box = tuple(
-        slice(round(float(s) * d), round(float(s) * d) + round(float(c) * d))
-        for s, c, d in zip(f.start, f.size, image.shape[1:], strict=True)
-    )
-    view = _resize(to_float(image)[(slice(None), *box)], size)
-    flips = [1 + axis for axis in range(ndim) if f.flip[axis] > 0.5]
-    if flips:
-        view = view.flip(flips)
-    return torch.rot90(view, int(f.rot) % 4, dims=(-2, -1))
+def sample_side_box(shape: Sequence[int], scale=(0.4, 1.0)) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(start, size)`` of a random box whose every side is a uniform whole number of pixels/voxels in
+    ``[max(1, int(scale[0]·d)), max(1, int(scale[1]·d))]`` of that axis's ``d``, at a uniform position:
+    MONAI's ``RandSpatialCrop(roi_size=int(scale[0]·d), random_size=True)`` (sides drawn first, in axis
+    order, then starts), from torch's generator."""
+    size = []
+    for d in shape:
+        low, high = max(1, int(scale[0] * d)), max(1, min(d, int(scale[1] * d)))
+        size.append(int(torch.randint(low, high + 1, ())))
+    start = tuple(int(torch.randint(0, d - c + 1, ())) if d > c else 0 for d, c in zip(shape, size, strict=True))
+    return start, tuple(size)
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -117,7 +83,9 @@ class RandGeometricViewd(ViewOp):
 
     Works on 2D images ``[C, H, W]`` and 3D volumes ``[C, D, H, W]``; an ``int`` ``size`` is the side
     along every axis, a sequence gives one per axis and fixes the dimensionality. The crop box follows
-    :func:`sample_box` (``scale`` of the area or volume, sides within ``ratio``). ``flip_prob``: a float is
+    :func:`sample_box` (``scale`` of the area or volume, sides within ``ratio``), or with ``box="sides"``
+    :func:`sample_side_box` (each side ``scale`` of the image's, MONAI's ``RandSpatialCrop`` with a random
+    size; ``ratio`` unused). ``flip_prob``: a float is
     the probability of a left-right flip (the last axis; one draw), a sequence one probability per axis
     (one draw per axis, in axis order). ``rotate`` (``rot90`` in the last two axes, the axial plane of a
     volume) suits histology (no preferred orientation); leave it off for radiology, where anatomy has
@@ -134,7 +102,11 @@ class RandGeometricViewd(ViewOp):
         photometric: DictTransform | Sequence[DictTransform] | None = None,
         key: str = "image",
         geometry_key: str = "geometry",
+        box: str = "area",
     ):
+        if box not in ("area", "sides"):
+            raise ValueError(f"box must be 'area' or 'sides', got {box!r}")
+        self.box = box
         self.size = int(size) if isinstance(size, int) else tuple(int(s) for s in size)
         if isinstance(self.size, tuple) and len(self.size) not in (2, 3):
             raise ValueError(f"a 2D (H, W) or 3D (D, H, W) view size, got {self.size}")
@@ -155,7 +127,10 @@ class RandGeometricViewd(ViewOp):
         n = len(shape)
         if isinstance(self.size, tuple) and len(self.size) != n:
             raise ValueError(f"a {len(self.size)}-D view size {self.size} for a {n}-D image of shape {shape}")
-        start, size = sample_box(shape, self.scale, self.ratio)
+        if self.box == "sides":
+            start, size = sample_side_box(shape, self.scale)
+        else:
+            start, size = sample_box(shape, self.scale, self.ratio)
         if isinstance(self.flip_prob, tuple):
             if len(self.flip_prob) != n:
                 raise ValueError(f"flip_prob {self.flip_prob} needs one probability per axis of a {n}-D image")
@@ -188,15 +163,26 @@ class RandGeometricViewd(ViewOp):
         return params
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return _sizes(self.size, len(shape))
+        return view_sizes(self.size, len(shape))
 
     def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
         view = render_view(image, params["geometry"], self.size)
         return self._photometric().apply(view, _inner(params))
 
     def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        views = render_views(images, params["geometry"], self.size)
+        views = render_views(images, on_canvas(params["geometry"], images.shape[2:]), self.size)
         return self._photometric().apply_batch(views, _inner(params))
+
+
+def on_canvas(geometry: torch.Tensor, canvas: Sequence[int]) -> torch.Tensor:
+    """Geometry records ``[B, 4n + 1]`` of images that were zero-padded at the end into a ``canvas``
+    (spatial shape; a batch of images of several sizes): the same pixel boxes as fractions of the
+    canvas, what :func:`~medssl.data.batched_ops.render_views` reads; unchanged for images of the
+    canvas's size."""
+    f = fields(geometry)
+    shape = torch.tensor([float(d) for d in canvas], dtype=geometry.dtype, device=geometry.device)
+    ratio = f.shape / shape
+    return torch.cat([f.start * ratio, f.size * ratio, f.flip, f.rot, shape.expand_as(f.shape)], dim=-1)
 
 
 def _inner(params: Params) -> Params:
@@ -263,18 +249,17 @@ def radiology_geometric_view(
 ) -> RandGeometricViewd:
     """A radiology view of a slice ``[1, H, W]`` or a volume ``[1, D, H, W]`` with its geometry: crop
     (``scale`` of the area or volume) and flips (left-right by default; ``flip_prob`` per axis), no
-    rotation, then intensity scale, shift and Gaussian noise (MONAI transforms, reseeded by
-    ``seeded``/``seed_worker``)."""
-    from monai.transforms.intensity.dictionary import RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
-
+    rotation, then intensity scale, shift and Gaussian noise (:mod:`medssl.data.radiology_ops`, MONAI's
+    ``RandScaleIntensity``/``RandShiftIntensity``/``RandGaussianNoise`` as ViewOps, so the view also
+    runs as device views)."""
     return RandGeometricViewd(
         size,
         scale=scale,
         flip_prob=flip_prob,
         rotate=False,
         photometric=[
-            RandScaleIntensityd("image", factors=0.1, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-            RandGaussianNoised("image", std=0.05, prob=0.5),
+            RandScaleIntensity(0.1, prob=0.5),
+            RandShiftIntensity(0.1, prob=0.5),
+            RandGaussianNoise(std=0.05, prob=0.5),
         ],
     )

@@ -10,6 +10,8 @@ parameters once per sample and applies them per sample (the loader's path, and t
 per batch on the training device (colour jitter and stain jitter as per-sample 3 × 3 colour maps,
 blur as a per-sample separable filter), with the same result.
 
+Radiology views (:func:`radiology_view`) are built from :mod:`medssl.data.radiology_ops`.
+
 ``MultiViewd`` turns one sample into several augmented views under ``"views"`` (SimCLR's two views,
 or DINO/SwAV multi-crop with global and local crops).
 """
@@ -24,7 +26,16 @@ import torch
 import torch.nn.functional as F
 
 from medssl.data.batched_ops import gaussian_kernels, mix_channels, render_views, separable_filter
-from medssl.data.view_ops import VIEW_PARAMS, DeviceViews, Params, ViewOp, coin, flag, is_device_capable
+from medssl.data.radiology_ops import (
+    PadOrCropd,
+    RandAdjustContrast,
+    RandAffine,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
+from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, Params, ViewOp, coin, flag, is_device_capable
 from medssl.geometry import make_geometry
 from medssl.nn.inputs import to_float
 
@@ -67,6 +78,10 @@ class RandomViewOp(ViewOp):
     rounding); :meth:`apply` and :meth:`apply_batch` skip the samples that are off.
     """
 
+    #: ``transform_batch`` picks changed or unchanged pixels per sample itself, exactly and about as fast
+    #: as splitting the batch would (grey, solarisation): a CPU batch is then not split by ``on``
+    selects_per_pixel = False
+
     def __init__(self, keys: Sequence[str] | str = "image", prob: float = 1.0):
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         self.key = self.keys[0]
@@ -101,10 +116,10 @@ class RandomViewOp(ViewOp):
         if _whole_batch(images):
             return self.transform_batch(images, params)
         on = params["on"].bool()
-        if bool(on.all()):
-            return self.transform_batch(images, params)
         if not bool(on.any()):
             return images
+        if bool(on.all()) or self.selects_per_pixel:
+            return self.transform_batch(images, params)
         index = on.nonzero()[:, 0]
         changed = self.transform_batch(images[index], {k: v[index] for k, v in params.items()})
         return images.index_copy(0, index, changed)
@@ -197,7 +212,6 @@ class RandFlipRotate90d(RandomViewOp):
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = range(4)
 _LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, as _grey weighs the channels
 _TO_GREY = _LUMA.expand(3, 3)  # the colour map that puts the luma in every channel
-_EYE = torch.eye(3)
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
@@ -251,12 +265,13 @@ class ColorJitterd(RandomViewOp):
     def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         matrices, offsets = _jitter_maps(params["order"].to(images.device), params["factor"].to(images.device))
         luma = _LUMA.to(images)
+        buffers = (torch.empty_like(images), torch.empty_like(images))  # each step writes into the other
         for position in range(4):
             offset = offsets[:, position]  # (1 - factor) where this position is contrast, else 0
             bias = None
             if _whole_batch(images) or bool(offset.any()):
                 bias = (offset * (images.mean(dim=tuple(range(2, images.ndim))) @ luma))[:, None].expand(-1, 3)
-            images = mix_channels(images, matrices[:, position], bias).clamp_(0.0, 1.0)
+            images = mix_channels(images, matrices[:, position], bias, out=buffers[position % 2]).clamp_(0.0, 1.0)
         return images
 
 
@@ -293,7 +308,7 @@ def _hue_parts() -> torch.Tensor:
     return torch.stack([back @ part @ yiq for part in (keep, chroma, turn)]).float()
 
 
-_JITTER_BASIS = torch.cat([_EYE[None], _TO_GREY[None], _hue_parts()])  # [5, 3, 3]
+_JITTER_BASIS = torch.cat([torch.eye(3)[None], _TO_GREY[None], _hue_parts()])  # [5, 3, 3]
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
@@ -384,6 +399,8 @@ class RandGreyd(RandomViewOp):
     """Grey scale (ITU-R 601 luma, as the colour jitter's saturation uses) in every channel of an RGB
     image: a view that must do without colour. Parameter: ``on``."""
 
+    selects_per_pixel = True
+
     def draw_on(self, shape: tuple[int, ...]) -> Params:
         return {}
 
@@ -394,12 +411,15 @@ class RandGreyd(RandomViewOp):
         return _grey(image)[None].expand_as(image).contiguous()
 
     def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        on = params["on"].to(images.device).bool()[:, None, None]
-        return mix_channels(images, torch.where(on, _TO_GREY.to(images), _EYE.to(images)))
+        on = params["on"].to(images.device).bool().reshape(-1, *([1] * (images.ndim - 1)))
+        grey = mix_channels(images, _LUMA.to(images).expand(len(images), 1, 3))  # [B, 1, *spatial]
+        return torch.where(on, grey, images)
 
 
 class RandSolarized(RandomViewOp):
     """Solarisation (BYOL's view): pixels at or above ``threshold`` (0..1) inverted. Parameter: ``on``."""
+
+    selects_per_pixel = True
 
     def __init__(self, threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
@@ -511,39 +531,64 @@ class MultiViewd(DeviceViews):
         )
 
 
-def radiology_view(spatial_size: Sequence[int], keys: Sequence[str] = ("image",)) -> Callable[[dict], dict]:
-    """A radiology SSL view from MONAI transforms, for 2D slices ``[1, H, W]`` or 3D patches
-    ``[1, D, H, W]`` (``spatial_size`` has 2 or 3 entries): random crop of 40-100 % of each side
-    resized back, small rotations and scaling, intensity scale and shift, Gaussian noise.
+def radiology_view(
+    spatial_size: Sequence[int],
+    keys: Sequence[str] = ("image",),
+    blur_prob: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.5, 1.0),
+    gamma_prob: float = 0.0,
+    gamma: tuple[float, float] = (0.7, 1.5),
+) -> Compose:
+    """A radiology SSL view of a 2D slice ``[1, H, W]`` or a 3D patch ``[1, D, H, W]`` (``spatial_size``
+    has 2 or 3 entries): a random crop of 40-100 % of each side (each side uniform, MONAI's
+    ``RandSpatialCrop(random_size=True)``) resized to ``spatial_size``; with probability 0.5 a rotation
+    of up to ±0.2 rad (3D: about each axis) and a scaling by 1 ± 0.1 along each axis; then, if their
+    probabilities are set, a Gaussian blur (``blur_sigma`` pixels per axis) and a gamma contrast change
+    (``gamma``); intensity scale and shift by ±0.1 and Gaussian noise (σ up to 0.05), 0.5 each.
 
-    MONAI transforms draw from their own NumPy generators; :func:`seed_worker` reseeds them in each
-    DataLoader worker so views differ between workers and epochs.
+    Every step is a :class:`~medssl.data.view_ops.ViewOp` (:mod:`medssl.data.radiology_ops`), so the
+    view runs per sample or as device views; draws come from torch's generator. Pair it with
+    :func:`radiology_views` (or ``MultiViewd(prepare=PadOrCropd(spatial_size))``), which pads or crops
+    the image to ``spatial_size`` first, as MONAI's ``ResizeWithPadOrCrop`` did.
+
+    What changed from the MONAI chain this replaces: the crop is resized linearly (antialiased when
+    shrinking) instead of by ``"area"`` interpolation, which is blocky when it enlarges a crop; the
+    scaling covers every axis (MONAI's ``scale_range=0.1`` scaled only the first).
     """
-    # from their modules: monai.transforms does not re-export its names to type checkers
-    from monai.transforms.compose import Compose as MonaiCompose
-    from monai.transforms.croppad.dictionary import RandSpatialCropd, ResizeWithPadOrCropd
-    from monai.transforms.intensity.dictionary import RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
-    from monai.transforms.spatial.dictionary import RandAffined, Resized
+    from medssl.data.geometric_views import RandGeometricViewd  # it builds on this module
 
+    if len(keys) != 1:
+        raise ValueError(f"a radiology view transforms one image key, got {list(keys)}")
+    key = keys[0]
     size = tuple(int(s) for s in spatial_size)
-    keys = list(keys)
-    rotate = (0.2,) if len(size) == 2 else (0.2, 0.2, 0.2)
-    # cast: MONAI types Compose.__call__ for every input kind (array, sequence, mapping); a dict sample in
-    # gives a dict sample out
-    return cast(
-        Callable[[dict], dict],
-        MonaiCompose(
-            [
-                ResizeWithPadOrCropd(keys, size),
-                RandSpatialCropd(keys, roi_size=tuple(max(1, int(0.4 * s)) for s in size), random_size=True),
-                Resized(keys, size, mode="area"),
-                RandAffined(keys, prob=0.5, rotate_range=rotate, scale_range=0.1, padding_mode="zeros"),
-                RandScaleIntensityd(keys, factors=0.1, prob=0.5),
-                RandShiftIntensityd(keys, offsets=0.1, prob=0.5),
-                RandGaussianNoised(keys, std=0.05, prob=0.5),
-            ]
-        ),
-    )
+    if len(size) not in (2, 3):
+        raise ValueError(f"a 2D (H, W) or 3D (D, H, W) spatial_size, got {size}")
+    ndim = len(size)
+    steps: list[ViewOp] = [
+        RandGeometricViewd(size, scale=(0.4, 1.0), box="sides", flip_prob=0.0, key=key),
+        RandAffine(rotate_range=(0.2,) * (1 if ndim == 2 else 3), scale_range=(0.1,) * ndim, prob=0.5, key=key),
+    ]
+    if blur_prob > 0:
+        steps.append(RandGaussianSmooth(blur_sigma, blur_sigma, blur_sigma, prob=blur_prob, key=key))
+    if gamma_prob > 0:
+        steps.append(RandAdjustContrast(gamma, prob=gamma_prob, key=key))
+    steps += [
+        RandScaleIntensity(0.1, prob=0.5, key=key),
+        RandShiftIntensity(0.1, prob=0.5, key=key),
+        RandGaussianNoise(std=0.05, prob=0.5, key=key),
+    ]
+    return Compose(steps, key=key)
+
+
+def radiology_views(
+    spatial_size: Sequence[int], views: int = 2, dtype: torch.dtype | None = None, **options
+) -> MultiViewd:
+    """``views`` :func:`radiology_view` s (``options`` passed on) of each sample, after padding or
+    cropping its image to ``spatial_size`` (and casting it to ``dtype``, if given:
+    :class:`~medssl.data.radiology_ops.PadOrCropd`); runs either way
+    (:class:`~medssl.data.view_ops.DeviceViews`)."""
+    view = radiology_view(spatial_size, **options)
+    return MultiViewd([view] * views, prepare=PadOrCropd(spatial_size, dtype=dtype))
 
 
 def seed_worker(worker_id: int) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medssl.cache import VolumeCache
+from medssl.data.correspondence import PAIR_AUGMENTS, PairViews, pair_augments
 from medssl.data.datasets import matches
 from medssl.data.seeding import Key, seeded, split_key
 from medssl.errors import MedsslError
@@ -177,7 +178,9 @@ class VolumePairDataset(_VolumeDataset):
     the same ``partners_by`` cache record (``modality`` by default: a brain MRI is not paired with a CT;
     None: any other volume; a volume alone in its group takes any other), and every sampler
     the two volumes' cache ids (``ids``). A sampler's ``matched`` and ``score`` (the embedding sampler's
-    record of whether its match was kept) are passed on."""
+    record of whether its match was kept) are passed on. ``transform``: what turns the crops into
+    views (default :class:`~medssl.data.correspondence.PairViews`, the sampler's flips and turns; its
+    device-views half for ``views_on="device"``)."""
 
     def __init__(self, *args, sampler, partners_by: str | None = "modality", **kwargs):
         super().__init__(*args, **kwargs)
@@ -197,15 +200,17 @@ class VolumePairDataset(_VolumeDataset):
         partner = int(rng.choice(others)) if others else index
         image = self.cache.image(self.volume_ids[index])
         ids = (self.volume_ids[index], self.volume_ids[partner])
-        pair = self.sampler.pair(image, self.cache.image(ids[1]), rng, ids=ids)
-        return {
+        pair = self.sampler.draw_pair(image, self.cache.image(ids[1]), rng, ids=ids)
+        sample = {
             "views": [pair["view_a"], pair["view_b"]],
+            PAIR_AUGMENTS: pair_augments(pair),
             "points_a": torch.as_tensor(pair["points_a"], dtype=torch.float32),
             "points_b": torch.as_tensor(pair["points_b"], dtype=torch.float32),
             "volume_id": ids[0],
             "partner_id": ids[1],
             **{key: pair[key] for key in ("matched", "score") if key in pair},
         }
+        return (self.transform or PairViews())(sample)  # the crops' flips and turns
 
 
 def partner_candidates(groups: Sequence) -> list[list[int]]:

@@ -26,8 +26,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from torch import nn
+from torch.utils.data import default_collate
 
 from medssl.data.datamodules.base import stage_dataset
 from medssl.errors import InputError
@@ -265,11 +266,12 @@ class JointIntraInter(SSLMethod):
         crop (intra)."""
         if stage != "fit" or not self._deepcluster_kinds():
             return
-        dataset = stage_dataset(getattr(self.trainer, "datamodule", None), "fit")
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = stage_dataset(datamodule, "fit")
         if dataset is None:
             raise InputError("DeepCluster-v2 needs the training set's size: fit with a medssl DataModule")
-        sample = dataset[0]
-        self._build_memories(len(dataset), int(sample["views"][0].shape[1]))
+        sample = self._views(datamodule, default_collate([dataset[0]]))
+        self._build_memories(len(dataset), int(sample["views"][0].shape[2]))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Banks exist before the weights load (a model rebuilt from a checkpoint has had no setup)."""
@@ -304,6 +306,7 @@ class JointIntraInter(SSLMethod):
         was_training = self.training
         self.eval()
         for batch in loader:
+            batch = self._views(datamodule, move_data_to_device(batch, self.device))
             index = batch["index"].to(self.device)
             tokens = [self.stack.slice_embeddings(self.scale(v.to(self.device))) for v in batch["views"][:2]]
             if "intra" in self.memories:
@@ -315,6 +318,13 @@ class JointIntraInter(SSLMethod):
                 volumes = [SliceStack.volume_embedding(self.f_inter(x)) for x in tokens]
                 self.memory("inter").store(index, volumes)
         self.train(was_training)
+
+    @staticmethod
+    def _views(datamodule, batch: dict) -> dict:
+        """A training batch with its views made, as the trainer's loop makes them (device views are
+        made by the DataModule's ``on_after_batch_transfer``; CPU views come made)."""
+        hook = getattr(datamodule, "on_after_batch_transfer", None)
+        return hook(batch, 0) if hook is not None else batch
 
     # -- what a run trains --------------------------------------------------------------------------
     def _freeze_what_is_not_trained(self) -> None:

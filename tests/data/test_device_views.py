@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medssl.data.batched_ops import render_views, resize_weights
+from medssl.data.batched_ops import render_views, render_views_by_matrices, resize_weights
 from medssl.data.geometric_views import GeometricViewsd, RandGeometricViewd, render_view
 from tests.views import assert_same_views, both_ways
 
@@ -14,10 +14,10 @@ from tests.views import assert_same_views, both_ways
 @pytest.mark.parametrize(
     ("shape", "size", "rotate", "scale"),
     [
-        ((40, 37), (24, 24), True, (0.2, 1.0)),  # crops shrunk: the matrix route, antialiased
+        ((40, 37), (24, 24), True, (0.2, 1.0)),  # crops shrunk: antialiased
         ((30, 50), (16, 20), False, (0.2, 1.0)),  # non-square views
         ((12, 20, 18), (8, 10, 10), True, (0.2, 1.0)),  # 3D
-        ((24, 24), (40, 40), True, (0.2, 1.0)),  # crops enlarged: the grid_sample route
+        ((24, 24), (40, 40), True, (0.2, 1.0)),  # crops enlarged
         ((10, 16, 16), (12, 20, 20), True, (0.5, 1.0)),  # 3D, enlarged
     ],
 )
@@ -28,6 +28,10 @@ def test_batched_views_equal_the_per_sample_renderer(shape, size, rotate, scale)
     geometry = torch.stack([view.draw_geometry(*shape) for _ in range(12)])
     expected = torch.stack([render_view(images[i], geometry[i], size) for i in range(12)])
     torch.testing.assert_close(render_views(images, geometry, size), expected, atol=1e-5, rtol=0)
+    sizes = tuple(size)  # the accelerator's route, run here on the CPU
+    torch.testing.assert_close(
+        render_views_by_matrices(images.float() / 255, geometry, sizes), expected, atol=1e-5, rtol=0
+    )
 
 
 def test_resize_weights_are_pytorchs_antialiased_filter():

@@ -107,6 +107,27 @@ def test_every_config_fits_briefly_and_monitors(config, split_cache, volume_cach
     assert saved["trainer"]["use_distributed_sampler"] is False
 
 
+def configured_views_on(config: Path) -> str:
+    """Where the config makes its training views (``views_on`` in its data block; ``cpu`` when unset)."""
+    data = yaml.safe_load(config.read_text())["data"]["init_args"]
+    return str(data.get("views_on", "cpu"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_also_fits_with_views_made_the_other_way(config, split_cache, volume_cache, tmp_path, monkeypatch):
+    """The test above runs each config as written; here the same config with ``views_on`` switched (CPU
+    views ↔ device views), one training step, so both ways are known to run for every config."""
+    monkeypatch.chdir(tmp_path)
+    other = {"cpu": "device", "device": "cpu"}[configured_views_on(config)]
+    cache = volume_cache if is_volume_config(config) else split_cache
+    args = tiny(config, cache, tmp_path, "--data.init_args.views_on", other, "--trainer.limit_val_batches", "0")
+    args[args.index("--trainer.limit_train_batches") + 1] = "1"
+    cli = run_lightning(args)
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    datamodule = cli.datamodule
+    assert datamodule.views_on == other and (datamodule.device_views is not None) == (other == "device")
+
+
 def test_misspelt_key_is_named(split_cache, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_lightning(tiny(CONFIGS[0], split_cache, tmp_path, "--model.init_args.temprature", "0.2"))

@@ -175,3 +175,23 @@ def test_joint_training_lowers_the_loss_on_real_volume_views(volume_cache):
             losses.append(float(loss.detach()))
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < first - 0.3, (first, last)
+
+
+def test_deepcluster_banks_are_sized_and_filled_from_device_views_too(volume_cache):
+    """With views made on the device the loader's samples carry a window and view parameters, not
+    views: sizing the banks and filling them go through the DataModule's hook, as training does."""
+    from types import SimpleNamespace
+
+    from medssl.data import VolumeDataModule
+
+    data = VolumeDataModule(
+        str(volume_cache), mode="stacks", spatial_size=(4, 32, 32), batch_size=1, num_workers=0, views_on="device"
+    )
+    data.setup("fit")
+    clusters = dict(intra_clusters=[1], inter_clusters=[1])
+    model = small(intra_clustering="deepcluster", inter_clustering="deepcluster", **clusters)
+    model._trainer = SimpleNamespace(datamodule=data)  # pyright: ignore[reportAttributeAccessIssue]
+    model.setup("fit")
+    assert model.memory("intra").bank.shape[1] == 4  # one row per slice of the window
+    model._fill_memories()
+    assert bool(model.memory("intra").filled.all()) and bool(model.memory("inter").filled.all())

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+
+import numpy as np
+import torch
 
 from medssl.data.datamodules.base import CacheDataModule
 from medssl.data.geometric_views import GeometricViewsd, radiology_geometric_view
 from medssl.data.samplers import BlockShuffleSampler
-from medssl.data.transforms import MultiViewd, radiology_view
+from medssl.data.transforms import radiology_views
 from medssl.data.volumes import VolumePairDataset, VolumePatchDataset, VolumeSliceDataset, VolumeStackDataset
 
 CORRESPONDENCES = ("same_volume", "body_coordinates", "embeddings")  # the pair samplers of mode="pairs"
@@ -35,7 +39,13 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
     ``embeddings`` (a ``medssl embed --dense`` folder holding every volume); see
     :mod:`medssl.data.correspondence`); evaluation serves whole volumes as centre-cropped stacks.
 
-    ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`)."""
+    ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`);
+    slices and patches with views, geometric or not, run either way. Slices of different sizes travel
+    to the device zero-padded at the end to the largest of their batch (geometric views crop from the
+    slice itself; other views pad or crop it to ``spatial_size`` first). Stacks and pairs too: the loader
+    cuts a stack's window and draws its views (:class:`~medssl.data.volume_views.VolumeViewsd`), or sends a
+    pair's crops as cut, and the device makes the views or flips and turns the crops
+    (:class:`~medssl.data.correspondence.PairViews`)."""
 
     def __init__(
         self,
@@ -80,7 +90,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         if mode == "stacks" and views:
             self._transform(train=True)  # a bad transform list fails here, not at setup
 
-    def _dataset(self, splits, transform) -> VolumeDataset:
+    def _dataset(self, splits, transform, train: bool = False) -> VolumeDataset:
         common = dict(splits=splits or None, transform=transform, labels=self.views == 0, seed=self.seed)
         if self.mode == "slices":
             return VolumeSliceDataset(self.cache, **common)
@@ -88,7 +98,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
             return VolumePatchDataset(
                 self.cache, patch_size=self.spatial_size, patches_per_volume=self.patches_per_volume, **common
             )
-        if self.mode == "pairs" and transform is None:  # training: corresponding crops
+        if self.mode == "pairs" and train:  # corresponding crops
             return self._pairs(common)
         return VolumeStackDataset(self.cache, depth=self.stack_depth, **common)
 
@@ -106,18 +116,37 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
 
     def _transform(self, train: bool):
         if train and self.mode == "pairs":
-            return None  # the correspondence sampler crops and augments
+            from medssl.data.correspondence import PairViews
+
+            return PairViews()  # the correspondence sampler crops and draws the flips and turns
         if train and self.geometric:
             return GeometricViewsd.pair(radiology_geometric_view(self.spatial_size))
         if train and self.views and self.mode == "stacks":
             from medssl.data.volume_views import VolumeViewsd
 
-            return VolumeViewsd(self.spatial_size, self.transforms_per_view, self.view_transforms, views=self.views)
+            return VolumeViewsd(
+                self.spatial_size,
+                self.transforms_per_view,
+                self.view_transforms,
+                views=self.views,
+                dtype=self._transport_dtype(),
+            )
         if train and self.views:
-            return MultiViewd([radiology_view(self.spatial_size, keys=("image",))] * self.views)
+            return radiology_views(self.spatial_size, self.views, dtype=self._transport_dtype())
         from monai.transforms.croppad.dictionary import ResizeWithPadOrCropd
 
         return ResizeWithPadOrCropd(["image", "label"], self.spatial_size, allow_missing_keys=True)
+
+    def _transport_dtype(self) -> torch.dtype | None:
+        """float16 for device views of a float16 cache: the loader sends the stored values exactly in
+        half the bytes (the views are made in float32 on the device); None (float32) otherwise."""
+        from medssl.cache import VolumeCache
+
+        if self.views_on != "device":
+            return None
+        cache = VolumeCache(self.cache)
+        stored = {np.dtype(cache.image(v).dtype) for v in cache.ids}
+        return torch.float16 if stored == {np.dtype(np.float16)} else None
 
     def setup(self, stage: str | None = None) -> None:
         from medssl.cache import VolumeCache
@@ -130,9 +159,31 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
                 self.datasets[name] = None
                 continue
             transform = self._transform(name == "train")
-            self.datasets[name] = self._dataset(split, self.training_views(transform) if name == "train" else transform)
+            train = name == "train"
+            self.datasets[name] = self._dataset(split, self.training_views(transform) if train else transform, train)
 
     def train_dataloader(self):
         dataset = self._stage_dataset("train")
         sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
-        return self._loader(dataset, train=True, sampler=sampler)
+        padded = {}
+        if self.geometric and self.views_on == "device":
+            padded["collate_fn"] = functools.partial(collate_padded, dtype=self._transport_dtype())
+        return self._loader(dataset, train=True, sampler=sampler, **padded)
+
+
+def collate_padded(samples: list[dict], key: str = "image", dtype: torch.dtype | None = None) -> dict:
+    """``default_collate`` after zero-padding each sample's ``key`` at the end of every spatial axis to the
+    largest in the batch (and casting it to ``dtype``, if given): how slices of different sizes travel to
+    the device for geometric device views, whose geometry records each slice's own size (see
+    :func:`~medssl.data.geometric_views.on_canvas`)."""
+    from torch.nn.functional import pad
+    from torch.utils.data import default_collate
+
+    canvas = [max(sizes) for sizes in zip(*(s[key].shape[1:] for s in samples), strict=True)]
+    padded = []
+    for sample in samples:
+        missing = [want - have for have, want in zip(sample[key].shape[1:], canvas, strict=True)]
+        widths = [w for amount in reversed(missing) for w in (0, amount)]  # F.pad lists the last axis first
+        image = pad(sample[key], widths) if any(widths) else sample[key]
+        padded.append({**sample, key: image if dtype is None else image.to(dtype)})
+    return default_collate(padded)
