@@ -18,12 +18,21 @@ import bench_gpu  # noqa: E402  # pyright: ignore[reportMissingImports]  (benchm
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
-#: one config per kind of data the driver builds cheaply: tiles (device views) and patch features
-RUN = ("simclr_tiles", "madeleine")
+#: one config per kind of synthetic data: tiles and slice stacks (device views), patch features (none)
+RUN = ("simclr_tiles", "joint_2d3d", "madeleine")
 BROKEN = "barlow_twins_tiles"
 
 
-def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory) -> Path:
+    """The driver's work folder with its toy caches built (the run finds and keeps them)."""
+    folder = tmp_path_factory.mktemp("bench-gpu")
+    kinds = {bench_gpu.config_kind(c) for c in bench_gpu.select(None)}
+    bench_gpu.build_caches(kinds, folder / bench_gpu.TOY.name, bench_gpu.TOY, workers=1)
+    return folder
+
+
+def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(work_dir, tmp_path, capsys, monkeypatch):
     """Two configs run; a third, given a misspelt key here, fails alone: its row says why, the run goes on."""
     arguments = bench_gpu.fit_arguments
 
@@ -34,7 +43,7 @@ def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(tmp_path, 
     report = bench_gpu.main(
         [
             *("--toy", "--configs", BROKEN, *RUN, "--steps", "2", "--warmup", "1", "--precision", "bf16-mixed"),
-            *("--work-dir", str(tmp_path), "--json", str(tmp_path / "out.json")),
+            *("--work-dir", str(work_dir), "--json", str(tmp_path / "out.json")),
         ]
     )
     rows = {row["config"]: row for row in report["rows"]}
@@ -42,10 +51,11 @@ def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(tmp_path, 
     assert "configuration refused" in rows.pop(BROKEN)["error"]
     for name, row in rows.items():
         assert "error" not in row, f"{name}: {row.get('error')}"
-        assert row["steps"] == 2 and row["samples_per_s"] > 0
+        assert row["steps"] + row["epoch_starts"] == 2 and row["samples_per_s"] > 0  # toy epochs may be short
         assert row["step_ms"] == pytest.approx(row["data_ms"] + row["views_ms"] + row["compute_ms"])
         assert 0 <= row["stall"] <= 1 and row["peak_mib"] is None  # no GPU here
     assert rows["simclr_tiles"]["batch"] == 8 and rows["simclr_tiles"]["views_ms"] > 0  # views made in the hook
+    assert rows["joint_2d3d"]["batch"] == 2 and rows["joint_2d3d"]["views_ms"] > 0
     madeleine = rows["madeleine"]  # features: the hook has no views to make
     assert madeleine["batch"] == 2 and madeleine["views_ms"] < madeleine["compute_ms"] / 10
     assert report["switches"] == {
@@ -60,9 +70,10 @@ def test_toy_run_prints_one_row_of_figures_per_config_and_writes_json(tmp_path, 
 
 
 @pytest.mark.parametrize("scale", [bench_gpu.TOY, bench_gpu.REALISTIC], ids=["toy", "realistic"])
-def test_every_config_takes_the_benchmark_arguments(scale, tmp_path):
-    """What gpu.sh passes for each config builds the model, DataModule and Trainer (no data is read)."""
-    caches = bench_gpu.Caches(*(tmp_path / name for name in ("tiles", "volumes", "multistain", "features")))
+def test_every_config_takes_the_benchmark_arguments(scale, work_dir, tmp_path):
+    """What gpu.sh passes for each config builds the model, DataModule and Trainer (on the toy caches: a
+    volume DataModule reads the stored dtype when it is built)."""
+    caches = bench_gpu.build_caches({"tiles", "stacks", "features"}, work_dir / bench_gpu.TOY.name, bench_gpu.TOY, 1)
     options = argparse.Namespace(
         views_on="device", precision="bf16-mixed", channels_last=True, compile=False, cpu=True, warmup=1, steps=1
     )
