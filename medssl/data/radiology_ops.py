@@ -6,10 +6,9 @@ Each op draws its parameters with the distribution of the MONAI transform it rep
 docstring; the same parameter conventions, including MONAI's axis order: the first spatial axis of
 the tensor is MONAI's ``x``) from torch's global generator, and applies them as MONAI's deterministic
 transform does (``Affine``, ``ScaleIntensity``, ``ShiftIntensity``, ``GaussianSmooth``,
-``AdjustContrast``; the tests hold each to its MONAI oracle). Each op is written once, for a batch;
-``apply`` is a batch of one. A skipped op (``on`` false) leaves its samples exactly as they were, as
-MONAI's do; a batch on a CPU transforms only the samples that are on, one on an accelerator all of
-them (no host sync), keeping those that are on.
+``AdjustContrast``; the tests hold each to its MONAI oracle). Each op is a
+:class:`~medssl.data.view_ops.RandomViewOp` written once, for a batch (one image is a batch of one);
+a skipped op (``on`` false) leaves its samples exactly as they were, as MONAI's do.
 
 :class:`PadOrCropd` is the deterministic step before the views (MONAI's ``ResizeWithPadOrCrop`` on plain
 tensors), for :class:`~medssl.data.transforms.MultiViewd` ``prepare``.
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from medssl.data.batched_ops import separable_filter
-from medssl.data.view_ops import Params, ViewOp, coin, flag, where_on
+from medssl.data.view_ops import Params, RandomViewOp
 
 Range = tuple[float, float]
 
@@ -57,42 +56,7 @@ def _per_sample(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.reshape(-1, *([1] * (ndim - 1)))
 
 
-def _every_sample(on: torch.Tensor) -> bool:
-    """Whether a batch transforms every sample and keeps those that are on (on an accelerator: no host
-    sync) rather than only the samples that are on (on a CPU, where skipped work is saved time)."""
-    return on.device.type != "cpu"
-
-
-class _BatchedOp(ViewOp):
-    """An op written once, as :meth:`transform` of a batch whose samples are all on: the per-sample path
-    is a batch of one, and a batch keeps the samples that are off as they are."""
-
-    def __init__(self, prob: float, key: str):
-        self.prob, self.key = float(prob), key
-
-    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        """The op applied to every sample of ``images`` with its ``params``."""
-        raise NotImplementedError
-
-    def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
-        if not bool(params["on"]):
-            return image
-        return self.transform(image[None], {name: value[None] for name, value in params.items()})[0]
-
-    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        on = params["on"]
-        if _every_sample(on):
-            return where_on(on, self.transform(images, params), images)
-        chosen = on.nonzero()[:, 0]
-        if len(chosen) == len(on):
-            return self.transform(images, params)
-        out = images.clone()
-        if len(chosen):
-            out[chosen] = self.transform(images[chosen], {name: value[chosen] for name, value in params.items()})
-        return out
-
-
-class RandAffine(_BatchedOp):
+class RandAffine(RandomViewOp):
     """Rotation and scaling about the image centre, bilinear, output the input's size: MONAI's
     ``RandAffine(prob, rotate_range, scale_range, padding_mode=padding)``.
 
@@ -114,27 +78,29 @@ class RandAffine(_BatchedOp):
         padding: str = "zeros",
         key: str = "image",
     ):
-        super().__init__(prob, key)
+        super().__init__(key, prob)
         if padding not in ("zeros", "border", "reflection"):
             raise ValueError(f"padding must be zeros, border or reflection, got {padding!r}")
         self.rotate_range, self.scale_range, self.padding = _ranges(rotate_range), _ranges(scale_range), padding
 
-    def draw(self, shape: tuple[int, ...]) -> Params:
+    def identity(self, shape: tuple[int, ...]) -> Params:
         n = len(shape)
         if n not in (2, 3):
             raise ValueError(f"affine views of 2D or 3D images, got spatial shape {shape}")
-        angles, scales = torch.zeros(1 if n == 2 else 3), torch.ones(n)
         if n == 3 and len(self.rotate_range) > 3:
             raise ValueError(f"at most 3 rotation angles in 3D, got {len(self.rotate_range)}")
-        on = coin(self.prob)
-        if on:  # MONAI draws every entry; a 2D rotation uses the first angle, scaling the first n factors
-            drawn = _uniform(self.rotate_range)[: len(angles)]
-            angles[: len(drawn)] = torch.tensor(drawn)
-            drawn = [1.0 + f for f in _uniform(self.scale_range)[:n]]
-            scales[: len(drawn)] = torch.tensor(drawn)
-        return {"on": flag(on), "angles": angles, "scales": scales}
+        return {"angles": torch.zeros(1 if n == 2 else 3), "scales": torch.ones(n)}
 
-    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        params = self.identity(shape)  # MONAI draws every entry; 2D rotates by the first angle, scales n axes
+        angles, scales = params["angles"], params["scales"]
+        drawn = _uniform(self.rotate_range)[: len(angles)]
+        angles[: len(drawn)] = torch.tensor(drawn)
+        drawn = [1.0 + f for f in _uniform(self.scale_range)[: len(shape)]]
+        scales[: len(drawn)] = torch.tensor(drawn)
+        return params
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         spatial = images.shape[2:]
         matrix = affine_matrices(params["angles"].to(images.device), params["scales"].to(images.device))
         # MONAI's grid is in pixels centred on the image, normalised by 2 / max(2, size); affine_grid's
@@ -168,41 +134,43 @@ def affine_matrices(angles: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return rotation * scales[:, None, :]
 
 
-class RandScaleIntensity(_BatchedOp):
+class RandScaleIntensity(RandomViewOp):
     """``x · (1 + f)``, ``f`` uniform in ``factors`` (a number ``v``: ``(-v, v)``): MONAI's
     ``RandScaleIntensity(factors, prob)``. Params: ``on``, ``factor`` (0 when off)."""
 
     def __init__(self, factors: float | Sequence[float] = 0.1, prob: float = 0.1, key: str = "image"):
-        super().__init__(prob, key)
+        super().__init__(key, prob)
         self.factors = _symmetric(factors)
 
-    def draw(self, shape: tuple[int, ...]) -> Params:
-        on = coin(self.prob)
-        factor = _uniform([self.factors])[0] if on else 0.0
-        return {"on": flag(on), "factor": torch.tensor(factor)}
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        return {"factor": torch.tensor(_uniform([self.factors])[0])}
 
-    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"factor": torch.tensor(0.0)}
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         return images * (1.0 + _per_sample(params["factor"].to(images), images.ndim))
 
 
-class RandShiftIntensity(_BatchedOp):
+class RandShiftIntensity(RandomViewOp):
     """``x + o``, ``o`` uniform in ``offsets`` (a number ``v``: ``(-v, v)``): MONAI's
     ``RandShiftIntensity(offsets, prob)``. Params: ``on``, ``offset`` (0 when off)."""
 
     def __init__(self, offsets: float | Sequence[float] = 0.1, prob: float = 0.1, key: str = "image"):
-        super().__init__(prob, key)
+        super().__init__(key, prob)
         self.offsets = _symmetric(offsets)
 
-    def draw(self, shape: tuple[int, ...]) -> Params:
-        on = coin(self.prob)
-        offset = _uniform([self.offsets])[0] if on else 0.0
-        return {"on": flag(on), "offset": torch.tensor(offset)}
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        return {"offset": torch.tensor(_uniform([self.offsets])[0])}
 
-    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"offset": torch.tensor(0.0)}
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         return images + _per_sample(params["offset"].to(images), images.ndim)
 
 
-class RandGaussianNoise(_BatchedOp):
+class RandGaussianNoise(RandomViewOp):
     """Additive noise ``N(mean, σ²)`` with ``σ`` uniform in ``[0, std]``: MONAI's
     ``RandGaussianNoise(prob, mean, std)`` (``sample_std=True``). Params: ``on``, ``std``, ``seed``.
 
@@ -211,16 +179,17 @@ class RandGaussianNoise(_BatchedOp):
     generators differ). The batched path reads the seeds on the host: one small sync per batch."""
 
     def __init__(self, mean: float = 0.0, std: float = 0.1, prob: float = 0.1, key: str = "image"):
-        super().__init__(prob, key)
+        super().__init__(key, prob)
         self.mean, self.std = float(mean), float(std)
 
-    def draw(self, shape: tuple[int, ...]) -> Params:
-        on = coin(self.prob)
-        std = _uniform([(0.0, self.std)])[0] if on else 0.0
-        seed = torch.randint(0, 2**62, ()) if on else torch.tensor(0)
-        return {"on": flag(on), "std": torch.tensor(std), "seed": seed}
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        std = _uniform([(0.0, self.std)])[0]
+        return {"std": torch.tensor(std), "seed": torch.randint(0, 2**62, ())}
 
-    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"std": torch.tensor(0.0), "seed": torch.tensor(0)}
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         noise = torch.empty_like(images)
         for k, seed in enumerate(params["seed"].tolist()):  # the host needs the seeds: a sync on a GPU
             generator = torch.Generator(images.device).manual_seed(int(seed))
@@ -249,7 +218,7 @@ def gaussian_kernels(sigma: torch.Tensor, tail: int) -> torch.Tensor:
     return kernels * (x.abs() <= _tails(sigma)[:, None])
 
 
-class RandGaussianSmooth(_BatchedOp):
+class RandGaussianSmooth(RandomViewOp):
     """Gaussian blur, ``σ`` per axis uniform in ``sigma_x``, ``sigma_y`` (and ``sigma_z`` in 3D) pixels
     along the first, second (and third) spatial axes: MONAI's ``RandGaussianSmooth`` and its
     ``GaussianSmooth`` (``approx="erf"`` kernels truncated at 4 σ, zero padding), batched through
@@ -263,18 +232,19 @@ class RandGaussianSmooth(_BatchedOp):
         prob: float = 0.1,
         key: str = "image",
     ):
-        super().__init__(prob, key)
+        super().__init__(key, prob)
         self.sigmas = [(float(low), float(high)) for low, high in (sigma_x, sigma_y, sigma_z)]
 
-    def draw(self, shape: tuple[int, ...]) -> Params:
-        n = len(shape)
-        if n not in (2, 3):
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        if len(shape) not in (2, 3):
             raise ValueError(f"smoothing of 2D or 3D images, got spatial shape {shape}")
-        on = coin(self.prob)
-        sigma = _uniform(self.sigmas[:n]) if on else [low for low, _ in self.sigmas[:n]]
-        return {"on": flag(on), "sigma": torch.tensor(sigma)}
+        return {"sigma": torch.tensor([low for low, _ in self.sigmas[: len(shape)]])}
 
-    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        self.identity(shape)  # the shape check
+        return {"sigma": torch.tensor(_uniform(self.sigmas[: len(shape)]))}
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         sigma = params["sigma"].to(images.device)
         kernels = [
             gaussian_kernels(sigma[:, axis], _tail(max(self.sigmas[axis])))  # every sample's length: the widest
@@ -283,14 +253,14 @@ class RandGaussianSmooth(_BatchedOp):
         return separable_filter(images, kernels, padding="zeros")
 
 
-class RandAdjustContrast(_BatchedOp):
+class RandAdjustContrast(RandomViewOp):
     """Gamma on the image's own range, ``((x − min) / (range + 1e-7))^γ · range + min`` with the
     minimum and range over the whole image, ``γ`` uniform in ``gamma`` (a number ``g > 0.5``:
     ``(0.5, g)``): MONAI's ``RandAdjustContrast(prob, gamma)`` and ``AdjustContrast``. Params: ``on``,
     ``gamma`` (1 when off)."""
 
     def __init__(self, gamma: float | Sequence[float] = (0.5, 4.5), prob: float = 0.1, key: str = "image"):
-        super().__init__(prob, key)
+        super().__init__(key, prob)
         if isinstance(gamma, (int, float)):
             if gamma <= 0.5:
                 raise ValueError(f"a single gamma is the upper end of (0.5, gamma) and must exceed 0.5, got {gamma}")
@@ -299,11 +269,13 @@ class RandAdjustContrast(_BatchedOp):
             low, high = (float(g) for g in gamma)
             self.gamma = (min(low, high), max(low, high))
 
-    def draw(self, shape: tuple[int, ...]) -> Params:
-        on = coin(self.prob)
-        return {"on": flag(on), "gamma": torch.tensor(_uniform([self.gamma])[0] if on else 1.0)}
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        return {"gamma": torch.tensor(_uniform([self.gamma])[0])}
 
-    def transform(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        return {"gamma": torch.tensor(1.0)}
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         flat = images.flatten(1)
         low = _per_sample(flat.amin(1), images.ndim)
         spread = _per_sample(flat.amax(1), images.ndim) - low

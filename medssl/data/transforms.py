@@ -35,7 +35,17 @@ from medssl.data.radiology_ops import (
     RandScaleIntensity,
     RandShiftIntensity,
 )
-from medssl.data.view_ops import VIEW_PARAMS, Compose, DeviceViews, Params, ViewOp, coin, flag, is_device_capable
+from medssl.data.view_ops import (
+    VIEW_PARAMS,
+    Compose,
+    DeviceViews,
+    Params,
+    RandomViewOp,
+    ViewOp,
+    flag,
+    is_device_capable,
+    runs_whole_batch,
+)
 from medssl.geometry import make_geometry
 from medssl.nn.inputs import to_float
 
@@ -59,80 +69,6 @@ def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
 
 def _uniform(low: float, high: float, size=()) -> torch.Tensor:
     return torch.empty(size).uniform_(low, high)
-
-
-def _whole_batch(images: torch.Tensor) -> bool:
-    """Whether a batched step runs on every sample of ``images`` with identity parameters for the skipped
-    ones (off a CPU, where asking which samples are on would wait for the device) rather than on the
-    samples it is on for only (on a CPU, where that saves their work)."""
-    return images.device.type != "cpu"
-
-
-class RandomViewOp(ViewOp):
-    """A step applied to ``keys`` with probability ``prob``: one coin per sample, drawn first (none when
-    ``prob`` is 1), then the step's own draws (:meth:`draw_on`) if it came up; a skipped sample gets
-    the step's :meth:`identity` parameters and ``on`` false.
-
-    Subclasses say what the step does to one image (:meth:`transform`) and to a batch
-    (:meth:`transform_batch`, which must leave a sample with identity parameters as it is, to float
-    rounding); :meth:`apply` and :meth:`apply_batch` skip the samples that are off.
-    """
-
-    #: ``transform_batch`` picks changed or unchanged pixels per sample itself, exactly and about as fast
-    #: as splitting the batch would (grey, solarisation): a CPU batch is then not split by ``on``
-    selects_per_pixel = False
-
-    def __init__(self, keys: Sequence[str] | str = "image", prob: float = 1.0):
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-        self.key = self.keys[0]
-        self.prob = prob
-
-    def draw_on(self, shape: tuple[int, ...]) -> Params:
-        """The step's random parameters for an image of spatial ``shape``, given that it applies."""
-        raise NotImplementedError
-
-    def identity(self, shape: tuple[int, ...]) -> Params:
-        """Parameters of the same keys and shapes that leave an image unchanged."""
-        raise NotImplementedError
-
-    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
-        """The step on one float image ``[C, *spatial]``."""
-        raise NotImplementedError
-
-    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        """The step on a float batch ``[B, C, *spatial]``; a new tensor (``images`` may be shared)."""
-        raise NotImplementedError
-
-    def draw(self, shape: tuple[int, ...]) -> Params:
-        on = coin(self.prob)
-        return {"on": flag(on), **(self.draw_on(shape) if on else self.identity(shape))}
-
-    def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
-        image = to_float(image)
-        return self.transform(image, params) if bool(params["on"]) else image
-
-    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        images = to_float(images)
-        if _whole_batch(images):
-            return self.transform_batch(images, params)
-        on = params["on"].bool()
-        if not bool(on.any()):
-            return images
-        if bool(on.all()) or self.selects_per_pixel:
-            return self.transform_batch(images, params)
-        index = on.nonzero()[:, 0]
-        changed = self.transform_batch(images[index], {k: v[index] for k, v in params.items()})
-        return images.index_copy(0, index, changed)
-
-    def __call__(self, sample: dict) -> dict:
-        """Per sample: the coin, then for each key its own draws; a skipped sample is returned as it is."""
-        if not coin(self.prob):
-            return sample
-        out = dict(sample)
-        for key in self.keys:
-            image = to_float(sample[key])
-            out[key] = self.transform(image, self.draw_on(tuple(image.shape[1:])))
-        return out
 
 
 def sample_crop(h: int, w: int, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
@@ -169,9 +105,6 @@ class RandResizedCropd(RandomViewOp):
 
     def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.size, self.size)
-
-    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
-        return self.transform_batch(image[None], {k: v[None] for k, v in params.items()})[0]
 
     def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         return render_views(images, params["geometry"], self.size)
@@ -269,7 +202,7 @@ class ColorJitterd(RandomViewOp):
         for position in range(4):
             offset = offsets[:, position]  # (1 - factor) where this position is contrast, else 0
             bias = None
-            if _whole_batch(images) or bool(offset.any()):
+            if runs_whole_batch(images) or bool(offset.any()):
                 bias = (offset * (images.mean(dim=tuple(range(2, images.ndim))) @ luma))[:, None].expand(-1, 3)
             images = mix_channels(images, matrices[:, position], bias, out=buffers[position % 2]).clamp_(0.0, 1.0)
         return images
@@ -386,7 +319,7 @@ class RandGaussianBlurd(RandomViewOp):
 
     def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         sigma = params["sigma"].to(images)
-        largest = _blur_radius(self.sigma[1]) if _whole_batch(images) else _blur_radius(float(sigma.max()))
+        largest = _blur_radius(self.sigma[1]) if runs_whole_batch(images) else _blur_radius(float(sigma.max()))
         kernel = self.kernels(sigma, largest)
         return separable_filter(images, [kernel] * (images.ndim - 2), padding="reflect")
 

@@ -19,7 +19,7 @@ consumes the generator exactly as drawing and applying op by op does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -136,6 +136,85 @@ def coin(prob: float) -> bool:
     """True with probability ``prob``, from torch's generator (no draw when ``prob`` is 1: ops applied
     always consume no number for it)."""
     return prob >= 1.0 or bool(torch.rand(()) < prob)
+
+
+def runs_whole_batch(images: torch.Tensor) -> bool:
+    """Whether a batched step runs on every sample of ``images`` and then keeps the changed samples
+    (off a CPU: asking which samples changed would wait for the device) rather than running on the
+    changed samples only (on a CPU, where that saves their work)."""
+    return images.device.type != "cpu"
+
+
+def on_rows(out: torch.Tensor, rows: torch.Tensor | Sequence[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """``out[rows] = fn(out[rows])`` in place; the whole batch at once when ``rows`` are all of it."""
+    index = torch.as_tensor(rows, dtype=torch.long, device=out.device)
+    if len(index) == len(out) and bool((index == torch.arange(len(out), device=out.device)).all()):
+        out.copy_(fn(out))
+    elif len(index):
+        out[index] = fn(out[index])
+
+
+class RandomViewOp(ViewOp):
+    """A step applied with probability ``prob``: one coin per sample, drawn first (none when ``prob`` is
+    1), then the step's own draws (:meth:`draw_on`) if it came up; a skipped sample gets the step's
+    :meth:`identity` parameters (same keys and shapes, so they collate) and ``on`` false, and is left
+    exactly as it is.
+
+    A step says what it does to a batch (:meth:`transform_batch`); :meth:`transform`, one image, is a
+    batch of one unless a step keeps its own per-sample code as the oracle. ``keys``: the sample keys
+    the dictionary form changes (one coin for all, each key its own draws).
+    """
+
+    def __init__(self, keys: Sequence[str] | str = "image", prob: float = 1.0):
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.key = self.keys[0]
+        self.prob = float(prob)
+
+    def draw_on(self, shape: tuple[int, ...]) -> Params:
+        """The step's random parameters for an image of spatial ``shape``, given that it applies."""
+        raise NotImplementedError
+
+    def identity(self, shape: tuple[int, ...]) -> Params:
+        """Parameters of the same keys and shapes as :meth:`draw_on`'s, for a skipped sample."""
+        raise NotImplementedError
+
+    def transform_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        """The step on every sample of a float batch ``[B, C, *spatial]``; a new tensor."""
+        raise NotImplementedError
+
+    def transform(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        """The step on one float image ``[C, *spatial]``."""
+        return self.transform_batch(image[None], {name: value[None] for name, value in params.items()})[0]
+
+    def draw(self, shape: tuple[int, ...]) -> Params:
+        on = coin(self.prob)
+        return {"on": flag(on), **(self.draw_on(shape) if on else self.identity(shape))}
+
+    def apply(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        image = to_float(image)
+        return self.transform(image, params) if bool(params["on"]) else image
+
+    def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        images = to_float(images)
+        on = params["on"].to(images.device).bool()
+        if runs_whole_batch(images):
+            return where_on(on, self.transform_batch(images, params), images)
+        index = on.nonzero()[:, 0]
+        if len(index) == len(on):
+            return self.transform_batch(images, params)
+        out = images.clone()
+        on_rows(out, index, lambda chosen: self.transform_batch(chosen, {k: v[index] for k, v in params.items()}))
+        return out
+
+    def __call__(self, sample: dict) -> dict:
+        """Per sample: the coin, then for each key its own draws; a skipped sample is returned as it is."""
+        if not coin(self.prob):
+            return sample
+        out = dict(sample)
+        for key in self.keys:
+            image = to_float(sample[key])
+            out[key] = self.transform(image, self.draw_on(tuple(image.shape[1:])))
+        return out
 
 
 #: where a sample carries its views' parameters between the loader and the device

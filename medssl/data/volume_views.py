@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from medssl.data.batched_ops import _apply_axis
 from medssl.data.radiology_ops import RandAdjustContrast, RandAffine, RandGaussianNoise, RandGaussianSmooth
-from medssl.data.view_ops import VIEW_PARAMS, DeviceViews, Params, ViewOp, where_on
+from medssl.data.view_ops import VIEW_PARAMS, DeviceViews, Params, ViewOp, on_rows, where_on
 from medssl.errors import MedsslError
 from medssl.nn.inputs import to_float
 
@@ -204,15 +204,6 @@ class RandBiasField(ViewOp):
     def apply_batch(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         field = bias_fields(params["coeffs"].to(images.device), images.shape[2:], self.degree)
         return images * torch.exp(field)[:, None]
-
-
-def on_rows(out: torch.Tensor, rows: Sequence[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """``out[rows] = fn(out[rows])`` in place; the whole batch at once when ``rows`` are all of it."""
-    if list(rows) == list(range(len(out))):
-        out.copy_(fn(out))
-    elif rows:
-        index = torch.tensor(list(rows), device=out.device)
-        out[index] = fn(out[index])
 
 
 _BUILDERS: dict[str, Callable[[], ViewOp]] = {

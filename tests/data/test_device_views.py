@@ -76,3 +76,20 @@ def test_views_made_in_pieces_equal_views_made_at_once():
         for a, b in zip(whole[key], pieces[key], strict=True):
             torch.testing.assert_close(b, a)
     assert apply_device_views(views, {"image": batch["image"]}) is not None  # eval batches pass through
+
+
+def test_auto_makes_device_views_when_the_trainer_trains_on_an_accelerator(split_cache):
+    from types import SimpleNamespace
+
+    from medssl.data import TileDataModule
+
+    on = {}
+    for device in ("cpu", "cuda"):
+        datamodule = TileDataModule(str(split_cache), batch_size=4, num_workers=0, view_size=16)
+        datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))  # type: ignore[assignment]
+        datamodule.setup("fit")
+        on[device] = datamodule.device_views is not None
+    assert on == {"cpu": False, "cuda": True}
+    assert TileDataModule(str(split_cache), views_on="device").makes_device_views()  # without a Trainer
+    with pytest.raises(ValueError, match="views_on"):
+        TileDataModule(str(split_cache), views_on="gpu")

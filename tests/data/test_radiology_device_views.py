@@ -74,9 +74,9 @@ def test_ops_equal_their_monai_transforms(shape):
 def test_batched_ops_equal_per_sample_ops(shape, every_sample, monkeypatch):
     """Mixed on/off samples: the batch gives each sample what the per-sample path gives; skipped samples
     come back unchanged."""
-    from medssl.data import radiology_ops
+    from medssl.data import view_ops
 
-    monkeypatch.setattr(radiology_ops, "_every_sample", lambda on: every_sample)
+    monkeypatch.setattr(view_ops, "runs_whole_batch", lambda images: every_sample)
     torch.manual_seed(1)
     images = torch.rand(6, *shape)
     for op in _ops(len(shape) - 1, prob=0.5):

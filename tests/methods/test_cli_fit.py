@@ -108,9 +108,9 @@ def test_every_config_fits_briefly_and_monitors(config, split_cache, volume_cach
 
 
 def configured_views_on(config: Path) -> str:
-    """Where the config makes its training views (``views_on`` in its data block; ``cpu`` when unset)."""
+    """Where the config makes its training views (``views_on`` in its data block; ``auto`` when unset)."""
     data = yaml.safe_load(config.read_text())["data"]["init_args"]
-    return str(data.get("views_on", "cpu"))
+    return str(data.get("views_on", "auto"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -118,7 +118,7 @@ def test_every_config_also_fits_with_views_made_the_other_way(config, split_cach
     """The test above runs each config as written; here the same config with ``views_on`` switched (CPU
     views ↔ device views), one training step, so both ways are known to run for every config."""
     monkeypatch.chdir(tmp_path)
-    other = {"cpu": "device", "device": "cpu"}[configured_views_on(config)]
+    other = {"auto": "device", "cpu": "device", "device": "cpu"}[configured_views_on(config)]  # auto: CPU here
     cache = volume_cache if is_volume_config(config) else split_cache
     args = tiny(config, cache, tmp_path, "--data.init_args.views_on", other, "--trainer.limit_val_batches", "0")
     args[args.index("--trainer.limit_train_batches") + 1] = "1"

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from medssl.data.transforms import seed_worker
 from medssl.data.view_ops import DeviceViews, DrawViewsd, apply_device_views
 
-VIEWS_ON = ("cpu", "device")  #: where training views can be made
+VIEWS_ON = ("auto", "cpu", "device")  #: where training views can be made
 
 DatasetT = TypeVar("DatasetT", bound=Dataset)
 
@@ -42,7 +42,9 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
     ``"device"``: the workers only draw each sample's view parameters (from the same (seed, epoch,
     index) keys, so the views are the same as on the CPU, to float rounding); the loader sends the
     pixels as stored (uint8 tiles) in pinned memory, and :meth:`on_after_batch_transfer` makes the views
-    of the whole batch on the training device (:mod:`medssl.data.view_ops`).
+    of the whole batch on the training device (:mod:`medssl.data.view_ops`). ``"auto"`` (the default):
+    device views when the Trainer trains on an accelerator, CPU views on a CPU (where batching gains
+    nothing: README "Feeding a GPU").
 
     ``uses_medssl_sampler``: training loaders carry their own DDP-aware sampler, so Lightning must not
     wrap it in a ``DistributedSampler``; ``medssl fit`` sets ``trainer.use_distributed_sampler=False``
@@ -60,7 +62,7 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
         train_split: str | None,
         val_split: str | None,
         test_split: str | None,
-        views_on: str = "cpu",
+        views_on: str = "auto",
     ):
         super().__init__()
         if views_on not in VIEWS_ON:
@@ -95,10 +97,18 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
             )
         return dataset
 
+    def makes_device_views(self) -> bool:
+        """Whether training views are made on the device: ``views_on="device"``, or ``"auto"`` under a
+        Trainer whose root device is an accelerator."""
+        if self.views_on != "auto":
+            return self.views_on == "device"
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.strategy.root_device.type != "cpu"
+
     def training_views(self, views: Any) -> Any:
         """The training dataset's transform for the multi-view transform ``views``: itself for CPU views;
         for device views the parameter drawing half (the other half runs in :meth:`on_after_batch_transfer`)."""
-        if self.views_on == "cpu" or views is None:
+        if not self.makes_device_views() or views is None:
             self.device_views = None
             return views
         if not isinstance(views, DeviceViews):
@@ -131,7 +141,7 @@ class CacheDataModule(pl.LightningDataModule, Generic[DatasetT]):
     def _loader(self, dataset: Dataset, train: bool, **kwargs) -> DataLoader:
         options = dict(
             num_workers=self.num_workers,
-            pin_memory=self.views_on == "device" and torch.cuda.is_available(),
+            pin_memory=self.makes_device_views() and torch.cuda.is_available(),
             worker_init_fn=seed_worker,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),

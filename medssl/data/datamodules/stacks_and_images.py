@@ -41,6 +41,8 @@ class StacksAndImagesDataModule(pl.LightningDataModule):
         return self.volumes.cache
 
     def setup(self, stage: str) -> None:
+        for part in (self.volumes, self.images):  # the parts' views_on="auto" reads the Trainer
+            part.trainer = self.trainer
         self.volumes.setup(stage)
         self.images.setup(stage)
 

@@ -20,7 +20,7 @@ class TileDataModule(CacheDataModule[TileDataset]):
     ``None`` (raw uint8 batches read whole, the fast path, e.g. for on-device augmentation).
     ``grey_prob`` / ``solarize_prob``: how often a view is turned grey / solarised (off by default).
     Validation and test sets are raw tiles in storage order (for kNN and linear-probe monitors).
-    ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`).
+    ``views_on``: ``"auto"``, ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`).
     """
 
     def __init__(
@@ -36,7 +36,7 @@ class TileDataModule(CacheDataModule[TileDataset]):
         train_split: str | None = "train",
         val_split: str | None = "val",
         test_split: str | None = "test",
-        views_on: str = "cpu",
+        views_on: str = "auto",
         grey_prob: float = 0.0,
         solarize_prob: float = 0.0,
     ):

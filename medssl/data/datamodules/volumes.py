@@ -39,7 +39,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
     ``embeddings`` (a ``medssl embed --dense`` folder holding every volume); see
     :mod:`medssl.data.correspondence`); evaluation serves whole volumes as centre-cropped stacks.
 
-    ``views_on``: ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`);
+    ``views_on``: ``"auto"``, ``"cpu"`` or ``"device"`` (see :class:`~medssl.data.datamodules.base.CacheDataModule`);
     slices and patches with views, geometric or not, run either way. Slices of different sizes travel
     to the device zero-padded at the end to the largest of their batch (geometric views crop from the
     slice itself; other views pad or crop it to ``spatial_size`` first). Stacks and pairs too: the loader
@@ -66,7 +66,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         train_split: str | None = "train",
         val_split: str | None = "val",
         test_split: str | None = "test",
-        views_on: str = "cpu",
+        views_on: str = "auto",
     ):
         super().__init__(cache, batch_size, num_workers, seed, train_split, val_split, test_split, views_on)
         if mode not in ("slices", "patches", "stacks", "pairs"):
@@ -142,7 +142,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         half the bytes (the views are made in float32 on the device); None (float32) otherwise."""
         from medssl.cache import VolumeCache
 
-        if self.views_on != "device":
+        if not self.makes_device_views():
             return None
         cache = VolumeCache(self.cache)
         stored = {np.dtype(cache.image(v).dtype) for v in cache.ids}
@@ -166,7 +166,7 @@ class VolumeDataModule(CacheDataModule[VolumeDataset]):
         dataset = self._stage_dataset("train")
         sampler = BlockShuffleSampler(dataset.blocks(), seed=self.seed, with_epoch=True)
         padded = {}
-        if self.geometric and self.views_on == "device":
+        if self.geometric and self.makes_device_views():
             padded["collate_fn"] = functools.partial(collate_padded, dtype=self._transport_dtype())
         return self._loader(dataset, train=True, sampler=sampler, **padded)
 
