@@ -30,3 +30,13 @@ def assert_same_views(cpu: dict, device: dict, key: str = "views", atol: float =
     for a, b in zip(cpu[key], device[key], strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         torch.testing.assert_close(b, a, atol=atol, rtol=0)
+
+
+def first_training_batch(datamodule, epoch: int = 0) -> tuple[dict, dict]:
+    """(what a DataModule's training loader sends first in ``epoch``, that batch after the DataModule's
+    ``on_after_batch_transfer``, i.e. with its views)."""
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    sent = next(iter(loader))
+    return sent, datamodule.on_after_batch_transfer(sent, 0)

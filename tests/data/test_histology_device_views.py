@@ -28,7 +28,7 @@ from medssl.data.transforms import (
 )
 from medssl.data.view_ops import Compose, DrawViewsd, apply_device_views
 from medssl.geometry import fields
-from tests.views import assert_same_views, both_ways
+from tests.views import assert_same_views, both_ways, first_training_batch
 
 STEPS = {
     "colour": ColorJitterd(brightness=0.6, contrast=0.6, saturation=0.6, hue=0.2, prob=0.6),
@@ -201,8 +201,6 @@ def test_tile_datamodule_views_made_on_the_device_equal_views_made_by_the_loader
             solarize_prob=0.5,
             views_on=views_on,
         )
-        module.setup("fit")
-        batch = next(iter(module.train_dataloader()))
-        batches[views_on] = module.on_after_batch_transfer(batch, 0)
+        batches[views_on] = first_training_batch(module)[1]
     assert "view_params" not in batches["device"] and "image" not in batches["device"]
     assert_same_views(batches["cpu"], batches["device"])

@@ -19,7 +19,7 @@ from medssl.data.radiology_ops import (
 )
 from medssl.data.transforms import radiology_views
 from medssl.data.view_ops import ViewOp
-from tests.views import assert_same_views, both_ways
+from tests.views import assert_same_views, both_ways, first_training_batch
 
 SHAPES = [(1, 20, 17), (1, 8, 12, 12)]  # a 2D slice and a 3D patch, [C, *spatial]
 
@@ -318,10 +318,9 @@ def test_volume_datamodule_device_views_equal_cpu_views(volume_cache, mode, spat
             num_workers=0,
             views_on=views_on,
         )
-        dm.setup("fit")
-        batch = next(iter(dm.train_dataloader()))
+        batch, views = first_training_batch(dm)
         sent.append(batch.get("image", torch.empty(0)).dtype)
-        return dm.on_after_batch_transfer(batch, 0)
+        return views
 
     sent: list[torch.dtype] = []
     cpu, device = first_batch("cpu"), first_batch("device")

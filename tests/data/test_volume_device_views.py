@@ -28,7 +28,7 @@ from medssl.data.volume_views import (
     view_transform,
 )
 from medssl.data.volumes import VolumePairDataset
-from tests.views import assert_same_views, both_ways
+from tests.views import assert_same_views, both_ways, first_training_batch
 
 WINDOW = (4, 12, 12)
 
@@ -295,14 +295,11 @@ def test_a_device_views_training_batch_equals_the_cpu_batch(volume_cache, mode):
             num_workers=0,
             views_on=views_on,
         )
-        module.setup("fit")
-        loader = module.train_dataloader()
-        assert isinstance(loader.sampler, BlockShuffleSampler)
-        loader.sampler.set_epoch(1)
-        sent = next(iter(loader))
+        sent, views = first_training_batch(module, epoch=1)
+        assert isinstance(module.train_dataloader().sampler, BlockShuffleSampler)
         if mode == "stacks" and views_on == "device":  # the float16 cache's windows travel as float16
             assert sent["image"].dtype == torch.float16 and "views" not in sent
-        return module.on_after_batch_transfer(sent, 0)
+        return views
 
     cpu, device = batch("cpu"), batch("device")
     assert set(cpu) == set(device) and "view_params" not in device
