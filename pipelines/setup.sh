@@ -4,6 +4,7 @@
 #   MEDSSL_VENV   where the venv lives           (default: <repo>/.venv)
 #   PYTHON        interpreter that makes it      (default: python3)
 #   MEDSSL_TORCH  pip requirement for torch      (default: torch==2.13.0; any CUDA/CPU build works)
+#   MEDSSL_TORCH_INDEX  a PyTorch wheel index for it (e.g. a CUDA one; default: pip's own index)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${MEDSSL_VENV:-$repo/.venv}
@@ -17,7 +18,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "medssl: installing into $venv (first run takes a minute or two)" >&2
   "$py" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" >&2 || true
   if ! "$py" -c "import torch" 2>/dev/null; then
-    "$py" -m pip install -q "${MEDSSL_TORCH:-torch==2.13.0}" 2>&1 | grep -v "is ignored" >&2 || true
+    index=()
+    if [ -n "${MEDSSL_TORCH_INDEX:-}" ]; then index=(--index-url "$MEDSSL_TORCH_INDEX"); fi
+    "$py" -m pip install -q "${index[@]}" "${MEDSSL_TORCH:-torch==2.13.0}" 2>&1 | grep -v "is ignored" >&2 || true
   fi
   "$py" -m pip install -q -e "$repo[test]" 2>&1 | grep -v "is ignored" >&2 || true
   "$py" -c "import medssl, openslide, zarr" || { echo "medssl: installation failed" >&2; exit 1; }

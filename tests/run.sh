@@ -6,11 +6,12 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$repo/pipelines/setup.sh")
 cd "$repo"
 if [ "${MEDSSL_CHECKS:-1}" != "0" ]; then
-  echo "checks: layer contracts (lint-imports), ruff, pyright" >&2
+  echo "checks: layer contracts (lint-imports), ruff, pyright, hadolint" >&2
   "$venv/bin/lint-imports" --no-cache
   "$venv/bin/ruff" check medssl tests pipelines benchmarks
   "$venv/bin/ruff" format --check medssl tests pipelines benchmarks
   "$venv/bin/pyright" --pythonpath "$venv/bin/python"
+  "$venv/bin/hadolint" Dockerfile
 fi
 set +e
 "$venv/bin/python" -m pytest "$@"
