@@ -113,15 +113,21 @@ def render_views(images: torch.Tensor, geometry: torch.Tensor, size: int | Seque
     return render_views_by_matrices(images, geometry, sizes)
 
 
+def rot90_flips(turns: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``[B, ndim]``: the flips that, followed by a transpose of the last two axes for odd ``turns``, make
+    ``rot90(·, turns, dims=(-2, -1))``: ``rot90`` by ``k`` flips x (``k = 1``), both (``k = 2``) or y (``k = 3``)."""
+    k = turns.long() % 4
+    last_two = torch.stack([k >= 2, (k == 1) | (k == 2)], 1)
+    return torch.cat([torch.zeros(len(k), ndim - 2, dtype=torch.bool, device=k.device), last_two], 1)
+
+
 def render_views_by_matrices(images: torch.Tensor, geometry: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     """:func:`render_views`' accelerator route on float ``images`` (any device): per axis, the batch times
     each sample's resampling matrix, flips folded into the matrices, then a transpose for odd turns."""
     ndim = images.ndim - 2
     f = fields(geometry.to(images.device, torch.float32))
     rot = f.rot[:, 0].round().long() % 4
-    # rot90(A, k) = A flipped along x (k = 1), both axes (k = 2) or y (k = 3), then transposed for odd k
-    none = torch.zeros_like(rot, dtype=torch.bool)
-    extra = [none] * (ndim - 2) + [(rot == 2) | (rot == 3), (rot == 1) | (rot == 2)]
+    extra = rot90_flips(rot, ndim).unbind(1)
     out = images
     for axis in range(ndim):
         extent = images.shape[2 + axis]

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from medssl.cache import DenseMap, EmbeddingCache
+from medssl.data.batched_ops import rot90_flips
 from medssl.data.view_ops import VIEW_PARAMS, DeviceViews, where_on
 from medssl.data.volume_views import flip_batch
 from medssl.errors import CacheError
@@ -167,7 +168,7 @@ def flip_rotate_batch(views: torch.Tensor, flips: torch.Tensor, rot: torch.Tenso
     at once: ``rot90`` by ``k`` is a flip of W (``k = 1``), of both (``k = 2``) or of H (``k = 3``), then a
     transpose of ``H × W`` for odd ``k``; flips commute, so each axis is flipped once."""
     turns = rot.to(views.device).long() % 4
-    extra = torch.stack([torch.zeros_like(turns, dtype=torch.bool), turns >= 2, (turns == 1) | (turns == 2)], 1)
+    extra = rot90_flips(turns, 3)
     views = flip_batch(views, flips.to(views.device).bool() ^ extra, (0, 1, 2))
     if views.shape[-1] == views.shape[-2]:  # odd turns need a square H × W (the samplers draw none otherwise)
         views = where_on(turns % 2 == 1, views.transpose(-2, -1), views)
