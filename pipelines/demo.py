@@ -2,13 +2,15 @@
 volume (shipped with nibabel) and a CT phantom, pretrain SimCLR briefly on the tiles (``medssl fit``),
 compare it with random initialisation (RankMe, kNN), write tile embeddings (``medssl embed``), then
 train ABMIL and INS on them from slide labels (lesion / clean) and score held-out slides: bag AUROC,
-instance AUROC against the lesion masks, and heatmaps (``medssl heatmap``); finally fine-tune the
+instance AUROC against the lesion masks, and heatmaps (``medssl heatmap``); then fine-tune the
 pretrained encoder to classify tiles as lesion or normal (tile labels from the masks) beside a random
-initialisation of the same network, and test both on the held-out slides; last, pretrain the joint 2D/3D
-method briefly on the two cached volumes and write their volume embeddings (``medssl embed``), and
-pretrain Alice briefly on them and export its SwinUNETR (``medssl export``); and pretrain MADELEINE briefly
-on a small multistain cohort (H&E and IHC slides of the same cases) and print a few-shot table of its H&E
-slide embeddings beside mean pooling and ABMIL.
+initialisation of the same network, from half and from all of the training slides, and test them on the
+held-out slides; then pretrain the joint 2D/3D method briefly on the three cached volumes and write their
+volume embeddings (``medssl embed``), and pretrain Alice briefly on them and export its SwinUNETR
+(``medssl export``), which is fine-tuned to segment the lungs of one CT phantom, tested on the other and
+written over the original scans (``medssl segment``); last, pretrain MADELEINE briefly on a small
+multistain cohort (H&E and IHC slides of the same cases) and print a few-shot table of its H&E slide
+embeddings beside mean pooling and ABMIL.
 
 Run through ``bash pipelines/demo.sh`` (which installs first) or, in an installed environment,
 ``python pipelines/demo.py --out demo-output``. Re-running resumes: finished slides are skipped.
@@ -29,10 +31,19 @@ from medssl.synthetic.volumes import ct_phantom, grid_affine, nibabel_data, writ
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "simclr_tiles.yaml"
 
 
-STEPS = 10
+STEPS = 11
 FINETUNE = CONFIG.parents[1] / "finetune" / "classification" / "tiles.yaml"
+SEGMENTATION = CONFIG.parents[1] / "finetune" / "segmentation_3d" / "swin_unetr_patches.yaml"
 JOINT = CONFIG.parent / "joint_2d3d.yaml"
 ALICE = CONFIG.parent / "alice.yaml"
+# Label fractions count training slides, at least one per class: the demo's 4 training slides (2 per class)
+# give 2 or 4 (the tiny 4-slide cohort's 2 give 2 at both). Every run takes the same steps of FINETUNE_BATCH
+# tiles, small enough that the four runs cost what two runs of 32 tiles did.
+FRACTIONS = (0.5, 1.0)
+FINETUNE_BATCH = 16
+# The lung cache's spacing (x, y, z mm), coarser than the pretraining cache's: a 32×64×64 patch then holds a
+# whole cross-section of the body, which makes each step cheap and informative.
+LUNG_SPACING = ("3", "3", "4.8")
 
 
 def run(
@@ -50,9 +61,11 @@ def run(
     status = medssl_main(
         ["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "0.5", "--tile-size", "224", "--workers", "2"]
     )
-    print(f"[3/{STEPS}] medssl cache-volumes: nibabel's anatomical.nii (MRI) and a CT phantom")
+    print(f"[3/{STEPS}] medssl cache-volumes: nibabel's anatomical.nii (MRI) and two CT phantoms; the phantoms at 3 mm")
     manifest = write_volume_inputs(out / "volumes")
     status |= medssl_main(["cache-volumes", str(manifest), "--out", str(out / "volume-cache")])
+    lungs = write_lung_inputs(out / "volumes")  # segmentation needs every volume labelled, and a split
+    status |= medssl_main(["cache-volumes", str(lungs), "--out", str(out / "lung-cache"), "--spacing", *LUNG_SPACING])
     config = CONFIG.relative_to(CONFIG.parents[2])
     print(f"[4/{STEPS}] medssl fit --config {config} (SimCLR, {epochs} short epochs on CPU)")
     checkpoint = pretrain(out, epochs)
@@ -76,11 +89,16 @@ def run(
     status |= slide_models(out, checkpoint, mil_epochs)
     print(f"[7/{STEPS}] medssl fit --config configs/finetune/classification/tiles.yaml (lesion vs normal tiles)")
     finetune(out, checkpoint, finetune_steps)
-    print(f"[8/{STEPS}] medssl fit --config configs/pretrain/joint_2d3d.yaml (joint 2D/3D on the 2 volumes)")
+    print(f"[8/{STEPS}] medssl fit --config configs/pretrain/joint_2d3d.yaml (joint 2D/3D on the 3 volumes)")
     status |= joint_2d3d(out, joint_epochs)
-    print(f"[9/{STEPS}] medssl fit --config configs/pretrain/alice.yaml (Alice on the 2 volumes) and medssl export")
+    print(f"[9/{STEPS}] medssl fit --config configs/pretrain/alice.yaml (Alice on the 3 volumes) and medssl export")
     status |= alice(out, alice_epochs)
-    print(f"[10/{STEPS}] MADELEINE: multistain slides → medssl tile, embed, fit, embed-slides → few-shot table")
+    print(
+        f"[10/{STEPS}] medssl fit --config configs/finetune/segmentation_3d/swin_unetr_patches.yaml (lungs, from "
+        "Alice's SwinUNETR) and medssl segment"
+    )
+    status |= segment_lungs(out, max(1, finetune_steps // 2))
+    print(f"[11/{STEPS}] MADELEINE: multistain slides → medssl tile, embed, fit, embed-slides → few-shot table")
     multistain(out / "multistain", madeleine_epochs)
     print(f"\nQC pictures: {out / 'cache' / 'qc'} (tiles over thumbnails), {out / 'volume-cache' / 'qc'} (volumes)")
     print(f"Inspect the caches: medssl info {out / 'cache'}; medssl info {out / 'volume-cache'}")
@@ -208,43 +226,68 @@ def slide_models(out: Path, checkpoint: Path, epochs: int) -> int:
 
 def finetune(out: Path, checkpoint: Path, steps: int) -> None:
     """Tile classification, lesion vs normal (tile labels from the lesion masks), fine-tuned from the SimCLR
-    encoder and from a random initialisation of it, with the same steps; test metrics on the test slides."""
-    from label_efficiency import fit_and_test
+    encoder and from a random initialisation of it at each of ``FRACTIONS`` of the training slides, with
+    the same steps (``pipelines/label_efficiency.py``'s grid at one seed); test metrics on the test slides,
+    in ``runs/finetune/results.csv`` and ``summary.csv`` (label_efficiency's tables)."""
+    from label_efficiency import run_grid, write_tables
 
     from medssl.data.truth import write_tile_labels
 
     labels = write_tile_labels(
         out / "cache", out / "slides" / "masks", out / "tile_labels.csv", negative_slide_label="clean"
     )
-    rows = {
-        init: fit_and_test(
-            FINETUNE,
-            out / "cache",
-            checkpoint,
-            init,
-            steps,
-            out / "runs" / "finetune" / init,
-            extra=["--data.init_args.labels_csv", str(labels)],
-        )
-        for init in ("pretrained", "random")
-    }
-    print(f"\n{'test tiles, lesion vs normal':<30}{'AUROC':>8}{'balanced accuracy':>20}{'F1':>8}")
+    data = {"cache": out / "cache", "labels_csv": labels}
+    root = out / "runs" / "finetune"
+    rows = run_grid("tiles", data, checkpoint, root, FRACTIONS, [0], steps, FINETUNE_BATCH, verbose=False)
+    write_tables(root, rows)
+    value = {(r["init"], r["fraction"], r["metric"]): r["value"] for r in rows}
+    print(f"\n{'test tiles, lesion vs normal':<30}{'labels':>8}{'AUROC':>8}{'balanced accuracy':>20}{'F1':>8}")
     for init, name in (("random", "random init"), ("pretrained", "SimCLR pretrained")):
-        metrics = rows[init]
-        print(
-            f"{name:<30}{metrics['test/auroc']:>8.3f}{metrics['test/balanced_accuracy']:>20.3f}"
-            f"{metrics['test/f1']:>8.3f}"
-        )
+        for fraction in FRACTIONS:
+            metrics = [value[init, fraction, f"test/{m}"] for m in ("auroc", "balanced_accuracy", "f1")]
+            print(f"{name:<30}{fraction:>8.0%}{metrics[0]:>8.3f}{metrics[1]:>20.3f}{metrics[2]:>8.3f}")
     print(
-        f"(full fine-tuning, {steps} steps of 32 tiles from the 4 training slides; pipelines/label_efficiency.py\n"
-        " compares the two over label fractions and seeds)\n"
+        f"(full fine-tuning, {steps} steps of {FINETUNE_BATCH} tiles from a share of the training slides "
+        "(labels), at least one\n per class; pipelines/label_efficiency.py compares the two over label fractions "
+        "and seeds)\n"
     )
+
+
+def segment_lungs(out: Path, steps: int) -> int:
+    """3D segmentation of the lungs from Alice's SwinUNETR (``alice-encoder.pt``, every weight used), fine-
+    tuned for ``steps`` steps on 32×64×64 patches of ``ct-phantom`` and tested on ``ct-phantom-2`` (the
+    lung cache's splits), then ``medssl segment`` of both onto their original scans (``segmentation/``)."""
+    import csv
+
+    from label_efficiency import fit_and_test
+
+    root = out / "runs" / "segmentation-3d"
+    settings = ["--model.init_args.num_classes", "2", "--model.init_args.class_names", "[background, lungs]"]
+    settings += ["--model.init_args.lr", "3e-3", "--data.init_args.spatial_size", "[32, 64, 64]"]
+    encoder, checkpoint = out / "alice-encoder.pt", root / "final.ckpt"  # medssl segment reads the checkpoint
+    cache = out / "lung-cache"
+    fit_and_test(
+        SEGMENTATION, cache, encoder, "pretrained", steps, root, extra=settings, batch_size=1, checkpoint=checkpoint
+    )
+    predictions = out / "segmentation"
+    status = medssl_main(
+        ["segment", str(checkpoint), "--cache", str(cache), "--out", str(predictions), "--quiet", "--overwrite"]
+    )  # --overwrite: a re-run's checkpoint may be new
+    print(f"\n{'lungs, case':<22}{'split':>8}{'Dice':>8}{'IoU':>8}{'HD95 (mm)':>11}")
+    for row in csv.DictReader((predictions / "metrics.csv").open()):
+        dice, iou, hd95 = (float(row[k]) if row[k] else float("nan") for k in ("dice", "iou", "hd95"))
+        print(f"{row['volume_id']:<22}{row['split']:>8}{dice:>8.3f}{iou:>8.3f}{hd95:>11.1f}")
+    print(
+        f"(Alice's SwinUNETR fine-tuned for {steps} steps of one 32×64×64 patch of one phantom, tested on the\n"
+        f" other; phantom lungs are an easy target. Predictions over the original scans: {predictions})\n"
+    )
+    return status
 
 
 def joint_2d3d(out: Path, epochs: int) -> int:
     """The joint 2D/3D method at demo size (stacks of 16 slices of 64², a narrow ResNet-18 f_intra, a
-    2-layer f_inter, DeepCluster with 2 clusters per head for 2 volumes), then ``medssl embed`` of the
-    volume encoder: one token per axial slice and the volume embedding Z per volume."""
+    2-layer f_inter, DeepCluster with 2 clusters per head; batches of 2 of the 3 volumes), then ``medssl
+    embed`` of the volume encoder: one token per axial slice and the volume embedding Z per volume."""
     import zarr
 
     from medssl.cli import run_lightning
@@ -309,7 +352,7 @@ def joint_2d3d(out: Path, epochs: int) -> int:
         tokens, z = group[volume_id]["features"], group[volume_id]["volume"]
         print(f"{volume_id:<22}slice tokens {tuple(tokens.shape)}, volume embedding Z {tuple(z.shape)}")
     print(
-        f"(the demo's two volumes only show the path: {epochs} steps of L_intra + L_inter + L_mask, then the\n"
+        f"(the demo's three volumes only show the path: {epochs} steps of L_intra + L_inter + L_mask, then the\n"
         " volume encoder over whole volumes; pipelines/joint_2d3d_experiment.py measures what it learns)\n"
     )
     return status
@@ -381,22 +424,45 @@ def multistain(out: Path, epochs: int) -> None:
     )
 
 
+# The CT phantoms: the same 240 × 240 × 192 mm body at two resolutions, each with its lung label.
+CT_PHANTOMS = {
+    "ct-phantom": ((160, 160, 48), 0, (1.5, 1.5, 4.0)),
+    "ct-phantom-2": ((128, 128, 40), 1, (1.875, 1.875, 4.8)),
+}
+
+
 def write_volume_inputs(folder: Path) -> Path:
-    """A CSV listing a real MRI shipped with nibabel and a generated CT phantom with its lung label."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ct = folder / "ct-phantom.nii.gz"
-    if not ct.exists():
-        volume = ct_phantom((160, 160, 48))
-        write_nifti(ct, volume, grid_affine((1.5, 1.5, 4.0)))
-        lungs = ((volume < -600) & (volume > -950)).astype(np.uint8)
-        write_nifti(folder / "ct-phantom-lungs.nii.gz", lungs, grid_affine((1.5, 1.5, 4.0)))
+    """A CSV listing a real MRI shipped with nibabel and two generated CT phantoms with their lung labels."""
+    rows = ["volume_id,image,label,modality", f"mri-anatomical,{nibabel_data('anatomical.nii')},,MR"]
+    rows += [f"{name},{image.name},{label.name},CT" for name, (image, label) in write_ct_phantoms(folder).items()]
     manifest = folder / "volumes.csv"
-    manifest.write_text(
-        "volume_id,image,label,modality\n"
-        f"mri-anatomical,{nibabel_data('anatomical.nii')},,MR\n"
-        "ct-phantom,ct-phantom.nii.gz,ct-phantom-lungs.nii.gz,CT\n"
-    )
+    manifest.write_text("\n".join(rows) + "\n")
     return manifest
+
+
+def write_lung_inputs(folder: Path) -> Path:
+    """A CSV of the two CT phantoms alone (segmentation needs a label map for every volume of its cache),
+    with a split: train on ``ct-phantom``, test on ``ct-phantom-2``."""
+    rows = ["volume_id,image,label,modality,split"]
+    for (name, (image, label)), split in zip(write_ct_phantoms(folder).items(), ("train", "test")):
+        rows.append(f"{name},{image.name},{label.name},CT,{split}")
+    manifest = folder / "lungs.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def write_ct_phantoms(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """``CT_PHANTOMS`` as NIfTI in ``folder`` (kept when there), each with its lung label (-950 to -600 HU)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, (shape, seed, spacing) in CT_PHANTOMS.items():
+        image, label = folder / f"{name}.nii.gz", folder / f"{name}-lungs.nii.gz"
+        if not (image.exists() and label.exists()):
+            volume = ct_phantom(shape, seed=seed)
+            write_nifti(label, ((volume < -600) & (volume > -950)).astype(np.uint8), grid_affine(spacing))
+            write_nifti(image, volume, grid_affine(spacing))
+        paths[name] = (image, label)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slides", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs (each a few steps)")
     parser.add_argument("--mil-epochs", type=int, default=20, help="ABMIL and INS epochs")
-    parser.add_argument("--finetune-steps", type=int, default=40, help="tile classification fine-tuning steps")
+    parser.add_argument(
+        "--finetune-steps", type=int, default=40, help="tile classification fine-tuning steps (lung segmentation: half)"
+    )
     parser.add_argument("--joint-epochs", type=int, default=15, help="joint 2D/3D epochs (one step each)")
     parser.add_argument("--alice-epochs", type=int, default=8, help="Alice epochs (one step each)")
     parser.add_argument("--madeleine-epochs", type=int, default=10, help="MADELEINE epochs (one step each)")

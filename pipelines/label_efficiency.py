@@ -38,7 +38,7 @@ TASKS = {
     "tiles": {
         "pretrain": CONFIGS / "pretrain" / "simclr_tiles.yaml",
         "finetune": CONFIGS / "finetune" / "classification" / "tiles.yaml",
-        "metrics": ["test/auroc", "test/balanced_accuracy"],
+        "metrics": ["test/auroc", "test/balanced_accuracy", "test/f1"],
         "title": "tile classification (lesion vs normal)",
     },
     "slices": {
@@ -156,12 +156,14 @@ def fit_and_test(
     fraction: float = 1.0,
     extra: Sequence[str] = (),
     batch_size: int = 32,
+    checkpoint: Path | None = None,
 ) -> dict[str, float]:
     """``medssl fit`` of a fine-tuning config for ``steps`` optimiser steps from ``encoder`` (``init``:
     ``pretrained``, or ``random``: its architecture re-initialised), then the test split's metrics of
-    the final weights. Cached in ``out/result.json``: a re-run returns them without training."""
+    the final weights, which are also saved to ``checkpoint`` when given (for ``medssl segment`` or
+    ``medssl heatmap``). Cached in ``out/result.json``: a re-run returns them without training."""
     result = out / "result.json"
-    if result.exists():
+    if result.exists() and (checkpoint is None or checkpoint.exists()):
         return json.loads(result.read_text())["metrics"]
     cli = lightning(
         [
@@ -206,13 +208,53 @@ def fit_and_test(
             *extra,
         ]
     )
+    if checkpoint is not None:
+        cli.trainer.save_checkpoint(checkpoint)
     metrics = {k: float(v) for k, v in cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0].items()}
     out.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps({"metrics": metrics}))
     return metrics
 
 
+def run_grid(
+    task: str,
+    data: dict,
+    encoder: Path,
+    root: Path,
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    steps: int,
+    batch: int,
+    verbose: bool = True,
+) -> list[dict]:
+    """Every (fraction, seed, init) run of one task, each in ``root/fraction-<f>/seed-<s>/<init>``; one row
+    per run and metric: ``{task, metric, init, fraction, seed, value}`` (what :func:`summarise` takes)."""
+    rows = []
+    for fraction in fractions:
+        for seed in seeds:
+            for init in ("pretrained", "random"):
+                run = root / f"fraction-{fraction:g}" / f"seed-{seed}" / init
+                metrics = finetune(task, data, encoder, init, fraction, seed, steps, batch, run)
+                rows += [
+                    {"task": task, "metric": m, "init": init, "fraction": fraction, "seed": seed, "value": v}
+                    for m, v in metrics.items()
+                ]
+                if verbose:
+                    shown = ", ".join(f"{m} {v:.3f}" for m, v in metrics.items())
+                    print(f"[{task}] {init:<10} fraction {fraction:<5g} seed {seed}: {shown}", flush=True)
+    return rows
+
+
 # -- tables and plots -----------------------------------------------------------------------------------
+def write_tables(folder: Path, rows: list[dict]) -> list[dict]:
+    """``folder/results.csv`` (the rows: one per run and metric) and ``folder/summary.csv`` (their
+    :func:`summarise`), atomically; returns the summary."""
+    summary = summarise(rows)
+    write_csv_atomic(folder / "results.csv", list(rows[0]), [list(r.values()) for r in rows])
+    write_csv_atomic(folder / "summary.csv", list(summary[0]), [list(r.values()) for r in summary])
+    return summary
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean ± sample std over seeds for each (task, metric, init, fraction)."""
     groups: dict[tuple, list[float]] = {}
@@ -284,23 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         data = tile_data(root / "data", args.slides) if task == "tiles" else slice_data(root / "data", args.cases)
         print(f"[{task}] pretraining SimCLR ({args.pretrain_epochs} epochs)", flush=True)
         encoder = pretrain(task, data, root / "pretrain", args.pretrain_epochs)
-        for fraction in args.fractions:
-            for seed in args.seeds:
-                for init in ("pretrained", "random"):
-                    run = root / f"fraction-{fraction:g}" / f"seed-{seed}" / init
-                    metrics = finetune(task, data, encoder, init, fraction, seed, args.steps, args.batch_size, run)
-                    rows += [
-                        {"task": task, "metric": m, "init": init, "fraction": fraction, "seed": seed, "value": v}
-                        for m, v in metrics.items()
-                    ]
-                    shown = ", ".join(f"{m} {v:.3f}" for m, v in metrics.items())
-                    print(f"[{task}] {init:<10} fraction {fraction:<5g} seed {seed}: {shown}", flush=True)
+        rows += run_grid(task, data, encoder, root, args.fractions, args.seeds, args.steps, args.batch_size)
     summary = summarise(rows)
     for task in args.tasks:  # per task: a task's runs may use their own --steps and --batch-size
-        mine = [r for r in rows if r["task"] == task]
-        write_csv_atomic(args.out / task / "results.csv", list(mine[0]), [list(r.values()) for r in mine])
-        ours = [r for r in summary if r["task"] == task]
-        write_csv_atomic(args.out / task / "summary.csv", list(ours[0]), [list(r.values()) for r in ours])
+        write_tables(args.out / task, [r for r in rows if r["task"] == task])
         plot(args.out / task, task, summary, args.fractions)
     print_table(summary, args.tasks, args.fractions)
     return 0
