@@ -33,6 +33,15 @@ STEPS = 10
 FINETUNE = CONFIG.parents[1] / "finetune" / "classification" / "tiles.yaml"
 JOINT = CONFIG.parent / "joint_2d3d.yaml"
 ALICE = CONFIG.parent / "alice.yaml"
+TINY = {  # --tiny: the whole path in a minute or two; the figures mean nothing at this size
+    "slides": 4,
+    "epochs": 1,
+    "mil_epochs": 2,
+    "finetune_steps": 2,
+    "joint_epochs": 1,
+    "alice_epochs": 1,
+    "madeleine_epochs": 1,
+}
 
 
 def run(
@@ -409,7 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joint-epochs", type=int, default=15, help="joint 2D/3D epochs (one step each)")
     parser.add_argument("--alice-epochs", type=int, default=8, help="Alice epochs (one step each)")
     parser.add_argument("--madeleine-epochs", type=int, default=10, help="MADELEINE epochs (one step each)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="every step at its smallest (about 90 s; what the notebook tests run on)"
+    )
     args = parser.parse_args(argv)
+    if args.tiny:  # new defaults, so flags given explicitly still win
+        parser.set_defaults(**TINY)
+        args = parser.parse_args(argv)
     return run(
         args.out,
         args.slides,
