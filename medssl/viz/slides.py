@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -113,7 +113,7 @@ def _number(text) -> float | None:
         return None
 
 
-def tile_table(cache: SlideCache, slide_ids=None) -> dict[str, np.ndarray]:
+def tile_table(cache: SlideCache, slide_ids: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Every tile of ``slide_ids`` (default all) as columns: ``slide_id``, ``tile`` (index in the
     slide's ``tiles``), ``x``, ``y`` (level-0 top-left), ``col``, ``row`` (grid position) and
     ``tissue``, the tissue fraction of the tile measured on the thumbnail's mask when it was kept (at
