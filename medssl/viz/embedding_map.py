@@ -4,8 +4,9 @@ and how much neighbours in feature space share an attribute. A map coloured by s
 falls apart into clusters (high agreement) while label does not says the encoder sees the batch (stain,
 scanner, site) more than the biology.
 
->>> sample = sample_embeddings("embeddings/", attributes={"slide-1": {"stain": "HE"}}, max_points=2000)  # doctest: +SKIP
->>> points, explained = pca_2d(sample.features)                                                  # doctest: +SKIP
+>>> stains = {"slide-1": {"stain": "HE"}, "slide-2": {"stain": "ER"}}
+>>> sample = sample_embeddings("embeddings/", attributes=stains, max_points=2000)  # doctest: +SKIP
+>>> points, explained = pca_2d(sample.features)                                   # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medssl.eval.logs import RunLogError, log_folders, newest_log_folder, read_run_log
+from medssl.viz.runs import RunLogError, log_folders, newest_log_folder, read_run_log
 
 #: (step, epoch, metrics) of each log call, as Lightning makes them: train losses, then validation
 CALLS = [

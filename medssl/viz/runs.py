@@ -2,7 +2,9 @@
 (``metrics.csv``) or the TensorBoard logger wrote (``events.out.tfevents.*``), from the newest version
 folder under a run folder. ``medssl fit`` writes both (``csv_logs/version_N/`` and
 ``lightning_logs/version_N/`` under ``default_root_dir``); either alone is enough, so curves can be drawn
-from runs made elsewhere too.
+from runs made elsewhere too. The numbers behind training curves (notebooks/03_pretraining.ipynb draws
+them); it lives in viz, not eval, so reading a log imports neither torch nor Lightning (only
+TensorBoard's event reader, when the run has no CSV).
 
 >>> log = read_run_log("demo-output/runs/simclr")          # doctest: +SKIP
 >>> log.folder, log.metrics, log.scalars()["val/rankme"]   # doctest: +SKIP
@@ -150,10 +152,9 @@ def read_tensorboard_log(folder: str | os.PathLike) -> list[dict]:
         events = accumulator.Scalars(tag)
         if tag == "epoch" or (tag == "hp_metric" and all(e.value == -1 for e in events)):
             continue
-        timed += [
-            (e.wall_time, {"metric": tag, "step": int(e.step), "epoch": epoch_at(e.step, e.wall_time), "value": float(e.value)})
-            for e in events
-        ]
+        for e in events:
+            row = {"metric": tag, "step": int(e.step), "epoch": epoch_at(e.step, e.wall_time), "value": float(e.value)}
+            timed.append((e.wall_time, row))
     timed.sort(key=lambda pair: pair[0])  # the order they were logged in
     return _in_step_order(row for _, row in timed)
 
