@@ -69,28 +69,28 @@ def log_folders(run: str | os.PathLike) -> list[tuple[Path, str]]:
     Versions are ordered by their number (``version_10`` after ``version_9``), then by modification time."""
     run = Path(run)
     candidates = [run, *sorted(run.glob("version_*")), *sorted(run.glob("*/version_*"))]
-
-    def order(folder: Path) -> tuple[int, float]:
-        match = _VERSION.match(folder.name)
-        return (int(match.group(1)) if match else -1, folder.stat().st_mtime)
-
     found = [(folder, kind) for folder in candidates if folder.is_dir() for kind in _kind(folder)]
-    return sorted(found, key=lambda item: order(item[0]))
+    return sorted(found, key=lambda item: (_version(item[0]), item[0].stat().st_mtime))
+
+
+def _version(folder: Path) -> int:
+    """N of a ``version_N`` folder; -1 for any other name."""
+    match = _VERSION.match(folder.name)
+    return int(match.group(1)) if match else -1
 
 
 def newest_log_folder(run: str | os.PathLike, source: str = "auto") -> tuple[Path, str]:
     """The newest version folder under ``run`` with logs of ``source`` ("csv", "tensorboard", or "auto":
-    the CSV log when there is one, else TensorBoard's), and its kind."""
+    the newest version of either, its CSV when the CSV logger wrote the same version), and its kind."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     run = Path(run)
     if not run.is_dir():
         raise RunLogError(f"{run}: no such run folder")
-    found = log_folders(run)
-    for kind in ("csv", "tensorboard") if source == "auto" else (source,):
-        of_kind = [folder for folder, k in found if k == kind]
-        if of_kind:
-            return of_kind[-1], kind
+    found = [(folder, kind) for folder, kind in log_folders(run) if source in ("auto", kind)]
+    if found:
+        newest = [item for item in found if _version(item[0]) == _version(found[-1][0])]
+        return next((item for item in reversed(newest) if item[1] == "csv"), newest[-1])
     wanted = {"auto": f"{CSV_FILE} or {EVENTS_GLOB}", "csv": CSV_FILE, "tensorboard": EVENTS_GLOB}[source]
     raise RunLogError(
         f"{run}: no training logs ({wanted}) in it or in its */version_* folders; "

@@ -83,6 +83,18 @@ def test_the_newest_version_is_the_highest_number_not_the_last_in_text_order(tmp
     assert read_run_log(tmp_path / "csv_logs" / "version_2").scalars() == {"train/loss": [(3, 1.0)]}  # a version itself
 
 
+def test_auto_reads_the_newest_version_of_either_logger_and_the_csv_of_a_version_both_wrote(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    write_csv(tmp_path / "csv_logs" / "version_0", ["epoch,step,train/loss", "0,1,0.5"])
+    with SummaryWriter(str(tmp_path / "lightning_logs" / "version_1")) as writer:  # a later run: TensorBoard only
+        writer.add_scalar("train/loss", 0.25, 1)
+    assert newest_log_folder(tmp_path) == (tmp_path / "lightning_logs" / "version_1", "tensorboard")
+    assert newest_log_folder(tmp_path, "csv") == (tmp_path / "csv_logs" / "version_0", "csv")
+    write_csv(tmp_path / "csv_logs" / "version_1", ["epoch,step,train/loss", "0,1,0.25"])
+    assert newest_log_folder(tmp_path) == (tmp_path / "csv_logs" / "version_1", "csv")
+
+
 def test_csv_rows_by_step_then_metric_keep_file_order_of_repeats_and_skip_empty_cells(tmp_path):
     write_csv(tmp_path, ["epoch,step,val/auroc,train/loss", "0,5,0.5,", "0,5,,1.5", "0,5,0.25,", "1,2,,2.5"])
     assert read_run_log(tmp_path).rows == [
