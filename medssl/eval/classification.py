@@ -13,11 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    multiclass_cohen_kappa,
-    multiclass_confusion_matrix,
-)
 
 
 def classification_metrics(
@@ -27,6 +22,9 @@ def classification_metrics(
     ``f1`` (macro), ``accuracy`` and, when ``ordinal`` (the classes are ordered grades), ``kappa``
     (quadratic-weighted Cohen's kappa). ``probabilities`` ``[N, C]``, ``labels`` ``[N]`` class indices.
     A metric that the set cannot define (one class only) is None."""
+    # torchmetrics takes seconds to import: only here, so roc_curve's users (notebooks) do without it
+    from torchmetrics.functional.classification import binary_auroc, multiclass_cohen_kappa, multiclass_confusion_matrix
+
     probabilities, labels = probabilities.float(), labels.long()
     num_classes = len(classes)
     if probabilities.ndim != 2 or probabilities.shape[1] != num_classes or len(labels) != len(probabilities):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_specificity
 
 from medssl.errors import InputError
 from medssl.eval.results import write_csv_atomic, write_json_atomic
@@ -33,6 +32,9 @@ def slide_metrics(evaluated: list[dict]) -> dict[str, float | None]:
     comparable across slides), ``instance_auroc_per_slide`` is the mean AUROC within each positive slide
     that has both kinds of instance (localisation inside a slide, whatever each slide's scale). A metric
     that needs both classes is None without them."""
+    # torchmetrics takes seconds to import: only where a metric is computed, not to read results back
+    from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_specificity
+
     labelled = [r for r in evaluated if r["label"] in (0, 1)]
     metrics: dict[str, float | None] = {
         "bag_auroc": None,
@@ -60,6 +62,8 @@ def slide_metrics(evaluated: list[dict]) -> dict[str, float | None]:
 
 def auroc_of_known(scores: torch.Tensor, truth: torch.Tensor) -> float | None:
     """AUROC over the instances whose truth is known (not NaN); None unless both classes occur."""
+    from torchmetrics.functional.classification import binary_auroc
+
     known = ~torch.isnan(truth)
     if not known.any() or truth[known].unique().numel() != 2:
         return None
@@ -159,8 +163,9 @@ def read_slide_scores(
     """One slide of ``medssl heatmap``'s output ``folder`` as the instance part of a scored-slide record
     (the bag's label and probability are in ``folder/slides.csv``), in the cache's tile order
     (``tile_coords``, e.g. ``SlideCache.coords``): ``{"slide_id", "name" (the score's name), "coords"
-    [M, 2], "scores" float64 [M] (NaN for unscored tiles), "truth" float32 [M] (NaN unknown) or None}``.
-    ``truth`` is that slide's entry of :func:`read_tile_truth`. Numpy, unlike training's records."""
+    [M, 2], "scores" float64 [M] (NaN for unscored tiles), "truth" float32 [M] (NaN unknown)}``.
+    ``truth`` is that slide's entry of :func:`read_tile_truth` (None: all unknown). Numpy, unlike
+    training's records."""
     path = Path(folder) / "scores" / f"{slide_id}.csv"
     scored = read_instance_scores(path)
     tile_coords = np.asarray(tile_coords).reshape(-1, 2)
@@ -168,11 +173,11 @@ def read_slide_scores(
         scores = align_to_tiles(scored["coords"], scored["scores"], tile_coords)
     except ValueError as error:
         raise InputError(f"{path}: {error}; were these scores made from this cache?") from None
-    if truth is not None:
-        if len(truth) > len(tile_coords):
-            last = len(truth) - 1
-            raise InputError(f"tile labels list tile {last} of {slide_id}, which has {len(tile_coords)} tiles")
-        truth = np.concatenate([truth, np.full(len(tile_coords) - len(truth), np.nan, dtype=np.float32)])
+    truth = np.zeros(0, dtype=np.float32) if truth is None else np.asarray(truth, dtype=np.float32)
+    if len(truth) > len(tile_coords):
+        last = len(truth) - 1
+        raise InputError(f"tile labels list tile {last} of {slide_id}, which has {len(tile_coords)} tiles")
+    truth = np.concatenate([truth, np.full(len(tile_coords) - len(truth), np.nan, dtype=np.float32)])
     return {"slide_id": slide_id, "name": scored["name"], "coords": tile_coords, "scores": scores, "truth": truth}
 
 
