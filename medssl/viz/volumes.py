@@ -10,6 +10,7 @@ sagittal ones, the patient's left on the left (neurological), anterior on the ri
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, cast
 
 import numpy as np
 from scipy import ndimage
@@ -157,20 +158,145 @@ def orthogonal_views(
 
 
 def label_centre(label: np.ndarray, value: int | None = None, inside: bool = True) -> tuple[int, int, int]:
-    """A ``(z, y, x)`` voxel to look at a label through (``at`` of :func:`orthogonal_views`): the
-    labelled voxel nearest the label's centre of mass (``value``: that value only; default every nonzero
-    voxel). The centre of mass itself (``inside=False``, rounded) can fall outside the label, between two
-    lungs, where the sagittal plane would miss both."""
+    """A ``(z, y, x)`` voxel to look at a label through (``at`` of :func:`orthogonal_views`): the centre
+    of mass of the label's largest connected part (``value``: of that value only; default every nonzero
+    voxel), moved to the nearest voxel of that part when it falls outside it (a crescent). The centre of
+    mass of the whole label (``inside=False``, rounded) can fall between two lungs, where the sagittal
+    plane would miss both."""
     volume = np.asarray(label)
     if volume.ndim != 3:
         raise ValueError(f"label must be a [Z, Y, X] volume, got shape {volume.shape}")
     mask = volume > 0 if value is None else volume == value
     if not mask.any():
         raise ValueError("the label has no voxel" + ("" if value is None else f" of value {value}"))
+    if inside:
+        parts, count = cast(tuple[np.ndarray, int], ndimage.label(mask))  # SciPy ships no type hints
+        sizes = np.bincount(parts.ravel(), minlength=count + 1)
+        mask = parts == 1 + int(np.argmax(sizes[1:]))
     centre = np.asarray(ndimage.center_of_mass(mask), dtype=np.float64)
-    if not inside:
-        z, y, x = (int(v) for v in np.round(centre))
-        return z, y, x
-    voxels = np.stack(np.nonzero(mask), axis=1)
-    z, y, x = (int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
+    z, y, x = (int(v) for v in np.round(centre))
+    if inside and not mask[z, y, x]:
+        voxels = np.stack(np.nonzero(mask), axis=1)
+        z, y, x = (int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))])
     return z, y, x
+
+
+# -- before / after caching -------------------------------------------------------------------------
+def source_grid(affine: np.ndarray, shape: Sequence[int]) -> dict:
+    """The grid of a volume as read from its file, put in RAS order to compare with the cache's:
+    ``{"orientation": "LAS", "shape": (x, y, z), "spacing": (x, y, z) mm, "extent": (x, y, z) mm}``.
+    ``affine`` maps array indices to RAS world mm (a MONAI MetaTensor's ``.affine``), ``shape`` is the
+    array's last three dimensions."""
+    import nibabel as nib
+
+    matrix = np.asarray(affine, dtype=np.float64)
+    dims = tuple(int(n) for n in tuple(shape)[-3:])
+    if matrix.shape != (4, 4) or len(dims) != 3:
+        raise ValueError(f"expected a 4×4 affine and a 3D shape, got {matrix.shape} and {tuple(shape)}")
+    axes = nib.orientations.io_orientation(matrix)[:, 0].astype(int)  # the RAS axis of each array axis
+    spacing, size = np.empty(3), np.empty(3, dtype=np.int64)
+    spacing[axes] = np.linalg.norm(matrix[:3, :3], axis=0)
+    size[axes] = dims
+    return {
+        "orientation": "".join(nib.orientations.aff2axcodes(matrix)),
+        "shape": tuple(int(n) for n in size),
+        "spacing": tuple(round(float(s), 4) for s in spacing),
+        "extent": tuple(round(float(n * s), 1) for n, s in zip(size, spacing)),
+    }
+
+
+class ReadVolume(Protocol):
+    """A volume as read from its file: its array shape and its index → RAS world mm affine (what
+    ``medssl.preprocess.volumes.load_volume`` returns, a MONAI MetaTensor, has both)."""
+
+    @property
+    def affine(self) -> Any: ...
+
+    @property
+    def shape(self) -> Sequence[int]: ...
+
+
+def spacing_table(items: Mapping[str, Mapping], sources: Mapping[str, ReadVolume]) -> list[dict]:
+    """One row per volume of ``sources``: its grid as read from the file beside its grid in the cache
+    (``items``: :meth:`VolumeCache.items`), all in RAS (x, y, z) order. ``sources`` maps volume ids to
+    the volumes read from their files (:class:`ReadVolume`). The extent shows the foreground crop."""
+    rows = []
+    for volume_id, volume in sources.items():
+        if volume_id not in items:
+            raise KeyError(f"volume {volume_id!r} is not in the cache (it has {sorted(items)})")
+        attrs = items[volume_id]
+        before = source_grid(np.asarray(volume.affine), volume.shape)
+        shape = tuple(int(n) for n in attrs["shape"][::-1])  # stored [Z, Y, X]
+        spacing = tuple(round(float(s), 4) for s in attrs["spacing"])  # stored (x, y, z)
+        rows.append(
+            {
+                "volume": volume_id,
+                "modality": attrs.get("modality", ""),
+                "source orientation": before["orientation"],
+                "source shape (x, y, z)": before["shape"],
+                "source spacing mm": before["spacing"],
+                "source extent mm": before["extent"],
+                "cached shape (x, y, z)": shape,
+                "cached spacing mm": spacing,
+                "cached extent mm": tuple(round(n * s, 1) for n, s in zip(shape, spacing)),
+            }
+        )
+    return rows
+
+
+def apply_normalization(values: np.ndarray, normalization: Mapping) -> np.ndarray:
+    """Source intensities mapped the way a volume's recorded ``normalization`` (its cache attrs) maps
+    them: to mark the same landmarks (clip limits, mean) before and after. ``cohort-zscore`` (CT):
+    clip, then (v − mean) / std; ``window`` (CT): clip, then scale to 0..1; ``zscore-nonzero`` (MR):
+    (v − mean) / std on non-zero voxels, zeros kept."""
+    v = np.asarray(values, dtype=np.float64)
+    kind = normalization.get("kind")
+    if kind == "cohort-zscore":
+        lo, hi = normalization["clip"]
+        return (np.clip(v, lo, hi) - normalization["mean"]) / normalization["std"]
+    if kind == "window":
+        lo, hi = normalization["clip"]
+        return (np.clip(v, lo, hi) - lo) / (hi - lo)
+    if kind == "zscore-nonzero":
+        return np.where(v != 0, (v - normalization["mean"]) / normalization["std"], 0.0)
+    raise ValueError(f"unknown normalization kind {kind!r}; expected cohort-zscore, window or zscore-nonzero")
+
+
+def _landmarks(normalization: Mapping) -> dict[str, float]:
+    """Source intensities worth marking on both histograms, per normalisation kind."""
+    kind = normalization.get("kind")
+    if kind == "cohort-zscore":
+        lo, hi = normalization["clip"]
+        return {"clip low": lo, "cohort mean": normalization["mean"], "clip high": hi}
+    if kind == "window":
+        lo, hi = normalization["clip"]
+        return {"window low": lo, "window high": hi}
+    if kind == "zscore-nonzero":
+        mean, std = normalization["mean"], normalization["std"]
+        return {"mean − 1 SD": mean - std, "mean": mean, "mean + 1 SD": mean + std}
+    apply_normalization(np.zeros(1), normalization)  # the clear error for an unknown kind
+    return {}
+
+
+def _histogram(values: np.ndarray, bins: int) -> dict:
+    finite = np.asarray(values, dtype=np.float32).ravel()
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        raise ValueError("no finite voxel to draw a histogram of")
+    counts, edges = np.histogram(finite, bins=bins)
+    return {"fraction": counts / finite.size, "edges": edges}
+
+
+def intensity_histograms(before: np.ndarray, after: np.ndarray, normalization: Mapping, bins: int = 100) -> dict:
+    """Histograms of a volume's intensities as read from its file (``before``) and as cached (``after``),
+    each as the fraction of voxels per bin (the two volumes differ in voxel count: resampled, cropped),
+    with the normalisation's landmarks at their place on both axes::
+
+        {"before": {"fraction", "edges"}, "after": {...},
+         "marks": [{"name": "clip low", "before": 14.5, "after": -0.44}, ...]}
+    """
+    marks = [
+        {"name": name, "before": float(value), "after": float(apply_normalization(np.array([value]), normalization)[0])}
+        for name, value in _landmarks(normalization).items()
+    ]
+    return {"before": _histogram(before, bins), "after": _histogram(after, bins), "marks": marks}

@@ -3,12 +3,26 @@ hand."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-from medssl.viz.volumes import PALETTE, label_centre, orthogonal_views, outline_colours
+from medssl.preprocess.volumes import Plan, VolumeParams, normalize, ras_spacing
+from medssl.viz.volumes import (
+    PALETTE,
+    apply_normalization,
+    intensity_histograms,
+    label_centre,
+    orthogonal_views,
+    outline_colours,
+    source_grid,
+    spacing_table,
+)
 
 
 def _blobs(shape=(6, 40, 36), seed: int = 0) -> np.ndarray:
@@ -115,12 +129,80 @@ def test_bad_inputs_say_what_is_wrong():
         orthogonal_views(image, (1, 1, 1), {"seg": np.zeros((4, 5, 6), np.float32)})
 
 
-def test_label_centre_snaps_into_the_label():
+def test_label_centre_in_the_largest_part_and_inside_a_crescent():
     label = np.zeros((9, 20, 30), np.uint8)
     label[2:7, 5:16, 3:8] = 1  # a left "lung", 5 columns wide around x = 5
-    label[2:7, 5:16, 21:28] = 2  # a right one, 7 wide around x = 24: the centre of mass is at x = 16.08
+    label[2:7, 5:16, 21:28] = 2  # a larger right one, 7 wide around x = 24: all together centred at x = 16.08
     assert label_centre(label, inside=False) == (4, 10, 16)  # between the lungs, in neither
-    assert label_centre(label) == (4, 10, 21)  # the nearest labelled voxel: the right lung's edge
-    assert label_centre(label, value=2) == (4, 10, 24)
+    assert label_centre(label) == (4, 10, 24)  # the centre of the largest part
+    assert label_centre(label, value=1) == (4, 10, 5)
+    crescent = np.zeros((5, 21, 21), bool)
+    crescent[:, :, :] = (np.hypot(*np.mgrid[-10:11, -10:11]) <= 10)[None]
+    crescent[:, 5:16, 5:21] = False  # bite out the right half's middle: the centre of mass (2, 10, 7.9) is bitten out
+    z, y, x = label_centre(crescent)
+    assert crescent[z, y, x] and (z, y) == (2, 10) and x == 4  # the nearest voxel still in the crescent
     with pytest.raises(ValueError, match="value 3"):
         label_centre(label, value=3)
+
+
+#: array axis 0 runs posterior (−y) in 3 mm steps, axis 1 right (+x) in 0.8 mm, axis 2 superior in 2 mm
+PERMUTED = np.array([[0.0, 0.8, 0.0, -10.0], [-3.0, 0.0, 0.0, 40.0], [0.0, 0.0, 2.0, 5.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+@dataclass
+class _Read:
+    """A volume as a reader gives it: an affine and a (channel-first) shape."""
+
+    affine: np.ndarray
+    shape: tuple[int, ...]
+
+
+def test_source_grid_puts_a_permuted_flipped_file_in_ras_order():
+    grid = source_grid(PERMUTED, (1, 10, 20, 30))  # MONAI's channel-first [1, ...] shape
+    assert grid["orientation"] == "PRS"
+    assert grid["shape"] == (20, 10, 30)
+    assert grid["spacing"] == (0.8, 3.0, 2.0)
+    np.testing.assert_allclose(grid["spacing"], ras_spacing(SimpleNamespace(affine=PERMUTED)))  # cache-volumes'
+    assert grid["extent"] == (16.0, 30.0, 60.0)
+
+
+def test_spacing_table_rows_beside_the_cache_record():
+    items = {"ct": {"modality": "CT", "shape": [12, 50, 40], "spacing": [1.75, 1.75, 3.0]}, "mr": {"shape": [1, 1, 1]}}
+    source = _Read(PERMUTED, torch.Size([1, 10, 20, 30]))
+    (row,) = spacing_table(items, {"ct": source})
+    assert row["volume"] == "ct" and row["modality"] == "CT" and row["source orientation"] == "PRS"
+    assert row["source shape (x, y, z)"] == (20, 10, 30) and row["source spacing mm"] == (0.8, 3.0, 2.0)
+    assert row["cached shape (x, y, z)"] == (40, 50, 12) and row["cached spacing mm"] == (1.75, 1.75, 3.0)
+    assert row["cached extent mm"] == (70.0, 87.5, 36.0)
+    with pytest.raises(KeyError, match="'pet' is not in the cache"):
+        spacing_table(items, {"pet": source})
+
+
+@pytest.mark.parametrize(
+    "modality, params", [("CT", VolumeParams()), ("CT", VolumeParams(ct_norm="window")), ("MR", VolumeParams())]
+)
+def test_apply_normalization_matches_cache_volumes(modality, params):
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.normal(100.0, 400.0, size=(1, 6, 7, 8)).round().astype(np.float32))
+    image[0, 0] = 0.0  # zeros: kept by the MR z-score
+    plan = Plan(spacing=(1.0, 1.0, 1.0), ct={"clip": [-200.0, 600.0], "mean": 150.0, "std": 250.0})
+    expected, record = normalize(image.clone(), modality, params, plan, image != 0)  # MONAI's MR z-score is in place
+    ours = apply_normalization(image.numpy(), record)
+    np.testing.assert_allclose(ours, np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_intensity_histograms_fractions_and_marks():
+    record = {"kind": "zscore-nonzero", "mean": 50.0, "std": 10.0}
+    before = np.arange(1, 101, dtype=np.float32)
+    result = intensity_histograms(before, (before - 50) / 10, record, bins=10)
+    assert result["before"]["fraction"].tolist() == [0.1] * 10
+    assert result["before"]["edges"][[0, -1]].tolist() == [1.0, 100.0]
+    assert [(m["name"], m["before"], m["after"]) for m in result["marks"]] == [
+        ("mean − 1 SD", 40.0, -1.0),
+        ("mean", 50.0, 0.0),
+        ("mean + 1 SD", 60.0, 1.0),
+    ]
+    ct = intensity_histograms(before, before, {"kind": "cohort-zscore", "clip": [10, 90], "mean": 30, "std": 20})
+    assert [(m["before"], m["after"]) for m in ct["marks"]] == [(10, -1.0), (30, 0.0), (90, 3.0)]
+    with pytest.raises(ValueError, match="unknown normalization kind 'minmax'"):
+        intensity_histograms(before, before, {"kind": "minmax"})
