@@ -2,9 +2,10 @@
 and the before/after of ``medssl cache-volumes`` (grid and intensities).
 
 Volumes are ``[Z, Y, X]`` arrays as :class:`~medssl.cache.VolumeCache` serves them (RAS: x left→right,
-y posterior→anterior, z inferior→superior). Views follow the QC montage's convention
-(:func:`medssl.viz.qc.volume_montage`): anterior up in the axial view, superior up in the coronal and
-sagittal ones, the patient's left on the left (neurological), anterior on the right in the sagittal view.
+y posterior→anterior, z inferior→superior). Views put anterior up in the axial view and superior up in
+the coronal and sagittal ones, the patient's left on the left (neurological) and anterior on the right
+in the sagittal view; the QC montage of ``medssl cache-volumes`` (:func:`medssl.viz.qc.volume_montage`)
+is built on :func:`orthogonal_views`.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _edges(plane: np.ndarray, value: int) -> np.ndarray:
     """Pixels of ``value`` with a 4-neighbour of another value (skimage's ``find_boundaries`` "inner"
     for that value: nothing is drawn along the picture's border)."""
     region = plane == value
-    return region & ~ndimage.binary_erosion(region, _CROSS, border_value=1)
+    return region & ~cast(np.ndarray, ndimage.binary_erosion(region, _CROSS, border_value=1))  # SciPy: no hints
 
 
 def orthogonal_views(

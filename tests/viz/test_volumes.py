@@ -13,6 +13,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 from medssl.preprocess.volumes import Plan, VolumeParams, normalize, ras_spacing
+from medssl.viz.qc import volume_montage
 from medssl.viz.volumes import (
     PALETTE,
     apply_normalization,
@@ -206,3 +207,13 @@ def test_intensity_histograms_fractions_and_marks():
     assert [(m["before"], m["after"]) for m in ct["marks"]] == [(10, -1.0), (30, 0.0), (90, 3.0)]
     with pytest.raises(ValueError, match="unknown normalization kind 'minmax'"):
         intensity_histograms(before, before, {"kind": "minmax"})
+
+
+def test_qc_volume_montage_is_the_three_views_at_one_height():
+    image = np.zeros((5, 20, 30), np.float32)  # 20 × 20 × 30 mm with 4 mm slices
+    image[1:4, 4:16, 4:26] = 1.0
+    montage = np.asarray(volume_montage(image, image > 0, spacing=(1.0, 1.0, 4.0), side=60))
+    # axial and coronal are 30 × 20 mm, the sagittal 20 × 20 mm: each panel's longest side is 60 px
+    assert montage.shape == (60, 60 + 8 + 60 + 8 + 60, 3)
+    assert (montage[40:, :60] == 0).all() and (montage[40:, 68:128] == 0).all()  # 40 px high, padded below
+    assert (montage.reshape(-1, 3) == PALETTE[0]).all(axis=1).any()  # the label's outline, in red
