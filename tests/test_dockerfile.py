@@ -38,6 +38,6 @@ def test_the_image_runs_as_a_user_and_takes_a_cuda_wheel_index():
     assert {"TORCH_SPEC", "TORCH_INDEX", "MEDSSL_EXTRAS"} <= args
     setup = (ROOT / "pipelines" / "setup.sh").read_text()
     assert "MEDSSL_TORCH_INDEX" in setup and "--index-url" in setup  # the argument reaches pip
-    assert "MEDSSL_EXTRAS" in setup and '[$extras]' in setup  # so does the notebooks extra
+    assert "MEDSSL_EXTRAS" in setup and "[$extras]" in setup  # so does the notebooks extra
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored and "demo-output" in ignored
