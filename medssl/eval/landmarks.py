@@ -138,18 +138,32 @@ def pick_landmarks(
     candidates = voxels[torch.randperm(len(voxels), generator=generator)[: 4 * n]]
     if len(candidates) == 0:
         return candidates
-    shown = best_possible_mm(candidates, positions_a, positions_b, chunk=8) <= within_mm
+    shown = counterparts(candidates, positions_a, positions_b)[0] <= within_mm
     return candidates[shown][:n]
 
 
-def best_possible_mm(
-    landmarks: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor, chunk: int = 64
-) -> torch.Tensor:
+def counterparts(
+    landmarks: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distance [L] mm, voxel [L, 3])``: the voxel of B whose position is nearest each landmark's
+    position in A: the right answer on B's grid, and how far even it is (about half a voxel diagonal
+    where B shows the landmark; large where it lies outside B's field of view). A k-d tree over B's
+    positions: any positions (deformed grids too), and a second to build for a million voxels."""
+    from scipy.spatial import KDTree
+
+    targets = _at(positions_a, landmarks)
+    if len(targets) == 0:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.long)
+    tree = KDTree(positions_b.reshape(-1, 3).double().numpy(), balanced_tree=False, compact_nodes=False)
+    distance, flat = tree.query(targets.numpy())
+    voxels = torch.stack(torch.unravel_index(torch.from_numpy(flat), tuple(positions_b.shape[:3])), dim=-1)
+    return torch.from_numpy(distance).double(), voxels.long()
+
+
+def best_possible_mm(landmarks: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor) -> torch.Tensor:
     """``[L]``: the smallest error any voxel of B could give each landmark of A (about half a voxel
     diagonal where B shows it; large where the landmark lies outside B's field of view)."""
-    targets = _at(positions_a, landmarks)
-    grid = positions_b.reshape(-1, 3).double()
-    return torch.cat([torch.cdist(t, grid).min(dim=1).values for t in targets.split(chunk)])
+    return counterparts(landmarks, positions_a, positions_b)[0]
 
 
 def intensity_patches(image: torch.Tensor, size: int = 5) -> torch.Tensor:
@@ -162,12 +176,19 @@ def intensity_patches(image: torch.Tensor, size: int = 5) -> torch.Tensor:
     return patches - patches.mean(dim=0, keepdim=True)
 
 
-def intensity_levels(image: torch.Tensor, pool: int = 4, size: int = 5) -> tuple[dict, dict[str, int]]:
-    """``(maps, strides)`` of the no-learning baseline in the form :func:`match_landmarks` takes: ``fine``,
-    each voxel's ``size³`` patch (stride 1), and ``coarse``, the patches of the image average-pooled by
-    ``pool`` (stride ``pool``): normalised cross-correlation at two scales, like a network's two maps."""
-    pooled = F.avg_pool3d(image[None, None].float(), pool, ceil_mode=True)[0, 0]
-    return {"fine": intensity_patches(image.float(), size), "coarse": intensity_patches(pooled, size)}, {
-        "fine": 1,
-        "coarse": pool,
-    }
+def intensity_levels(
+    image: torch.Tensor, strides: tuple[int, int] = (1, 4), size: int = 5
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``(maps, strides)`` of the no-learning baseline in the form :func:`match_landmarks` takes: ``fine``
+    and ``coarse``, the ``size³`` patches (:func:`intensity_patches`) of the image average-pooled by each of
+    ``strides``: normalised cross-correlation at two scales, like a network's two maps. (1, 4) is
+    ``pipelines/alice_experiment.py``'s; (2, 8) costs an eighth and suits finely sampled volumes."""
+
+    def pooled(stride: int) -> torch.Tensor:
+        if stride == 1:
+            return image.float()
+        return F.avg_pool3d(image[None, None].float(), stride, ceil_mode=True)[0, 0]
+
+    fine, coarse = strides
+    maps = {"fine": intensity_patches(pooled(fine), size), "coarse": intensity_patches(pooled(coarse), size)}
+    return maps, {"fine": fine, "coarse": coarse}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from medssl.eval.landmarks import (
     best_possible_mm,
+    counterparts,
     features_at_voxels,
     intensity_levels,
     intensity_patches,
@@ -89,9 +90,7 @@ def test_sampling_a_strided_map_at_voxels_equals_upsampling_it_first():
 def test_the_best_possible_error_is_the_offset_between_the_grids():
     landmarks = _landmarks()
     a, b = _grid_positions(), _grid_positions(offset=(1.0, 0.0, 0.0))  # B's voxels sit 1 mm away along z
-    torch.testing.assert_close(
-        best_possible_mm(landmarks, a, b, chunk=6), torch.ones(len(landmarks), dtype=torch.float64)
-    )
+    torch.testing.assert_close(best_possible_mm(landmarks, a, b), torch.ones(len(landmarks), dtype=torch.float64))
 
 
 def test_intensity_patches_are_invariant_to_gain_and_offset():
@@ -155,10 +154,27 @@ def test_picked_landmarks_lie_in_the_mask_and_in_what_b_shows_and_replay_with_th
     assert not torch.equal(picked, pick_landmarks(mask, a, b, n=10, within_mm=1.0, seed=4))
 
 
-def test_intensity_levels_are_patches_at_stride_one_and_of_the_pooled_image():
+def test_intensity_levels_are_patches_of_the_image_pooled_by_each_stride():
     image = torch.rand(8, 8, 8, generator=torch.Generator().manual_seed(8))
-    maps, strides = intensity_levels(image, pool=4, size=3)
+    maps, strides = intensity_levels(image, size=3)
     assert strides == {"fine": 1, "coarse": 4}
     torch.testing.assert_close(maps["fine"], intensity_patches(image, 3))
     pooled = image.reshape(2, 4, 2, 4, 2, 4).mean(dim=(1, 3, 5))
     torch.testing.assert_close(maps["coarse"], intensity_patches(pooled, 3))
+    maps, strides = intensity_levels(image, strides=(2, 4), size=3)
+    assert strides == {"fine": 2, "coarse": 4} and maps["fine"].shape == (27, 4, 4, 4)
+    torch.testing.assert_close(maps["fine"], intensity_patches(image.reshape(4, 2, 4, 2, 4, 2).mean(dim=(1, 3, 5)), 3))
+
+
+def test_counterparts_are_the_nearest_voxels_of_b_and_their_distance():
+    """B's grid sits 1 mm further along the first axis: A's voxel v is nearest B's voxel v, 1 mm away
+    (B's neighbours are 2 and 4 mm away at a 3 mm spacing)."""
+    landmarks = _landmarks(6)
+    a, b = _grid_positions(), _grid_positions(offset=(1.0, 0.0, 0.0))
+    distance, voxels = counterparts(landmarks, a, b)
+    assert torch.equal(voxels, landmarks)
+    torch.testing.assert_close(distance, torch.ones(6, dtype=torch.float64))
+    # B shifted by two whole voxels: A's voxel v is B's voxel v − 2 (0 mm)
+    distance, voxels = counterparts(landmarks, a, _grid_positions(offset=(-2 * SPACING, 0.0, 0.0)))
+    torch.testing.assert_close(distance, torch.zeros(6, dtype=torch.float64))
+    assert torch.equal(voxels, landmarks + torch.tensor([2, 0, 0]))
