@@ -65,14 +65,14 @@ def same_group_retrieval(
     ks = [int(k) for k in ks]
     if any(k < 1 for k in ks):
         raise ValueError(f"ks must be positive, got {ks}")
-    gallery_groups = np.asarray(gallery_groups, dtype=object)
+    groups = np.asarray(gallery_groups, dtype=object)
     hits: dict[int, list[float]] = {k: [] for k in ks}
     chance: dict[int, list[float]] = {k: [] for k in ks}
     similarity = cosine_matrix(queries, gallery) if len(queries) and len(gallery) else np.zeros((len(queries), 0))
     skipped = 0
     n = len(gallery)
     for row, group in zip(similarity, query_groups, strict=True):
-        relevant = gallery_groups == group
+        relevant = np.asarray(groups == group, dtype=bool)
         m = int(relevant.sum())
         if m == 0:
             skipped += 1

@@ -111,7 +111,9 @@ class SwinEncoder(Encoder):
         """The dense embeddings of ``medssl embed --dense``: ``coarse`` (stride 16, 8·fs channels) and
         ``fine`` (stride 4, 2·fs channels) decoder maps, each L2-normalised over channels, the
         coarse-and-fine pair self-supervised anatomical embeddings use to match voxels across patients."""
-        maps = dict(zip(SWIN_STRIDES, self.decoder_maps(images, finest=min(DENSE_LEVELS.values()))))
+        maps: dict[int, torch.Tensor] = dict(
+            zip(SWIN_STRIDES, self.decoder_maps(images, finest=min(DENSE_LEVELS.values())))
+        )
         return {name: F.normalize(maps[stride], dim=1) for name, stride in DENSE_LEVELS.items()}
 
     def stages(self) -> list[nn.Module]:
