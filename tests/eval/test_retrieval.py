@@ -1,4 +1,4 @@
-"""Similarity and retrieval of embeddings: cosine matrices against scikit-learn, diagonal means and
+"""Similarity and retrieval of embeddings: cosine matrices, diagonal means and
 top-k same-group retrieval (with its chance level) on cases worked out by hand."""
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from medssl.eval.retrieval import (
 )
 
 
-def test_cosine_matrix_matches_scikit_learn_and_gives_zero_for_a_zero_row():
-    from sklearn.metrics.pairwise import cosine_similarity
-
+def test_cosine_matrix_is_every_pair_s_cosine_and_zero_for_a_zero_row():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(5, 4)), rng.normal(size=(3, 4))
-    np.testing.assert_allclose(cosine_matrix(a, b), cosine_similarity(a, b))
+    by_hand = [[x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) for y in b] for x in a]
+    np.testing.assert_allclose(cosine_matrix(a, b), by_hand)
     np.testing.assert_allclose(np.diagonal(cosine_matrix(a)), np.ones(5))
     a[2] = 0
     assert np.all(cosine_matrix(a, b)[2] == 0)
