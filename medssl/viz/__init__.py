@@ -8,5 +8,7 @@ arrays or PIL images (PNGs written atomically); medssl itself never imports matp
 - :mod:`medssl.viz.heatmaps`: instance heatmaps over slide thumbnails, lesion masks resampled onto them;
 - :mod:`medssl.viz.runs`: a run's Lightning logs (CSV or TensorBoard) read back as numbers;
 - :mod:`medssl.viz.embedding_map`: sampled embeddings with their items' attributes, PCA maps, neighbour agreement;
+- :mod:`medssl.viz.matching`: dense maps and slide vectors read from embedding stores, for landmark matching
+  (:mod:`medssl.eval.landmarks`) and cross-stain retrieval (:mod:`medssl.eval.retrieval`);
 - :mod:`medssl.viz.charts`: small line charts (label efficiency).
 """
