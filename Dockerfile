@@ -3,6 +3,8 @@
 #   docker run --rm medssl bash pipelines/demo.sh        # the demo (outputs under /home/medssl/medssl/demo-output)
 #   docker run --rm medssl bash tests/run.sh             # checks + the test suite
 #   docker run --rm medssl medssl --help
+# With --build-arg MEDSSL_EXTRAS=test,notebooks the image also has JupyterLab: after the demo,
+#   docker run --rm -p 8888:8888 medssl bash -c "bash pipelines/demo.sh && bash pipelines/notebooks.sh --no-browser --ip 0.0.0.0"
 # It installs with pipelines/setup.sh, the script both README commands call, so the image and a clone
 # cannot install differently (tests/test_dockerfile.py keeps it so). CPU torch by default; for CUDA pass a
 # PyTorch wheel index, e.g. --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128, and run with
@@ -11,6 +13,7 @@ FROM python:3.11-slim
 
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX=""
+ARG MEDSSL_EXTRAS="test"
 
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
@@ -26,7 +29,7 @@ COPY --chown=medssl:medssl medssl ./medssl
 COPY --chown=medssl:medssl pipelines ./pipelines
 # the environment, exactly as `bash pipelines/demo.sh` and `bash tests/run.sh` make it; then pyright
 # fetches its checker once, at build time (the tests' type check runs offline afterwards)
-RUN MEDSSL_TORCH="$TORCH_SPEC" MEDSSL_TORCH_INDEX="$TORCH_INDEX" bash pipelines/setup.sh \
+RUN MEDSSL_TORCH="$TORCH_SPEC" MEDSSL_TORCH_INDEX="$TORCH_INDEX" MEDSSL_EXTRAS="$MEDSSL_EXTRAS" bash pipelines/setup.sh \
     && pyright --version
 
 COPY --chown=medssl:medssl configs ./configs

@@ -44,6 +44,15 @@ FINETUNE_BATCH = 16
 # The lung cache's spacing (x, y, z mm), coarser than the pretraining cache's: a 32×64×64 patch then holds a
 # whole cross-section of the body, which makes each step cheap and informative.
 LUNG_SPACING = ("3", "3", "4.8")
+TINY = {  # --tiny: the whole path in a minute or two; the figures mean nothing at this size
+    "slides": 4,
+    "epochs": 1,
+    "mil_epochs": 2,
+    "finetune_steps": 2,
+    "joint_epochs": 1,
+    "alice_epochs": 1,
+    "madeleine_epochs": 1,
+}
 
 
 def run(
@@ -399,16 +408,37 @@ def alice(out: Path, epochs: int) -> int:
     print_first_and_last_losses(root, "Alice", ("cls", "patch", "rec", "loss"))
     checkpoint = Path(cli.trainer.checkpoint_callback.best_model_path)
     status = medssl_main(["export", str(checkpoint), "--out", str(out / "alice-encoder.pt")])
+    status |= alice_dense(out, checkpoint)
     print(
-        f"(the demo's two volumes only show the path: {epochs} steps of L_cls + L_patch + 10·L_rec on pairs of\n"
+        f"(the demo's volumes only show the path: {epochs} steps of L_cls + L_patch + 10·L_rec on pairs of\n"
         " overlapping crops; pipelines/alice_experiment.py measures whether the dense features match anatomy)\n"
     )
     return status
 
 
+def alice_dense(out: Path, checkpoint: Path) -> int:
+    """``medssl embed --dense`` of Alice's teacher over the volume cache → ``alice-dense/``: each volume's
+    coarse (stride 16) and fine (stride 4) L2-normalised decoder maps, what landmark matching compares
+    (notebooks/06_methods.ipynb matches the two CT phantoms)."""
+    from medssl.cache import EmbeddingCache
+
+    dense = out / "alice-dense"
+    status = medssl_main(
+        ["embed", str(checkpoint), "--dense", "--cache", str(out / "volume-cache"), "--out", str(dense)]
+        + ["--quiet", "--overwrite"]
+    )
+    store = EmbeddingCache(dense)
+    for volume_id in store.ids:
+        maps = store.dense(volume_id)
+        shapes = ", ".join(f"{level} {tuple(m.array.shape)}" for level, m in maps.items())
+        print(f"{volume_id:<22}dense maps {shapes}")
+    return status
+
+
 def multistain(out: Path, epochs: int) -> None:
     """``pipelines/madeleine_experiment.py`` at demo size: 24 cases (12 pretrain on H&E, ER, PR, HER2 and
-    Ki-67 slides; 12 held out, their H&E only), one seed, few-shot k = 1 and 3 over 5 folds."""
+    Ki-67 slides; 12 held out), one seed, few-shot k = 1 and 3 over 5 folds on the held-out H&E slides; the
+    slide embeddings of every stain (``seed-0/slide-embeddings-all-stains``) for cross-stain retrieval."""
     from madeleine_experiment import parser
     from madeleine_experiment import run as run_experiment
 
@@ -477,7 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joint-epochs", type=int, default=15, help="joint 2D/3D epochs (one step each)")
     parser.add_argument("--alice-epochs", type=int, default=8, help="Alice epochs (one step each)")
     parser.add_argument("--madeleine-epochs", type=int, default=10, help="MADELEINE epochs (one step each)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="every step at its smallest (about 90 s; what the notebook tests run on)"
+    )
     args = parser.parse_args(argv)
+    if args.tiny:  # new defaults, so flags given explicitly still win
+        parser.set_defaults(**TINY)
+        args = parser.parse_args(argv)
     return run(
         args.out,
         args.slides,

@@ -10,7 +10,8 @@ are held out for the few-shot evaluation (their H&E slides only).
 Steps: ``medssl tile`` (1 µm/px, 32-px tiles) → ``medssl embed`` with a random-init ResNet-18 (no
 pretrained pathology weights can be downloaded here) → per seed, ``medssl fit --config
 configs/pretrain/madeleine.yaml`` on the pretraining cases → H&E slide embeddings of the held-out cases
-(``medssl embed-slides`` from the last checkpoint) → the few-shot protocol of the paper
+(``medssl embed-slides`` from the last checkpoint, ``seed-<s>/slide-embeddings``; every stain's slides in
+``seed-<s>/slide-embeddings-all-stains``, for cross-stain retrieval, below) → the few-shot protocol of the paper
 (:func:`medssl.eval.probes.few_shot_rest`: logistic regression C = 1 on k ∈ {1, 10, 25} slides per class,
 every other held-out slide as test, 10 folds with seed = fold, AUROC mean ± std over folds) for:
 
@@ -20,6 +21,11 @@ every other held-out slide as test, 10 folds with seed = fold, AUROC mean ± std
   pretraining;
 - mean pooling of the same H&E patch features (deterministic);
 - ABMIL trained on the k shots of each fold (slide labels only; seed = fold).
+
+Cross-stain retrieval (``results.json``'s ``retrieval``; no labels): for each held-out H&E slide, the
+slides of each other stain of the held-out cases ranked by cosine similarity; top-1 and top-3 same-case
+accuracy per stain and what a random ranking gives (:func:`medssl.eval.retrieval.cross_stain_retrieval`),
+for MADELEINE's slide embeddings (per seed) and for mean pooling of the patch features.
 
     python pipelines/madeleine_experiment.py --out runs/madeleine-experiment --cases 160 --seeds 0 1 2
 """
@@ -171,6 +177,41 @@ def slide_embeddings(checkpoint: Path, cohort: dict, out: Path, ids: list[str]) 
     return np.concatenate([np.asarray(embeddings.features(s)[:], dtype=np.float32) for s in ids])
 
 
+def all_stain_embeddings(checkpoint: Path, cohort: dict, out: Path, ids: list[str]) -> np.ndarray:
+    """``medssl embed-slides`` of every stain in the cohort into ``out/slide-embeddings-all-stains`` (the
+    slide encoder over stored patch features: cheap), read back for ``ids``. It embeds the pretraining
+    cases' slides too (embed-slides takes no split): they show what the alignment fit, the held-out ones
+    what it learned."""
+    from medssl.cache import EmbeddingCache, SlideCache
+    from medssl.cli import main as medssl_main
+
+    folder = out / "slide-embeddings-all-stains"
+    stains = sorted({str(m.get("stain")) for m in SlideCache(cohort["cache"]).items().values() if m.get("stain")})
+    status = medssl_main(
+        ["embed-slides", str(checkpoint), "--cache", str(cohort["cache"]), "--features", str(cohort["features"])]
+        + ["--out", str(folder), "--overwrite", "--quiet", *(a for stain in stains for a in ("--stain", stain))]
+    )
+    if status:
+        raise SystemExit(f"embed-slides (all stains) failed (status {status})")
+    embeddings = EmbeddingCache(folder)
+    return np.concatenate([np.asarray(embeddings.features(s)[:], dtype=np.float32) for s in ids])
+
+
+def held_out_slides(cohort: dict) -> tuple[list[str], list[str], list[str]]:
+    """Every held-out slide (all stains), its stain and its case."""
+    from medssl.cache import SlideCache
+
+    items = {s: m for s, m in SlideCache(cohort["cache"]).items().items() if m.get("split") == "test"}
+    return list(items), [str(m.get("stain")) for m in items.values()], [str(m.get("case_id")) for m in items.values()]
+
+
+def retrieval(vectors: np.ndarray, stains: list[str], cases: list[str]) -> list[dict]:
+    """Per IHC stain: top-1 / top-3 same-case retrieval of the held-out H&E slides, and chance."""
+    from medssl.eval.retrieval import cross_stain_retrieval
+
+    return cross_stain_retrieval(vectors, stains, cases, reference="HE", ks=(1, 3))
+
+
 def untrained_embeddings(checkpoint: Path, bags: list[np.ndarray], seed: int) -> np.ndarray:
     """A random initialisation (seeded) of the same slide encoder configuration, never trained."""
     import torch
@@ -260,6 +301,13 @@ def run(args: argparse.Namespace) -> dict:
     }
     rows["MADELEINE slide encoder, untrained"] = []
     rows["MADELEINE (multistain pretrained)"] = []
+    every, stains, every_case = held_out_slides(cohort)
+    found = {
+        "mean pooling (patch features)": [
+            retrieval(np.stack([b.mean(0) for b in patch_features(cohort, every)]), stains, every_case)
+        ]
+    }
+    found["MADELEINE (multistain pretrained)"] = []
     for seed in args.seeds:
         checkpoint = pretrain(
             cohort, out, seed, args.epochs, args.tokens, args.batch_size, args.width, args.input_norm, args.extra
@@ -268,20 +316,24 @@ def run(args: argparse.Namespace) -> dict:
         rows["MADELEINE (multistain pretrained)"].append(
             few_shot_auroc(trained, labels, cases, "logistic", args.shots, args.folds)
         )
+        vectors = all_stain_embeddings(checkpoint, cohort, out / f"seed-{seed}", every)
+        found["MADELEINE (multistain pretrained)"].append(retrieval(vectors, stains, every_case))
         untrained = untrained_embeddings(checkpoint, bags, seed)
         rows["MADELEINE slide encoder, untrained"].append(
             few_shot_auroc(untrained, labels, cases, "logistic", args.shots, args.folds)
         )
-        save(out, args, rows)  # after each seed: a stopped run keeps what it measured
+        save(out, args, rows, found)  # after each seed: a stopped run keeps what it measured
     if args.abmil:
         rows["ABMIL on the k shots"] = [
             few_shot_auroc(index, labels, cases, abmil_probe(bags, args.abmil_epochs), args.shots, args.folds)
         ]
-    return save(out, args, rows)
+    return save(out, args, rows, found)
 
 
-def save(out: Path, args: argparse.Namespace, rows: dict[str, list[dict]]) -> dict:
-    results = {"settings": dict(vars(args)), "rows": rows, "table": table(rows, args.shots)}
+def save(out: Path, args: argparse.Namespace, rows: dict[str, list[dict]], found: dict[str, list[list[dict]]]) -> dict:
+    """``results.json``: settings, few-shot rows and table, and cross-stain retrieval (per representation, one
+    list of per-stain rows per seed)."""
+    results = {"settings": dict(vars(args)), "rows": rows, "table": table(rows, args.shots), "retrieval": found}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
 

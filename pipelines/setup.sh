@@ -5,6 +5,7 @@
 #   PYTHON        interpreter that makes it      (default: python3)
 #   MEDSSL_TORCH  pip requirement for torch      (default: torch==2.13.0; any CUDA/CPU build works)
 #   MEDSSL_TORCH_INDEX  a PyTorch wheel index for it (e.g. a CUDA one; default: pip's own index)
+#   MEDSSL_EXTRAS which extras of pyproject.toml   (default: test; e.g. test,notebooks for JupyterLab too)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${MEDSSL_VENV:-$repo/.venv}
@@ -13,7 +14,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 stamp="$venv/.medssl-installed"
-want=$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16)
+extras=${MEDSSL_EXTRAS:-test}
+want=$( (cat "$repo/pyproject.toml"; echo "$extras") | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "medssl: installing into $venv (first run takes a minute or two)" >&2
   "$py" -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" >&2 || true
@@ -22,7 +24,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     if [ -n "${MEDSSL_TORCH_INDEX:-}" ]; then index=(--index-url "$MEDSSL_TORCH_INDEX"); fi
     "$py" -m pip install -q "${index[@]}" "${MEDSSL_TORCH:-torch==2.13.0}" 2>&1 | grep -v "is ignored" >&2 || true
   fi
-  "$py" -m pip install -q -e "$repo[test]" 2>&1 | grep -v "is ignored" >&2 || true
+  "$py" -m pip install -q -e "$repo[$extras]" 2>&1 | grep -v "is ignored" >&2 || true
   "$py" -c "import medssl, openslide, zarr" || { echo "medssl: installation failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -35,8 +35,9 @@ def test_the_image_runs_as_a_user_and_takes_a_cuda_wheel_index():
     users = [args for name, args in names if name == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     args = {value.split("=")[0] for name, value in names if name == "ARG"}
-    assert {"TORCH_SPEC", "TORCH_INDEX"} <= args
+    assert {"TORCH_SPEC", "TORCH_INDEX", "MEDSSL_EXTRAS"} <= args
     setup = (ROOT / "pipelines" / "setup.sh").read_text()
     assert "MEDSSL_TORCH_INDEX" in setup and "--index-url" in setup  # the argument reaches pip
+    assert "MEDSSL_EXTRAS" in setup and "[$extras]" in setup  # so does the notebooks extra
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored and "demo-output" in ignored

@@ -9,7 +9,7 @@
 
 from medssl.cache import codecs as codecs  # registers the JPEG codec with Zarr
 from medssl.cache.raw import TileReader
-from medssl.cache.readers import CacheReader, DenseMap, EmbeddingCache, SlideCache, VolumeCache
+from medssl.cache.readers import CacheReader, DenseMap, EmbeddingCache, SlideCache, VolumeCache, read_manifests
 from medssl.cache.store import SCHEMA_VERSION, store_path, stored_kinds, stored_params
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "SlideCache",
     "TileReader",
     "VolumeCache",
+    "read_manifests",
     "store_path",
     "stored_kinds",
     "stored_params",

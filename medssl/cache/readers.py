@@ -7,10 +7,12 @@ known here and in :mod:`medssl.cache.store` alone.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
@@ -36,6 +38,28 @@ def _child_array(parent: zarr.Group, name: str) -> zarr.Array:
     if not isinstance(child, zarr.Array):
         raise CacheError(f"{parent.store_path}/{name}: expected a Zarr array, found a group; the cache is damaged")
     return child
+
+
+def read_manifests(folder: str | os.PathLike) -> dict[str, dict]:
+    """The rows of a cache folder's run manifests (``manifest.csv`` and ``manifest.shard-i-of-n.csv``,
+    written by ``medssl tile`` / ``medssl cache-volumes``), by id: what the last run did to each input
+    (``status`` done / skipped / failed, and the ``reason``). Files are read oldest first, so a later
+    run's row wins; an empty dict when the folder has none (a cache copied without them)."""
+    folder = Path(folder)
+    paths = sorted([*folder.glob("manifest.csv"), *folder.glob("manifest.shard-*-of-*.csv")], key=_mtime)
+    rows: dict[str, dict] = {}
+    for path in paths:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"id", "status"} <= set(reader.fieldnames):
+                columns = reader.fieldnames
+                raise CacheError(f"{path}: not a medssl manifest (needs columns id and status, has {columns})")
+            rows.update((row["id"], row) for row in reader)
+    return rows
+
+
+def _mtime(path: Path) -> tuple[int, str]:
+    return path.stat().st_mtime_ns, path.name
 
 
 class CacheReader:

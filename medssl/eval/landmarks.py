@@ -53,6 +53,23 @@ def _on_voxels(similarity: torch.Tensor, stride: int, shape: Sequence[int]) -> t
     return similarity[:, : shape[0], : shape[1], : shape[2]]
 
 
+def landmark_similarity(
+    maps_a: Mapping[str, torch.Tensor],
+    maps_b: Mapping[str, torch.Tensor],
+    strides: Mapping[str, int],
+    landmarks: torch.Tensor,
+    shape_b: Sequence[int],
+) -> torch.Tensor:
+    """``[L, *shape_b]``: the cosine similarity of each landmark voxel ``[L, 3]`` of A with every voxel of B,
+    averaged over the levels named in ``strides`` (each upsampled to B's voxels): the map whose maximum
+    :func:`match_landmarks` takes, and the picture of how sure a match is."""
+    total = torch.zeros(len(landmarks), *shape_b)
+    for level, stride in strides.items():
+        queries = features_at_voxels(maps_a[level].float(), stride, landmarks)
+        total += similarity_to_voxels(queries, maps_b[level].float(), stride, shape_b)
+    return total / max(1, len(strides))
+
+
 def match_landmarks(
     maps_a: Mapping[str, torch.Tensor],
     maps_b: Mapping[str, torch.Tensor],
@@ -62,16 +79,12 @@ def match_landmarks(
     chunk: int = 16,
 ) -> torch.Tensor:
     """``[L, 3]`` long: for each landmark voxel ``[L, 3]`` of A, the voxel of B (``shape_b``) whose
-    similarity, averaged over the levels named in ``strides``, is highest. Chunked over landmarks so
-    only ``chunk`` similarity volumes are held at once."""
-    queries = {level: features_at_voxels(maps_a[level].float(), s, landmarks) for level, s in strides.items()}
-    unit_b = {level: F.normalize(maps_b[level].float(), dim=0) for level in strides}
+    similarity, averaged over the levels named in ``strides`` (:func:`landmark_similarity`), is highest.
+    Chunked over landmarks so only ``chunk`` similarity volumes are held at once."""
     matches = []
     for start in range(0, len(landmarks), chunk):
-        total = torch.zeros(len(landmarks[start : start + chunk]), *shape_b)
-        for level, stride in strides.items():
-            total += _on_voxels(_cosine(queries[level][start : start + chunk], unit_b[level]), stride, shape_b)
-        best = total.flatten(1).argmax(dim=1)  # the mean over levels has the same argmax as the sum
+        total = landmark_similarity(maps_a, maps_b, strides, landmarks[start : start + chunk], shape_b)
+        best = total.flatten(1).argmax(dim=1)
         matches.append(torch.stack(torch.unravel_index(best, tuple(shape_b)), dim=-1))
     return torch.cat(matches) if matches else torch.zeros(0, 3, dtype=torch.long)
 
@@ -81,21 +94,76 @@ def _at(positions: torch.Tensor, voxels: torch.Tensor) -> torch.Tensor:
     return positions[voxels[:, 0], voxels[:, 1], voxels[:, 2]].double()
 
 
+def landmark_offsets_mm(
+    landmarks: torch.Tensor, matches: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor
+) -> torch.Tensor:
+    """``[L, 3]``: the position of each match in B less its landmark's position in A (mm, along the
+    positions' own axes: x, y, z for :func:`voxel_positions_mm`), to tell in-plane from through-plane error."""
+    return _at(positions_b, matches) - _at(positions_a, landmarks)
+
+
 def landmark_errors_mm(
     landmarks: torch.Tensor, matches: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor
 ) -> torch.Tensor:
     """``[L]``: distance (mm) between the anatomical positions of each landmark of A and its match in B."""
-    return (_at(positions_b, matches) - _at(positions_a, landmarks)).norm(dim=-1)
+    return landmark_offsets_mm(landmarks, matches, positions_a, positions_b).norm(dim=-1)
 
 
-def best_possible_mm(
-    landmarks: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor, chunk: int = 64
+def voxel_positions_mm(affine, shape: Sequence[int]) -> torch.Tensor:
+    """``[Z, Y, X, 3]`` float64: the world position (mm; x, y, z) of every voxel of a ``[Z, Y, X]`` array
+    whose ``affine`` (4 × 4) maps voxel indices ``(x, y, z, 1)`` to world, as a medssl volume cache records
+    it (``metadata["affine"]``). Two scans of one frame (one scanner session, or registered) show the same
+    place at the same position: the known answer of landmark matching between them."""
+    matrix = torch.as_tensor(affine, dtype=torch.float64)
+    if matrix.shape != (4, 4):
+        raise ValueError(f"an affine is 4 x 4, got shape {tuple(matrix.shape)}")
+    axes = [torch.arange(int(n), dtype=torch.float64) for n in shape]
+    zyx = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    return zyx.flip(-1) @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def pick_landmarks(
+    mask: torch.Tensor,
+    positions_a: torch.Tensor,
+    positions_b: torch.Tensor,
+    n: int,
+    within_mm: float,
+    seed: int = 0,
 ) -> torch.Tensor:
+    """``[L ≤ n, 3]`` long: voxels of ``mask`` (A's ``[Z, Y, X]`` bool, e.g. its body) in a seeded random
+    order, keeping those that B shows (B has a voxel within ``within_mm`` of the same position, so a match
+    can be right); ``4·n`` candidates are tried."""
+    voxels = mask.nonzero()
+    generator = torch.Generator().manual_seed(seed)
+    candidates = voxels[torch.randperm(len(voxels), generator=generator)[: 4 * n]]
+    if len(candidates) == 0:
+        return candidates
+    shown = counterparts(candidates, positions_a, positions_b)[0] <= within_mm
+    return candidates[shown][:n]
+
+
+def counterparts(
+    landmarks: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distance [L] mm, voxel [L, 3])``: the voxel of B whose position is nearest each landmark's
+    position in A: the right answer on B's grid, and how far even it is (about half a voxel diagonal
+    where B shows the landmark; large where it lies outside B's field of view). A k-d tree over B's
+    positions: any positions (deformed grids too), and a second to build for a million voxels."""
+    from scipy.spatial import KDTree
+
+    targets = _at(positions_a, landmarks)
+    if len(targets) == 0:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.long)
+    tree = KDTree(positions_b.reshape(-1, 3).double().numpy(), balanced_tree=False, compact_nodes=False)
+    distance, flat = tree.query(targets.numpy())
+    voxels = torch.stack(torch.unravel_index(torch.from_numpy(flat), tuple(positions_b.shape[:3])), dim=-1)
+    return torch.from_numpy(distance).double(), voxels.long()
+
+
+def best_possible_mm(landmarks: torch.Tensor, positions_a: torch.Tensor, positions_b: torch.Tensor) -> torch.Tensor:
     """``[L]``: the smallest error any voxel of B could give each landmark of A (about half a voxel
     diagonal where B shows it; large where the landmark lies outside B's field of view)."""
-    targets = _at(positions_a, landmarks)
-    grid = positions_b.reshape(-1, 3).double()
-    return torch.cat([torch.cdist(t, grid).min(dim=1).values for t in targets.split(chunk)])
+    return counterparts(landmarks, positions_a, positions_b)[0]
 
 
 def intensity_patches(image: torch.Tensor, size: int = 5) -> torch.Tensor:
@@ -106,3 +174,21 @@ def intensity_patches(image: torch.Tensor, size: int = 5) -> torch.Tensor:
     padded = F.pad(image[None, None], (size // 2,) * 6, mode="replicate")
     patches = F.conv3d(padded, kernels)[0]
     return patches - patches.mean(dim=0, keepdim=True)
+
+
+def intensity_levels(
+    image: torch.Tensor, strides: tuple[int, int] = (1, 4), size: int = 5
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``(maps, strides)`` of the no-learning baseline in the form :func:`match_landmarks` takes: ``fine``
+    and ``coarse``, the ``size³`` patches (:func:`intensity_patches`) of the image average-pooled by each of
+    ``strides``: normalised cross-correlation at two scales, like a network's two maps. (1, 4) is
+    ``pipelines/alice_experiment.py``'s; (2, 8) costs an eighth and suits finely sampled volumes."""
+
+    def pooled(stride: int) -> torch.Tensor:
+        if stride == 1:
+            return image.float()
+        return F.avg_pool3d(image[None, None].float(), stride, ceil_mode=True)[0, 0]
+
+    fine, coarse = strides
+    maps = {"fine": intensity_patches(pooled(fine), size), "coarse": intensity_patches(pooled(coarse), size)}
+    return maps, {"fine": fine, "coarse": coarse}

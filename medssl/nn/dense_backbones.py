@@ -55,19 +55,28 @@ class SwinEncoder(Encoder):
             raise TypeError(f"a SwinEncoder wraps a MONAI SwinUNETR, not {type(self.network).__name__}")
         return self.network
 
-    def decoder_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def decoder_maps(self, images: torch.Tensor, finest: int = 1) -> list[torch.Tensor]:
         """The bottleneck and each decoder stage's output, deepest first, at strides 32, 16, 8, 4, 2, 1
         with 16, 8, 4, 2, 1, 1 × ``feature_size`` channels (the last is what ``out`` reads), each
-        cropped to the input's extent at its stride."""
+        cropped to the input's extent at its stride. ``finest``: stop after the stage at this stride
+        (4 skips the two full- and half-resolution stages and their skip convolutions, most of the
+        cost on a whole volume)."""
         net = self.swin
         spatial = images.shape[2:]
         padded = pad_to_multiple(images, 32)
         hidden = net.swinViT(padded, net.normalize)
-        skips = [net.encoder4(hidden[2]), net.encoder3(hidden[1]), net.encoder2(hidden[0]), net.encoder1(padded)]
         maps = [net.encoder10(hidden[4])]
         maps.append(net.decoder5(maps[-1], hidden[3]))
-        for decoder, skip in zip((net.decoder4, net.decoder3, net.decoder2, net.decoder1), skips):
-            maps.append(decoder(maps[-1], skip))
+        stages = (
+            (net.decoder4, lambda: net.encoder4(hidden[2])),
+            (net.decoder3, lambda: net.encoder3(hidden[1])),
+            (net.decoder2, lambda: net.encoder2(hidden[0])),
+            (net.decoder1, lambda: net.encoder1(padded)),
+        )
+        for stride, (decoder, skip) in zip(SWIN_STRIDES[2:], stages, strict=True):
+            if stride < finest:
+                break
+            maps.append(decoder(maps[-1], skip()))
         return [_crop(m, spatial, stride) for m, stride in zip(maps, SWIN_STRIDES)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -102,7 +111,9 @@ class SwinEncoder(Encoder):
         """The dense embeddings of ``medssl embed --dense``: ``coarse`` (stride 16, 8·fs channels) and
         ``fine`` (stride 4, 2·fs channels) decoder maps, each L2-normalised over channels, the
         coarse-and-fine pair self-supervised anatomical embeddings use to match voxels across patients."""
-        maps: dict[int, torch.Tensor] = dict(zip(SWIN_STRIDES, self.decoder_maps(images)))
+        maps: dict[int, torch.Tensor] = dict(
+            zip(SWIN_STRIDES, self.decoder_maps(images, finest=min(DENSE_LEVELS.values())))
+        )
         return {name: F.normalize(maps[stride], dim=1) for name, stride in DENSE_LEVELS.items()}
 
     def stages(self) -> list[nn.Module]:

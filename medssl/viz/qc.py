@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from medssl.files import atomic_path
+from medssl.viz.volumes import orthogonal_views
 
 
 def tile_overlay(
@@ -67,25 +68,14 @@ def volume_montage(
 ) -> Image.Image:
     """Mid axial, coronal and sagittal slices of a ``[Z, Y, X]`` volume side by side, at their physical
     aspect (``spacing`` is x, y, z mm), with the label's outline in red; intensities stretched between
-    the 1st and 99th percentiles."""
+    the 1st and 99th percentiles (:func:`medssl.viz.volumes.orthogonal_views`, each view then scaled
+    so its longest side is ``side`` pixels)."""
     sx, sy, sz = spacing
-    z, y, x = (n // 2 for n in image.shape)
-    # (pixels, mm per row, mm per column), flipped so anterior (axial) and superior (coronal,
-    # sagittal) are up; patient left is on the left (neurological convention).
-    views = [(image[z][::-1], sy, sx), (image[:, y, :][::-1], sz, sx), (image[:, :, x][::-1], sz, sy)]
-    masks = [None] * 3 if label is None else [label[z][::-1], label[:, y, :][::-1], label[:, :, x][::-1]]
-    lo, hi = np.percentile(image.astype(np.float32), [1, 99])
+    views = orthogonal_views(image, (sz, sy, sx), {} if label is None else {"label": np.asarray(label) > 0})
     panels = []
-    for (view, row_mm, col_mm), mask in zip(views, masks):
-        grey = np.clip((view.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
-        rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
-        if mask is not None:
-            # cast: SciPy ships no type hints (see tile_overlay)
-            edge = (mask > 0) & ~cast(np.ndarray, ndimage.binary_erosion(mask > 0, border_value=0))
-            rgb[edge] = (230, 40, 40)
-        height_mm, width_mm = view.shape[0] * row_mm, view.shape[1] * col_mm
-        zoom = side / max(height_mm, width_mm)
-        size = (max(1, round(width_mm * zoom)), max(1, round(height_mm * zoom)))
+    for rgb in views.values():
+        zoom = side / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * zoom)), max(1, round(rgb.shape[0] * zoom)))
         panels.append(Image.fromarray(rgb).resize(size, Image.Resampling.NEAREST))
     canvas = Image.new("RGB", (sum(p.size[0] for p in panels) + 8 * (len(panels) - 1), side))
     offset = 0

@@ -3,16 +3,23 @@ cases whose answer is known by hand."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from medssl.eval.landmarks import (
     best_possible_mm,
+    counterparts,
     features_at_voxels,
+    intensity_levels,
     intensity_patches,
     landmark_errors_mm,
+    landmark_offsets_mm,
+    landmark_similarity,
     match_landmarks,
+    pick_landmarks,
     similarity_to_voxels,
+    voxel_positions_mm,
 )
 
 SHAPE = (10, 12, 9)
@@ -83,9 +90,7 @@ def test_sampling_a_strided_map_at_voxels_equals_upsampling_it_first():
 def test_the_best_possible_error_is_the_offset_between_the_grids():
     landmarks = _landmarks()
     a, b = _grid_positions(), _grid_positions(offset=(1.0, 0.0, 0.0))  # B's voxels sit 1 mm away along z
-    torch.testing.assert_close(
-        best_possible_mm(landmarks, a, b, chunk=6), torch.ones(len(landmarks), dtype=torch.float64)
-    )
+    torch.testing.assert_close(best_possible_mm(landmarks, a, b), torch.ones(len(landmarks), dtype=torch.float64))
 
 
 def test_intensity_patches_are_invariant_to_gain_and_offset():
@@ -98,3 +103,78 @@ def test_intensity_patches_are_invariant_to_gain_and_offset():
     torch.testing.assert_close(
         patches[13, z, y, x], image[z, y, x] - image[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2].mean()
     )
+
+
+def test_landmark_similarity_is_the_mean_of_the_levels_and_its_maximum_is_the_match():
+    fine = torch.randn(6, *SHAPE, generator=torch.Generator().manual_seed(6))
+    coarse = torch.randn(4, 4, 4, 3, generator=torch.Generator().manual_seed(7))
+    maps, strides, landmarks = {"fine": fine, "coarse": coarse}, {"fine": 1, "coarse": 4}, _landmarks(5)
+    similarity = landmark_similarity(maps, maps, strides, landmarks, SHAPE)
+    each = [
+        similarity_to_voxels(features_at_voxels(maps[level], stride, landmarks), maps[level], stride, SHAPE)
+        for level, stride in strides.items()
+    ]
+    torch.testing.assert_close(similarity, (each[0] + each[1]) / 2)
+    best = torch.stack(torch.unravel_index(similarity.flatten(1).argmax(dim=1), SHAPE), dim=-1)
+    assert torch.equal(match_landmarks(maps, maps, strides, landmarks, SHAPE), best)
+
+
+def test_offsets_split_the_error_into_its_axes():
+    landmarks = torch.tensor([[1, 2, 3]])
+    matches = torch.tensor([[2, 2, 3]])  # one slice further along z
+    positions = voxel_positions_mm(torch.diag(torch.tensor([1.5, 1.5, SPACING, 1.0])), SHAPE)
+    torch.testing.assert_close(
+        landmark_offsets_mm(landmarks, matches, positions, positions), torch.tensor([[0.0, 0.0, SPACING]]).double()
+    )
+    torch.testing.assert_close(
+        landmark_errors_mm(landmarks, matches, positions, positions), torch.tensor([SPACING]).double()
+    )
+
+
+def test_voxel_positions_follow_the_affine_on_x_y_z_indices():
+    """The cache stores [Z, Y, X] and its affine maps (x, y, z, 1): voxel [z, y, x] = [2, 1, 3] with
+    spacing (0.5, 2, 3) mm and origin (10, 20, 30) sits at (10 + 1.5, 20 + 2, 30 + 6)."""
+    affine = [[0.5, 0, 0, 10.0], [0, 2.0, 0, 20.0], [0, 0, 3.0, 30.0], [0, 0, 0, 1]]
+    positions = voxel_positions_mm(affine, (4, 3, 5))
+    assert positions.shape == (4, 3, 5, 3)
+    torch.testing.assert_close(positions[2, 1, 3], torch.tensor([11.5, 22.0, 36.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="4 x 4"):
+        voxel_positions_mm([[1, 0], [0, 1]], (2, 2, 2))
+
+
+def test_picked_landmarks_lie_in_the_mask_and_in_what_b_shows_and_replay_with_the_seed():
+    """B is A shifted 9 mm (3 slices) along z: A's first 3 slices have no counterpart within 1 mm."""
+    mask = torch.zeros(SHAPE, dtype=torch.bool)
+    mask[:, 2:9, 2:7] = True
+    a, b = _grid_positions(), _grid_positions(offset=(3 * SPACING, 0.0, 0.0))
+    picked = pick_landmarks(mask, a, b, n=10, within_mm=1.0, seed=3)
+    assert len(picked) == 10
+    assert mask[picked[:, 0], picked[:, 1], picked[:, 2]].all() and (picked[:, 0] >= 3).all()
+    assert torch.equal(picked, pick_landmarks(mask, a, b, n=10, within_mm=1.0, seed=3))
+    assert not torch.equal(picked, pick_landmarks(mask, a, b, n=10, within_mm=1.0, seed=4))
+
+
+def test_intensity_levels_are_patches_of_the_image_pooled_by_each_stride():
+    image = torch.rand(8, 8, 8, generator=torch.Generator().manual_seed(8))
+    maps, strides = intensity_levels(image, size=3)
+    assert strides == {"fine": 1, "coarse": 4}
+    torch.testing.assert_close(maps["fine"], intensity_patches(image, 3))
+    pooled = image.reshape(2, 4, 2, 4, 2, 4).mean(dim=(1, 3, 5))
+    torch.testing.assert_close(maps["coarse"], intensity_patches(pooled, 3))
+    maps, strides = intensity_levels(image, strides=(2, 4), size=3)
+    assert strides == {"fine": 2, "coarse": 4} and maps["fine"].shape == (27, 4, 4, 4)
+    torch.testing.assert_close(maps["fine"], intensity_patches(image.reshape(4, 2, 4, 2, 4, 2).mean(dim=(1, 3, 5)), 3))
+
+
+def test_counterparts_are_the_nearest_voxels_of_b_and_their_distance():
+    """B's grid sits 1 mm further along the first axis: A's voxel v is nearest B's voxel v, 1 mm away
+    (B's neighbours are 2 and 4 mm away at a 3 mm spacing)."""
+    landmarks = _landmarks(6)
+    a, b = _grid_positions(), _grid_positions(offset=(1.0, 0.0, 0.0))
+    distance, voxels = counterparts(landmarks, a, b)
+    assert torch.equal(voxels, landmarks)
+    torch.testing.assert_close(distance, torch.ones(6, dtype=torch.float64))
+    # B shifted by two whole voxels: A's voxel v is B's voxel v − 2 (0 mm)
+    distance, voxels = counterparts(landmarks, a, _grid_positions(offset=(-2 * SPACING, 0.0, 0.0)))
+    torch.testing.assert_close(distance, torch.zeros(6, dtype=torch.float64))
+    assert torch.equal(voxels, landmarks + torch.tensor([2, 0, 0]))

@@ -58,3 +58,17 @@ def test_weights_drop_into_a_monai_swinunetr_and_the_segmentation_network_is_tha
 def test_a_2d_swin_is_refused():
     with pytest.raises(ValueError, match="3D"):
         build_encoder(**{**SMALL, "spatial_dims": 2})
+
+
+def test_decoder_maps_stop_at_the_finest_stride_asked_and_dense_maps_need_only_stride_4():
+    torch.manual_seed(0)
+    encoder = build_encoder(**SMALL).eval()
+    images = torch.rand(1, 1, 20, 33, 40)
+    with torch.no_grad():
+        every, down_to_4 = encoder.decoder_maps(images), encoder.decoder_maps(images, finest=4)
+        dense = encoder.dense_maps(images)
+    assert len(every) == 6 and len(down_to_4) == 4
+    for full, partial in zip(every, down_to_4):
+        torch.testing.assert_close(partial, full, rtol=0, atol=0)
+    torch.testing.assert_close(dense["coarse"], torch.nn.functional.normalize(every[1], dim=1))
+    torch.testing.assert_close(dense["fine"], torch.nn.functional.normalize(every[3], dim=1))

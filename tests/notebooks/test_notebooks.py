@@ -1,0 +1,58 @@
+"""The notebooks in ``notebooks/`` are executed, not decorative: the demo runs once at its smallest size (the
+same pipeline as ``bash pipelines/demo.sh``, seconds instead of minutes), then every notebook runs top to bottom
+on its outputs in a fresh kernel, and any error fails the test. The committed notebooks carry no outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "pipelines"))
+from render_notebooks import execute, notebook_paths  # noqa: E402  (pipelines/ is a folder of scripts)
+
+NOTEBOOKS = notebook_paths()
+
+
+def test_the_first_notebooks_people_open_are_there():
+    names = [path.stem for path in NOTEBOOKS]
+    for name in ("01_slide_cache", "02_volume_cache", "03_pretraining", "04_slide_level", "05_finetune"):
+        assert name in names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebooks_are_committed_without_outputs(path: Path):
+    notebook = json.loads(path.read_text())
+    for index, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [], f"{path.name} cell {index} has outputs: clear them before committing"
+            assert cell.get("execution_count") is None, f"{path.name} cell {index} has an execution count"
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """``pipelines/demo.py --tiny``: every step of the demo at its smallest, in a subprocess (the demo seeds and
+    configures torch globally)."""
+    out = tmp_path_factory.mktemp("demo") / "demo-output"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "demo.py"), "--out", str(out), "--tiny"],
+        capture_output=True,
+        text=True,
+        cwd=out.parent,
+    )
+    assert done.returncode == 0, f"the demo failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom_on_the_demo_output(path: Path, tiny_demo: Path):
+    notebook = execute(path, tiny_demo, timeout=300)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.execution_count is not None for cell in code)
+    pictures = [o for cell in code for o in cell.outputs if "image/png" in o.get("data", {})]
+    assert pictures, f"{path.name} drew no picture"
