@@ -41,9 +41,10 @@ ALICE = CONFIG.parent / "alice.yaml"
 # tiles, small enough that the four runs cost what two runs of 32 tiles did.
 FRACTIONS = (0.5, 1.0)
 FINETUNE_BATCH = 16
-# The lung cache's spacing (x, y, z mm), coarser than the pretraining cache's: a 32×64×64 patch then holds a
-# whole cross-section of the body, which makes each step cheap and informative.
-LUNG_SPACING = ("3", "3", "4.8")
+# The lung cache: 3 × 3 × 4.8 mm (x, y, z), coarser than the pretraining cache, so a 32×64×64 patch holds a
+# whole cross-section of the body and each step is cheap; a lung window (-1350 to 150 HU → 0..1), because
+# the default CT normalisation clips everything below the body's 0.5th percentile (lungs and air) to one value.
+LUNG_CACHE = ["--spacing", "3", "3", "4.8", "--ct-norm", "window", "--ct-window", "-1350", "150"]
 TINY = {  # --tiny: the whole path in a minute or two; the figures mean nothing at this size
     "slides": 4,
     "epochs": 1,
@@ -70,11 +71,11 @@ def run(
     status = medssl_main(
         ["tile", str(cohort), "--out", str(out / "cache"), "--mpp", "0.5", "--tile-size", "224", "--workers", "2"]
     )
-    print(f"[3/{STEPS}] medssl cache-volumes: nibabel's anatomical.nii (MRI) and two CT phantoms; the phantoms at 3 mm")
+    print(f"[3/{STEPS}] medssl cache-volumes: nibabel's anatomical.nii (MRI) and two CT phantoms; the phantoms again")
     manifest = write_volume_inputs(out / "volumes")
     status |= medssl_main(["cache-volumes", str(manifest), "--out", str(out / "volume-cache")])
     lungs = write_lung_inputs(out / "volumes")  # segmentation needs every volume labelled, and a split
-    status |= medssl_main(["cache-volumes", str(lungs), "--out", str(out / "lung-cache"), "--spacing", *LUNG_SPACING])
+    status |= medssl_main(["cache-volumes", str(lungs), "--out", str(out / "lung-cache"), *LUNG_CACHE])
     config = CONFIG.relative_to(CONFIG.parents[2])
     print(f"[4/{STEPS}] medssl fit --config {config} (SimCLR, {epochs} short epochs on CPU)")
     checkpoint = pretrain(out, epochs)
