@@ -5,6 +5,8 @@ arrays or PIL images (PNGs written atomically); medssl itself never imports matp
 - :mod:`medssl.viz.slides`: a tile cache's slide table, per-tile columns, tile mosaics, scale bars in µm;
 - :mod:`medssl.viz.volumes`: orthogonal views at physical aspect with label outlines, voxel grids before and
   after caching, intensity histograms before and after normalisation;
+- :mod:`medssl.viz.segmentation`: scans, labels and ``medssl segment`` predictions read from NIfTI as ``[Z, Y, X]``
+  RAS volumes on their own grid, and the axial slices through a structure;
 - :mod:`medssl.viz.heatmaps`: instance heatmaps over slide thumbnails, lesion masks resampled onto them;
 - :mod:`medssl.viz.runs`: a run's Lightning logs (CSV or TensorBoard) read back as numbers;
 - :mod:`medssl.viz.embedding_map`: sampled embeddings with their items' attributes, PCA maps, neighbour agreement;

@@ -41,16 +41,20 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float,
     scaling beyond the file's own slope) and the ``(z, y, x)`` spacing in mm. A 4D file with one frame
     is read as 3D."""
     import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
         image = nib.load(path)
-        data = np.asarray(image.dataobj)  # pyright: ignore[reportAttributeAccessIssue]  (nibabel's images have it)
-        affine = image.affine  # pyright: ignore[reportAttributeAccessIssue]
+        if not isinstance(image, SpatialImage):
+            raise TypeError(f"a {type(image).__name__}, not an image with an affine")
+        data, affine = np.asarray(image.dataobj), image.affine
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, ... for a bad file
         raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if affine is None:
+        raise InputError(f"{path}: the file has no affine (voxel → world mm)")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -24,7 +24,7 @@ PERMUTED = np.array(
 
 def _canonical_zyx(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
     """The reference: nibabel's as_closest_canonical, transposed to [Z, Y, X]."""
-    image = nib.funcs.as_closest_canonical(nib.Nifti1Image(data, affine))
+    image = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     return np.asarray(image.dataobj).transpose(2, 1, 0), zooms[::-1]
 
