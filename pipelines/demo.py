@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.set_defaults(**TINY)
         args = parser.parse_args(argv)
     return run(
-        args.out,
+        args.out.resolve(),  # manifests then record absolute paths, which notebooks/ can open from anywhere
         args.slides,
         args.epochs,
         args.mil_epochs,

@@ -36,10 +36,10 @@ def test_notebooks_are_committed_without_outputs(path: Path):
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """``pipelines/demo.py --tiny``: every step of the demo at its smallest, in a subprocess (the demo seeds and
-    configures torch globally)."""
+    configures torch globally), given a relative ``--out`` as a user gives it (the notebooks run from elsewhere)."""
     out = tmp_path_factory.mktemp("demo") / "demo-output"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "demo.py"), "--out", str(out), "--tiny"],
+        [sys.executable, str(ROOT / "pipelines" / "demo.py"), "--out", out.name, "--tiny"],
         capture_output=True,
         text=True,
         cwd=out.parent,
