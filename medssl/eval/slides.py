@@ -83,16 +83,22 @@ def write_results(folder: Path, evaluated: list[dict], metrics: dict, epoch: int
     write_json_atomic(folder / "metrics.json", {"epoch": epoch, **metrics})
 
 
+def read_csv_rows(path: Path, what: str, reader=csv.reader) -> list:
+    """Every row of a CSV through ``reader`` (``csv.reader`` or ``csv.DictReader``); an unreadable file is an
+    :class:`InputError` that names it and ``what`` it should hold."""
+    try:
+        with open(path, newline="") as handle:
+            return list(reader(handle))
+    except OSError as error:
+        raise InputError(f"{path}: cannot read {what} ({error.strerror or error})") from None
+
+
 def read_instance_scores(path: str | os.PathLike) -> dict:
     """One slide's per-tile scores as ``medssl heatmap`` writes them (``scores/<slide_id>.csv``: x, y and
     one score column named after the score, e.g. ``attention_logit`` for ABMIL, ``instance_probability``
     for INS): ``{"coords": int64 [N, 2] level-0 corners, "scores": float64 [N], "name": column}``."""
     path = Path(path)
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
-    except OSError as error:
-        raise InputError(f"{path}: cannot read instance scores ({error.strerror or error})") from None
+    rows = read_csv_rows(path, "instance scores", csv.reader)
     if not rows or len(rows[0]) != 3 or rows[0][:2] != ["x", "y"]:
         raise InputError(f"{path}: not a `medssl heatmap` scores file (header x,y,<score>; got {rows[:1]})")
     try:
@@ -133,11 +139,7 @@ def read_tile_truth(
     indexed by tile, 1 for ``positive``, 0 for ``negative``, NaN for tiles the file does not list
     (``K`` is the highest listed tile + 1; :func:`read_slide_scores` pads it to the slide's tiles)."""
     path = Path(path)
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as error:
-        raise InputError(f"{path}: cannot read tile labels ({error.strerror or error})") from None
+    rows = read_csv_rows(path, "tile labels", csv.DictReader)
     if rows and not {"slide_id", "tile", "label"} <= set(rows[0]):
         raise InputError(f"{path}: tile labels need columns slide_id, tile, label (got {sorted(rows[0])})")
     code = {positive: 1.0, negative: 0.0}
