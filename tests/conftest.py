@@ -1,7 +1,9 @@
-"""Shared fixtures: small pyramidal slides written with tifffile from real IHC pixels."""
+"""Shared fixtures: small pyramidal slides written with tifffile from real IHC pixels; the demo at its smallest."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,24 @@ def lesion_cohort(tmp_path_factory) -> dict:
         "in_dim": encoder.out_dim,
         "positive_class": "positive",  # write_lesion_cohort's labels: positive / negative
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """``pipelines/demo.py --tiny``: every step of the demo at its smallest, in a subprocess (the demo seeds and
+    configures torch globally), given a relative ``--out`` as a user gives it (the notebooks run from elsewhere)."""
+    out = tmp_path_factory.mktemp("demo") / "demo-output"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "pipelines" / "demo.py"),
+            "--out",
+            out.name,
+            "--tiny",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=out.parent,
+    )
+    assert done.returncode == 0, f"the demo failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    return out

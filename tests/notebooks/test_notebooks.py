@@ -5,7 +5,6 @@ on its outputs in a fresh kernel, and any error fails the test. The committed no
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,21 +30,6 @@ def test_notebooks_are_committed_without_outputs(path: Path):
         if cell["cell_type"] == "code":
             assert cell.get("outputs") == [], f"{path.name} cell {index} has outputs: clear them before committing"
             assert cell.get("execution_count") is None, f"{path.name} cell {index} has an execution count"
-
-
-@pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory) -> Path:
-    """``pipelines/demo.py --tiny``: every step of the demo at its smallest, in a subprocess (the demo seeds and
-    configures torch globally), given a relative ``--out`` as a user gives it (the notebooks run from elsewhere)."""
-    out = tmp_path_factory.mktemp("demo") / "demo-output"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "demo.py"), "--out", out.name, "--tiny"],
-        capture_output=True,
-        text=True,
-        cwd=out.parent,
-    )
-    assert done.returncode == 0, f"the demo failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
-    return out
 
 
 @pytest.mark.slow
