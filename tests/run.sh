@@ -6,12 +6,15 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$(bash "$repo/pipelines/setup.sh")
 cd "$repo"
 if [ "${MEDSSL_CHECKS:-1}" != "0" ]; then
-  echo "checks: layer contracts (lint-imports), ruff, pyright, hadolint" >&2
+  echo "checks: layer contracts (lint-imports), ruff, pyright, hadolint, the documentation site (mkdocs --strict)" >&2
   "$venv/bin/lint-imports" --no-cache
-  "$venv/bin/ruff" check medssl tests pipelines benchmarks
-  "$venv/bin/ruff" format --check medssl tests pipelines benchmarks
+  "$venv/bin/ruff" check medssl tests pipelines benchmarks docs
+  "$venv/bin/ruff" format --check medssl tests pipelines benchmarks docs
   "$venv/bin/pyright" --pythonpath "$venv/bin/python"
   "$venv/bin/hadolint" Dockerfile
+  site=$(mktemp -d)
+  NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet --site-dir "$site"
+  rm -rf "$site"
 fi
 set +e
 "$venv/bin/python" -m pytest "$@"

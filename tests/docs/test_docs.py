@@ -86,3 +86,12 @@ def test_the_api_reference_names_every_module():
         if path.parent != ROOT / "medssl" or path.name not in ("__init__.py", "cli.py")
     }
     assert modules - listed == set(), f"add to docs/reference/api/: {sorted(modules - listed)}"
+
+
+def test_the_readmes_links_reach_files_that_exist():
+    """The README is the site's front door on GitHub: each relative link names a file in the repository."""
+    readme = (ROOT / "README.md").read_text()
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)]+)\)", readme) if not t.startswith(("http", "#"))]
+    assert targets, "the README links into the documentation"
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
