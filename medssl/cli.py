@@ -1,15 +1,8 @@
-"""The ``medssl`` command line.
+"""The ``medssl`` command line: one subcommand per step from raw slides/volumes to results.
 
-``medssl tile``           slides → Zarr tile cache (see ``medssl tile --help``)
-``medssl cache-volumes``  CT/MRI volumes → Zarr volume cache
-``medssl info``           summarise a cache
-``medssl fit|validate|test|predict --config CONFIG.yaml``  LightningCLI (pretraining, evaluation)
-``medssl embed``          a trained encoder over a cache → Zarr embeddings aligned with tiles/slices
-``medssl embed-slides``   a MADELEINE slide encoder over patch features → one embedding per slide
-``medssl export``         a checkpoint's encoder → a weights file (MONAI) or a torch.export program
-``medssl export-h5``      a tile cache's coordinates (or its embeddings) → CLAM/TRIDENT-style HDF5 per slide
-``medssl segment``        a segmentation checkpoint over a volume cache → NIfTI predictions in the original geometry
-``medssl probe``          linear/kNN probes and few-shot on embeddings (results.json, few_shot.csv)
+``COMMANDS`` lists every subcommand with its purpose and an example; it drives ``medssl --help`` and
+``command_help``, which the docs use to print the reference. fit/validate/test/predict go to LightningCLI
+before argparse sees them (they take any config key as a flag), the others are argparse subcommands.
 
 Exit status: 0 when everything succeeded, 1 when some inputs failed (the others finished and the
 manifest says why), 2 on a usage or configuration error before any work started.
@@ -18,15 +11,211 @@ manifest says why), 2 on a usage or configuration error before any work started.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from medssl.errors import MedsslError
 
 
-def _preprocess_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str, inputs: str):
+@dataclass(frozen=True)
+class Command:
+    """One subcommand as ``medssl --help`` and the docs show it: what it is for, and a line to start from."""
+
+    name: str
+    purpose: str
+    example: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "tile",
+        "tile whole-slide images into a Zarr cache",
+        "medssl tile /data/slides/ --out /data/cohort --mpp 0.5 --tile-size 224 --workers 8",
+    ),
+    Command(
+        "cache-volumes",
+        "preprocess CT/MRI volumes into a Zarr cache",
+        "medssl cache-volumes /data/ct/ --out /data/ct-cache --modality CT --workers 4",
+    ),
+    Command("info", "summarise a medssl cache", "medssl info /data/cohort"),
+    Command(
+        "fit",
+        "pretrain, fine-tune or train a slide model from a YAML config",
+        "medssl fit --config configs/pretrain/simclr_tiles.yaml --data.init_args.cache /data/cohort",
+    ),
+    Command(
+        "validate",
+        "run a config's validation loop on a checkpoint",
+        "medssl validate --config configs/finetune/classification/tiles.yaml "
+        "--ckpt_path runs/finetune-tiles/.../epoch=19-step=2000.ckpt",
+    ),
+    Command(
+        "test",
+        "evaluate a checkpoint on the test split of a config's data",
+        "medssl test --config configs/finetune/segmentation_2d/unet_slices.yaml "
+        "--ckpt_path runs/segmentation-2d-unet/.../epoch=49-step=5000.ckpt",
+    ),
+    Command(
+        "predict",
+        "run Lightning's predict loop on a checkpoint (outputs need a writer callback)",
+        "medssl predict --config configs/mil/abmil.yaml --ckpt_path runs/abmil/.../epoch=49-step=5000.ckpt",
+    ),
+    Command(
+        "embed",
+        "embed every tile or axial slice of a cache with a trained encoder",
+        "medssl embed runs/swav-tiles/.../epoch=99.ckpt --cache /data/cohort --out /data/cohort-swav",
+    ),
+    Command(
+        "embed-slides",
+        "one embedding per slide from a trained slide encoder (MADELEINE)",
+        "medssl embed-slides runs/madeleine/.../rankme-best.ckpt --cache /data/cohort "
+        "--features /data/cohort-swav --out /data/slides",
+    ),
+    Command(
+        "export",
+        "export a checkpoint's encoder for MONAI or plain PyTorch",
+        "medssl export runs/swav-tiles/.../epoch=99.ckpt --out encoder.pt",
+    ),
+    Command(
+        "export-h5",
+        "a tile cache's coordinates or embeddings as CLAM/TRIDENT HDF5 files",
+        "medssl export-h5 /data/cohort --embeddings /data/cohort-swav --out clam/ --pt",
+    ),
+    Command(
+        "heatmap",
+        "draw a slide model's instance scores over slide thumbnails",
+        "medssl heatmap runs/ins/.../epoch=149-step=15000.ckpt --cache /data/cohort --features /data/cohort-swav "
+        "--out maps/",
+    ),
+    Command(
+        "segment",
+        "segment cached volumes; NIfTI predictions in the original geometry",
+        "medssl segment runs/segmentation-3d-unet/.../epoch=99-step=9900.ckpt --cache /data/ct-cache "
+        "--out predictions/",
+    ),
+    Command(
+        "probe",
+        "linear and kNN probes and few-shot on embeddings",
+        "medssl probe /data/cohort-swav --cache /data/cohort --out runs/probe-swav",
+    ),
+)
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+_DESCRIPTION = (
+    "medssl: self-supervised foundation models for radiology and computational pathology, from raw "
+    "slides and CT/MRI volumes to embeddings, fine-tuned models and predictions."
+)
+
+_EPILOG_END = (
+    "Run 'medssl COMMAND --help' for a command's options. fit, validate, test and predict are LightningCLI: "
+    "every key of the YAML config is also a flag (--trainer.devices 8) or an environment variable "
+    "(MEDSSL_FIT__TRAINER__MAX_EPOCHS=10).\n\n"
+    "Exit status: 0 when everything succeeded, 1 when some inputs failed (the others finished and the "
+    "manifest says why), 2 on a usage or configuration error before any work started."
+)
+
+
+def _command(name: str) -> Command:
+    """The table entry of a subcommand; an unknown name is an error that lists the known ones."""
+    for command in COMMANDS:
+        if command.name == name:
+            return command
+    raise ValueError(f"medssl has no command {name!r}; the commands are {', '.join(c.name for c in COMMANDS)}")
+
+
+def _examples(commands: Sequence[Command], heading: str = "examples:") -> str:
+    """The examples epilog section: each command's example, indented, long ones on continuation lines."""
+    return heading + "".join(f"\n  {line}" for command in commands for line in _shell_lines(command.example))
+
+
+def _shell_lines(command: str, width: int = 88) -> list[str]:
+    """A long command line as shell continuation lines, broken before options, so that it stays copyable."""
+    words = re.split(r" (?=--)", command)
+    lines = [words[0]]
+    for word in words[1:]:
+        if len(lines[-1]) + len(word) + 3 > width:  # " " + word + " \\"
+            lines[-1] += " \\"
+            lines.append(f"    {word}")
+        else:
+            lines[-1] += f" {word}"
+    return lines
+
+
+_RST_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`(~?)([^`]+)`")  # :class:`~a.B` -> B, :meth:`a.b` -> a.b
+_RST_LINK = re.compile(r"`([^`<]+?)\s*<([^>`]+)>`__?")  # `text <url>`_ -> text (url)
+_RST_LITERAL = re.compile(r"``([^`]+)``|`([^`]+)`")  # ``x`` and `x` -> x
+
+
+def _plain_text(text: str) -> str:
+    """reStructuredText inline markup (roles, literals, links) as plain text: Lightning's docstrings are
+    its options' help, and a terminal would show the backticks and :class: verbatim."""
+    text = _RST_ROLE.sub(lambda m: m[2].rsplit(".", 1)[-1] if m[1] else m[2], text)
+    text = _RST_LINK.sub(r"\1 (\2)", text)
+    return _RST_LITERAL.sub(lambda m: m[1] or m[2], text)
+
+
+def _is_verbatim(paragraph: str) -> bool:
+    """A paragraph whose lines after the first are indented (``examples:`` and its command lines)."""
+    lines = paragraph.splitlines()
+    return len(lines) > 1 and all(line.startswith("  ") for line in lines[1:])
+
+
+def _help_formatter(base: type[argparse.HelpFormatter]) -> type[argparse.HelpFormatter]:
+    """``base`` (argparse's or jsonargparse's) writing plain text: markup removed before wrapping,
+    indented paragraphs (example command lines) kept as written so that they can be copied, and the
+    commands listed one per line under ``commands:`` without argparse's ``COMMAND`` line above them."""
+
+    class HelpFormatter(base):
+        def _split_lines(self, text: str, width: int) -> list[str]:
+            return super()._split_lines(_plain_text(text), width)
+
+        def _fill_text(self, text: str, width: int, indent: str) -> str:
+            fill = super()._fill_text
+            return "\n\n".join(
+                "\n".join(indent + line for line in p.splitlines())
+                if _is_verbatim(p)
+                else fill(_plain_text(p), width, indent)
+                for p in text.split("\n\n")
+            )
+
+        def _format_action(self, action: argparse.Action) -> str:
+            if isinstance(action, argparse._SubParsersAction):
+                return "".join(self._format_action(command) for command in action._get_subactions())
+            return super()._format_action(action)
+
+    return HelpFormatter
+
+
+class _HelpFormatter(_help_formatter(argparse.ArgumentDefaultsHelpFormatter)):
+    """argparse's defaults in the help, where there is one to show and the help does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "[default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+def _add_parser(sub: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand parser whose listing line is its purpose in ``COMMANDS`` and whose help ends with its example."""
+    command = _command(name)
+    return sub.add_parser(
+        name,
+        help=command.purpose,
+        description=description,
+        epilog=_examples([command], heading="example:"),
+        formatter_class=_HelpFormatter,
+    )
+
+
+def _preprocess_parser(sub: argparse._SubParsersAction, name: str, description: str, inputs: str):
     """A preprocessing subcommand with the inputs, --out and the running options every one shares."""
-    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _add_parser(sub, name, description)
     p.add_argument("inputs", nargs="+", help=inputs)
     p.add_argument("--out", required=True, help="cache folder (holds cache.zarr, manifest.csv, qc/)")
     r = p.add_argument_group("running")
@@ -41,7 +230,6 @@ def _add_tile_parser(sub: argparse._SubParsersAction) -> None:
     p, running = _preprocess_parser(
         sub,
         "tile",
-        "tile whole-slide images into a Zarr cache",
         "Tile slides (files, folders, globs or a CSV manifest with slide_id,path[,label,stain,mpp]) "
         "into one resumable Zarr cache at a target physical resolution. A folder of DICOM instances is one "
         "slide per Series Instance UID.",
@@ -177,7 +365,6 @@ def _add_volumes_parser(sub: argparse._SubParsersAction) -> None:
     p, _ = _preprocess_parser(
         sub,
         "cache-volumes",
-        "preprocess CT/MRI volumes into a Zarr cache",
         "Orient (RAS), resample, crop and normalise NIfTI files or DICOM series (files, folders, "
         "globs or a CSV manifest with volume_id,image[,label,modality,split]) into one resumable Zarr cache. "
         "DICOM folders are split by SeriesInstanceUID (one volume per series); non-image objects (RT Dose, "
@@ -262,7 +449,7 @@ def _run_volumes(args: argparse.Namespace) -> int:
 
 
 def _add_info_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="summarise a medssl cache")
+    p = _add_parser(sub, "info", "Print a tile or volume cache's parameters and one line per slide or volume.")
     p.add_argument("cache", help="cache folder or .zarr store")
     p.set_defaults(func=_run_info)
 
@@ -297,9 +484,9 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_parser(sub: argparse._SubParsersAction, name: str, help: str, description: str, checkpoint: str):
+def _checkpoint_parser(sub: argparse._SubParsersAction, name: str, description: str, checkpoint: str):
     """A subcommand that starts from a trained model: its checkpoint is the positional argument."""
-    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _add_parser(sub, name, description)
     p.add_argument("checkpoint", help=checkpoint)
     return p
 
@@ -308,7 +495,6 @@ def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
         sub,
         "embed",
-        "embed every tile (or axial slice) of a cache with a trained encoder",
         "Run the encoder of a method checkpoint or encoder file over a tile or volume cache and write features "
         "aligned with the tile/slice index, one resumable Zarr item per slide or volume.",
         "Lightning checkpoint of a medssl method, or an encoder file (medssl export)",
@@ -360,7 +546,6 @@ def _add_embed_slides_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
         sub,
         "embed-slides",
-        "one embedding per slide from a trained slide encoder (MADELEINE)",
         "Pool every patch feature of each slide (medssl embed) with the slide encoder of a MADELEINE checkpoint "
         "into one slide embedding, one resumable Zarr item per slide; medssl probe --level slide reads them.",
         "Lightning checkpoint of a MADELEINE run (e.g. its rankme-best.ckpt)",
@@ -399,7 +584,6 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
         sub,
         "export",
-        "export a checkpoint's encoder for MONAI or plain PyTorch",
         "Write the encoder of a method checkpoint as weights plus its configuration (.pt, loads with "
         "torch.load(weights_only=True) into the MONAI network) or as a torch.export program (.pt2, runs with "
         "plain PyTorch: torch.export.load(path).module()).",
@@ -423,13 +607,12 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_export_h5_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = _add_parser(
+        sub,
         "export-h5",
-        help="write a tile cache's coordinates (or embeddings) as CLAM/TRIDENT-style HDF5",
-        description="One HDF5 file per slide for CLAM/TRIDENT-style pipelines: OUT/<slide_id>.h5 with the tiles' "
+        "One HDF5 file per slide for CLAM/TRIDENT-style pipelines: OUT/<slide_id>.h5 with the tiles' "
         "level-0 coords, or with --embeddings OUT/h5_files/<slide_id>.h5 with features and coords (and "
         "OUT/pt_files/<slide_id>.pt with --pt); plus OUT/slides.csv. Mapping of attributes: docs/interop.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("cache", help="tile cache folder (medssl tile --out)")
     p.add_argument("--out", required=True, help="output folder")
@@ -458,7 +641,6 @@ def _add_heatmap_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
         sub,
         "heatmap",
-        "draw a slide model's instance scores over slide thumbnails",
         "Score whole slides with an ABMIL or INS checkpoint, piece by piece, and write one PNG per slide "
         "(attention or instance probability over the thumbnail), per-tile scores as CSV, and slides.csv.",
         "Lightning checkpoint of an ABMIL or INS run",
@@ -501,7 +683,6 @@ def _add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p = _checkpoint_parser(
         sub,
         "segment",
-        "segment cached volumes and write the predictions over the original scans",
         "Predict a label map for each volume of a volume cache with a segmentation checkpoint, and write it as "
         "<out>/<volume_id>.nii.gz in the original file's geometry (the cache's crop, resampling and orientation "
         "undone), with per-case Dice where the cache holds labels. Resumable: complete cases are skipped.",
@@ -541,14 +722,13 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 def _add_probe_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = _add_parser(
+        sub,
         "probe",
-        help="linear and kNN probes and few-shot on embeddings (medssl embed)",
-        description="Train logistic-regression and kNN probes on the train split of an embedding folder and "
+        "Train logistic-regression and kNN probes on the train split of an embedding folder and "
         "report balanced accuracy, macro AUROC and macro F1 on its test split (val when there is none), plus "
         "few-shot: k labelled samples per class, one seeded draw per fold (seed = fold), mean ± std. Writes "
         "results.json and few_shot.csv.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("features", help="embedding folder written by medssl embed")
     p.add_argument("--cache", required=True, help="the tile or volume cache the embeddings were made from")
@@ -607,23 +787,47 @@ def _run_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+_ADD_PARSER = {
+    "tile": _add_tile_parser,
+    "cache-volumes": _add_volumes_parser,
+    "info": _add_info_parser,
+    "embed": _add_embed_parser,
+    "embed-slides": _add_embed_slides_parser,
+    "export": _add_export_parser,
+    "export-h5": _add_export_h5_parser,
+    "heatmap": _add_heatmap_parser,
+    "segment": _add_segment_parser,
+    "probe": _add_probe_parser,
+}
+
+
+def _add_lightning_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    """A LightningCLI subcommand in the listing only: ``main`` hands its arguments to LightningCLI before
+    argparse parses, so every config key stays a flag (``medssl fit --help`` shows them)."""
+    p = sub.add_parser(name, help=_command(name).purpose, add_help=False)
+    p.set_defaults(func=_run_lightning_command)
+
+
+def _run_lightning_command(args: argparse.Namespace) -> int:
+    run_lightning([args.command])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medssl", description=(__doc__ or "").split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_tile_parser(sub)
-    _add_volumes_parser(sub)
-    _add_info_parser(sub)
-    _add_embed_parser(sub)
-    _add_embed_slides_parser(sub)
-    _add_export_parser(sub)
-    _add_export_h5_parser(sub)
-    _add_heatmap_parser(sub)
-    _add_segment_parser(sub)
-    _add_probe_parser(sub)
+    """The top-level parser: every command of ``COMMANDS`` in its order, with the examples as epilog."""
+    parser = argparse.ArgumentParser(
+        prog="medssl",
+        description=_DESCRIPTION,
+        epilog=f"{_examples(COMMANDS)}\n\n{_EPILOG_END}",
+        formatter_class=_HelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for command in COMMANDS:
+        if command.name in LIGHTNING_COMMANDS:
+            _add_lightning_parser(sub, command.name)
+        else:
+            _ADD_PARSER[command.name](sub)
     return parser
-
-
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _shards_data_itself(data) -> bool:
@@ -639,16 +843,8 @@ def _shards_data_itself(data) -> bool:
     return bool(getattr(getattr(importlib.import_module(module), name, None), "uses_medssl_sampler", False))
 
 
-def run_lightning(argv: Sequence[str], run: bool = True):
-    """LightningCLI with any medssl method and DataModule chosen by ``class_path`` in the YAML.
-
-    Environment variables fill values (``MEDSSL_FIT__TRAINER__MAX_EPOCHS=...``-style, jsonargparse's
-    ``default_env``); misspelt keys and wrong types fail with jsonargparse's message naming the key.
-    With a medssl DataModule the Trainer gets ``use_distributed_sampler=False`` whatever the config
-    says: its sampler shards the data across ranks itself and must not be wrapped by Lightning.
-    ``run=False`` builds the model, DataModule and Trainer without a subcommand (``argv`` then has none).
-    """
-    import lightning.pytorch as pl
+def _medssl_cli() -> type:
+    """medssl's LightningCLI (built in a function: Lightning is imported only when a Lightning command runs)."""
     from jsonargparse import Namespace
     from lightning.pytorch.cli import LightningCLI
 
@@ -672,22 +868,130 @@ def run_lightning(argv: Sequence[str], run: bool = True):
                     for kind, name in (("TensorBoardLogger", "lightning_logs"), ("CSVLogger", "csv_logs"))
                 ]
 
+    return MedsslCLI
+
+
+def _lightning_kwargs() -> dict:
+    """What every medssl LightningCLI gets: any LightningModule and DataModule by class_path, values from
+    ``MEDSSL_<COMMAND>__<KEY>`` environment variables, help in medssl's words (an example at its end) and
+    Lightning's option help without its docstrings' markup."""
+    import lightning.pytorch as pl
+    from jsonargparse import DefaultHelpFormatter
+
+    subcommands = {
+        name: {"description": _lightning_description(name), "epilog": _examples([_command(name)], "example:")}
+        for name in LIGHTNING_COMMANDS
+    }
+    return {
+        "model_class": pl.LightningModule,  # any medssl method or slide model, chosen by class_path
+        "datamodule_class": pl.LightningDataModule,
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "save_config_kwargs": {"overwrite": True},
+        "parser_kwargs": {
+            "prog": "medssl",
+            "default_env": True,
+            "env_prefix": "MEDSSL",
+            "formatter_class": _help_formatter(DefaultHelpFormatter),
+            **subcommands,
+        },
+    }
+
+
+def _lightning_description(name: str) -> str:
+    """The description ``medssl <name> --help`` starts with: the purpose, then how configs and flags work."""
+    purpose = _command(name).purpose
+    extra = {
+        "fit": " --ckpt_path resumes a run exactly. With a medssl DataModule trainer.use_distributed_sampler "
+        "is off whatever the config says: its sampler splits the data across ranks itself.",
+        "predict": " The outputs are kept only by a prediction-writer callback (--trainer.callbacks); medssl "
+        "heatmap and segment write their predictions to files.",
+    }.get(name, "")
+    return (
+        f"{purpose[0].upper()}{purpose[1:]}, with LightningCLI. The YAML config (configs/pretrain, "
+        "configs/finetune, configs/mil) names the model and DataModule by class_path; every key is also a "
+        "flag (--trainer.devices 2, --data.init_args.cache DIR) or an environment variable "
+        f"(MEDSSL_{name.upper()}__TRAINER__ACCELERATOR=cpu), and --print_config prints the result.{extra}"
+    )
+
+
+def run_lightning(argv: Sequence[str], run: bool = True):
+    """LightningCLI with any medssl method and DataModule chosen by ``class_path`` in the YAML.
+
+    Environment variables fill values (``MEDSSL_FIT__TRAINER__MAX_EPOCHS=...``-style, jsonargparse's
+    ``default_env``); misspelt keys and wrong types fail with jsonargparse's message naming the key.
+    With a medssl DataModule the Trainer gets ``use_distributed_sampler=False`` whatever the config
+    says: its sampler shards the data across ranks itself and must not be wrapped by Lightning.
+    ``run=False`` builds the model, DataModule and Trainer without a subcommand (``argv`` then has none).
+    """
     command_line = sys.argv
-    if sys.argv[1:] != list(argv):  # called from Python: the caller's own flags are not Lightning's (DDP's
+    from_command_line = sys.argv[1:] == list(argv)
+    if not from_command_line:  # called from Python: the caller's own flags are not Lightning's (DDP's
         sys.argv = sys.argv[:1]  # launcher re-runs sys.argv, so the command line itself is kept)
     try:
-        return MedsslCLI(
-            pl.LightningModule,  # any medssl method or slide model, chosen by class_path
-            pl.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=list(argv),
-            run=run,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"default_env": True, "env_prefix": "MEDSSL"},
-        )
+        # from the command line LightningCLI reads sys.argv itself: given args too, it warns that both are set
+        return _medssl_cli()(args=None if from_command_line else list(argv), run=run, **_lightning_kwargs())
     finally:
         sys.argv = command_line
+
+
+class _ParsersBuilt(Exception):
+    """Raised by ``_lightning_parsers`` once LightningCLI has built its parsers, before it parses anything."""
+
+    def __init__(self, parsers: dict[str, argparse.ArgumentParser]):
+        super().__init__("LightningCLI parsers built")
+        self.parsers = parsers
+
+
+@functools.cache
+def _lightning_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The parsers of fit/validate/test/predict exactly as ``medssl fit`` builds them, without running
+    anything: for ``command_help``, once per process (building them takes about a second)."""
+
+    class ParsersOnly(_medssl_cli()):
+        def parse_arguments(self, parser, args) -> None:
+            raise _ParsersBuilt(dict(self._subcommand_parsers))
+
+    try:
+        ParsersOnly(args=[], **_lightning_kwargs())
+    except _ParsersBuilt as built:
+        return built.parsers
+    raise AssertionError("LightningCLI returned without parsing its arguments")
+
+
+@contextlib.contextmanager
+def _terminal_width(columns: int) -> Iterator[None]:
+    """argparse wraps help to the terminal (COLUMNS): fixed here, so that the docs' reference is the same
+    wherever it is built."""
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(columns)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of ``build_parser()``, by name."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def command_help(name: str | None = None, columns: int = 100) -> str:
+    """The plain-text ``--help`` of ``medssl`` (name None) or of one command of ``COMMANDS``, wrapped to
+    ``columns``: the docs' CLI reference is generated from the parsers, so it cannot drift from them.
+    The LightningCLI commands cost one Lightning import and parser build per process (seconds)."""
+    if name is not None:
+        _command(name)  # an unknown name fails naming the commands
+    with _terminal_width(columns):
+        if name is None:
+            return build_parser().format_help()
+        if name in LIGHTNING_COMMANDS:
+            return _lightning_parsers()[name].format_help()
+        return subparsers(build_parser())[name].format_help()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
