@@ -34,7 +34,7 @@ no medssl needed: any strides (per axis) and channel counts, ``float16`` or ``fl
 grid is ``ceil(shape / stride)``; the root of the store needs
 ``attrs["medssl"] = {"schema_version": 1, "kinds": {"embeddings": {"params": {...}}}}`` (the params
 are free-form, e.g. the model's name) and each volume group ``status: "complete"`` and ``shape``. See
-docs/alice.md for a complete example.
+docs/methods/alice.md for a complete example.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ embedding of an H&E slide is the representation (``medssl embed-slides``), and t
 chosen without labels, by the RankMe of the training H&E slide embeddings after a warm-up
 (:class:`~medssl.methods.callbacks.RankMeCheckpoint`).
 
-Where this departs from the released code (see docs/madeleine.md): the InfoNCE temperature defaults
+Where this departs from the released code (see docs/methods/madeleine.md): the InfoNCE temperature defaults
 to 0.1 (the scripts' 0.001 makes the softmax a hard maximum: ``temperature`` restores it); GOT samples
 tokens along the token axis (the code permutes the batch size and takes that many tokens); GOT is
 averaged over cases (``got_reduction="sum"`` is the code's sum over the batch, whose scale grows with
