@@ -511,7 +511,7 @@ def _add_embed_parser(sub: argparse._SubParsersAction) -> None:
         "--dense",
         action="store_true",
         help="volume caches, encoders with dense maps (swin_unetr, e.g. Alice): store each volume's coarse "
-        "(stride 16) and fine (stride 4) L2-normalised maps instead of per-slice features (docs/alice.md)",
+        "(stride 16) and fine (stride 4) L2-normalised maps instead of per-slice features (docs/methods/alice.md)",
     )
     p.add_argument("--threads", type=int, default=2, help="tile reading threads")
     p.add_argument("--shard", help="i/n: embed only shard i of n items (one GPU each)")

@@ -15,7 +15,7 @@ supervised contrastive learning with pseudo-label positives over the batch and a
     L = −Σ_c s_c log softmax(logits)_c + λ · L_cont              soft labels s, λ = 0.5
     after warm-up:  s ← φ s + (1 − φ) onehot(argmax(softmax(q μᵀ) ⊙ Y)),  φ: 0.95 → 0.8 over training
 
-Where medssl departs from the paper, by measurement (``pipelines/mil_experiment.py``, README):
+Where medssl departs from the paper, by measurement (``pipelines/mil_experiment.py``, docs/methods/ins.md):
 
 - ``soft_label_start="bag"``: soft labels of positive-slide instances start at the slide's label,
   ``[0, 1]``, not at ``Y / |Y| = [0.5, 0.5]`` (``"candidates"``, the paper's). From ``[0.5, 0.5]`` the

@@ -57,8 +57,8 @@ class LVMMed(SSLMethod):
     25 epochs of 6 steps, the model from ``configs/pretrain/lvm_med_tiles.yaml``), stain-shifted kNN
     after pretraining minus at init, mean ± std over seeds 0–4: ``edge_gradient`` 0: +0.041 ± 0.020 (5/5
     seeds up); 1: −0.016 ± 0.049; 0.05: −0.011 ± 0.061. The first-order ablation (``second_order``,
-    ``message_passing``, ``local_cost`` off) does better than all of them: +0.072 ± 0.039. See the README's
-    "LVM-Med" section."""
+    ``message_passing``, ``local_cost`` off) does better than all of them: +0.072 ± 0.039
+    (docs/methods/lvm-med.md)."""
 
     def __init__(
         self,

@@ -379,20 +379,22 @@ def _cell(value: float | None) -> str:
 
 def format_table(results: dict) -> str:
     """The figures of ``results`` as a small plain-text table (what ``medssl probe`` prints)."""
-    lines = [f"{'probe':<8}{'on':<6}" + "".join(f"{m:>20}" for m in METRICS)]
+    few_shot = results["few_shot"]["results"]
+    width = max(len(name) for name in ["probe", *results["probes"], *few_shot]) + 2  # "logistic" fills 8
+    lines = [f"{'probe':<{width}}{'on':<6}" + "".join(f"{m:>20}" for m in METRICS)]
     for name, result in results["probes"].items():
         metrics = result["metrics"]
-        lines.append(f"{name:<8}{results['evaluated_on']:<6}" + "".join(f"{_fmt(metrics[m]):>20}" for m in METRICS))
-    folds = results["few_shot"]["folds"]
-    lines.append(f"few-shot: k per class, mean ± std over {folds} folds")
-    lines.append(f"{'probe':<8}{'k':<6}" + "".join(f"{m:>20}" for m in METRICS))
-    for name, per_k in results["few_shot"]["results"].items():
+        cells = "".join(f"{_fmt(metrics[m]):>20}" for m in METRICS)
+        lines.append(f"{name:<{width}}{results['evaluated_on']:<6}" + cells)
+    lines.append(f"few-shot: k per class, mean ± std over {results['few_shot']['folds']} folds")
+    lines.append(f"{'probe':<{width}}{'k':<6}" + "".join(f"{m:>20}" for m in METRICS))
+    for name, per_k in few_shot.items():
         for k, result in per_k.items():
             if "skipped" in result:
-                lines.append(f"{name:<8}{k:<6}  skipped: {result['skipped']}")
+                lines.append(f"{name:<{width}}{k:<6}  skipped: {result['skipped']}")
                 continue
             cells = [f"{_fmt(result['mean'][m])} ± {_fmt(result['std'][m])}" for m in METRICS]
-            lines.append(f"{name:<8}{k:<6}" + "".join(f"{c:>20}" for c in cells))
+            lines.append(f"{name:<{width}}{k:<6}" + "".join(f"{c:>20}" for c in cells))
     return "\n".join(lines)
 
 

@@ -137,3 +137,22 @@ def test_volumes_without_splits_get_a_stratified_case_split(volume_embeddings, t
     assert len(data.labels) == 24 and data.labels[:4] == ["a", "a", "b", "b"]
     with pytest.raises(MedsslError, match="per-volume labels need rows"):
         load_probe_set(features, cache, slices, level="volume")
+
+
+def test_the_printed_table_keeps_every_column_apart():
+    """ "logistic" is as wide as the name column once was: it ran into the split ("logistictest")."""
+    from medssl.eval.probes import METRICS
+    from medssl.tasks.probes import format_table
+
+    metrics = dict.fromkeys(METRICS, 0.5)
+    results = {
+        "evaluated_on": "test",
+        "probes": {"logistic": {"metrics": metrics}, "knn": {"metrics": metrics}},
+        "few_shot": {
+            "folds": 10,
+            "results": {"logistic": {1: {"mean": metrics, "std": metrics}, 10: {"skipped": "x"}}},
+        },
+    }
+    rows = [line.split() for line in format_table(results).splitlines()]
+    assert rows[1][:2] == ["logistic", "test"] and rows[2][:2] == ["knn", "test"]
+    assert rows[5][:2] == ["logistic", "1"] and rows[6][:3] == ["logistic", "10", "skipped:"]
