@@ -449,7 +449,9 @@ def _run_volumes(args: argparse.Namespace) -> int:
 
 
 def _add_info_parser(sub: argparse._SubParsersAction) -> None:
-    p = _add_parser(sub, "info", "Print a tile or volume cache's parameters and one line per slide or volume.")
+    p = _add_parser(
+        sub, "info", "Print a tile, volume or embedding cache's parameters and one line per slide, volume or item."
+    )
     p.add_argument("cache", help="cache folder or .zarr store")
     p.set_defaults(func=_run_info)
 
@@ -457,9 +459,9 @@ def _add_info_parser(sub: argparse._SubParsersAction) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     import json
 
-    from medssl.cache import SlideCache, VolumeCache, store_path, stored_params
+    from medssl.cache import EmbeddingCache, SlideCache, VolumeCache, store_path, stored_params
 
-    if stored_params(args.cache, "slides") is None and stored_params(args.cache, "volumes") is None:
+    if all(stored_params(args.cache, kind) is None for kind in ("slides", "volumes", "embeddings")):
         SlideCache(args.cache)  # raises the reader's clear error for a path that is not a cache
     if stored_params(args.cache, "slides") is not None:
         cache = SlideCache(args.cache)
@@ -481,6 +483,14 @@ def _run_info(args: argparse.Namespace) -> int:
             label = "with label" if meta.get("labels") is not None else "no label"
             print(f"  {volume_id}: {meta['modality']}, [Z, Y, X] = {meta['shape']}, {label}")
         print(f"{len(volumes)} volumes")
+    if stored_params(args.cache, "embeddings") is not None:
+        embeddings = EmbeddingCache(args.cache)
+        print(f"{store_path(args.cache)}: embedding parameters:", json.dumps(embeddings.params, indent=2))
+        for item, meta in embeddings.items().items():
+            maps = meta.get("dense")  # medssl embed --dense: maps per level, not rows
+            what = maps or "{} rows × {}".format(*embeddings.features(item).shape)
+            print(f"  {item}: {what}")
+        print(f"{len(embeddings.items())} items")
     return 0
 
 
@@ -735,7 +745,7 @@ def _add_probe_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for results.json and few_shot.csv")
     p.add_argument(
         "--labels",
-        help="CSV with slide_id (or volume_id) and label columns; index for per-tile labels; "
+        help="CSV with slide_id (or volume_id) and label columns; tile, slice or index for per-row labels; "
         "split to override the cache's splits [default: labels and splits from the cache]",
     )
     p.add_argument("--label-column", default="label", help="the CSV's class column")

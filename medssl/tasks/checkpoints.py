@@ -11,7 +11,9 @@ trained weights, and the start file may be gone or changed since.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from medssl.errors import InputError
@@ -37,10 +39,25 @@ def load_medssl_model(checkpoint: str | os.PathLike, base: type[Model], what: st
         raise InputError(f"{checkpoint}: its model {name} does not exist in this medssl version") from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise InputError(f"{checkpoint}: {name} is not {what}")
-    model = cls(**rebuild_arguments(data, cls, checkpoint))
+    with _quiet_construction():  # a task announces "from random initialisation": true of the skeleton only
+        model = cls(**rebuild_arguments(data, cls, checkpoint))
     model.on_load_checkpoint(data)
     model.load_state_dict(data["state_dict"])
+    if isinstance(model, FinetuneTask):
+        model.encoder_origin = f"the trained weights of {checkpoint}"
     return model.eval()
+
+
+@contextmanager
+def _quiet_construction():
+    """Silence Lightning's rank-zero info messages while a model's skeleton is built, before its weights load."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def rebuild_arguments(data: dict[str, Any], cls: type, checkpoint: str | os.PathLike) -> dict[str, Any]:

@@ -59,7 +59,8 @@ from medssl.files import write_text_atomic
 
 ITEM_LEVELS, ROW_LEVELS = ("slide", "volume"), ("tile", "slice")
 SPLITS = ("train", "val", "test")
-INDEX_COLUMN = "index"
+# the per-row label column: "index", or "tile"/"slice" as write_tile_labels and the fine-tuning DataModules name it
+ROW_COLUMNS = ("index", "tile", "slice")
 
 
 @dataclass
@@ -142,8 +143,8 @@ def load_probe_set(
     items = sorted(item_labels)
     if row_labels is not None and level in ITEM_LEVELS:
         raise InputError(
-            f"{labels_csv}: per-{key[:-3]} labels need rows, but its {INDEX_COLUMN!r} column is per "
-            f"tile/slice; use --level {'tile' if kind == 'slides' else 'slice'} or drop the column"
+            f"{labels_csv}: per-{key[:-3]} labels need one label per {key[:-3]}, but it has a row column "
+            f"({'/'.join(ROW_COLUMNS)}); use --level {'tile' if kind == 'slides' else 'slice'} or drop the column"
         )
     embeddings.require(items)
     cases = {item: str(meta[item].get("case_id") or item) for item in items}
@@ -186,7 +187,7 @@ def _samples(
     pairs = sorted(row_labels[item].items())
     bad = [index for index, _ in pairs if index >= len(values)]
     if bad:
-        raise InputError(f"{labels_csv}: {item!r} has {len(values)} rows; {INDEX_COLUMN} {bad[:5]} is out of range")
+        raise InputError(f"{labels_csv}: {item!r} has {len(values)} rows; rows {bad[:5]} are out of range")
     return values[np.array([index for index, _ in pairs], dtype=np.int64)], [name for _, name in pairs]
 
 
@@ -199,7 +200,7 @@ def _labels(
         if kind == "volumes" or not item_labels:
             raise InputError(
                 f"labels missing: the cache's {kind} carry no class label; pass --labels CSV with columns "
-                f"{key},{label_column} (and {INDEX_COLUMN} for per-{'tile' if kind == 'slides' else 'slice'} labels)"
+                f"{key},{label_column} (and {'tile' if kind == 'slides' else 'slice'} or index for per-row labels)"
             )
         missing = sorted(set(meta) - set(item_labels))
         if missing:
@@ -211,8 +212,9 @@ def _labels(
     columns = _columns(labels_csv)
     csv_splits = read_label_csv(labels_csv, key, "split") if "split" in columns else None
     row_labels = None
-    if INDEX_COLUMN in columns:
-        row_labels = _read_row_labels(labels_csv, key, label_column)
+    row_column = next((name for name in ROW_COLUMNS if name in columns), None)
+    if row_column is not None:
+        row_labels = _read_row_labels(labels_csv, key, label_column, row_column)
         item_labels = {item: Counter(rows.values()).most_common(1)[0][0] for item, rows in row_labels.items()}
     else:
         item_labels = read_label_csv(labels_csv, key, label_column)
@@ -229,20 +231,20 @@ def _columns(path) -> list[str]:
         return next(csv.reader(handle), [])
 
 
-def _read_row_labels(path, key: str, label_column: str) -> dict[str, dict[int, str]]:
-    """``{item: {index: label}}`` from a CSV with ``key``, ``index`` and the label column."""
+def _read_row_labels(path, key: str, label_column: str, row_column: str) -> dict[str, dict[int, str]]:
+    """``{item: {row: label}}`` from a CSV with ``key``, the row number (``row_column``) and the label column."""
     out: dict[str, dict[int, str]] = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if key not in (reader.fieldnames or []) or label_column not in (reader.fieldnames or []):
-            raise InputError(f"{path}: needs columns {key!r}, {INDEX_COLUMN!r} and {label_column!r}")
+            raise InputError(f"{path}: needs columns {key!r}, {row_column!r} and {label_column!r}")
         for line, row in enumerate(reader, start=2):
             item, value = (row.get(key) or "").strip(), (row.get(label_column) or "").strip()
             try:
-                index = int(row.get(INDEX_COLUMN) or "")
+                index = int(row.get(row_column) or "")
             except ValueError:
                 raise InputError(
-                    f"{path}, line {line}: {INDEX_COLUMN} must be a row number, got {row.get(INDEX_COLUMN)!r}"
+                    f"{path}, line {line}: {row_column} must be a row number, got {row.get(row_column)!r}"
                 ) from None
             if not item or not value or index < 0:
                 raise InputError(f"{path}, line {line}: empty {key!r} or {label_column!r}, or a negative index")

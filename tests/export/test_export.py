@@ -201,6 +201,9 @@ def test_embed_volume_slices_and_cli(volume_cache, tmp_path, capsys):
     group = zarr.open_group(tmp_path / "emb" / "cache.zarr", mode="r")["embeddings"]
     for volume_id in volumes.ids:
         assert group[f"{volume_id}/features"].shape == (volumes.shape(volume_id)[0], 512)
+    assert main(["info", str(tmp_path / "emb")]) == 0  # the width a slide model's in_dim needs, per item
+    printed = capsys.readouterr().out
+    assert all(f"{v}: {volumes.shape(v)[0]} rows × 512" in printed for v in volumes.ids), printed
     assert main(["embed", str(ckpt), "--cache", str(tmp_path), "--out", str(tmp_path / "e2")]) == 2
     assert main(["export", str(ckpt), "--out", str(tmp_path / "enc.pt2"), "--size", "32", "32"]) == 0
     assert os.path.getsize(tmp_path / "enc.pt2") > 0

@@ -4,6 +4,7 @@ exactly; a cohort run finishes the good cases, lists the bad, resumes, and never
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 
@@ -258,7 +259,7 @@ def test_selection_refuses_unknown_ids_and_empty_splits(cohort, tmp_path):
         predict_volumes(Threshold(), cohort["cache"], tmp_path, splits=["val"], progress=False)
 
 
-def test_task_model_reloads_without_its_encoder_file(tmp_path):
+def test_task_model_reloads_without_its_encoder_file(tmp_path, caplog):
     """A fine-tuned model is rebuilt from its checkpoint alone: the encoder file it started from may be gone."""
     encoder_file = export_encoder(
         build_encoder("resnet18", spatial_dims=3, in_channels=1, width=0.25), tmp_path / "e.pt"
@@ -272,8 +273,11 @@ def test_task_model_reloads_without_its_encoder_file(tmp_path):
     model.on_save_checkpoint(data)
     torch.save(data, checkpoint)
     encoder_file.unlink()
-    loaded = load_task_model(checkpoint)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        loaded = load_task_model(checkpoint)
     assert type(loaded) is FinetuneTask and not loaded.training
+    assert "random initialisation" not in caplog.text  # the skeleton's origin is not the model's
+    assert str(checkpoint) in loaded.encoder_origin
     for (name, expected), (_, got) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(expected, got), name
     with pytest.raises(InputError, match="not a volume segmentation model"):

@@ -30,7 +30,7 @@ def tile_embeddings(split_cache, tmp_path_factory) -> Path:
     return out
 
 
-def _tile_labels(features: Path, path: Path, split: dict[str, str] | None = None) -> Path:
+def _tile_labels(features: Path, path: Path, split: dict[str, str] | None = None, row_column: str = "index") -> Path:
     """Per-tile labels the embeddings can tell apart (the sign of feature 0 about its median), so only a
     probe fed each tile's own row scores well: rows and labels out of step fall to chance."""
     embeddings = EmbeddingCache(features)
@@ -38,7 +38,7 @@ def _tile_labels(features: Path, path: Path, split: dict[str, str] | None = None
     median = np.median(np.concatenate(list(rows.values()))[:, 0])
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["slide_id", "index", "label"] + (["split"] if split else []))
+        writer.writerow(["slide_id", row_column, "label"] + (["split"] if split else []))
         for item, values in rows.items():
             for index, value in enumerate(values[:, 0]):
                 writer.writerow([item, index, "high" if value > median else "low"] + ([split[item]] if split else []))
@@ -135,7 +135,7 @@ def test_volumes_without_splits_get_a_stratified_case_split(volume_embeddings, t
     )
     data = load_probe_set(features, cache, slices, level="slice")
     assert len(data.labels) == 24 and data.labels[:4] == ["a", "a", "b", "b"]
-    with pytest.raises(MedsslError, match="per-volume labels need rows"):
+    with pytest.raises(MedsslError, match="per-volume labels need one label per volume"):
         load_probe_set(features, cache, slices, level="volume")
 
 
@@ -156,3 +156,13 @@ def test_the_printed_table_keeps_every_column_apart():
     rows = [line.split() for line in format_table(results).splitlines()]
     assert rows[1][:2] == ["logistic", "test"] and rows[2][:2] == ["knn", "test"]
     assert rows[5][:2] == ["logistic", "1"] and rows[6][:3] == ["logistic", "10", "skipped:"]
+
+
+def test_tile_labels_as_write_tile_labels_names_them_probe_the_same_rows(split_cache, tile_embeddings, tmp_path):
+    """``write_tile_labels`` (and the fine-tuning DataModules) call the row column ``tile``; probes take it as is."""
+    from medssl.tasks.probes import load_probe_set
+
+    by_index = load_probe_set(tile_embeddings, split_cache, _tile_labels(tile_embeddings, tmp_path / "i.csv"), "tile")
+    by_tile = _tile_labels(tile_embeddings, tmp_path / "t.csv", row_column="tile")
+    assert load_probe_set(tile_embeddings, split_cache, by_tile, "tile").labels == by_index.labels
+    assert len(set(by_index.labels)) == 2
