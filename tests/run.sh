@@ -12,8 +12,12 @@ if [ "${MEDSSL_CHECKS:-1}" != "0" ]; then
   "$venv/bin/ruff" format --check medssl tests pipelines benchmarks docs
   "$venv/bin/pyright" --pythonpath "$venv/bin/python"
   "$venv/bin/hadolint" Dockerfile
+  # not --quiet: it hides the warnings that --strict turns into a failure, so the build would pass
   site=$(mktemp -d)
-  NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet --site-dir "$site"
+  if ! built=$(NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --site-dir "$site" 2>&1); then
+    echo "$built" | grep -v "^INFO" >&2
+    exit 1
+  fi
   rm -rf "$site"
 fi
 set +e
