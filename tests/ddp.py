@@ -1,5 +1,7 @@
-"""Two CPU processes joined by gloo: a function run on both (:func:`on_two_processes`), or ``medssl fit``
-under DDP as a user would run it from the command line (:func:`fit_on_two_cpu_processes`)."""
+"""Two CPU processes joined by gloo: a function run on both (:func:`on_two_processes`); ``medssl fit``
+under DDP as a user would run it from the command line, Lightning re-launching the command for rank 1
+(:func:`fit_on_two_cpu_processes`); or ``medssl fit`` on two processes started for it, as torchrun or a
+cluster scheduler starts them (:func:`fit_on_two_started_processes`: seconds cheaper, no fresh imports)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _joined(rank: int, worker: Callable[..., Any], port: int, out: dict, args: tuple) -> None:
+def _joined(rank: int, out: dict, worker: Callable[..., Any], port: int, args: tuple) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -40,9 +42,9 @@ def _joined(rank: int, worker: Callable[..., Any], port: int, out: dict, args: t
 PRELOADED = ["torch", "lightning.pytorch", "monai.networks.nets", "pytest"]
 
 
-def on_two_processes(worker: Callable[..., Any], *args: Any) -> dict[int, Any]:
-    """``worker(rank, *args)`` on two fresh CPU processes in one gloo process group (a module-level
-    function, so it pickles); what each returned, by rank."""
+def _forked_pair(entry: Callable[..., None], *args: Any) -> dict[int, Any]:
+    """``entry(rank, out, *args)`` on two processes forked from the preloaded fork server; ``out`` (a shared
+    dict) holds what each rank put there."""
     import multiprocessing
 
     import torch.multiprocessing as mp
@@ -50,33 +52,58 @@ def on_two_processes(worker: Callable[..., Any], *args: Any) -> dict[int, Any]:
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOADED)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.start_processes(
-            _joined, args=(worker, free_port(), out, args), nprocs=2, join=True, start_method="forkserver"
-        )
+        mp.start_processes(entry, args=(out, *args), nprocs=2, join=True, start_method="forkserver")
         return dict(out)
+
+
+def on_two_processes(worker: Callable[..., Any], *args: Any) -> dict[int, Any]:
+    """``worker(rank, *args)`` on two fresh CPU processes in one gloo process group (a module-level
+    function, so it pickles); what each returned, by rank."""
+    return _forked_pair(_joined, worker, free_port(), args)
+
+
+# what both DDP helpers add to ``medssl fit``'s arguments: later flags win over any device settings
+TWO_CPU_PROCESSES = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+
+
+def _fit_as_started_rank(rank: int, out: dict, fit_args: list[str], port: int) -> None:
+    """One rank of ``medssl fit`` in a process started for it: ``LOCAL_RANK`` in the environment tells
+    Lightning that something else launched the ranks (as torchrun does), so it joins the process group
+    instead of re-running the command. Records the Trainer's rank and the process group's size."""
+    import torch.distributed as dist
+
+    from medssl.cli import run_lightning  # what `medssl fit` runs
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0", LOCAL_RANK=str(rank)
+    )
+    try:
+        cli = run_lightning([*fit_args, *TWO_CPU_PROCESSES])
+        out[rank] = (cli.trainer.global_rank, dist.get_world_size())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def fit_on_two_started_processes(fit_args: list[str]) -> None:
+    """``medssl fit <fit_args>`` under DDP on two CPU processes started for it, each forked from the fork
+    server with torch and Lightning loaded (no subprocess imports them again, unlike
+    :func:`fit_on_two_cpu_processes`, whose command-line path the ``medssl fit`` DDP tests of
+    ``tests/methods/test_cli_fit.py`` keep). Asserts both ranks joined one group of two and finished."""
+    ranks = _forked_pair(_fit_as_started_rank, list(fit_args), free_port())
+    assert ranks == {0: (0, 2), 1: (1, 2)}, ranks
 
 
 def fit_on_two_cpu_processes(fit_args: list[str], timeout: float = 300) -> None:
     """``python -m medssl.cli <fit_args> --trainer.devices 2 --trainer.strategy ddp`` on CPU, in a
     subprocess because Lightning re-launches the command once per rank; later flags win, so these
     override any device settings in ``fit_args``. Asserts both ranks joined and the run finished."""
-    command = [
-        sys.executable,
-        "-m",
-        "medssl.cli",
-        *fit_args,
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-    ]
+    command = [sys.executable, "-m", "medssl.cli", *fit_args, *TWO_CPU_PROCESSES]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MEMBER: 2/2" in result.stderr + result.stdout
 
 
-def fit_mil_on_two_cpu_processes(model: str, cohort: dict, root: Path, *extra: str) -> None:
+def fit_mil_on_two_processes(model: str, cohort: dict, root: Path, *extra: str) -> None:
     """``medssl fit --config configs/mil/<model>.yaml`` on the cohort's embeddings under 2-process DDP."""
-    fit_on_two_cpu_processes([*fit_arguments(model, cohort, root), *extra], timeout=180)
+    fit_on_two_started_processes([*fit_arguments(model, cohort, root), *extra])

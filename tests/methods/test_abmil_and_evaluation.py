@@ -15,7 +15,7 @@ from medssl.errors import InputError
 from medssl.eval.slides import slide_metrics
 from medssl.methods.abmil import ABMIL
 from medssl.viz.heatmaps import colour, heatmap_overlay
-from tests.ddp import fit_mil_on_two_cpu_processes
+from tests.ddp import fit_mil_on_two_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -194,7 +194,7 @@ def test_two_process_ddp_evaluates_every_validation_slide(lesion_cohort, tmp_pat
     import csv
     import json
 
-    fit_mil_on_two_cpu_processes(
+    fit_mil_on_two_processes(
         "abmil",
         lesion_cohort,
         tmp_path,

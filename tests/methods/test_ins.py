@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from medssl.data.datamodules import BagDataModule, InstanceDataModule
 from medssl.data.truth import LesionMasks
 from medssl.methods.ins import INS, bag_probability, candidate_labels, confidence_weight
-from tests.ddp import fit_mil_on_two_cpu_processes
+from tests.ddp import fit_mil_on_two_processes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -267,7 +267,7 @@ def test_two_process_ddp_keeps_one_soft_label_table(lesion_cohort, tmp_path):
     """`--trainer.devices 2 --trainer.strategy ddp` on CPU: each rank trains on its half of the instances,
     and every rank writes every instance's soft label, so after one epoch rank 0's table (the one saved)
     holds nearly all instances, not half."""
-    fit_mil_on_two_cpu_processes(
+    fit_mil_on_two_processes(
         "ins",
         lesion_cohort,
         tmp_path,

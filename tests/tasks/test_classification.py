@@ -21,7 +21,7 @@ from medssl.nn.backbones import build_encoder
 from medssl.preprocess import TilingParams, tile_slides
 from medssl.synthetic.slides import Ellipse, SlideLayout, write_slide
 from medssl.tasks.classification import Classifier
-from tests.ddp import fit_on_two_cpu_processes
+from tests.ddp import fit_on_two_started_processes
 from tests.trainers import quiet_trainer, toy_arguments
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -195,7 +195,7 @@ def test_two_process_ddp_reports_the_metrics_of_a_single_process_evaluation(text
         "--data.init_args.batch_size",
         "8",
     )
-    fit_on_two_cpu_processes(["fit", *toy, "--trainer.default_root_dir", str(tmp_path / "ddp")], timeout=240)
+    fit_on_two_started_processes(["fit", *toy, "--trainer.default_root_dir", str(tmp_path / "ddp")])
     (checkpoint,) = (tmp_path / "ddp").rglob("*.ckpt")
     (results,) = (tmp_path / "ddp").rglob("results/val/metrics.json")
     ddp = json.loads(results.read_text())

@@ -25,7 +25,7 @@ from medssl.nn.decoders import ResNetUNet, ViTUNETR, segmentation_network
 from medssl.preprocess import VolumeParams, cache_volumes
 from medssl.synthetic.volumes import BRAIN_CLASSES, brain_cohort
 from medssl.tasks.segmentation import Segmenter
-from tests.ddp import fit_on_two_cpu_processes
+from tests.ddp import fit_on_two_started_processes
 from tests.trainers import quiet_trainer, toy_arguments
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -172,7 +172,7 @@ def toy(config: str, cache: Path, out: Path, *extra: str) -> list[str]:
 def test_two_process_ddp_metrics_equal_a_single_process_evaluation(brain_cache, tmp_path):
     """The 2D config on two CPU processes: each rank trains on its share of the slices and scores every
     validation volume; rank 0's metrics equal one process validating the saved checkpoint."""
-    fit_on_two_cpu_processes(
+    fit_on_two_started_processes(
         toy(
             "segmentation_2d/unet_slices.yaml",
             brain_cache,
@@ -184,7 +184,6 @@ def test_two_process_ddp_metrics_equal_a_single_process_evaluation(brain_cache, 
             "--data.init_args.batch_size",
             "4",
         ),
-        timeout=240,
     )
     (checkpoint,) = tmp_path.rglob("*.ckpt")
     (results,) = tmp_path.rglob("results/val")
