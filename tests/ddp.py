@@ -1,7 +1,8 @@
 """Two CPU processes joined by gloo: a function run on both (:func:`on_two_processes`); ``medssl fit``
 under DDP as a user would run it from the command line, Lightning re-launching the command for rank 1
 (:func:`fit_on_two_cpu_processes`); or ``medssl fit`` on two processes started for it, as torchrun or a
-cluster scheduler starts them (:func:`fit_on_two_started_processes`: seconds cheaper, no fresh imports)."""
+cluster scheduler starts them (:func:`fit_on_two_started_processes`: seconds cheaper, no fresh imports).
+And one process of its own for any function (:func:`in_a_forked_process`), forked the same cheap way."""
 
 from __future__ import annotations
 
@@ -42,9 +43,19 @@ def _joined(rank: int, out: dict, worker: Callable[..., Any], port: int, args: t
 PRELOADED = ["torch", "lightning.pytorch", "monai.networks.nets", "pytest"]
 
 
-def _forked_pair(entry: Callable[..., None], *args: Any) -> dict[int, Any]:
-    """``entry(rank, out, *args)`` on two processes forked from the preloaded fork server; ``out`` (a shared
-    dict) holds what each rank put there."""
+def _as_fresh_process(rank: int, entry: Callable[..., None], *args: Any) -> None:
+    """``entry(rank, *args)`` with the default start method of a fresh ``python``: a fork server's child
+    starts with ``forkserver`` as its default, so DataLoader workers and pools it starts would come from the
+    fork server too, each importing the dataset's modules afresh (a 5-second step took 15)."""
+    import multiprocessing
+
+    multiprocessing.set_start_method(None, force=True)
+    entry(rank, *args)
+
+
+def _forked(entry: Callable[..., None], processes: int, *args: Any) -> dict[int, Any]:
+    """``entry(rank, out, *args)`` on ``processes`` processes forked from the preloaded fork server; ``out``
+    (a shared dict) holds what each rank put there."""
     import multiprocessing
 
     import torch.multiprocessing as mp
@@ -52,8 +63,25 @@ def _forked_pair(entry: Callable[..., None], *args: Any) -> dict[int, Any]:
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOADED)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.start_processes(entry, args=(out, *args), nprocs=2, join=True, start_method="forkserver")
+        mp.start_processes(
+            _as_fresh_process, args=(entry, out, *args), nprocs=processes, join=True, start_method="forkserver"
+        )
         return dict(out)
+
+
+def _forked_pair(entry: Callable[..., None], *args: Any) -> dict[int, Any]:
+    return _forked(entry, 2, *args)
+
+
+def _returned(rank: int, out: dict, function: Callable[..., Any], args: tuple) -> None:
+    out[rank] = function(*args)
+
+
+def in_a_forked_process(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` (module-level, so it pickles) in a fresh process forked from the fork server: a
+    process of its own for code that sets torch's global state, without importing torch, Lightning and
+    MONAI again as a ``python`` subprocess does (seconds). What it returned; its exception, raised here."""
+    return _forked(_returned, 1, function, args)[0]
 
 
 def on_two_processes(worker: Callable[..., Any], *args: Any) -> dict[int, Any]:

@@ -5,7 +5,7 @@ on its outputs in a fresh kernel, and any error fails the test. The committed no
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "pipelines"))
 from render_notebooks import execute, notebook_paths  # noqa: E402  (pipelines/ is a folder of scripts)
+
+from tests.ddp import in_a_forked_process  # noqa: E402
 
 NOTEBOOKS = notebook_paths()
 
@@ -33,18 +35,33 @@ def test_notebooks_are_committed_without_outputs(path: Path):
             assert cell.get("execution_count") is None, f"{path.name} cell {index} has an execution count"
 
 
+def run_tiny_demo(folder: str, out: str, log: str) -> int:
+    """``python pipelines/demo.py --out <out> --tiny`` from ``folder``, everything it prints in ``log``."""
+    import demo  # pipelines/demo.py
+
+    os.chdir(folder)
+    with open(log, "w") as handle:  # file descriptors, so tqdm's and the libraries' output lands there too
+        os.dup2(handle.fileno(), sys.stdout.fileno())
+        os.dup2(handle.fileno(), sys.stderr.fileno())
+        try:
+            return demo.main(["--out", out, "--tiny"])
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
-    """``pipelines/demo.py --tiny``: every step of the demo at its smallest, in a subprocess (the demo seeds and
-    configures torch globally), given a relative ``--out`` as a user gives it (the notebooks run from elsewhere)."""
+    """``pipelines/demo.py --tiny``: every step of the demo at its smallest, in a process of its own (the demo
+    seeds and configures torch globally) forked with torch already imported, given a relative ``--out`` as a
+    user gives it (the notebooks run from elsewhere)."""
     out = tmp_path_factory.mktemp("demo") / "demo-output"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "demo.py"), "--out", out.name, "--tiny"],
-        capture_output=True,
-        text=True,
-        cwd=out.parent,
-    )
-    assert done.returncode == 0, f"the demo failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    log = out.parent / "demo.log"
+    try:
+        status = in_a_forked_process(run_tiny_demo, str(out.parent), out.name, str(log))
+    except Exception as exc:  # the demo raised: its traceback is the exception's message
+        status = exc
+    assert status == 0, f"the demo failed ({status}):\n{log.read_text()[-10000:] if log.exists() else ''}"
     return out
 
 
