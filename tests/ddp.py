@@ -42,9 +42,19 @@ def _joined(rank: int, out: dict, worker: Callable[..., Any], port: int, args: t
 PRELOADED = ["torch", "lightning.pytorch", "monai.networks.nets", "pytest"]
 
 
-def _forked_pair(entry: Callable[..., None], *args: Any) -> dict[int, Any]:
-    """``entry(rank, out, *args)`` on two processes forked from the preloaded fork server; ``out`` (a shared
-    dict) holds what each rank put there."""
+def _as_fresh_process(rank: int, entry: Callable[..., None], *args: Any) -> None:
+    """``entry(rank, *args)`` with the default start method of a fresh ``python``: a fork server's child
+    starts with ``forkserver`` as its default, so DataLoader workers and pools it starts would come from the
+    fork server too, each importing the dataset's modules afresh (a 5-second step took 15)."""
+    import multiprocessing
+
+    multiprocessing.set_start_method(None, force=True)
+    entry(rank, *args)
+
+
+def _forked(entry: Callable[..., None], processes: int, *args: Any) -> dict[int, Any]:
+    """``entry(rank, out, *args)`` on ``processes`` processes forked from the preloaded fork server; ``out``
+    (a shared dict) holds what each rank put there."""
     import multiprocessing
 
     import torch.multiprocessing as mp
@@ -52,8 +62,14 @@ def _forked_pair(entry: Callable[..., None], *args: Any) -> dict[int, Any]:
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOADED)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.start_processes(entry, args=(out, *args), nprocs=2, join=True, start_method="forkserver")
+        mp.start_processes(
+            _as_fresh_process, args=(entry, out, *args), nprocs=processes, join=True, start_method="forkserver"
+        )
         return dict(out)
+
+
+def _forked_pair(entry: Callable[..., None], *args: Any) -> dict[int, Any]:
+    return _forked(entry, 2, *args)
 
 
 def on_two_processes(worker: Callable[..., Any], *args: Any) -> dict[int, Any]:
