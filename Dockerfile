@@ -37,6 +37,6 @@ COPY --chown=medssl:medssl tests ./tests
 COPY --chown=medssl:medssl benchmarks ./benchmarks
 COPY --chown=medssl:medssl docs ./docs
 COPY --chown=medssl:medssl notebooks ./notebooks
-COPY --chown=medssl:medssl Dockerfile ./
+COPY --chown=medssl:medssl Dockerfile mkdocs.yml ./
 
 CMD ["medssl", "--help"]

@@ -26,7 +26,17 @@ def test_the_image_installs_with_the_script_both_readme_commands_use():
     installs = [args for args in runs if "pip install" in args or "setup.sh" in args]
     assert installs and all("bash pipelines/setup.sh" in args for args in installs), installs  # no pip of its own
     copied = " ".join(args for name, args in instructions() if name == "COPY")
-    for needed in ("pyproject.toml", "medssl", "pipelines", "configs", "tests", "benchmarks", "notebooks"):
+    for needed in (
+        "pyproject.toml",
+        "medssl",
+        "pipelines",
+        "configs",
+        "tests",
+        "benchmarks",
+        "notebooks",
+        "docs",
+        "mkdocs.yml",
+    ):
         assert re.search(rf"(^|\s){needed}(\s|$)", copied), f"the image lacks {needed}: the demo or tests need it"
 
 

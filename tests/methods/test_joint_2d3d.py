@@ -154,8 +154,8 @@ def test_deepcluster_for_slices_and_volumes_learns_from_last_epochs_bank():
 
 
 def test_joint_training_lowers_the_loss_on_real_volume_views(volume_cache):
-    """The README's first learning claim, guarded: on augmented views of a real cached volume, 24 AdamW
-    steps of the joint objective lower it. (Its downstream comparisons with random init are within the
+    """The first learning claim of docs/methods/joint-2d3d.md, guarded: on augmented views of a real cached
+    volume, 24 AdamW steps of the joint objective lower it. (Its downstream comparisons with random init are within the
     seed spread at toy scale, so no test asserts them: pipelines/joint_2d3d_experiment.py reports them.)"""
     from medssl.data import VolumeDataModule
 

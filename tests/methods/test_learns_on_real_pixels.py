@@ -9,7 +9,7 @@ Measured on this 2-core VM (random init → pretrained):
   thread (``pipelines/lvm_med_experiment.py``), pretrained minus init, mean ± std:
   ``edge_gradient: 0`` (the config's) +0.041 ± 0.020, 5/5 seeds up (0.625 → 0.675 on seed 0);
   ``edge_gradient: 1`` (the paper's I-MLE) −0.016 ± 0.049; ``edge_gradient: 0.05`` −0.011 ± 0.061;
-  the first-order ablation +0.072 ± 0.039, better than the full method (see the README's "LVM-Med").
+  the first-order ablation +0.072 ± 0.039, better than the full method (docs/methods/lvm-med.md).
 The tests assert +0.04 on seed 0.
 """
 

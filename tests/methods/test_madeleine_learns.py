@@ -3,7 +3,7 @@ slides of 8 cases), tiled, embedded by a random-init ResNet-18, then 40 steps of
 GOT). The slide encoder must learn to tell which IHC slide belongs to which H&E slide: the InfoNCE over
 the cases falls from chance (log 8 per stain) to under 40 % of it (11–28 % over seeds 0–3 on another
 draw of cases). That is alignment of the training cases; what the embeddings are worth on held-out
-cases is measured by pipelines/madeleine_experiment.py (README), not here."""
+cases is measured by pipelines/madeleine_experiment.py (docs/methods/madeleine.md), not here."""
 
 from __future__ import annotations
 

@@ -6,14 +6,14 @@ tiles better than ABMIL's attention, scored both ways (pooled over slides on att
 within each positive slide).
 
 This runs ``pipelines/mil_experiment.py`` itself with seed 0 (32 slides, 30 epochs; under 2 minutes
-on 2 cores). The same claims over seeds 0, 1 and 2 (mean ± std) are the README's table, from
+on 2 cores). The same claims over seeds 0, 1 and 2 (mean ± std) are the table in docs/methods/ins.md, from
 ``python pipelines/mil_experiment.py --seeds 0 1 2``. The session's ``lesion_cohort`` (conftest) is the
 first 16 of these slides, so they are linked rather than written again.
 
 INS's momentum queue is 1024 here, not the config's 8192: the SupCon over the queue is most of an INS
-step, and at 1024 INS took half the time and gave the README's figures within 0.003 on each of seeds 0,
+step, and at 1024 INS took half the time and gave that table's figures within 0.003 on each of seeds 0,
 1 and 2 (seed 0: instance AUROC 0.990 / 0.985 against 0.990 / 0.986, soft-label share 0.092 against
-0.093, lesion recall 0.785 against 0.788). ABMIL runs as in the README.
+0.093, lesion recall 0.785 against 0.788). ABMIL runs as there.
 """
 
 from __future__ import annotations
